@@ -1,0 +1,155 @@
+"""The `ft` command line. It parses arguments, loads the config and calls one function per command.
+
+Nothing heavy is imported at module level: `ft --help` and `ft validate` never import torch.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any, List, Optional
+
+import typer
+
+from ft.errors import ConfigError, UserError
+
+app = typer.Typer(
+    name="ft",
+    help="Fine-tune LLMs from one YAML file: full, LoRA or QLoRA, on one GPU or many.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+OVERRIDES = {"allow_extra_args": True, "ignore_unknown_options": True}
+CONFIG_ARG = typer.Argument(..., help="The YAML config file.", show_default=False)
+SET_OPT = typer.Option(None, "--set", help="Override any key, nested ones too: --set datasets.0.path=data.jsonl")
+OVERRIDE_HELP = " Any config key can be overridden as --key-name VALUE (e.g. --learning-rate 1e-4)."
+
+
+def parse_overrides(args: List[str], sets: Optional[List[str]]) -> list[tuple[str, Any]]:
+    """`--learning-rate 1e-4`, `--flag`, `--key=value` and `--set a.b=c` → (dotted key, value) pairs."""
+    from ft.config import parse_value
+
+    pairs: list[tuple[str, Any]] = []
+    i = 0
+    while i < len(args):
+        token = args[i]
+        if not token.startswith("--") or len(token) == 2:
+            raise ConfigError(f"command line: unexpected argument `{token}`; overrides are written --key value")
+        key, eq, value = token[2:].partition("=")
+        if not eq:
+            if i + 1 < len(args) and not args[i + 1].startswith("--"):
+                value, i = args[i + 1], i + 1
+            else:
+                value = "true"
+        pairs.append((key.replace("-", "_"), parse_value(value)))
+        i += 1
+    for item in sets or []:
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise ConfigError(f"command line: --set {item}: write --set key=value")
+        pairs.append((key.strip(), parse_value(value)))
+    return pairs
+
+
+def load(config: Path, ctx: typer.Context, sets: Optional[List[str]]):
+    from ft.config import load_config
+
+    return load_config(config, parse_overrides(list(ctx.args), sets))
+
+
+@app.command(context_settings=OVERRIDES, help="Check a config and print it resolved, with derived values." + OVERRIDE_HELP)
+def validate(ctx: typer.Context, config: Path = CONFIG_ARG, set_: Optional[List[str]] = SET_OPT) -> None:
+    from ft.describe import describe
+
+    cfg = load(config, ctx, set_)
+    typer.echo(describe(cfg, world_size=int(os.environ.get("WORLD_SIZE", "1"))))
+
+
+@app.command(context_settings=OVERRIDES, help="Fine-tune the model the config describes." + OVERRIDE_HELP)
+def train(ctx: typer.Context, config: Path = CONFIG_ARG, set_: Optional[List[str]] = SET_OPT) -> None:
+    load(config, ctx, set_)
+    _not_built("train", 4)
+
+
+@app.command(context_settings=OVERRIDES, help="Tokenize the datasets once and cache them." + OVERRIDE_HELP)
+def preprocess(
+    ctx: typer.Context,
+    config: Path = CONFIG_ARG,
+    set_: Optional[List[str]] = SET_OPT,
+    show: int = typer.Option(0, "--show", help="Print the first N examples with trained tokens marked."),
+) -> None:
+    load(config, ctx, set_)
+    _not_built("preprocess", 3)
+
+
+@app.command("merge-lora", context_settings=OVERRIDES, help="Merge the trained adapter into the base model." + OVERRIDE_HELP)
+def merge_lora(
+    ctx: typer.Context,
+    config: Path = CONFIG_ARG,
+    set_: Optional[List[str]] = SET_OPT,
+    lora_model_dir: Optional[str] = typer.Option(None, help="Adapter folder (default: output_dir)."),
+    output_dir: Optional[str] = typer.Option(None, help="Where to write (default: output_dir/merged)."),
+) -> None:
+    load(config, ctx, set_)
+    _not_built("merge-lora", 4)
+
+
+@app.command(context_settings=OVERRIDES, help="Generate with the trained model, in its training prompt format." + OVERRIDE_HELP)
+def inference(
+    ctx: typer.Context,
+    config: Path = CONFIG_ARG,
+    set_: Optional[List[str]] = SET_OPT,
+    prompt: Optional[str] = typer.Option(None, help="One prompt; interactive when omitted."),
+    lora_model_dir: Optional[str] = typer.Option(None, help="Adapter folder (default: output_dir)."),
+    base_only: bool = typer.Option(False, "--base-only", help="Use the base model without the adapter."),
+) -> None:
+    load(config, ctx, set_)
+    _not_built("inference", 4)
+
+
+@app.command("config-schema", help="Print the config reference (every key, its type, default and meaning).")
+def config_schema() -> None:
+    from ft.config.reference import reference_markdown
+
+    typer.echo(reference_markdown())
+
+
+def _not_built(command: str, issue: int) -> None:
+    from ft.errors import NotBuiltError
+
+    raise NotBuiltError(f"`ft {command}` is not built yet (issue #{issue}); the config is valid")
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    """Entry point: runs the app and turns a UserError into one line on stderr and exit code 2."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    args = [a for a in args if a != "--debug"]
+    try:
+        code = app(args=args, prog_name="ft", standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
+    except UserError as exc:
+        if debug:
+            raise
+        print(f"ft: error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except SystemExit:
+        raise
+    except Exception as exc:
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(2)
+        if isinstance(exc, click.exceptions.Abort):
+            sys.exit(130)
+        raise
+
+
+if __name__ == "__main__":
+    main()

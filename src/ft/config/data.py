@@ -1,0 +1,159 @@
+"""`data` section: the `datasets:` list and how rows become training sequences."""
+
+from __future__ import annotations
+
+import string
+from typing import Annotated, Any, Literal, Optional, Union
+
+from pydantic import Discriminator, Field, Tag, field_validator, model_validator
+
+from ft.config.base import Section
+
+PLACEHOLDERS = ("instruction", "input", "system")
+
+
+def placeholders(template: str) -> list[str]:
+    """The `{name}` fields of a str.format template."""
+    return [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+
+
+class UserDefinedFormat(Section):
+    """The dict form of a dataset `type:` (Axolotl's user-defined prompt format).
+
+    A row renders as `system_format` (when there is a system text) + the prompt + the output, where the
+    prompt is `format` or, when the input field is absent or empty, `no_input_format`. Only the output
+    (and EOS) is trained when `train_on_inputs: false`.
+    """
+
+    system_prompt: str = Field("", description="System text used when the row has no system field.")
+    system_format: str = Field("{system}", description="How the system text renders; placeholder {system}.")
+    field_system: Optional[str] = Field(None, description="Column holding a per-row system text (wins over system_prompt).")
+    field_instruction: str = Field("instruction", description="Column holding the instruction.")
+    field_input: Optional[str] = Field("input", description="Column holding the optional input.")
+    field_output: str = Field("output", description="Column holding the answer (the trained part).")
+    format: Optional[str] = Field(
+        None,
+        description="Prompt template with {instruction}, {input}, {system}. Default: "
+        "'{instruction}\\n{input}\\n' with input, '{instruction}\\n' without.",
+    )
+    no_input_format: Optional[str] = Field(
+        None, description="Prompt template for rows whose input is absent or empty. Default: derived from format."
+    )
+
+    @model_validator(mode="after")
+    def _known_placeholders(self) -> "UserDefinedFormat":
+        for key in ("format", "no_input_format", "system_format"):
+            template = getattr(self, key)
+            if template is None:
+                continue
+            try:
+                names = placeholders(template)
+            except ValueError as exc:
+                raise ValueError(f"`{key}` is not a valid template ({exc}); write a literal brace as {{{{ or }}}}")
+            for name in names:
+                if name not in PLACEHOLDERS:
+                    valid = ", ".join("{" + p + "}" for p in PLACEHOLDERS)
+                    raise ValueError(f"`{key}` uses unknown placeholder {{{name}}}; valid: {valid}")
+        if self.no_input_format and "input" in placeholders(self.no_input_format):
+            raise ValueError("`no_input_format` uses {input}, but it renders rows that have no input")
+        return self
+
+
+def _type_tag(value: Any) -> str:
+    return "user_defined" if isinstance(value, (dict, UserDefinedFormat)) else "name"
+
+
+FormatType = Annotated[
+    Union[Annotated[str, Tag("name")], Annotated[UserDefinedFormat, Tag("user_defined")]],
+    Discriminator(_type_tag),
+]
+
+
+class DatasetConfig(Section):
+    path: str = Field(..., description="Local file or folder, or a hub dataset id.")
+    type: Optional[FormatType] = Field(
+        None,
+        description="Prompt format: a registered name (alpaca, chat_template, completion, input_output) or a "
+        "user-defined dict. Unset: rows must already hold input_ids (and labels).",
+    )
+    split: str = Field("train", description="Split to read.")
+    name: Optional[str] = Field(None, description="Hub dataset configuration name.")
+    data_files: Optional[tuple[str, ...]] = Field(None, description="Files inside `path` to read.")
+    ds_type: Optional[Literal["json", "csv", "parquet", "arrow", "text"]] = Field(
+        None, description="File type, when the extension does not say it."
+    )
+    revision: Optional[str] = Field(None, description="Hub dataset revision.")
+    field: Optional[str] = Field(None, description="`completion`: the column holding the text (default `text`).")
+    field_messages: Optional[str] = Field(
+        None, description="`chat_template`: the column holding the turns (default: messages or conversations)."
+    )
+    message_field_role: Optional[str] = Field(
+        None, description="`chat_template`: the key of a turn's role (default: role, or from in ShareGPT rows)."
+    )
+    message_field_content: Optional[str] = Field(
+        None, description="`chat_template`: the key of a turn's text (default: content, or value in ShareGPT rows)."
+    )
+    roles_to_train: tuple[str, ...] = Field(("assistant",), description="`chat_template`: roles whose turns are trained.")
+    train_on_eos: Literal["turn", "last", "all", "none"] = Field(
+        "turn",
+        description="`chat_template`: which end-of-turn tokens are trained: those of trained turns, the last "
+        "one, all, or none.",
+    )
+    chat_template: Optional[str] = Field(None, description="`chat_template`: a named template for this dataset.")
+    chat_template_jinja: Optional[str] = Field(None, description="`chat_template`: a Jinja template for this dataset.")
+
+    @field_validator("data_files", "roles_to_train", mode="before")
+    @classmethod
+    def _one_is_a_list(cls, v: object) -> object:
+        return [v] if isinstance(v, str) else v
+
+    @field_validator("type")
+    @classmethod
+    def _registered_format(cls, v: object) -> object:
+        if isinstance(v, str):
+            from ft.data.formats import FORMATS
+
+            if v == "user_defined":
+                raise ValueError("write a user-defined format as a mapping of field_instruction, format, ...")
+            return FORMATS.canonical(v)
+        return v
+
+    @field_validator("chat_template")
+    @classmethod
+    def _registered_template(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None:
+            from ft.data.chat_templates import CHAT_TEMPLATES
+
+            return CHAT_TEMPLATES.canonical(v)
+        return v
+
+
+class DataConfig(Section):
+    datasets: tuple[DatasetConfig, ...] = Field(..., min_length=1, description="Training datasets, concatenated.")
+    test_datasets: tuple[DatasetConfig, ...] = Field((), description="Evaluation datasets (instead of val_set_size).")
+    val_set_size: float = Field(
+        0.0, ge=0, description="Held-out share of the training rows for evaluation: a fraction < 1 or a row count."
+    )
+    dataset_prepared_path: Optional[str] = Field(
+        None, description="Folder of the prepared-dataset cache (default: <output_dir>/prepared)."
+    )
+    sequence_len: int = Field(2048, ge=8, description="Maximum tokens per training sequence (alias: sequence_length).")
+    train_on_inputs: bool = Field(
+        False, description="Take the loss on the prompt too. false: loss on the output (and its EOS) only."
+    )
+    excess_length_strategy: Literal["drop", "truncate"] = Field(
+        "drop", description="What to do with rows longer than sequence_len."
+    )
+    sample_packing: bool = Field(False, description="Pack several rows into each sequence of sequence_len tokens.")
+    eval_sample_packing: Optional[bool] = Field(None, description="Pack evaluation rows too (default: sample_packing).")
+    pad_to_sequence_len: bool = Field(False, description="Pad every batch to sequence_len (steady memory use).")
+    shuffle_merged_datasets: bool = Field(True, description="Shuffle the concatenated datasets with the seed.")
+    dataset_processes: Optional[int] = Field(None, ge=1, description="Worker processes for tokenization.")
+
+    @model_validator(mode="after")
+    def _count_or_fraction(self) -> "DataConfig":
+        if self.val_set_size >= 1 and self.val_set_size != int(self.val_set_size):
+            raise ValueError("`val_set_size` is a fraction below 1 or a whole row count")
+        if self.test_datasets and self.val_set_size:
+            raise ValueError("give `test_datasets` or `val_set_size`, not both")
+        return self

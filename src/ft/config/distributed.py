@@ -1,0 +1,78 @@
+"""`distributed` section: DeepSpeed or FSDP settings for `accelerate launch -m ft train`."""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Optional
+
+from pydantic import Field, field_validator, model_validator
+
+from ft.config.base import Section
+
+FSDP_OPTIONS = ("full_shard", "shard_grad_op", "hybrid_shard", "hybrid_shard_zero2", "no_shard", "offload", "auto_wrap")
+
+
+class FsdpConfig(Section):
+    """`fsdp_config:`. Keys may be written with or without the `fsdp_` prefix (both spellings exist in the wild)."""
+
+    fsdp_version: Literal[1, 2] = Field(1, description="1: FullyShardedDataParallel; 2: fully_shard (per-parameter).")
+    fsdp_offload_params: bool = Field(False, description="Keep parameters and gradients in CPU memory.")
+    fsdp_cpu_ram_efficient_loading: bool = Field(
+        False, description="Load weights on rank 0 only and broadcast them (needs sync_module_states)."
+    )
+    fsdp_sync_module_states: Optional[bool] = Field(None, description="Broadcast rank 0's weights at start.")
+    fsdp_use_orig_params: Optional[bool] = Field(None, description="Keep original parameters (needed by PEFT on FSDP1).")
+    fsdp_state_dict_type: Literal["FULL_STATE_DICT", "SHARDED_STATE_DICT", "LOCAL_STATE_DICT"] = Field(
+        "FULL_STATE_DICT", description="How checkpoints are written."
+    )
+    fsdp_auto_wrap_policy: Literal["TRANSFORMER_BASED_WRAP", "SIZE_BASED_WRAP", "NO_WRAP"] = Field(
+        "TRANSFORMER_BASED_WRAP", description="How modules are grouped into FSDP units."
+    )
+    fsdp_transformer_layer_cls_to_wrap: Optional[str] = Field(
+        None, description="Decoder layer class to wrap, e.g. LlamaDecoderLayer (default: the model's own)."
+    )
+    fsdp_min_num_params: Optional[int] = Field(None, ge=1, description="SIZE_BASED_WRAP threshold.")
+    fsdp_backward_prefetch: Optional[Literal["BACKWARD_PRE", "BACKWARD_POST", "NO_PREFETCH"]] = Field(
+        None, description="When to fetch the next unit's weights in the backward pass."
+    )
+    fsdp_forward_prefetch: Optional[bool] = Field(None, description="Fetch the next unit's weights early in the forward pass.")
+    fsdp_activation_checkpointing: bool = Field(False, description="Checkpoint activations through FSDP.")
+    fsdp_reshard_after_forward: Optional[bool] = Field(None, description="FSDP2: free gathered weights after forward.")
+    fsdp_sharding_strategy: Optional[str] = Field(None, description="FSDP1 strategy name; normally given in `fsdp:`.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _prefix(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            data = {(k if str(k).startswith("fsdp_") else f"fsdp_{k}"): v for k, v in data.items()}
+        return data
+
+
+class DistributedConfig(Section):
+    deepspeed: Optional[str | dict[str, Any]] = Field(
+        None, description="DeepSpeed JSON: a path (see deepspeed_configs/) or the JSON object inline."
+    )
+    fsdp: tuple[str, ...] = Field((), description="FSDP options, e.g. [full_shard, auto_wrap], or one string.")
+    fsdp_config: FsdpConfig = Field(default_factory=FsdpConfig, description="FSDP settings (fsdp_config: block).")
+    ddp_timeout: Optional[int] = Field(None, ge=1, description="Seconds before a collective times out.")
+    ddp_find_unused_parameters: Optional[bool] = Field(None, description="DDP: search for unused parameters.")
+
+    @field_validator("fsdp", mode="before")
+    @classmethod
+    def _split(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return v.split()
+        if v is None or v is False:
+            return ()
+        return v
+
+    @field_validator("fsdp")
+    @classmethod
+    def _known(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for option in v:
+            if option not in FSDP_OPTIONS:
+                raise ValueError(f"unknown fsdp option `{option}`; valid: {', '.join(FSDP_OPTIONS)}")
+        return v
+
+    @property
+    def backend(self) -> Optional[str]:
+        return "deepspeed" if self.deepspeed else "fsdp" if self.fsdp else None

@@ -1,0 +1,238 @@
+"""Read a YAML file (with line numbers), apply aliases and command-line overrides, validate once.
+
+The YAML is flat, as Axolotl users write it; each key belongs to exactly one section of `FtConfig`.
+Every mistake becomes a `ConfigError` naming the file, line, key and, where one exists, the fix.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from ft.config.schema import Contradiction, FtConfig
+from ft.errors import ConfigError
+from ft.registry import did_you_mean
+
+# Section name in FtConfig → the flat YAML keys it owns.
+SECTION_KEYS: dict[str, tuple[str, ...]] = {
+    name: tuple(field.annotation.model_fields)  # type: ignore[union-attr]
+    for name, field in FtConfig.model_fields.items()
+}
+KEY_SECTION: dict[str, str] = {key: section for section, keys in SECTION_KEYS.items() for key in keys}
+assert len(KEY_SECTION) == sum(len(k) for k in SECTION_KEYS.values()), "a YAML key is owned by two sections"
+
+# Other spellings of a key → its ft name.
+ALIASES = {"sequence_length": "sequence_len", "max_seq_length": "sequence_len", "max_packed_sequence_len": "sequence_len"}
+# Keys found in Axolotl configs that ft accepts and ignores, with the reason shown as a warning.
+IGNORED = {"strict": "ft always rejects unknown keys", "debug": "use `ft --debug` for tracebacks"}
+# `bnb_config_kwargs:` (Axolotl) holds keys that ft takes at the top level.
+NESTED_FLAT = ("bnb_config_kwargs",)
+
+Path_ = tuple[Any, ...]
+
+
+def all_keys() -> list[str]:
+    return sorted(KEY_SECTION) + sorted(ALIASES)
+
+
+def load_config(
+    path: str | Path,
+    overrides: Sequence[tuple[str, Any]] = (),
+    warn: Any = None,
+) -> FtConfig:
+    """Load, override and validate a config file.
+
+    `overrides` are (dotted key, value) pairs from the command line; integers in the dotted key index
+    lists (`datasets.0.path`). `warn` receives warnings (default: print to stderr).
+    """
+    path = Path(path)
+    raw, lines = read_yaml(path)
+    origins: dict[str, str] = {}
+    for dotted, value in overrides:
+        apply_override(raw, dotted, value)
+        origins[ALIASES.get(dotted.split(".")[0], dotted.split(".")[0])] = "command line"
+    flat, renamed = normalize(raw, path, lines, origins, warn)
+    sections: dict[str, dict[str, Any]] = {name: {} for name in SECTION_KEYS}
+    for key, value in flat.items():
+        sections[KEY_SECTION[key]][key] = value
+    try:
+        return FtConfig(**{name: values for name, values in sections.items() if values or name in ("model", "data")})
+    except ValidationError as exc:
+        raise ConfigError(explain(exc, path, lines, renamed, origins)) from None
+
+
+def read_yaml(path: Path) -> tuple[dict[str, Any], dict[Path_, int]]:
+    """The mapping in `path` and the 1-based line of every key in it, by key path."""
+    if not path.exists():
+        raise ConfigError(f"{path}: no such file; give the path of a YAML config")
+    if not path.is_file():
+        raise ConfigError(f"{path}: is a folder, not a YAML config file")
+    text = path.read_text(encoding="utf-8")
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{where}: malformed YAML: {problem}") from None
+    if data is None:
+        raise ConfigError(f"{path}: the file is empty; it needs at least `base_model` and `datasets`")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}:1: the top level must be a mapping of `key: value` lines")
+    lines: dict[Path_, int] = {}
+    _walk(node, (), lines, path)
+    return data, lines
+
+
+def _walk(node: yaml.Node, prefix: Path_, lines: dict[Path_, int], path: Path) -> None:
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[Any, int] = {}
+        for key_node, value_node in node.value:
+            key = key_node.value
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                where = ".".join(map(str, prefix + (key,)))
+                raise ConfigError(f"{path}:{line}: `{where}` appears twice (lines {seen[key]} and {line}); keep one")
+            seen[key] = line
+            lines[prefix + (key,)] = line
+            _walk(value_node, prefix + (key,), lines, path)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            lines[prefix + (i,)] = item.start_mark.line + 1
+            _walk(item, prefix + (i,), lines, path)
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value, read as YAML: `true` → True, `2` → 2, `[a, b]` → list, `1e-4` stays text."""
+    try:
+        return yaml.safe_load(text) if text != "" else ""
+    except yaml.YAMLError:
+        return text
+
+
+def apply_override(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    parts: list[Any] = [int(p) if p.isdigit() else p for p in dotted.split(".")]
+    parts[0] = ALIASES.get(parts[0], parts[0])
+    target: Any = raw
+    for i, part in enumerate(parts[:-1]):
+        nxt = parts[i + 1]
+        if isinstance(target, list) and isinstance(part, int) and part >= len(target):
+            raise ConfigError(f"command line (--set {dotted}): index {part} is past the end of the list")
+        try:
+            if isinstance(target, dict) and part not in target:
+                target[part] = [] if isinstance(nxt, int) else {}
+            target = target[part]
+        except (KeyError, IndexError, TypeError):
+            raise ConfigError(f"command line (--set {dotted}): `{part}` does not exist in the config") from None
+    last = parts[-1]
+    if isinstance(target, list) and isinstance(last, int):
+        if last >= len(target):
+            raise ConfigError(f"command line (--set {dotted}): index {last} is past the end of the list")
+        target[last] = value
+    elif isinstance(target, dict):
+        target[last] = value
+    else:
+        raise ConfigError(f"command line (--set {dotted}): cannot set `{last}` inside a {type(target).__name__}")
+
+
+def normalize(
+    raw: dict[str, Any], path: Path, lines: dict[Path_, int], origins: dict[str, str], warn: Any
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """Resolve aliases, drop ignored keys, unfold nested-flat blocks; reject unknown keys.
+
+    Returns the flat mapping of ft names and, for each renamed key, the name the user wrote.
+    """
+    warn = warn or _stderr
+    flat: dict[str, Any] = {}
+    written: dict[str, str] = {}
+    items = list(raw.items())
+    for block in NESTED_FLAT:
+        if block in raw and isinstance(raw[block], dict):
+            items = [(k, v) for k, v in items if k != block] + [(k, v) for k, v in raw[block].items()]
+    for key, value in items:
+        where = _where(path, lines, origins, (key,))
+        if not isinstance(key, str):
+            raise ConfigError(f"{where}: key `{key}` must be text")
+        if key in IGNORED:
+            warn(f"{where}: `{key}` is ignored: {IGNORED[key]}")
+            continue
+        name = ALIASES.get(key, key)
+        if name not in KEY_SECTION:
+            raise ConfigError(f"{where}: unknown key `{key}`{did_you_mean(key, all_keys())}")
+        if name in flat:
+            raise ConfigError(f"{where}: `{key}` and `{written[name]}` mean the same thing; keep one")
+        flat[name] = value
+        written[name] = key
+    return flat, {name: key for name, key in written.items() if name != key}
+
+
+def explain(exc: ValidationError, path: Path, lines: dict[Path_, int], renamed: dict[str, str], origins: dict[str, str]) -> str:
+    """One line per pydantic error (at most three), each naming where, which key, and what is wrong."""
+    messages = []
+    errors = exc.errors()
+    # A list whose only item failed also reports "too short"; the item's own error is the one to show.
+    failed = [e["loc"] for e in errors if e["type"] != "too_short"]
+    errors = [e for e in errors if not (e["type"] == "too_short" and any(f[: len(e["loc"])] == e["loc"] for f in failed))]
+    for err in errors:
+        loc = list(err["loc"])
+        ctx = err.get("ctx") or {}
+        error = ctx.get("error")
+        if isinstance(error, Contradiction):
+            loc = [error.key]
+        elif loc and loc[0] in SECTION_KEYS:
+            loc = loc[1:]
+        loc = [p for i, p in enumerate(loc) if not (i and loc[i - 1] == "type" and p in ("name", "user_defined"))]
+        if err["type"] == "unknown_key":
+            loc.append(ctx["key"])
+        if loc and loc[0] in renamed:
+            loc[0] = renamed[loc[0]]
+        where = _where(path, lines, origins, tuple(loc))
+        key = _dotted(loc)
+        msg = str(error) if error is not None else err["msg"]
+        if err["type"] == "missing":
+            messages.append(f"{where}: `{key}` is required")
+            continue
+        if err["type"] not in ("value_error", "unknown_key") and _is_scalar(err.get("input")):
+            msg += f" (got {err['input']!r})"
+        messages.append(f"{where}: `{key}`: {msg}" if key and err["type"] != "unknown_key" else f"{where}: {msg}")
+    more = len(messages) - 3
+    return "\n".join(messages[:3]) + (f"\n(and {more} more)" if more > 0 else "")
+
+
+def _where(path: Path, lines: dict[Path_, int], origins: dict[str, str], loc: tuple[Any, ...]) -> str:
+    if loc and loc[0] in origins:
+        return origins[loc[0]]
+    for end in range(len(loc), 0, -1):
+        if loc[:end] in lines:
+            return f"{path}:{lines[loc[:end]]}"
+    return str(path)
+
+
+def _dotted(loc: Iterable[Any]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _is_scalar(value: Any) -> bool:
+    return isinstance(value, (str, int, float, bool)) or value is None
+
+
+def _stderr(message: str) -> None:
+    import sys
+
+    print(f"ft: warning: {message}", file=sys.stderr)
+
+
+def to_flat_dict(cfg: FtConfig) -> dict[str, Any]:
+    """The config as one flat YAML-ready mapping of ft names (what `load_config` reads back)."""
+    flat: dict[str, Any] = {}
+    for name in SECTION_KEYS:
+        section: BaseModel = getattr(cfg, name)
+        flat.update(section.model_dump(mode="json"))
+    return flat

@@ -1,0 +1,126 @@
+"""`model` and `quantization` sections: what to load and how."""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import Field, field_validator
+
+from ft.config.base import Section
+
+
+class SpecialTokens(Section):
+    bos_token: Optional[str] = Field(None, description="Beginning-of-sequence token text.")
+    eos_token: Optional[str] = Field(None, description="End-of-sequence token text.")
+    pad_token: Optional[str] = Field(
+        None, description="Padding token text. When unset and the tokenizer has none, ft adds one."
+    )
+    unk_token: Optional[str] = Field(None, description="Unknown-token text.")
+
+
+class ModelConfig(Section):
+    base_model: str = Field(..., description="Hub id or local folder of the model to fine-tune.")
+    base_model_config: Optional[str] = Field(
+        None, description="Hub id or folder to read the model config from, when it differs from base_model."
+    )
+    tokenizer_config: Optional[str] = Field(
+        None, description="Hub id or folder of the tokenizer, when it differs from base_model."
+    )
+    model_type: Optional[str] = Field(
+        None, description="Accepted for Axolotl configs; ft always loads with AutoModelForCausalLM."
+    )
+    tokenizer_type: Optional[str] = Field(
+        None, description="Accepted for Axolotl configs; ft always loads with AutoTokenizer."
+    )
+    tokenizer_use_fast: bool = Field(True, description="Use the fast (Rust) tokenizer.")
+    trust_remote_code: bool = Field(
+        False, description="Run Python code shipped with the model or tokenizer. Only for sources you trust."
+    )
+    revision_of_model: Optional[str] = Field(None, description="Git revision (branch, tag or commit) on the hub.")
+    special_tokens: SpecialTokens = Field(
+        default_factory=SpecialTokens, description="Special tokens to set on the tokenizer (bos/eos/pad/unk)."
+    )
+    tokens: tuple[str, ...] = Field(
+        (), description="Extra tokens to add to the vocabulary; their embeddings are resized and trained."
+    )
+    chat_template: Optional[str] = Field(
+        None,
+        description="Chat template for the tokenizer: `tokenizer_default` (the tokenizer's own) or a "
+        "named one (chatml, llama3, phi3, gemma). Used by `type: chat_template` datasets.",
+    )
+    chat_template_jinja: Optional[str] = Field(
+        None, description="A Jinja chat template given in full; wins over chat_template."
+    )
+    bf16: bool | Literal["auto"] = Field(
+        "auto",
+        description="Train in bfloat16. `auto`: bf16 on GPUs that support it, else fp16 on GPU, fp32 on CPU.",
+    )
+    fp16: Optional[bool] = Field(None, description="Train in float16 with loss scaling.")
+    tf32: bool = Field(False, description="Allow TF32 matmuls on Ampere and newer GPUs.")
+    flash_attention: bool = Field(
+        False,
+        description="Use flash_attention_2. Needs flash-attn (`pip install ft[flash]`, GPU only); without it "
+        "ft falls back to sdpa with a warning.",
+    )
+    sdp_attention: bool = Field(False, description="Use PyTorch scaled_dot_product_attention (sdpa).")
+    eager_attention: bool = Field(False, description="Use the plain eager attention implementation.")
+    attn_implementation: Optional[str] = Field(
+        None, description="An explicit transformers attn_implementation; wins over the three switches above."
+    )
+
+    @field_validator("tokens", mode="before")
+    @classmethod
+    def _one_token_is_a_list(cls, v: object) -> object:
+        return [v] if isinstance(v, str) else v
+
+    @field_validator("chat_template")
+    @classmethod
+    def _registered_template(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None:
+            from ft.data.chat_templates import CHAT_TEMPLATES
+
+            return CHAT_TEMPLATES.canonical(v)
+        return v
+
+    @property
+    def precision(self) -> Literal["bf16", "fp16", "fp32", "auto"]:
+        """The training precision asked for; `auto` is resolved against the hardware when training."""
+        if self.fp16:
+            return "fp16"
+        if self.bf16 == "auto":
+            return "auto"
+        return "bf16" if self.bf16 else "fp32"
+
+    @property
+    def attention_request(self) -> Optional[str]:
+        """The attn_implementation asked for, before checking what is installed; None = model default."""
+        if self.attn_implementation:
+            return self.attn_implementation
+        if self.flash_attention:
+            return "flash_attention_2"
+        if self.sdp_attention:
+            return "sdpa"
+        if self.eager_attention:
+            return "eager"
+        return None
+
+
+class QuantizationConfig(Section):
+    load_in_8bit: bool = Field(False, description="Load the base model in 8 bits (bitsandbytes LLM.int8).")
+    load_in_4bit: bool = Field(False, description="Load the base model in 4 bits (bitsandbytes); use with qlora.")
+    bnb_4bit_quant_type: Literal["nf4", "fp4"] = Field("nf4", description="4-bit data type.")
+    bnb_4bit_use_double_quant: bool = Field(True, description="Quantize the 4-bit scales too (saves ~0.4 bit/param).")
+    bnb_4bit_compute_dtype: Optional[Literal["bfloat16", "float16", "float32"]] = Field(
+        None, description="dtype of the 4-bit matmuls; default: the training dtype."
+    )
+    bnb_4bit_quant_storage: Optional[Literal["bfloat16", "float16", "float32", "uint8"]] = Field(
+        None, description="Storage dtype of packed 4-bit weights; set to the training dtype for FSDP + QLoRA."
+    )
+    llm_int8_threshold: float = Field(6.0, description="Outlier threshold of 8-bit matmuls.")
+    llm_int8_skip_modules: Optional[tuple[str, ...]] = Field(
+        None, description="Modules to keep unquantized (default: the output head)."
+    )
+
+    @property
+    def bits(self) -> Optional[int]:
+        return 4 if self.load_in_4bit else 8 if self.load_in_8bit else None

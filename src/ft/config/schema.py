@@ -1,0 +1,86 @@
+"""`FtConfig`: the sections composed, the checks that span sections, and derived values."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ft.config.adapter import AdapterConfig
+from ft.config.data import DataConfig
+from ft.config.distributed import DistributedConfig
+from ft.config.logs import LoggingConfig
+from ft.config.model import ModelConfig, QuantizationConfig
+from ft.config.training import TrainingConfig
+
+
+class Contradiction(ValueError):
+    """Two settings that cannot hold together; `key` is the one whose line the message points at."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+class FtConfig(BaseModel):
+    """The whole validated config. Built once by `ft.config.load_config`, never mutated."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: ModelConfig
+    quantization: QuantizationConfig = Field(default_factory=QuantizationConfig)
+    adapter: AdapterConfig = Field(default_factory=AdapterConfig)
+    data: DataConfig
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+
+    @model_validator(mode="after")
+    def _no_contradictions(self) -> "FtConfig":
+        for contradiction in contradictions(self):
+            raise contradiction
+        return self
+
+    def effective_batch_size(self, world_size: int = 1) -> int:
+        """Sequences per optimizer step: micro batch × accumulation × processes."""
+        t = self.training
+        return t.micro_batch_size * t.gradient_accumulation_steps * world_size
+
+    @property
+    def has_eval_data(self) -> bool:
+        return bool(self.data.val_set_size or self.data.test_datasets)
+
+
+def contradictions(cfg: FtConfig) -> list[Contradiction]:
+    """Every pair of settings that cannot hold together, checked before anything is loaded."""
+    q, a, m, t, d = cfg.quantization, cfg.adapter, cfg.model, cfg.training, cfg.distributed
+    found: list[Contradiction] = []
+
+    def add(key: str, message: str) -> None:
+        found.append(Contradiction(key, message))
+
+    if q.load_in_8bit and q.load_in_4bit:
+        add("load_in_8bit", "`load_in_8bit` and `load_in_4bit` are both true; keep one (4-bit goes with `adapter: qlora`)")
+    elif q.load_in_4bit and a.adapter == "lora":
+        add("adapter", "`load_in_4bit` with `adapter: lora`: use `adapter: qlora`")
+    elif a.adapter == "qlora" and not q.load_in_4bit:
+        fix = "use `adapter: lora` with an 8-bit base" if q.load_in_8bit else "add `load_in_4bit: true`"
+        add("adapter", f"`adapter: qlora` trains on a 4-bit base: {fix}")
+    elif q.bits and a.adapter is None:
+        fix = "adapter: qlora" if q.bits == 4 else "adapter: lora"
+        add(f"load_in_{q.bits}bit", f"a {q.bits}-bit base cannot be fully fine-tuned: add `{fix}`")
+    if a.lora_model_dir and a.adapter is None:
+        add("lora_model_dir", "`lora_model_dir` needs `adapter: lora` or `adapter: qlora`")
+    if m.bf16 is True and m.fp16:
+        add("fp16", "`bf16` and `fp16` are both true; keep one")
+    if d.deepspeed and d.fsdp:
+        add("fsdp", "`deepspeed` and `fsdp` are both set; use one of them")
+    if d.fsdp and q.load_in_8bit:
+        add("load_in_8bit", "FSDP cannot shard an 8-bit base; use `load_in_4bit: true` with `adapter: qlora`")
+    if t.save_steps and t.saves_per_epoch:
+        add("saves_per_epoch", "`save_steps` and `saves_per_epoch` are both set; keep one")
+    if t.eval_steps and t.evals_per_epoch:
+        add("evals_per_epoch", "`eval_steps` and `evals_per_epoch` are both set; keep one")
+    if t.warmup_steps is not None and t.warmup_ratio is not None:
+        add("warmup_ratio", "`warmup_steps` and `warmup_ratio` are both set; keep one")
+    if t.early_stopping_patience and not cfg.has_eval_data:
+        add("early_stopping_patience", "early stopping needs evaluation data: set `val_set_size` or `test_datasets`")
+    return found

@@ -1,0 +1,66 @@
+"""`training` section: batches, optimizer, schedule, evaluation, checkpoints."""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Optional
+
+from pydantic import Field, field_validator
+
+from ft.config.base import Section
+
+
+class TrainingConfig(Section):
+    output_dir: str = Field("./outputs", description="Where checkpoints, the adapter or model, and logs go.")
+    micro_batch_size: int = Field(1, ge=1, description="Sequences per device per forward pass.")
+    eval_batch_size: Optional[int] = Field(None, ge=1, description="Sequences per device when evaluating (default: micro_batch_size).")
+    gradient_accumulation_steps: int = Field(1, ge=1, description="Micro batches per optimizer step.")
+    num_epochs: float = Field(1, gt=0, description="Passes over the training data.")
+    max_steps: Optional[int] = Field(None, ge=1, description="Stop after this many optimizer steps (wins over num_epochs).")
+    optimizer: str = Field("adamw_torch", description="Optimizer name; see the optimizer list in the docs.")
+    learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate.")
+    lr_scheduler: str = Field("cosine", description="Learning-rate schedule after warmup.")
+    warmup_steps: Optional[int] = Field(None, ge=0, description="Linear warmup steps.")
+    warmup_ratio: Optional[float] = Field(None, ge=0, lt=1, description="Warmup as a share of all steps.")
+    weight_decay: float = Field(0.0, ge=0, description="Decoupled weight decay.")
+    adam_beta1: Optional[float] = Field(None, gt=0, lt=1, description="Adam beta1 (default 0.9).")
+    adam_beta2: Optional[float] = Field(None, gt=0, lt=1, description="Adam beta2 (default 0.999).")
+    adam_epsilon: Optional[float] = Field(None, gt=0, description="Adam epsilon (default 1e-8).")
+    max_grad_norm: float = Field(1.0, ge=0, description="Gradient clipping norm; 0 turns clipping off.")
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in the backward pass: much less memory, ~30% more compute."
+    )
+    eval_steps: Optional[float] = Field(None, gt=0, description="Evaluate every N steps (or a fraction of the run).")
+    evals_per_epoch: Optional[int] = Field(None, ge=1, description="Evaluate this many times per epoch.")
+    save_steps: Optional[float] = Field(None, gt=0, description="Save a checkpoint every N steps (or a fraction of the run).")
+    saves_per_epoch: Optional[int] = Field(None, ge=1, description="Save this many checkpoints per epoch.")
+    save_total_limit: Optional[int] = Field(None, ge=1, description="Keep at most this many checkpoints.")
+    resume_from_checkpoint: Optional[str] = Field(None, description="A checkpoint folder to resume from.")
+    auto_resume_from_checkpoints: bool = Field(
+        True, description="Resume from the newest complete checkpoint in output_dir when there is one."
+    )
+    early_stopping_patience: Optional[int] = Field(
+        None, ge=1, description="Stop after this many evaluations without a better eval loss."
+    )
+    neftune_noise_alpha: Optional[float] = Field(None, gt=0, description="NEFTune embedding noise.")
+    group_by_length: bool = Field(False, description="Batch rows of similar length together (less padding).")
+    seed: int = Field(42, description="Seed for shuffling, splits and initialisation.")
+    torch_compile: bool = Field(False, description="Compile the model with torch.compile.")
+
+    @field_validator("optimizer")
+    @classmethod
+    def _registered_optimizer(cls, v: str) -> str:
+        from ft.train.optimizers import OPTIMIZERS
+
+        return OPTIMIZERS.canonical(v)
+
+    @field_validator("lr_scheduler")
+    @classmethod
+    def _registered_scheduler(cls, v: str) -> str:
+        from ft.train.schedulers import SCHEDULERS
+
+        return SCHEDULERS.canonical(v)
+
+    @field_validator("resume_from_checkpoint", mode="before")
+    @classmethod
+    def _false_means_none(cls, v: Any) -> Any:
+        return None if v is False else v

@@ -1,0 +1,12 @@
+"""Prompt formats, one module each, registered under their YAML names in FORMATS."""
+
+from ft.data.formats.base import FORMATS, Format, Segment
+from ft.data.formats import alpaca, chat, completion, input_output, user_defined  # noqa: F401  (registers)
+
+__all__ = ["FORMATS", "Format", "Segment", "build_format"]
+
+
+def build_format(ds, tokenizer=None) -> Format:
+    """The format object for one `datasets:` entry (the dict form of `type:` is `user_defined`)."""
+    name = ds.type if isinstance(ds.type, str) else "user_defined"
+    return FORMATS.get(name)(ds, tokenizer)

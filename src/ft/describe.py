@@ -1,0 +1,49 @@
+"""What `ft validate` prints: the resolved config and the values derived from it."""
+
+from __future__ import annotations
+
+import yaml
+
+from ft.config import FtConfig, to_flat_dict
+from ft.config.load import SECTION_KEYS
+from ft.model.attention import describe_precision, resolve_attention
+
+
+def resolved_yaml(cfg: FtConfig) -> str:
+    """The full config, defaults included, grouped by section; `load_config` reads it back unchanged."""
+    flat = to_flat_dict(cfg)
+    parts = []
+    for section, keys in SECTION_KEYS.items():
+        block = {k: flat[k] for k in keys}
+        parts.append(f"# {section}\n" + yaml.safe_dump(block, sort_keys=False, allow_unicode=True, width=120))
+    return "\n".join(parts)
+
+
+def derived(cfg: FtConfig, world_size: int = 1) -> dict[str, str]:
+    t, a, q, d = cfg.training, cfg.adapter, cfg.quantization, cfg.distributed
+    attention, warning = resolve_attention(cfg.model)
+    out = {
+        "effective batch size": f"{cfg.effective_batch_size(world_size)} "
+        f"(micro batch {t.micro_batch_size} × accumulation {t.gradient_accumulation_steps} × {world_size} process"
+        f"{'es' if world_size != 1 else ''})",
+        "precision": describe_precision(cfg.model),
+        "attention": (attention or "the model's default (sdpa where supported)") + (f" ({warning})" if warning else ""),
+    }
+    if a.adapter:
+        targets = "all linear layers" if a.lora_target_linear else ", ".join(a.lora_target_modules or ("PEFT's default",))
+        base = f"{q.bits}-bit" if q.bits else "16-bit"
+        out["method"] = f"{a.adapter} r={a.lora_r} alpha={a.lora_alpha:g} on {targets}, {base} base"
+    else:
+        out["method"] = "full fine-tuning"
+    if d.backend and world_size == 1:
+        out["distributed"] = f"{d.backend}; run with `accelerate launch -m ft train ...` (batch size × processes)"
+    else:
+        out["distributed"] = d.backend or "none"
+    out["evaluation"] = "on held-out data" if cfg.has_eval_data else "none (set val_set_size or test_datasets)"
+    return out
+
+
+def describe(cfg: FtConfig, world_size: int = 1) -> str:
+    lines = [resolved_yaml(cfg), "# derived"]
+    lines += [f"# {key}: {value}" for key, value in derived(cfg, world_size).items()]
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Model side: tokenizer, base model, quantization, adapters, merge. Heavy imports stay inside functions."""

@@ -1,0 +1,1 @@
+"""Training: TrainingArguments, the Trainer, callbacks. Registries here import no torch."""

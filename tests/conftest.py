@@ -1,0 +1,56 @@
+"""Shared fixtures. Tests need no network and no GPU: tiny random models and a locally trained tokenizer."""
+
+from __future__ import annotations
+
+import os
+
+# Before anything imports torch or the hub client: offline, one thread (2 OpenMP threads on a busy
+# 2-core machine make tiny models 10-100x slower), no tokenizer thread pools.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["OMP_NUM_THREADS"] = "1"
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+DATA = Path(__file__).resolve().parent / "data"
+
+
+def run_ft(*args: str, cwd: Path | str | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run the real CLI in a fresh process, as a user would."""
+    return subprocess.run(
+        [sys.executable, "-m", "ft", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd or ROOT,
+        env={**os.environ, **(env or {})},
+        timeout=600,
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    from ft.tiny import build_tokenizer
+
+    return build_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A factory: tiny_model_dir("llama") → folder with a saved tiny model and tokenizer (built once)."""
+    from ft.tiny import make_tiny_model
+
+    built: dict[str, Path] = {}
+
+    def get(arch: str = "llama") -> Path:
+        if arch not in built:
+            built[arch] = make_tiny_model(tmp_path_factory.mktemp(f"tiny-{arch}"), arch=arch)
+        return built[arch]
+
+    return get
