@@ -75,15 +75,20 @@ def train(ctx: typer.Context, config: Path = CONFIG_ARG, set_: Optional[List[str
     _not_built("train", 4)
 
 
-@app.command(context_settings=OVERRIDES, help="Tokenize the datasets once and cache them." + OVERRIDE_HELP)
+@app.command(context_settings=OVERRIDES, help="Tokenize the datasets once and cache them (--debug also prints the first examples with the trained "
+    "tokens marked)." + OVERRIDE_HELP,
+)
 def preprocess(
     ctx: typer.Context,
     config: Path = CONFIG_ARG,
     set_: Optional[List[str]] = SET_OPT,
     show: int = typer.Option(0, "--show", help="Print the first N examples with trained tokens marked."),
 ) -> None:
-    load(config, ctx, set_)
-    _not_built("preprocess", 3)
+    from ft.commands.preprocess import run_preprocess
+
+    cfg = load(config, ctx, set_)
+    debug = bool(ctx.obj and ctx.obj.get("debug"))
+    run_preprocess(cfg, show=show or (3 if debug else 0))
 
 
 @app.command("merge-lora", context_settings=OVERRIDES, help="Merge the trained adapter into the base model." + OVERRIDE_HELP)
@@ -130,7 +135,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     debug = "--debug" in args
     args = [a for a in args if a != "--debug"]
     try:
-        code = app(args=args, prog_name="ft", standalone_mode=False)
+        code = app(args=args, prog_name="ft", standalone_mode=False, obj={"debug": debug})
         if isinstance(code, int) and code:
             sys.exit(code)
     except UserError as exc:

@@ -1,0 +1,245 @@
+"""The prepared-dataset cache behind `ft preprocess` and `ft train`.
+
+The cache key covers everything that changes the result: every dataset option, the content of local
+data files, sequence_len and the masking options, the split and shuffle settings, and the tokenizer (its
+files' content, special tokens, added tokens, chat template). Computing it loads no tokenizer and no
+torch, so a cache hit costs little more than reading the Arrow files. A result is written to a temporary
+folder and renamed into place, so a failed run never leaves a partial cache; a file lock makes one
+process prepare while the others (under `accelerate launch`) wait and then read the same files.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import math
+import random
+import shutil
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from ft.config import FtConfig
+from ft.config.model import ModelConfig
+from ft.data.sources import file_digest, load_rows, source_fingerprint
+from ft.data.tokenize import Counts, RowTokenizer, Tokenized
+from ft.errors import DataError
+
+# Bump when the tokenized output of the same inputs changes, so old caches are not reused.
+PIPELINE_VERSION = 1
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+                   "chat_template.json", "added_tokens.json", "tokenizer.model", "vocab.json", "merges.txt")
+
+
+@dataclass
+class Prepared:
+    path: Path
+    train: Any  # pyarrow.Table with input_ids and labels (list<int32>)
+    eval: Any  # pyarrow.Table or None
+    stats: dict[str, Any]
+    hit: bool
+
+
+def prepared_root(cfg: FtConfig) -> Path:
+    return Path(cfg.data.dataset_prepared_path or Path(cfg.training.output_dir) / "prepared")
+
+
+def tokenizer_fingerprint(m: ModelConfig) -> dict[str, Any]:
+    source = m.tokenizer_config or m.base_model
+    files: dict[str, str] = {}
+    folder = Path(source)
+    if folder.is_dir():
+        files = {name: file_digest(folder / name) for name in TOKENIZER_FILES if (folder / name).is_file()}
+    else:  # a hub id: hash the files already in the local hub cache, when they are there
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            for name in TOKENIZER_FILES:
+                cached = try_to_load_from_cache(source, name, revision=m.revision_of_model)
+                if isinstance(cached, str):
+                    files[name] = file_digest(Path(cached))
+        except ImportError:
+            pass
+    return {
+        "source": source,
+        "revision": m.revision_of_model,
+        "use_fast": m.tokenizer_use_fast,
+        "special_tokens": m.special_tokens.model_dump(),
+        "tokens": list(m.tokens),
+        "chat_template": m.chat_template,
+        "chat_template_jinja": m.chat_template_jinja,
+        "files": files,
+    }
+
+
+def cache_inputs(cfg: FtConfig) -> dict[str, Any]:
+    d = cfg.data
+    return {
+        "version": PIPELINE_VERSION,
+        "datasets": [{**ds.model_dump(mode="json"), "content": source_fingerprint(ds)} for ds in d.datasets],
+        "test_datasets": [{**ds.model_dump(mode="json"), "content": source_fingerprint(ds)} for ds in d.test_datasets],
+        "sequence_len": d.sequence_len,
+        "train_on_inputs": d.train_on_inputs,
+        "excess_length_strategy": d.excess_length_strategy,
+        "val_set_size": d.val_set_size,
+        "shuffle": d.shuffle_merged_datasets,
+        "seed": cfg.training.seed,
+        "tokenizer": tokenizer_fingerprint(cfg.model),
+    }
+
+
+def cache_key(cfg: FtConfig) -> str:
+    blob = json.dumps(cache_inputs(cfg), sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def prepare(cfg: FtConfig, tokenizer: Any = None) -> Prepared:
+    """The tokenized train (and eval) split: from the cache when it holds them, else built and cached."""
+    root = prepared_root(cfg)
+    key = cache_key(cfg)
+    target = root / key
+    with _locked(root / f"{key}.lock"):
+        if (target / "meta.json").is_file():
+            return _read(target, hit=True)
+        started = time.perf_counter()
+        if tokenizer is None:
+            from ft.model.tokenizer import load_tokenizer
+
+            tokenizer = load_tokenizer(cfg.model)
+        train, evaluation, stats = build(cfg, tokenizer)
+        stats["seconds"] = round(time.perf_counter() - started, 2)
+        stats["key"] = key
+        tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=root))
+        try:
+            _write(tmp / "train.arrow", train)
+            if evaluation is not None:
+                _write(tmp / "eval.arrow", evaluation)
+            (tmp / "inputs.json").write_text(json.dumps(cache_inputs(cfg), indent=1, default=str))
+            (tmp / "meta.json").write_text(json.dumps(stats, indent=1))
+            tmp.rename(target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return _read(target, hit=False)
+
+
+def build(cfg: FtConfig, tokenizer: Any) -> tuple[Tokenized, Tokenized | None, dict[str, Any]]:
+    """Tokenize every dataset, shuffle, split off the eval rows; no files are written here."""
+    from ft.model.tokenizer import adds_bos
+
+    d = cfg.data
+    bos = adds_bos(tokenizer)
+    train = _tokenize_all(d.datasets, cfg, tokenizer, bos)
+    evaluation = _tokenize_all(d.test_datasets, cfg, tokenizer, bos) if d.test_datasets else None
+    order = list(range(len(train.input_ids)))
+    if d.shuffle_merged_datasets:
+        random.Random(cfg.training.seed).shuffle(order)
+    if d.val_set_size:
+        n_eval = int(d.val_set_size) if d.val_set_size >= 1 else max(1, math.floor(len(order) * d.val_set_size))
+        if n_eval >= len(order):
+            raise DataError(f"val_set_size {d.val_set_size:g} takes all {len(order)} usable rows; nothing is left to train on")
+        evaluation = _subset(train, order[:n_eval])
+        order = order[n_eval:]
+    train = _subset(train, order)
+    if not train.input_ids:
+        raise DataError("no training rows are left after filtering; see the counts above (sequence_len too small?)")
+    stats = {"train": _split_stats(train), "eval": _split_stats(evaluation) if evaluation else None,
+             "read": asdict(_counts(cfg, train, evaluation))}
+    return train, evaluation, stats
+
+
+def _tokenize_all(entries: Any, cfg: FtConfig, tokenizer: Any, bos: bool) -> Tokenized:
+    merged = Tokenized()
+    for ds in entries:
+        rows = load_rows(ds)
+        if not rows:
+            raise DataError(f"dataset `{ds.path}` (split {ds.split}) has no rows")
+        part = RowTokenizer(ds, cfg.data, tokenizer, bos)(rows)
+        if not part.input_ids:
+            raise DataError(
+                f"dataset `{ds.path}`: all {part.counts.rows} rows were dropped "
+                f"({part.counts.dropped_long} longer than sequence_len {cfg.data.sequence_len}, "
+                f"{part.counts.dropped_no_target} with nothing to train on)"
+            )
+        merged.input_ids += part.input_ids
+        merged.labels += part.labels
+        merged.counts.add(part.counts)
+    return merged
+
+
+def _subset(t: Tokenized, order: list[int]) -> Tokenized:
+    return Tokenized([t.input_ids[i] for i in order], [t.labels[i] for i in order], t.counts)
+
+
+def _counts(cfg: FtConfig, train: Tokenized, evaluation: Tokenized | None) -> Counts:
+    total = Counts()
+    total.add(train.counts)
+    if evaluation is not None and cfg.data.test_datasets:
+        total.add(evaluation.counts)
+    return total
+
+
+def _split_stats(t: Tokenized) -> dict[str, int]:
+    tokens = sum(map(len, t.input_ids))
+    trained = sum(len(x) - x.count(-100) - (x[0] != -100) for x in t.labels if x)
+    return {"rows": len(t.input_ids), "tokens": tokens, "trained_tokens": trained}
+
+
+def _write(path: Path, t: Tokenized) -> None:
+    import itertools
+
+    import numpy as np
+    import pyarrow as pa
+
+    def column(lists: list[list[int]]) -> Any:
+        lengths = np.fromiter(map(len, lists), dtype=np.int64, count=len(lists))
+        offsets = np.zeros(len(lists) + 1, dtype=np.int32)
+        np.cumsum(lengths, out=offsets[1:])
+        flat = np.fromiter(itertools.chain.from_iterable(lists), dtype=np.int32, count=int(offsets[-1]))
+        return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat))
+
+    table = pa.table({"input_ids": column(t.input_ids), "labels": column(t.labels)})
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+
+
+def _read(target: Path, hit: bool) -> Prepared:
+    import pyarrow as pa
+
+    def table(name: str) -> Any:
+        path = target / name
+        return pa.ipc.open_file(pa.memory_map(str(path))).read_all() if path.is_file() else None
+
+    stats = json.loads((target / "meta.json").read_text())
+    return Prepared(target, table("train.arrow"), table("eval.arrow"), stats, hit)
+
+
+def report(p: Prepared, sequence_len: int) -> str:
+    """What `ft preprocess` prints: where the cache is and what went into it."""
+    s, read = p.stats, p.stats["read"]
+    how = "found in cache" if p.hit else f"built in {s['seconds']} s"
+    lines = [
+        f"prepared dataset {how}: {p.path}",
+        f"  rows read {read['rows']:,}: kept {read['kept']:,}, dropped {read['dropped_long']:,} longer than "
+        f"sequence_len {sequence_len}, truncated {read['truncated']:,}, split into chunks {read['chunked']:,}, "
+        f"dropped with nothing to train on {read['dropped_no_target']:,}",
+    ]
+    for split in ("train", "eval"):
+        if s.get(split):
+            x = s[split]
+            lines.append(f"  {split}: {x['rows']:,} sequences, {x['tokens']:,} tokens, {x['trained_tokens']:,} trained tokens")
+    return "\n".join(lines)

@@ -1,0 +1,167 @@
+"""The one place that turns segments into input_ids and labels, and applies train_on_inputs.
+
+A format renders a row as segments with train flags; the whole text is tokenized at once (so the tokens
+are exactly what the tokenizer makes of the text, chat templates included), and each token is trained
+when its characters overlap a trained segment. BOS is added once, when the tokenizer adds it to plain
+text and the text does not already start with it; EOS follows the output and is trained with it.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, bisect_right
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+from ft.config.data import DataConfig, DatasetConfig
+from ft.data.formats import Format, Segment, build_format
+from ft.errors import DataError
+
+IGNORE = -100
+BATCH = 2000
+
+
+@dataclass
+class Counts:
+    rows: int = 0
+    kept: int = 0
+    dropped_long: int = 0
+    dropped_no_target: int = 0
+    truncated: int = 0
+    chunked: int = 0
+    tokens: int = 0
+    trained: int = 0
+
+    def add(self, other: "Counts") -> None:
+        for name in self.__dataclass_fields__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+@dataclass
+class Tokenized:
+    input_ids: list[list[int]] = field(default_factory=list)
+    labels: list[list[int]] = field(default_factory=list)
+    counts: Counts = field(default_factory=Counts)
+
+
+def trained_ranges(segments: Sequence[Segment], train_on_inputs: bool) -> tuple[str, list[tuple[int, int]]]:
+    """The text and the character ranges the loss is taken on."""
+    text = "".join(s.text for s in segments)
+    if train_on_inputs:
+        return text, [(0, len(text))]
+    ranges, pos = [], 0
+    for s in segments:
+        if s.train and s.text:
+            if ranges and ranges[-1][1] == pos:
+                ranges[-1] = (ranges[-1][0], pos + len(s.text))
+            else:
+                ranges.append((pos, pos + len(s.text)))
+        pos += len(s.text)
+    return text, ranges
+
+
+def build_labels(ids: list[int], offsets: list[tuple[int, int]], ranges: list[tuple[int, int]]) -> list[int]:
+    """Labels for `ids`: the id where the token's characters overlap a trained range, else IGNORE."""
+    labels = [IGNORE] * len(ids)
+    for a, b in ranges:
+        first = bisect_right(offsets, a, key=lambda o: max(o[1], o[0] + 1))  # first token ending after a
+        last = bisect_left(offsets, b, key=lambda o: o[0])  # first token starting at or after b
+        labels[first:last] = ids[first:last]
+    return labels
+
+
+class RowTokenizer:
+    """Tokenizes the rows of one dataset entry with its format, under the data section's rules."""
+
+    def __init__(self, ds: DatasetConfig, data: DataConfig, tokenizer: Any, bos: bool) -> None:
+        self.ds, self.data, self.tok = ds, data, tokenizer
+        self.fmt: Format | None = build_format(ds, tokenizer) if ds.type is not None else None
+        self.bos = bos and not (self.fmt and not self.fmt.append_eos)  # chat templates write their own BOS
+        self.backend = tokenizer.backend_tokenizer
+
+    def where(self, index: int, row: Mapping[str, Any]) -> str:
+        return f"dataset `{self.ds.path}` row {index} (columns: {', '.join(map(str, row)) or 'none'})"
+
+    def __call__(self, rows: list[dict[str, Any]], first_index: int = 0) -> Tokenized:
+        out = Tokenized()
+        for start in range(0, len(rows), BATCH):
+            batch = rows[start : start + BATCH]
+            if self.fmt is None:
+                pairs = [self._pretokenized(first_index + start + i, r) for i, r in enumerate(batch)]
+            else:
+                pairs = self._encode(batch, first_index + start)
+            for index, (ids, labels) in enumerate(pairs):
+                self._fit(first_index + start + index, batch[index], ids, labels, out)
+        return out
+
+    def _encode(self, batch: list[dict[str, Any]], first: int) -> list[tuple[list[int], list[int]]]:
+        assert self.fmt is not None
+        texts, ranges, ends_trained = [], [], []
+        for i, row in enumerate(batch):
+            try:
+                segments = self.fmt.segments(row)
+            except DataError as exc:
+                raise DataError(f"{self.where(first + i, row)}: {exc}") from None
+            text, trained = trained_ranges(segments, self.data.train_on_inputs)
+            texts.append(text)
+            ranges.append(trained)
+            ends_trained.append(self.data.train_on_inputs or bool(segments and segments[-1].train))
+        encodings = self.backend.encode_batch(texts, add_special_tokens=False)
+        bos_id, eos_id = self.tok.bos_token_id, self.tok.eos_token_id
+        pairs = []
+        for enc, trained, eos_trained in zip(encodings, ranges, ends_trained):
+            ids = enc.ids
+            labels = build_labels(ids, enc.offsets, trained)
+            if self.bos and (not ids or ids[0] != bos_id):
+                ids, labels = [bos_id] + ids, [IGNORE] + labels
+            if self.fmt.append_eos and eos_id is not None:
+                ids, labels = ids + [eos_id], labels + [eos_id if eos_trained else IGNORE]
+            pairs.append((ids, labels))
+        return pairs
+
+    def _pretokenized(self, index: int, row: dict[str, Any]) -> tuple[list[int], list[int]]:
+        ids = row.get("input_ids")
+        if not isinstance(ids, list) or not all(isinstance(i, int) for i in ids):
+            raise DataError(
+                f"{self.where(index, row)}: no `type:` is set, so rows must hold `input_ids` (a list of token ids); "
+                "set `type:` (alpaca, chat_template, completion, ...) to tokenize text"
+            )
+        labels = row.get("labels", ids)
+        if not isinstance(labels, list) or len(labels) != len(ids):
+            raise DataError(f"{self.where(index, row)}: `labels` must be a list as long as `input_ids`")
+        return list(ids), list(labels)
+
+    def _fit(self, index: int, row: dict[str, Any], ids: list[int], labels: list[int], out: Tokenized) -> None:
+        """Apply sequence_len (split, drop or truncate), drop rows with nothing to learn, and count."""
+        limit, c = self.data.sequence_len, out.counts
+        c.rows += 1
+        pieces = [(ids, labels)]
+        if len(ids) > limit:
+            if self.fmt is not None and self.fmt.split_long:
+                pieces = [(ids[i : i + limit], labels[i : i + limit]) for i in range(0, len(ids), limit)]
+                c.chunked += 1
+            elif self.data.excess_length_strategy == "drop":
+                c.dropped_long += 1
+                return
+            else:
+                pieces = [(ids[:limit], labels[:limit])]
+                c.truncated += 1
+                if all(label == IGNORE for label in pieces[0][1]):
+                    raise DataError(
+                        f"{self.where(index, row)}: the prompt alone is longer than sequence_len ({limit} tokens), "
+                        "so truncating leaves nothing to train on; raise sequence_len or use excess_length_strategy: drop"
+                    )
+        kept = False
+        for piece_ids, piece_labels in pieces:
+            # position 0 is never predicted (labels shift inside the model)
+            trained = len(piece_labels) - piece_labels.count(IGNORE) - (piece_labels[0] != IGNORE)
+            if trained == 0:
+                continue
+            out.input_ids.append(piece_ids)
+            out.labels.append(piece_labels)
+            c.tokens += len(piece_ids)
+            c.trained += trained
+            kept = True
+        if kept:
+            c.kept += 1
+        else:
+            c.dropped_no_target += 1

@@ -1,0 +1,63 @@
+"""Load the tokenizer the config names and apply its special tokens, added tokens and chat template."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ft.config.model import ModelConfig
+from ft.data.chat_templates import CHAT_TEMPLATES
+from ft.errors import ConfigError
+
+log = logging.getLogger("ft")
+
+
+def tokenizer_source(m: ModelConfig) -> str:
+    return m.tokenizer_config or m.base_model
+
+
+def load_tokenizer(m: ModelConfig) -> Any:
+    """The fast tokenizer, with `special_tokens`, `tokens` and `chat_template` applied, and a pad token.
+
+    Returns the tokenizer; `added_tokens(m, tok)` tells whether the vocabulary grew (embeddings must be
+    resized and trained then).
+    """
+    from transformers import AutoTokenizer
+
+    source = tokenizer_source(m)
+    try:
+        tok = AutoTokenizer.from_pretrained(
+            source, trust_remote_code=m.trust_remote_code, use_fast=m.tokenizer_use_fast, revision=m.revision_of_model
+        )
+    except OSError as exc:
+        raise ConfigError(f"cannot load the tokenizer from `{source}`: {str(exc).splitlines()[0]}") from None
+    if not getattr(tok, "is_fast", False):
+        raise ConfigError(f"`{source}` has no fast tokenizer; ft needs one (offsets are used to build the labels)")
+    specials = {k: v for k, v in m.special_tokens.model_dump().items() if v is not None}
+    if specials:
+        tok.add_special_tokens(specials)
+    if m.tokens:
+        tok.add_tokens(list(m.tokens))
+    if tok.pad_token is None:
+        # Padding is masked out of the loss, but a pad equal to EOS would also mask the real EOS where a
+        # collator masks by token id; a separate token keeps EOS learnable (seed 002's tokenizer trouble).
+        if tok.unk_token is not None:
+            tok.pad_token = tok.unk_token
+        else:
+            tok.pad_token = tok.eos_token
+            log.warning("the tokenizer has no pad token; using EOS (%s). Set special_tokens.pad_token to avoid it", tok.eos_token)
+    elif tok.pad_token == tok.eos_token:
+        log.warning("pad_token equals eos_token (%s); ft masks padding by position, so EOS is still trained", tok.eos_token)
+    if m.chat_template_jinja:
+        tok.chat_template = m.chat_template_jinja
+    elif m.chat_template and CHAT_TEMPLATES.get(m.chat_template) is not None:
+        tok.chat_template = CHAT_TEMPLATES.get(m.chat_template)
+    return tok
+
+
+def adds_bos(tok: Any) -> bool:
+    """Whether the tokenizer puts BOS in front of a text by itself (Llama, Gemma do; Qwen does not)."""
+    if tok.bos_token_id is None:
+        return False
+    ids = tok("a")["input_ids"]
+    return bool(ids) and ids[0] == tok.bos_token_id
