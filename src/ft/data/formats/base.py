@@ -49,13 +49,16 @@ class Format:
 FORMATS: Registry[type[Format]] = Registry("dataset type")
 
 
-def text_field(row: Mapping[str, Any], column: str, *, optional: bool = False) -> str:
-    """The text in `row[column]`; a missing or non-text value is a DataError (the caller adds the row)."""
+def text_field(row: Mapping[str, Any], column: str, *, optional: bool = False, key: str = "") -> str:
+    """The text in `row[column]`; a missing or non-text value is a DataError (the caller adds the row).
+
+    `key` is the config key that named the column, so the message can point at it.
+    """
     value = row.get(column)
     if value is None:
         if optional:
             return ""
-        raise DataError(f"missing column `{column}`")
+        raise DataError(f"missing column `{column}`" + (f" (named by `{key}`)" if key else ""))
     if not isinstance(value, str):
         raise DataError(f"column `{column}` holds {type(value).__name__}, not text")
     return value

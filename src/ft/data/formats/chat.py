@@ -82,7 +82,9 @@ class ChatTemplate(Format):
             end = max(end, content_end)
             train = i in trained
             eos = mode == "all" or (train and (mode == "turn" or (mode == "last" and i == trained[-1])))
-            spans += [(pos, head_end, False), (head_end, content_end, train), (content_end, end, eos)]
+            # the end-of-turn text is trained up to its last non-blank character (not the newline after it)
+            eos_end = content_end + len(full[content_end:end].rstrip())
+            spans += [(pos, head_end, False), (head_end, content_end, train), (content_end, eos_end, eos), (eos_end, end, False)]
             pos = end
         spans.append((pos, len(full), False))
         return [Segment(full[a:b], t) for a, b, t in spans if b > a]

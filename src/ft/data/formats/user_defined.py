@@ -35,10 +35,10 @@ class UserDefined(Format):
 
     def prompt(self, row: Mapping[str, Any]) -> str:
         s = self.spec
-        system = text_field(row, s.field_system, optional=True) if s.field_system else ""
+        system = text_field(row, s.field_system, optional=True, key="field_system") if s.field_system else ""
         system = system or s.system_prompt
-        instruction = text_field(row, s.field_instruction)
-        extra = text_field(row, s.field_input, optional=True) if s.field_input else ""
+        instruction = text_field(row, s.field_instruction, key="field_instruction")
+        extra = text_field(row, s.field_input, optional=True, key="field_input") if s.field_input else ""
         if extra.strip():
             template = s.format or DEFAULT_FORMAT
         elif s.no_input_format is not None:
@@ -49,4 +49,4 @@ class UserDefined(Format):
         return head + template.format(instruction=instruction, input=extra, system=system)
 
     def segments(self, row: Mapping[str, Any]) -> list[Segment]:
-        return [Segment(self.prompt(row), False), Segment(text_field(row, self.spec.field_output), True)]
+        return [Segment(self.prompt(row), False), Segment(text_field(row, self.spec.field_output, key="field_output"), True)]
