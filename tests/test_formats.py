@@ -146,3 +146,19 @@ def test_excess_length_drop_truncate_and_prompt_too_long(tiny_tokenizer):
     assert out.counts.truncated == 1 and len(out.input_ids[0]) == 64
     with pytest.raises(DataError, match="the prompt alone is longer than sequence_len"):
         tokenize([long_row], tiny_tokenizer, sequence_len=64, excess_length_strategy="truncate")
+
+
+def test_fast_tokenizer_path_matches_autotokenizer(tiny_model_dir):
+    """load_tokenizer skips AutoTokenizer for generic fast tokenizers; the result must be the same."""
+    from transformers import AutoTokenizer
+
+    from ft.config.model import ModelConfig
+    from ft.model.tokenizer import _generic_fast_class, load_tokenizer
+
+    m = ModelConfig(base_model=str(tiny_model_dir("llama")))
+    assert _generic_fast_class(m)
+    ours, auto = load_tokenizer(m), AutoTokenizer.from_pretrained(m.base_model)
+    text = "### Instruction:\nHi</s><|im_start|> ünï 123"
+    assert ours(text)["input_ids"] == auto(text)["input_ids"]
+    assert (ours.bos_token, ours.eos_token, ours.pad_token, ours.chat_template) == (
+        auto.bos_token, auto.eos_token, auto.pad_token, auto.chat_template)

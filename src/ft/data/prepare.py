@@ -92,8 +92,8 @@ def cache_inputs(cfg: FtConfig) -> dict[str, Any]:
     }
 
 
-def cache_key(cfg: FtConfig) -> str:
-    blob = json.dumps(cache_inputs(cfg), sort_keys=True, default=str)
+def cache_key(cfg: FtConfig, inputs: dict[str, Any] | None = None) -> str:
+    blob = json.dumps(inputs or cache_inputs(cfg), sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
@@ -111,7 +111,8 @@ def _locked(path: Path) -> Iterator[None]:
 def prepare(cfg: FtConfig, tokenizer: Any = None) -> Prepared:
     """The tokenized train (and eval) split: from the cache when it holds them, else built and cached."""
     root = prepared_root(cfg)
-    key = cache_key(cfg)
+    inputs = cache_inputs(cfg)
+    key = cache_key(cfg, inputs)
     target = root / key
     with _locked(root / f"{key}.lock"):
         if (target / "meta.json").is_file():
@@ -129,7 +130,7 @@ def prepare(cfg: FtConfig, tokenizer: Any = None) -> Prepared:
             _write(tmp / "train.arrow", train)
             if evaluation is not None:
                 _write(tmp / "eval.arrow", evaluation)
-            (tmp / "inputs.json").write_text(json.dumps(cache_inputs(cfg), indent=1, default=str))
+            (tmp / "inputs.json").write_text(json.dumps(inputs, indent=1, default=str))
             (tmp / "meta.json").write_text(json.dumps(stats, indent=1))
             tmp.rename(target)
         finally:
@@ -210,7 +211,10 @@ def _write(path: Path, t: Tokenized) -> None:
         offsets = np.zeros(len(lists) + 1, dtype=np.int32)
         np.cumsum(lengths, out=offsets[1:])
         flat = np.fromiter(itertools.chain.from_iterable(lists), dtype=np.int32, count=int(offsets[-1]))
-        return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat))
+        # from_buffers, not pa.array(numpy): the latter imports pandas (0.6 s) to check for pandas types
+        values = pa.Array.from_buffers(pa.int32(), len(flat), [None, pa.py_buffer(flat)])
+        offset_array = pa.Array.from_buffers(pa.int32(), len(offsets), [None, pa.py_buffer(offsets)])
+        return pa.ListArray.from_arrays(offset_array, values)
 
     table = pa.table({"input_ids": column(t.input_ids), "labels": column(t.labels)})
     with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:

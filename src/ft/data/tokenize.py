@@ -83,17 +83,35 @@ class RowTokenizer:
 
     def __call__(self, rows: list[dict[str, Any]], first_index: int = 0) -> Tokenized:
         out = Tokenized()
-        for start in range(0, len(rows), BATCH):
-            batch = rows[start : start + BATCH]
-            if self.fmt is None:
-                pairs = [self._pretokenized(first_index + start + i, r) for i, r in enumerate(batch)]
-            else:
-                pairs = self._encode(batch, first_index + start)
-            for index, (ids, labels) in enumerate(pairs):
-                self._fit(first_index + start + index, batch[index], ids, labels, out)
+        if self.fmt is None:
+            for i, row in enumerate(rows):
+                self._fit(first_index + i, row, *self._pretokenized(first_index + i, row), out)
+            return out
+        # The Rust tokenizer releases the GIL: batch k is encoded in a worker thread while Python renders
+        # batch k+1 and builds the labels of batch k-1.
+        import gc
+        from concurrent.futures import ThreadPoolExecutor
+
+        pending = None
+        gc_was_on = gc.isenabled()
+        gc.disable()  # millions of small lists and no cycles: the cyclic GC would only rescan them
+        try:
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                for start in range(0, len(rows), BATCH):
+                    batch = rows[start : start + BATCH]
+                    texts, ranges, ends = self._render(batch, first_index + start)
+                    encoding = pool.submit(self.backend.encode_batch, texts, add_special_tokens=False)
+                    if pending is not None:
+                        self._finish(*pending, out)
+                    pending = (encoding, ranges, ends, batch, first_index + start)
+                if pending is not None:
+                    self._finish(*pending, out)
+        finally:
+            if gc_was_on:
+                gc.enable()
         return out
 
-    def _encode(self, batch: list[dict[str, Any]], first: int) -> list[tuple[list[int], list[int]]]:
+    def _render(self, batch: list[dict[str, Any]], first: int) -> tuple[list[str], list[Any], list[bool]]:
         assert self.fmt is not None
         texts, ranges, ends_trained = [], [], []
         for i, row in enumerate(batch):
@@ -105,18 +123,19 @@ class RowTokenizer:
             texts.append(text)
             ranges.append(trained)
             ends_trained.append(self.data.train_on_inputs or bool(segments and segments[-1].train))
-        encodings = self.backend.encode_batch(texts, add_special_tokens=False)
+        return texts, ranges, ends_trained
+
+    def _finish(self, encoding: Any, ranges: list[Any], ends: list[bool], batch: list[dict], first: int, out: Tokenized) -> None:
+        assert self.fmt is not None
         bos_id, eos_id = self.tok.bos_token_id, self.tok.eos_token_id
-        pairs = []
-        for enc, trained, eos_trained in zip(encodings, ranges, ends_trained):
+        for i, (enc, trained, eos_trained) in enumerate(zip(encoding.result(), ranges, ends)):
             ids = enc.ids
             labels = build_labels(ids, enc.offsets, trained)
             if self.bos and (not ids or ids[0] != bos_id):
                 ids, labels = [bos_id] + ids, [IGNORE] + labels
             if self.fmt.append_eos and eos_id is not None:
                 ids, labels = ids + [eos_id], labels + [eos_id if eos_trained else IGNORE]
-            pairs.append((ids, labels))
-        return pairs
+            self._fit(first + i, batch[i], ids, labels, out)
 
     def _pretokenized(self, index: int, row: dict[str, Any]) -> tuple[list[int], list[int]]:
         ids = row.get("input_ids")
