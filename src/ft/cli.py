@@ -71,8 +71,9 @@ def validate(ctx: typer.Context, config: Path = CONFIG_ARG, set_: Optional[List[
 
 @app.command(context_settings=OVERRIDES, help="Fine-tune the model the config describes." + OVERRIDE_HELP)
 def train(ctx: typer.Context, config: Path = CONFIG_ARG, set_: Optional[List[str]] = SET_OPT) -> None:
-    load(config, ctx, set_)
-    _not_built("train", 4)
+    from ft.commands.train import run_train
+
+    run_train(load(config, ctx, set_))
 
 
 @app.command(context_settings=OVERRIDES, help="Tokenize the datasets once and cache them (--debug also prints the first examples with the trained "
@@ -99,8 +100,9 @@ def merge_lora(
     lora_model_dir: Optional[str] = typer.Option(None, help="Adapter folder (default: output_dir)."),
     output_dir: Optional[str] = typer.Option(None, help="Where to write (default: output_dir/merged)."),
 ) -> None:
-    load(config, ctx, set_)
-    _not_built("merge-lora", 4)
+    from ft.model.merge import merge_lora as merge
+
+    merge(load(config, ctx, set_), lora_model_dir, output_dir)
 
 
 @app.command(context_settings=OVERRIDES, help="Generate with the trained model, in its training prompt format." + OVERRIDE_HELP)
@@ -111,9 +113,13 @@ def inference(
     prompt: Optional[str] = typer.Option(None, help="One prompt; interactive when omitted."),
     lora_model_dir: Optional[str] = typer.Option(None, help="Adapter folder (default: output_dir)."),
     base_only: bool = typer.Option(False, "--base-only", help="Use the base model without the adapter."),
+    max_new_tokens: int = typer.Option(256, help="Most tokens to generate."),
+    temperature: float = typer.Option(0.0, help="0: greedy decoding; above 0: sampling."),
+    top_p: float = typer.Option(1.0, help="Nucleus sampling threshold (with temperature > 0)."),
 ) -> None:
-    load(config, ctx, set_)
-    _not_built("inference", 4)
+    from ft.commands.inference import run_inference
+
+    run_inference(load(config, ctx, set_), prompt, lora_model_dir, base_only, max_new_tokens, temperature, top_p)
 
 
 @app.command("config-schema", help="Print the config reference (every key, its type, default and meaning).")
@@ -123,10 +129,16 @@ def config_schema() -> None:
     typer.echo(reference_markdown())
 
 
-def _not_built(command: str, issue: int) -> None:
-    from ft.errors import NotBuiltError
+def setup_logging() -> None:
+    """ft's own messages on stderr; under a launcher only rank 0 speaks, other ranks only warn."""
+    import logging
 
-    raise NotBuiltError(f"`ft {command}` is not built yet (issue #{issue}); the config is valid")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("ft: %(message)s"))
+    logger = logging.getLogger("ft")
+    logger.handlers[:] = [handler]
+    logger.propagate = False
+    logger.setLevel(logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING)
 
 
 def main(argv: Optional[List[str]] = None) -> None:
@@ -134,6 +146,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     args = [a for a in args if a != "--debug"]
+    setup_logging()
     try:
         code = app(args=args, prog_name="ft", standalone_mode=False, obj={"debug": debug})
         if isinstance(code, int) and code:

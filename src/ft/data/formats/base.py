@@ -45,6 +45,10 @@ class Format:
     def prompt(self, row: Mapping[str, Any]) -> str:
         return "".join(s.text for s in self.segments(row) if not s.train)
 
+    def prompt_for(self, text: str) -> str:
+        """The prompt a user's text becomes at inference: the training format up to the output."""
+        return text
+
 
 FORMATS: Registry[type[Format]] = Registry("dataset type")
 

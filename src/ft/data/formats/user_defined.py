@@ -48,5 +48,8 @@ class UserDefined(Format):
         head = s.system_format.format(system=system) if system else ""
         return head + template.format(instruction=instruction, input=extra, system=system)
 
+    def prompt_for(self, text: str) -> str:
+        return self.prompt({self.spec.field_instruction: text})
+
     def segments(self, row: Mapping[str, Any]) -> list[Segment]:
         return [Segment(self.prompt(row), False), Segment(text_field(row, self.spec.field_output, key="field_output"), True)]

@@ -1,0 +1,56 @@
+"""`ft train`: config → data → model → train → save, top to bottom."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from ft.config import FtConfig
+from ft.errors import UserError
+
+log = logging.getLogger("ft")
+
+
+def run_train(cfg: FtConfig) -> dict[str, Any]:
+    import torch
+
+    from ft.data.prepare import prepare, report
+    from ft.model.adapter import apply_adapter
+    from ft.model.load import load_model
+    from ft.model.tokenizer import load_tokenizer
+    from ft.train.trainer import build_trainer, save_outputs
+    from ft.train.checkpoints import resume_point
+
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    torch.manual_seed(cfg.training.seed)
+
+    # data
+    tokenizer = load_tokenizer(cfg.model)
+    prepared = prepare(cfg, tokenizer)
+    log.info(report(prepared, cfg.data.sequence_len))
+
+    # model
+    model, new_tokens = load_model(cfg, tokenizer)
+    if cfg.adapter.adapter:
+        model = apply_adapter(cfg.adapter, model, new_tokens)
+
+    # train
+    trainer, metrics = build_trainer(cfg, model, tokenizer, prepared, world_size)
+    checkpoint = resume_point(cfg.training.resume_from_checkpoint, cfg.training.auto_resume_from_checkpoints, cfg.training.output_dir)
+    if checkpoint:
+        log.info("resuming from %s", checkpoint)
+    started = time.perf_counter()
+    try:
+        result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    except torch.OutOfMemoryError:
+        raise UserError(
+            "out of memory: turn on gradient_checkpointing, lower micro_batch_size (raise "
+            "gradient_accumulation_steps to keep the batch), shorten sequence_len, or use adapter: qlora"
+        ) from None
+
+    # save
+    summary = save_outputs(cfg, trainer, tokenizer, metrics, result, time.perf_counter() - started)
+    return summary

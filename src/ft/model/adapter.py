@@ -1,0 +1,77 @@
+"""PEFT adapters: which modules LoRA wraps, its settings, and continuing from a saved adapter."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Optional
+
+from ft.config.adapter import AdapterConfig
+
+log = logging.getLogger("ft")
+
+
+def linear_module_names(model: Any) -> list[str]:
+    """Names (last part) of every linear layer, quantized ones included, except the output head."""
+    import torch
+
+    linear_types: tuple[type, ...] = (torch.nn.Linear,)
+    try:
+        import bitsandbytes as bnb
+
+        linear_types += (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt)
+    except ImportError:
+        pass
+    head = model.get_output_embeddings()
+    names = {name.split(".")[-1] for name, module in model.named_modules() if isinstance(module, linear_types) and module is not head}
+    return sorted(names)
+
+
+def embedding_module_names(model: Any) -> list[str]:
+    """Names of the input and output embeddings (trained in full when new tokens were added)."""
+    wanted = {id(model.get_input_embeddings()), id(model.get_output_embeddings())}
+    return sorted({name.split(".")[-1] for name, module in model.named_modules() if id(module) in wanted})
+
+
+def lora_config(a: AdapterConfig, targets: Optional[list[str]], modules_to_save: Optional[list[str]]) -> Any:
+    from peft import LoraConfig
+
+    return LoraConfig(
+        task_type="CAUSAL_LM",
+        r=a.lora_r,
+        lora_alpha=a.lora_alpha,
+        lora_dropout=a.lora_dropout,
+        target_modules=targets,
+        modules_to_save=modules_to_save,
+        fan_in_fan_out=a.lora_fan_in_fan_out,
+        use_rslora=a.peft_use_rslora,
+        use_dora=a.peft_use_dora,
+        bias="none",
+    )
+
+
+def apply_adapter(a: AdapterConfig, model: Any, new_tokens: bool) -> Any:
+    """Wrap the model with LoRA (or load `lora_model_dir` to continue training it); print the counts."""
+    from peft import PeftModel, get_peft_model
+
+    if a.lora_model_dir:
+        model = PeftModel.from_pretrained(model, a.lora_model_dir, is_trainable=True)
+    else:
+        targets = set(a.lora_target_modules or ())
+        if a.lora_target_linear:
+            targets |= set(linear_module_names(model))
+        to_save = set(a.lora_modules_to_save or ())
+        if new_tokens:
+            to_save |= set(embedding_module_names(model))
+        model = get_peft_model(model, lora_config(a, sorted(targets) or None, sorted(to_save) or None))
+    trainable, total = count_parameters(model)
+    log.info("trainable parameters: %s of %s (%.2f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / max(total, 1))
+    return model
+
+
+def count_parameters(model: Any) -> tuple[int, int]:
+    trainable = total = 0
+    for p in model.parameters():
+        n = p.numel() * (2 if p.__class__.__name__ == "Params4bit" else 1)  # 4-bit params pack 2 per byte
+        total += n
+        trainable += n if p.requires_grad else 0
+    return trainable, total

@@ -1,0 +1,60 @@
+"""Load the base model: dtype, attention, quantization, new-token embeddings, gradient checkpointing."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ft.config import FtConfig
+from ft.errors import ConfigError
+from ft.model.attention import resolve_attention
+from ft.model.precision import device, resolve_dtype
+from ft.model.quantize import bnb_config, guard_cpu_4bit
+
+log = logging.getLogger("ft")
+
+
+def load_model(cfg: FtConfig, tokenizer: Any) -> tuple[Any, bool]:
+    """The model ready for an adapter or full training, and whether the vocabulary grew."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    m, q = cfg.model, cfg.quantization
+    dtype = resolve_dtype(m)
+    attention, warning = resolve_attention(m)
+    if warning:
+        log.warning(warning)
+    kwargs: dict[str, Any] = {"trust_remote_code": m.trust_remote_code, "revision": m.revision_of_model}
+    if attention:
+        kwargs["attn_implementation"] = attention
+    if m.base_model_config:
+        kwargs["config"] = AutoConfig.from_pretrained(m.base_model_config, trust_remote_code=m.trust_remote_code)
+    quant = bnb_config(q, dtype)
+    if quant is not None:
+        kwargs["quantization_config"] = quant
+        kwargs["device_map"] = {"": device()}
+    # Full fine-tuning in fp16 keeps fp32 master weights (autocast does the fp16 math); bf16 trains in bf16.
+    load_dtype = torch.float32 if (dtype == torch.float16 and cfg.adapter.adapter is None) else dtype
+    try:
+        model = AutoModelForCausalLM.from_pretrained(m.base_model, dtype=load_dtype, **kwargs)
+    except OSError as exc:
+        raise ConfigError(f"cannot load the model `{m.base_model}`: {str(exc).splitlines()[0]}") from None
+    grew = len(tokenizer) > model.get_input_embeddings().weight.shape[0]
+    if grew:
+        model.resize_token_embeddings(len(tokenizer))
+        log.info("vocabulary grew to %d tokens: embeddings resized and trained", len(tokenizer))
+    model.config.use_cache = False
+    if q.bits == 4 and not torch.cuda.is_available():
+        guard_cpu_4bit(model)
+    checkpointing = cfg.training.gradient_checkpointing
+    if q.bits is not None:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=checkpointing, gradient_checkpointing_kwargs={"use_reentrant": False}
+        )
+    elif checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if cfg.adapter.adapter:
+            model.enable_input_require_grads()  # frozen embeddings: checkpointed blocks still need a grad path
+    return model, grew

@@ -1,0 +1,87 @@
+"""TrainingArguments from the training, logging, model and distributed sections."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+from ft.config import FtConfig
+from ft.train.optimizers import OPTIMIZERS
+from ft.train.schedulers import SCHEDULERS
+
+
+def steps_per_epoch(cfg: FtConfig, train_rows: int, world_size: int) -> int:
+    t = cfg.training
+    batches = math.ceil(train_rows / (t.micro_batch_size * world_size))
+    return max(1, batches // t.gradient_accumulation_steps)
+
+
+def _every(steps: Optional[float], per_epoch: Optional[int], epoch_steps: int) -> Optional[float]:
+    if steps is not None:
+        return steps
+    if per_epoch is not None:
+        return max(1, epoch_steps // per_epoch)
+    return None
+
+
+def training_arguments(cfg: FtConfig, train_rows: int, has_eval: bool, world_size: int = 1) -> Any:
+    import torch
+    from transformers import TrainingArguments
+
+    from ft.model.precision import resolve_dtype
+
+    t, lg, d = cfg.training, cfg.logging, cfg.distributed
+    dtype = resolve_dtype(cfg.model)
+    epoch_steps = steps_per_epoch(cfg, train_rows, world_size)
+    eval_every = _every(t.eval_steps, t.evals_per_epoch, epoch_steps) if has_eval else None
+    save_every = _every(t.save_steps, t.saves_per_epoch, epoch_steps)
+    early = t.early_stopping_patience is not None and has_eval
+    if early:  # the best checkpoint must be saved where it is measured
+        eval_every = eval_every or epoch_steps
+        save_every = eval_every
+    warmup: float = t.warmup_steps if t.warmup_steps is not None else (t.warmup_ratio or 0.0)
+    on_gpu = torch.cuda.is_available()
+    kwargs: dict[str, Any] = dict(
+        output_dir=t.output_dir,
+        per_device_train_batch_size=t.micro_batch_size,
+        per_device_eval_batch_size=t.eval_batch_size or t.micro_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        num_train_epochs=t.num_epochs,
+        max_steps=t.max_steps or -1,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=SCHEDULERS.get(t.lr_scheduler),
+        warmup_steps=warmup,
+        optim=OPTIMIZERS.get(t.optimizer).hf_name,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        bf16=dtype == torch.bfloat16,
+        fp16=dtype == torch.float16,
+        tf32=cfg.model.tf32 if on_gpu else None,
+        logging_steps=lg.logging_steps,
+        logging_first_step=True,
+        report_to=list(lg.trackers) or "none",
+        run_name=lg.wandb_name,
+        eval_strategy="steps" if eval_every else "no",
+        eval_steps=eval_every,
+        save_strategy="steps" if save_every else "epoch",
+        save_steps=save_every or 500,
+        save_total_limit=t.save_total_limit,
+        load_best_model_at_end=early,
+        metric_for_best_model="eval_loss" if early else None,
+        greater_is_better=False if early else None,
+        seed=t.seed,
+        data_seed=t.seed,
+        neftune_noise_alpha=t.neftune_noise_alpha,
+        torch_compile=t.torch_compile,
+        train_sampling_strategy="group_by_length" if t.group_by_length else "random",
+        remove_unused_columns=False,
+        include_num_input_tokens_seen="non_padding",
+        ddp_timeout=d.ddp_timeout or 1800,
+        ddp_find_unused_parameters=d.ddp_find_unused_parameters,
+        use_cpu=not on_gpu,
+        dataloader_num_workers=0,
+    )
+    for key in ("adam_beta1", "adam_beta2", "adam_epsilon"):
+        if getattr(t, key) is not None:
+            kwargs[key] = getattr(t, key)
+    return TrainingArguments(**kwargs)

@@ -1,0 +1,52 @@
+"""The prepared rows as a torch Dataset, and the collator that pads them into batches."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+IGNORE = -100
+
+
+class TokenizedRows:
+    """Rows of a prepared Arrow table ({input_ids, labels}), read as Python lists on demand."""
+
+    def __init__(self, table: Any) -> None:
+        self.input_ids = table.column("input_ids")
+        self.labels = table.column("labels")
+        self.lengths = [int(n) for n in self.input_ids.combine_chunks().value_lengths().to_numpy()]
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __getitem__(self, i: int) -> dict[str, list[int]]:
+        return {"input_ids": self.input_ids[i].as_py(), "labels": self.labels[i].as_py()}
+
+    @property
+    def tokens(self) -> int:
+        return sum(self.lengths)
+
+
+class PadCollator:
+    """Pads a batch to its longest row (or to a fixed length); padding is never trained.
+
+    The attention mask marks real tokens; labels of padding are IGNORE, so a pad token equal to EOS does
+    not hide the real EOS from the loss.
+    """
+
+    def __init__(self, pad_id: int, pad_to: Optional[int] = None, multiple_of: int = 1) -> None:
+        self.pad_id, self.pad_to, self.multiple_of = pad_id, pad_to, multiple_of
+
+    def __call__(self, rows: list[dict[str, list[int]]]) -> dict[str, Any]:
+        import torch
+
+        longest = max(len(r["input_ids"]) for r in rows)
+        width = self.pad_to or -(-longest // self.multiple_of) * self.multiple_of
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            n = len(r["input_ids"])
+            ids[i, :n] = torch.tensor(r["input_ids"])
+            labels[i, :n] = torch.tensor(r["labels"])
+            mask[i, :n] = 1
+        return {"input_ids": ids, "labels": labels, "attention_mask": mask}

@@ -1,0 +1,87 @@
+"""Trainer callbacks: the metrics log, the NaN guard, and the loss plot."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+from ft.errors import UserError
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN or infinite."""
+
+
+def peak_memory_mb() -> float:
+    """Peak GPU memory allocated, or the process's peak resident memory on CPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class MetricsLog(TrainerCallback):
+    """Appends one JSON line per log to output_dir/metrics.jsonl: step, loss, lr, grad norm, tokens/s, memory."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.last_time = time.perf_counter()
+        self.last_tokens = 0
+        self.records: list[dict[str, Any]] = []
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if state.global_step == 0 and state.is_world_process_zero:
+            self.path.unlink(missing_ok=True)  # a fresh run starts a fresh log; a resumed one appends
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
+        logs = logs or {}
+        record: dict[str, Any] = {"step": state.global_step, "epoch": round(state.epoch or 0, 4)}
+        for key in ("loss", "learning_rate", "grad_norm", "eval_loss", "train_loss"):
+            if key in logs:
+                record[key] = logs[key]
+        if "loss" in logs:
+            now, tokens = time.perf_counter(), state.num_input_tokens_seen
+            record["tokens_per_s"] = round((tokens - self.last_tokens) / max(now - self.last_time, 1e-9), 1)
+            self.last_time, self.last_tokens = now, tokens
+            record["memory_mb"] = round(peak_memory_mb(), 1)
+        if "eval_loss" in logs:
+            record["perplexity"] = math.exp(min(logs["eval_loss"], 50))
+        for key in ("loss", "eval_loss"):
+            if key in record and not math.isfinite(record[key]):
+                raise TrainingDiverged(
+                    f"the {key.replace('_', ' ')} became {record[key]} at step {state.global_step}; lower "
+                    "learning_rate, keep max_grad_norm on, or use bf16 instead of fp16"
+                )
+        self.records.append(record)
+        if state.is_world_process_zero:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+def plot_losses(records: list[dict[str, Any]], path: Path) -> None:
+    """loss.png: the train loss, and the eval loss where there is one, against the step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key, label in (("loss", "train loss"), ("eval_loss", "eval loss")):
+        points = [(r["step"], r[key]) for r in records if key in r]
+        if points:
+            ax.plot(*zip(*points), label=label, marker="o" if key == "eval_loss" else None)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

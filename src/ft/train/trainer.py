@@ -1,0 +1,78 @@
+"""Build the transformers Trainer from the config, and write what a run leaves in output_dir."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+from ft.config import FtConfig
+from ft.train.args import training_arguments
+from ft.train.batches import PadCollator, TokenizedRows
+from ft.train.callbacks import MetricsLog, peak_memory_mb, plot_losses
+
+log = logging.getLogger("ft")
+
+
+def build_trainer(cfg: FtConfig, model: Any, tokenizer: Any, prepared: Any, world_size: int) -> tuple[Any, MetricsLog]:
+    import torch
+    from transformers import EarlyStoppingCallback, Trainer
+
+    train_rows = TokenizedRows(prepared.train)
+    eval_rows = TokenizedRows(prepared.eval) if prepared.eval is not None else None
+    args = training_arguments(cfg, len(train_rows), eval_rows is not None, world_size)
+    d = cfg.data
+    collator = PadCollator(
+        tokenizer.pad_token_id,
+        pad_to=d.sequence_len if d.pad_to_sequence_len else None,
+        multiple_of=8 if torch.cuda.is_available() else 1,
+    )
+    Path(cfg.training.output_dir).mkdir(parents=True, exist_ok=True)
+    metrics = MetricsLog(Path(cfg.training.output_dir) / "metrics.jsonl")
+    callbacks: list[Any] = [metrics]
+    if cfg.training.early_stopping_patience and eval_rows is not None:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.training.early_stopping_patience))
+    trainer = Trainer(
+        model=model,
+        args=args,
+        data_collator=collator,
+        train_dataset=train_rows,
+        eval_dataset=eval_rows,
+        processing_class=tokenizer,
+        callbacks=callbacks,
+    )
+    return trainer, metrics
+
+
+def save_outputs(cfg: FtConfig, trainer: Any, tokenizer: Any, metrics: MetricsLog, result: Any, seconds: float) -> dict[str, Any]:
+    """The adapter or model, tokenizer, resolved config, loss plot and summary; returns the summary."""
+    from ft.describe import resolved_yaml
+
+    out = Path(cfg.training.output_dir)
+    trainer.save_model(str(out))
+    summary: dict[str, Any] = {
+        "steps": trainer.state.global_step,
+        "train_loss": round(result.training_loss, 4),
+        "final_loss": next((r["loss"] for r in reversed(metrics.records) if "loss" in r), None),
+        "seconds": round(seconds, 1),
+        "tokens_per_s": round(trainer.state.num_input_tokens_seen / max(seconds, 1e-9), 1),
+        "peak_memory_mb": round(peak_memory_mb(), 1),
+    }
+    if trainer.eval_dataset is not None:
+        eval_loss = trainer.evaluate()["eval_loss"]
+        summary["eval_loss"] = round(eval_loss, 4)
+        summary["perplexity"] = round(math.exp(min(eval_loss, 50)), 3)
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(out)
+        (out / "ft_config.yml").write_text(resolved_yaml(cfg))
+        (out / "summary.json").write_text(json.dumps(summary, indent=1))
+        plot_losses(metrics.records, out / "loss.png")
+        log.info(
+            "done: %d steps in %.0f s, train loss %.4f%s, %.0f tokens/s, peak memory %.0f MB → %s",
+            summary["steps"], seconds, summary["train_loss"],
+            f", eval loss {summary['eval_loss']} (perplexity {summary['perplexity']})" if "eval_loss" in summary else "",
+            summary["tokens_per_s"], summary["peak_memory_mb"], out,
+        )
+    return summary
