@@ -41,19 +41,13 @@ def main() -> None:
     hits = 0
     for i, row in enumerate(rows):
         text = row["instruction"] + ("\n" + row["input"] if row.get("input") else "")
-        prompt = prompt_text(cfg, tokenizer, row["instruction"]) if not row.get("input") else _with_input(cfg, tokenizer, row)
+        prompt = prompt_text(cfg, tokenizer, row["instruction"], row.get("input", ""))
         answer = generate(model, tokenizer, prompt, max_new_tokens=16).strip()
         hits += answer == row["output"]
         if i < args.show:
             print(f"  {text!r} → {answer!r} (expected {row['output']!r})")
     label = "merged model" if args.merged else ("base model" if args.base_only else "trained model")
     print(f"{label}: exact match {hits}/{len(rows)} = {hits / len(rows):.0%}")
-
-
-def _with_input(cfg, tokenizer, row) -> str:
-    from ft.data.formats import build_format
-
-    return build_format(cfg.data.datasets[0], tokenizer).prompt(row)
 
 
 if __name__ == "__main__":

@@ -14,15 +14,5 @@ echo "== fine-tuning"
 "$PY" -m ft merge-lora "$CFG"
 echo "== after fine-tuning"
 "$PY" examples/quickstart/evaluate.py "$CFG" --merged outputs/quickstart/merged
-echo "== inference"
-"$PY" -m ft inference "$CFG" --prompt "Reverse the order of the words." --max-new-tokens 8 --base-only >/dev/null
-printf 'prompt: Reverse the order of the words.\\nsun moon king\nanswer: '
-"$PY" -c "
-from ft.commands.inference import generate, load_for_inference
-from ft.config import load_config
-from ft.data.formats import build_format
-cfg = load_config('$CFG')
-model, tok = load_for_inference(cfg)
-row = {'instruction': 'Reverse the order of the words.', 'input': 'sun moon king'}
-print(generate(model, tok, build_format(cfg.data.datasets[0], tok).prompt(row), max_new_tokens=16))
-"
+echo "== inference (prompt rendered in the training format, answer streamed)"
+"$PY" -m ft inference "$CFG" --prompt "Reverse the order of the words." --input "sun moon king" --max-new-tokens 16

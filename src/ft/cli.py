@@ -111,6 +111,7 @@ def inference(
     config: Path = CONFIG_ARG,
     set_: Optional[List[str]] = SET_OPT,
     prompt: Optional[str] = typer.Option(None, help="One prompt; interactive when omitted."),
+    input_: str = typer.Option("", "--input", help="The row's input (context) for formats that have one."),
     lora_model_dir: Optional[str] = typer.Option(None, help="Adapter folder (default: output_dir)."),
     base_only: bool = typer.Option(False, "--base-only", help="Use the base model without the adapter."),
     max_new_tokens: int = typer.Option(256, help="Most tokens to generate."),
@@ -119,7 +120,7 @@ def inference(
 ) -> None:
     from ft.commands.inference import run_inference
 
-    run_inference(load(config, ctx, set_), prompt, lora_model_dir, base_only, max_new_tokens, temperature, top_p)
+    run_inference(load(config, ctx, set_), prompt, input_, lora_model_dir, base_only, max_new_tokens, temperature, top_p)
 
 
 @app.command("config-schema", help="Print the config reference (every key, its type, default and meaning).")

@@ -47,14 +47,14 @@ def load_for_inference(cfg: FtConfig, lora_model_dir: Optional[str] = None, base
     return model, tokenizer
 
 
-def prompt_text(cfg: FtConfig, tokenizer: Any, text: str) -> str:
+def prompt_text(cfg: FtConfig, tokenizer: Any, text: str, extra: str = "") -> str:
     """The user's text in the first dataset's prompt format: what the model saw before each output."""
     from ft.data.formats import build_format
 
     ds = cfg.data.datasets[0]
     if ds.type is None:
-        return text
-    return build_format(ds, tokenizer).prompt_for(text)
+        return text + (f"\n{extra}" if extra else "")
+    return build_format(ds, tokenizer).prompt_for(text, extra)
 
 
 def generate(model: Any, tokenizer: Any, prompt: str, max_new_tokens: int = 128, temperature: float = 0.0,
@@ -85,12 +85,12 @@ def generate(model: Any, tokenizer: Any, prompt: str, max_new_tokens: int = 128,
     return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
 
 
-def run_inference(cfg: FtConfig, prompt: Optional[str], lora_model_dir: Optional[str], base_only: bool,
+def run_inference(cfg: FtConfig, prompt: Optional[str], extra: str, lora_model_dir: Optional[str], base_only: bool,
                   max_new_tokens: int, temperature: float, top_p: float) -> None:
     model, tokenizer = load_for_inference(cfg, lora_model_dir, base_only)
     prompts = [prompt] if prompt is not None else _interactive()
     for text in prompts:
-        generate(model, tokenizer, prompt_text(cfg, tokenizer, text), max_new_tokens, temperature, top_p, stream=True)
+        generate(model, tokenizer, prompt_text(cfg, tokenizer, text, extra), max_new_tokens, temperature, top_p, stream=True)
 
 
 def _interactive():

@@ -25,6 +25,9 @@ def run_train(cfg: FtConfig) -> dict[str, Any]:
     from ft.train.checkpoints import resume_point
 
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if cfg.distributed.backend and world_size == 1:
+        log.warning("%s is set, but this is one process: training without it (use `accelerate launch -m ft train`)",
+                    cfg.distributed.backend)
     torch.manual_seed(cfg.training.seed)
 
     # data

@@ -59,6 +59,7 @@ def training_arguments(cfg: FtConfig, train_rows: int, has_eval: bool, world_siz
         tf32=cfg.model.tf32 if on_gpu else None,
         logging_steps=lg.logging_steps,
         logging_first_step=True,
+        logging_nan_inf_filter=False,  # a NaN must reach the NaN guard, not be averaged away
         report_to=list(lg.trackers) or "none",
         run_name=lg.wandb_name,
         eval_strategy="steps" if eval_every else "no",
@@ -81,7 +82,18 @@ def training_arguments(cfg: FtConfig, train_rows: int, has_eval: bool, world_siz
         use_cpu=not on_gpu,
         dataloader_num_workers=0,
     )
+    if d.backend and world_size > 1:
+        kwargs.update(distributed_arguments(cfg))
     for key in ("adam_beta1", "adam_beta2", "adam_epsilon"):
         if getattr(t, key) is not None:
             kwargs[key] = getattr(t, key)
     return TrainingArguments(**kwargs)
+
+
+def distributed_arguments(cfg: FtConfig) -> dict[str, Any]:
+    """DeepSpeed or FSDP settings for TrainingArguments (used only when several processes run)."""
+    d = cfg.distributed
+    if d.deepspeed:
+        return {"deepspeed": d.deepspeed}
+    fsdp_config = {k.removeprefix("fsdp_"): v for k, v in d.fsdp_config.model_dump().items() if v is not None}
+    return {"fsdp": " ".join(d.fsdp), "fsdp_config": fsdp_config}

@@ -30,8 +30,8 @@ class Alpaca(Format):
             return WITH_INPUT.format(instruction=instruction, input=extra)
         return NO_INPUT.format(instruction=instruction)
 
-    def prompt_for(self, text: str) -> str:
-        return self.prompt({"instruction": text})
+    def prompt_for(self, text: str, extra: str = "") -> str:
+        return self.prompt({"instruction": text, "input": extra})
 
     def segments(self, row: Mapping[str, Any]) -> list[Segment]:
         return [Segment(self.prompt(row), False), Segment(text_field(row, "output"), True)]

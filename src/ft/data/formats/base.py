@@ -45,9 +45,10 @@ class Format:
     def prompt(self, row: Mapping[str, Any]) -> str:
         return "".join(s.text for s in self.segments(row) if not s.train)
 
-    def prompt_for(self, text: str) -> str:
-        """The prompt a user's text becomes at inference: the training format up to the output."""
-        return text
+    def prompt_for(self, text: str, extra: str = "") -> str:
+        """The prompt a user's text (and optional input) becomes at inference: the training format up to
+        the output."""
+        return text + (f"\n{extra}" if extra else "")
 
 
 FORMATS: Registry[type[Format]] = Registry("dataset type")

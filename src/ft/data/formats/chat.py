@@ -89,8 +89,9 @@ class ChatTemplate(Format):
         spans.append((pos, len(full), False))
         return [Segment(full[a:b], t) for a, b, t in spans if b > a]
 
-    def prompt_for(self, text: str) -> str:
-        return self.render([{"role": "user", "content": text}], generation_prompt=True)
+    def prompt_for(self, text: str, extra: str = "") -> str:
+        content = text + (f"\n{extra}" if extra else "")
+        return self.render([{"role": "user", "content": content}], generation_prompt=True)
 
     def prompt(self, row: Mapping[str, Any]) -> str:
         messages = self.messages(row)

@@ -48,8 +48,11 @@ class UserDefined(Format):
         head = s.system_format.format(system=system) if system else ""
         return head + template.format(instruction=instruction, input=extra, system=system)
 
-    def prompt_for(self, text: str) -> str:
-        return self.prompt({self.spec.field_instruction: text})
+    def prompt_for(self, text: str, extra: str = "") -> str:
+        row = {self.spec.field_instruction: text}
+        if self.spec.field_input:
+            row[self.spec.field_input] = extra
+        return self.prompt(row)
 
     def segments(self, row: Mapping[str, Any]) -> list[Segment]:
         return [Segment(self.prompt(row), False), Segment(text_field(row, self.spec.field_output, key="field_output"), True)]

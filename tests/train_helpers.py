@@ -1,0 +1,90 @@
+"""Building blocks for training tests: a config on a tiny model, and one Trainer run."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ft.config import load_config
+
+WORDS = "cat dog red blue sun moon tree fish bird star king queen city river lake road".split()
+
+
+def alpaca_rows(n: int = 32, seed: int = 0) -> list[dict]:
+    import random
+
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        words = rng.sample(WORDS, 3)
+        rows.append({"instruction": "Reverse the words.", "input": " ".join(words), "output": " ".join(words[::-1])})
+    return rows
+
+
+def make_config(tmp: Path, model_dir: Path, **keys: Any) -> Any:
+    """A config file in `tmp` training `model_dir` on small alpaca data; `keys` add or replace keys."""
+    data = tmp / "train.jsonl"
+    if not data.exists():
+        data.write_text("".join(json.dumps(r) + "\n" for r in alpaca_rows()))
+    body = {
+        "base_model": str(model_dir),
+        "datasets": [{"path": str(data), "type": "alpaca"}],
+        "sequence_len": 64,
+        "micro_batch_size": 4,
+        "max_steps": 4,
+        "learning_rate": 0.005,
+        "lr_scheduler": "constant",
+        "logging_steps": 1,
+        "output_dir": str(tmp / "out"),
+        "use_tensorboard": False,
+        "save_strategy_steps_placeholder": None,
+    }
+    body.pop("save_strategy_steps_placeholder")
+    body.update(keys)
+    path = tmp / "cfg.yml"
+    path.write_text(yaml.safe_dump(body, sort_keys=False))
+    return load_config(path)
+
+
+def fixed_batch(tokenizer: Any, rows: int = 4) -> dict:
+    from ft.config.data import DataConfig, DatasetConfig
+    from ft.data.tokenize import RowTokenizer
+    from ft.model.tokenizer import adds_bos
+    from ft.train.batches import PadCollator
+
+    ds = DatasetConfig(path="x", type="alpaca")
+    out = RowTokenizer(ds, DataConfig(datasets=[ds], sequence_len=64), tokenizer, adds_bos(tokenizer))(alpaca_rows(rows, seed=1))
+    return PadCollator(tokenizer.pad_token_id)([{"input_ids": i, "labels": l} for i, l in zip(out.input_ids, out.labels)])
+
+
+def loss_on(model: Any, batch: dict) -> float:
+    import torch
+
+    model.eval()
+    with torch.no_grad():
+        return float(model(**batch).loss)
+
+
+def build(cfg: Any) -> tuple[Any, Any, Any]:
+    """(trainer, model, tokenizer) exactly as `ft train` builds them, before training."""
+    from ft.data.prepare import prepare
+    from ft.model.adapter import apply_adapter
+    from ft.model.load import load_model
+    from ft.model.tokenizer import load_tokenizer
+    from ft.train.trainer import build_trainer
+
+    tokenizer = load_tokenizer(cfg.model)
+    prepared = prepare(cfg, tokenizer)
+    model, grew = load_model(cfg, tokenizer)
+    if cfg.adapter.adapter:
+        model = apply_adapter(cfg.adapter, model, grew)
+    trainer, _ = build_trainer(cfg, model, tokenizer, prepared, int(os.environ.get("WORLD_SIZE", "1")))
+    return trainer, model, tokenizer
+
+
+def snapshot(model: Any) -> dict[str, Any]:
+    return {n: p.detach().float().clone() for n, p in model.named_parameters()}
