@@ -33,7 +33,7 @@ def make_config(tmp: Path, model_dir: Path, **keys: Any) -> Any:
     body = {
         "base_model": str(model_dir),
         "datasets": [{"path": str(data), "type": "alpaca"}],
-        "sequence_len": 64,
+        "sequence_len": 128,
         "micro_batch_size": 4,
         "max_steps": 4,
         "learning_rate": 0.005,

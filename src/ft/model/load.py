@@ -39,6 +39,14 @@ def load_model(cfg: FtConfig, tokenizer: Any) -> tuple[Any, bool]:
         model = AutoModelForCausalLM.from_pretrained(m.base_model, dtype=load_dtype, **kwargs)
     except OSError as exc:
         raise ConfigError(f"cannot load the model `{m.base_model}`: {str(exc).splitlines()[0]}") from None
+    except ValueError as exc:
+        # sdpa was chosen as the fallback for flash attention, but some architectures (Gemma-2, whose
+        # logit soft-capping sdpa cannot express) have no sdpa path: eager is what remains.
+        if kwargs.get("attn_implementation") != "sdpa" or "scaled_dot_product_attention" not in str(exc):
+            raise
+        log.warning("this architecture has no sdpa attention: using eager attention")
+        kwargs["attn_implementation"] = "eager"
+        model = AutoModelForCausalLM.from_pretrained(m.base_model, dtype=load_dtype, **kwargs)
     grew = len(tokenizer) > model.get_input_embeddings().weight.shape[0]
     if grew:
         model.resize_token_embeddings(len(tokenizer))
