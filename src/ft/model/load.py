@@ -47,6 +47,8 @@ def load_model(cfg: FtConfig, tokenizer: Any) -> tuple[Any, bool]:
         log.warning("this architecture has no sdpa attention: using eager attention")
         kwargs["attn_implementation"] = "eager"
         model = AutoModelForCausalLM.from_pretrained(m.base_model, dtype=load_dtype, **kwargs)
+    if cfg.data.sample_packing:
+        use_packed_attention(model)
     grew = len(tokenizer) > model.get_input_embeddings().weight.shape[0]
     if grew:
         model.resize_token_embeddings(len(tokenizer))
@@ -66,3 +68,17 @@ def load_model(cfg: FtConfig, tokenizer: Any) -> tuple[Any, bool]:
         if cfg.adapter.adapter:
             model.enable_input_require_grads()  # frozen embeddings: checkpointed blocks still need a grad path
     return model, grew
+
+
+def use_packed_attention(model: Any) -> str:
+    """Switch the model to an attention whose cost follows each packed row's length; returns its name."""
+    from ft.model.packed_attention import packed_implementation, register
+
+    register()
+    current = model.config._attn_implementation
+    chosen = packed_implementation(current, bool(getattr(model, "_supports_sdpa", True)))
+    if chosen != current:
+        model.set_attn_implementation(chosen)
+    path = "flash-attn varlen" if chosen.startswith("flash") else f"per-row {chosen.removeprefix('ft_packed_')}"
+    log.info("sample packing: attention runs on each row of a bin (%s, %s)", path, chosen)
+    return chosen

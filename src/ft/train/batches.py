@@ -50,3 +50,52 @@ class PadCollator:
             labels[i, :n] = torch.tensor(r["labels"])
             mask[i, :n] = 1
         return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+class PackedBins:
+    """Bins of rows (from ft.data.packing.pack); an item is one bin, a batch is micro_batch_size bins."""
+
+    def __init__(self, rows: TokenizedRows, bins: list[list[int]]) -> None:
+        self.rows, self.bins = rows, bins
+
+    def __len__(self) -> int:
+        return len(self.bins)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {"rows": [self.rows[j] for j in self.bins[i]]}
+
+
+class PackedCollator:
+    """Lays the rows of a batch's bins end to end in one sequence, position ids restarting per row.
+
+    No attention mask: the attention sees the rows through the position ids (per-row sdpa/eager or
+    flash-attn varlen). The first label of every row is IGNORE, so no row learns to predict the next
+    row's first token. `pad_to` pads the sequence (e.g. to micro_batch_size × sequence_len) with a
+    separate all-ignored row.
+    """
+
+    def __init__(self, pad_id: int, pad_to: Optional[int] = None) -> None:
+        self.pad_id, self.pad_to = pad_id, pad_to
+
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        ids: list[int] = []
+        labels: list[int] = []
+        positions: list[int] = []
+        for item in items:
+            for row in item["rows"]:
+                n = len(row["input_ids"])
+                ids += row["input_ids"]
+                labels += [IGNORE] + row["labels"][1:]
+                positions += range(n)
+        if self.pad_to and len(ids) < self.pad_to:
+            extra = self.pad_to - len(ids)
+            ids += [self.pad_id] * extra
+            labels += [IGNORE] * extra
+            positions += range(extra)
+        return {
+            "input_ids": torch.tensor([ids]),
+            "labels": torch.tensor([labels]),
+            "position_ids": torch.tensor([positions]),
+        }

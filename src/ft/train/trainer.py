@@ -10,7 +10,8 @@ from typing import Any
 
 from ft.config import FtConfig
 from ft.train.args import training_arguments
-from ft.train.batches import PadCollator, TokenizedRows
+from ft.data.packing import efficiency, pack
+from ft.train.batches import PackedBins, PackedCollator, PadCollator, TokenizedRows
 from ft.train.callbacks import MetricsLog, peak_memory_mb, plot_losses
 
 log = logging.getLogger("ft")
@@ -20,15 +21,22 @@ def build_trainer(cfg: FtConfig, model: Any, tokenizer: Any, prepared: Any, worl
     import torch
     from transformers import EarlyStoppingCallback, Trainer
 
-    train_rows = TokenizedRows(prepared.train)
-    eval_rows = TokenizedRows(prepared.eval) if prepared.eval is not None else None
-    args = training_arguments(cfg, len(train_rows), eval_rows is not None, world_size)
     d = cfg.data
-    collator = PadCollator(
-        tokenizer.pad_token_id,
-        pad_to=d.sequence_len if d.pad_to_sequence_len else None,
-        multiple_of=8 if torch.cuda.is_available() else 1,
-    )
+    train_rows: Any = TokenizedRows(prepared.train)
+    eval_rows: Any = TokenizedRows(prepared.eval) if prepared.eval is not None else None
+    if d.sample_packing:
+        train_rows = packed(train_rows, d.sequence_len, "train")
+        if eval_rows is not None and (d.eval_sample_packing is not False):
+            eval_rows = packed(eval_rows, d.sequence_len, "eval")
+        pad_to = d.sequence_len * cfg.training.micro_batch_size if d.pad_to_sequence_len else None
+        collator: Any = Switch(PackedCollator(tokenizer.pad_token_id, pad_to), PadCollator(tokenizer.pad_token_id))
+    else:
+        collator = PadCollator(
+            tokenizer.pad_token_id,
+            pad_to=d.sequence_len if d.pad_to_sequence_len else None,
+            multiple_of=8 if torch.cuda.is_available() else 1,
+        )
+    args = training_arguments(cfg, len(train_rows), eval_rows is not None, world_size)
     Path(cfg.training.output_dir).mkdir(parents=True, exist_ok=True)
     metrics = MetricsLog(Path(cfg.training.output_dir) / "metrics.jsonl")
     callbacks: list[Any] = [metrics]
@@ -44,6 +52,25 @@ def build_trainer(cfg: FtConfig, model: Any, tokenizer: Any, prepared: Any, worl
         callbacks=callbacks,
     )
     return trainer, metrics
+
+
+def packed(rows: TokenizedRows, capacity: int, split: str) -> PackedBins:
+    bins = pack(rows.lengths, capacity)
+    log.info(
+        "packing %s: %d rows into %d bins of at most %d tokens, efficiency %.3f (real tokens / bin slots)",
+        split, len(rows), len(bins), capacity, efficiency(rows.lengths, bins, capacity),
+    )
+    return PackedBins(rows, bins)
+
+
+class Switch:
+    """Collates packed bins with one collator and plain rows (unpacked evaluation) with another."""
+
+    def __init__(self, packed_collator: PackedCollator, plain: PadCollator) -> None:
+        self.packed_collator, self.plain = packed_collator, plain
+
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        return self.packed_collator(items) if "rows" in items[0] else self.plain(items)
 
 
 def save_outputs(cfg: FtConfig, trainer: Any, tokenizer: Any, metrics: MetricsLog, result: Any, seconds: float) -> dict[str, Any]:
