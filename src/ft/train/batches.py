@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any, Optional
 
 IGNORE = -100
+# A batch key the trainer pops before the forward pass: how many of the batch's token slots are real.
+REAL_TOKENS = "ft_real_tokens"
 
 
 class TokenizedRows:
@@ -49,7 +51,7 @@ class PadCollator:
             ids[i, :n] = torch.tensor(r["input_ids"])
             labels[i, :n] = torch.tensor(r["labels"])
             mask[i, :n] = 1
-        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+        return {"input_ids": ids, "labels": labels, "attention_mask": mask, REAL_TOKENS: mask.sum()}
 
 
 class PackedBins:
@@ -83,12 +85,14 @@ class PackedCollator:
         ids: list[int] = []
         labels: list[int] = []
         positions: list[int] = []
+        real = 0
         for item in items:
             for row in item["rows"]:
                 n = len(row["input_ids"])
                 ids += row["input_ids"]
                 labels += [IGNORE] + row["labels"][1:]
                 positions += range(n)
+                real += n
         if self.pad_to and len(ids) < self.pad_to:
             extra = self.pad_to - len(ids)
             ids += [self.pad_id] * extra
@@ -98,4 +102,5 @@ class PackedCollator:
             "input_ids": torch.tensor([ids]),
             "labels": torch.tensor([labels]),
             "position_ids": torch.tensor([positions]),
+            REAL_TOKENS: torch.tensor(real),
         }

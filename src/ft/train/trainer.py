@@ -8,10 +8,12 @@ import math
 from pathlib import Path
 from typing import Any
 
+from transformers import Trainer
+
 from ft.config import FtConfig
 from ft.train.args import training_arguments
 from ft.data.packing import efficiency, pack
-from ft.train.batches import PackedBins, PackedCollator, PadCollator, TokenizedRows
+from ft.train.batches import REAL_TOKENS, PackedBins, PackedCollator, PadCollator, TokenizedRows
 from ft.train.callbacks import MetricsLog, peak_memory_mb, plot_losses
 
 log = logging.getLogger("ft")
@@ -19,7 +21,7 @@ log = logging.getLogger("ft")
 
 def build_trainer(cfg: FtConfig, model: Any, tokenizer: Any, prepared: Any, world_size: int) -> tuple[Any, MetricsLog]:
     import torch
-    from transformers import EarlyStoppingCallback, Trainer
+    from transformers import EarlyStoppingCallback
 
     d = cfg.data
     train_rows: Any = TokenizedRows(prepared.train)
@@ -42,7 +44,7 @@ def build_trainer(cfg: FtConfig, model: Any, tokenizer: Any, prepared: Any, worl
     callbacks: list[Any] = [metrics]
     if cfg.training.early_stopping_patience and eval_rows is not None:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.training.early_stopping_patience))
-    trainer = Trainer(
+    trainer = FtTrainer(
         model=model,
         args=args,
         data_collator=collator,
@@ -52,6 +54,23 @@ def build_trainer(cfg: FtConfig, model: Any, tokenizer: Any, prepared: Any, worl
         callbacks=callbacks,
     )
     return trainer, metrics
+
+
+class FtTrainer(Trainer):
+    """The transformers Trainer, counting the real tokens and the token slots of the training batches."""
+
+    real_tokens = 0
+    token_slots = 0
+
+    def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Any:
+        real = inputs.pop(REAL_TOKENS, None)
+        self.token_slots += int(inputs["input_ids"].numel())
+        self.real_tokens += int(real) if real is not None else int(inputs["input_ids"].numel())
+        return super().training_step(model, inputs, num_items_in_batch)
+
+    def prediction_step(self, model: Any, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        inputs.pop(REAL_TOKENS, None)
+        return super().prediction_step(model, inputs, *args, **kwargs)
 
 
 def packed(rows: TokenizedRows, capacity: int, split: str) -> PackedBins:
@@ -84,7 +103,10 @@ def save_outputs(cfg: FtConfig, trainer: Any, tokenizer: Any, metrics: MetricsLo
         "train_loss": round(result.training_loss, 4),
         "final_loss": next((r["loss"] for r in reversed(metrics.records) if "loss" in r), None),
         "seconds": round(seconds, 1),
-        "tokens_per_s": round(trainer.state.num_input_tokens_seen / max(seconds, 1e-9), 1),
+        "tokens": trainer.real_tokens,
+        "token_slots": trainer.token_slots,
+        "slot_efficiency": round(trainer.real_tokens / max(trainer.token_slots, 1), 4),
+        "tokens_per_s": round(trainer.real_tokens / max(seconds, 1e-9), 1),
         "peak_memory_mb": round(peak_memory_mb(), 1),
     }
     if trainer.eval_dataset is not None:
@@ -97,9 +119,9 @@ def save_outputs(cfg: FtConfig, trainer: Any, tokenizer: Any, metrics: MetricsLo
         (out / "summary.json").write_text(json.dumps(summary, indent=1))
         plot_losses(metrics.records, out / "loss.png")
         log.info(
-            "done: %d steps in %.0f s, train loss %.4f%s, %.0f tokens/s, peak memory %.0f MB → %s",
+            "done: %d steps in %.0f s, train loss %.4f%s, %.0f tokens/s, %.1f%% of token slots real, peak memory %.0f MB → %s",
             summary["steps"], seconds, summary["train_loss"],
             f", eval loss {summary['eval_loss']} (perplexity {summary['perplexity']})" if "eval_loss" in summary else "",
-            summary["tokens_per_s"], summary["peak_memory_mb"], out,
+            summary["tokens_per_s"], 100 * summary["slot_efficiency"], summary["peak_memory_mb"], out,
         )
     return summary
