@@ -52,3 +52,11 @@ def test_override_through_cli(cfg_file: Path):
 def test_set_out_of_range_index(cfg_file: Path):
     with pytest.raises(ConfigError, match="index 3 is past the end"):
         load_config(cfg_file, parse_overrides([], ["datasets.3.path=x"]))
+
+
+def test_axolotl_bnb_config_kwargs_block_is_read(tmp_path: Path):
+    path = tmp_path / "cfg.yml"
+    path.write_text(BASE + "adapter: qlora\nload_in_4bit: true\nbnb_config_kwargs:\n  bnb_4bit_quant_type: fp4\n"
+                    "  bnb_4bit_use_double_quant: false\n")
+    cfg = load_config(path)
+    assert cfg.quantization.bnb_4bit_quant_type == "fp4" and cfg.quantization.bnb_4bit_use_double_quant is False

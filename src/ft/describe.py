@@ -39,6 +39,12 @@ def derived(cfg: FtConfig, world_size: int = 1) -> dict[str, str]:
         out["distributed"] = f"{d.backend}; run with `accelerate launch -m ft train ...` (batch size × processes)"
     else:
         out["distributed"] = d.backend or "none"
+    if cfg.data.sample_packing:
+        if attention and attention.startswith("flash"):
+            path = "flash-attn varlen"
+        else:
+            path = "per-row eager" if attention == "eager" else "per-row sdpa (eager where a model has no sdpa)"
+        out["packing"] = f"rows packed into bins of ≤ {cfg.data.sequence_len} tokens; attention {path}"
     out["evaluation"] = "on held-out data" if cfg.has_eval_data else "none (set val_set_size or test_datasets)"
     return out
 
