@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, run_ft
+from conftest import run_ft
 from ft.config import load_config
 from ft.data.prepare import cache_key, prepare, prepared_root
 from ft.data.sources import load_rows
