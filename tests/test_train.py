@@ -42,8 +42,10 @@ def test_cli_run_leaves_model_logs_and_plot(tmp_path: Path, tiny_model_dir):
     from ft.config import load_config
 
     make_config(tmp_path, tiny_model_dir("llama"), val_set_size=4, evals_per_epoch=1, flash_attention=True, **METHODS["lora"])
+    assert run_ft("preprocess", "cfg.yml", cwd=tmp_path).returncode == 0
     result = run_ft("train", "cfg.yml", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "prepared dataset found in cache" in result.stderr  # ft train reuses what ft preprocess made
     assert "flash-attn is not installed" in result.stderr and "falling back to sdpa" in result.stderr
     out = tmp_path / "out"
     for name in ("adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "ft_config.yml",
