@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
-import random
 import shutil
 import statistics
 import subprocess
@@ -27,11 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
-WORDS = (
-    "the of and to in is was for on that with as by at from it this be are or his her their they we you one "
-    "two three story model answer question water fire earth time people world city river mountain king queen "
-    "cat dog red green blue small large good bad new old day night year made went came took gave found"
-).split()
+from _alpaca_rows import generate
+
 
 BASELINE = r'''
 import sys, datasets
@@ -54,23 +49,6 @@ ds = ds.map(fmt, batched=True, remove_columns=ds.column_names)
 ds = ds.filter(lambda x: len(x["input_ids"]) <= seq_len)
 print(len(ds))
 '''
-
-
-def generate(path: Path, rows: int, seed: int = 0) -> None:
-    rng = random.Random(seed)
-
-    def words(mu: float, sigma: float, cap: int) -> str:
-        n = max(1, min(cap, int(math.exp(rng.gauss(mu, sigma)))))
-        return " ".join(rng.choice(WORDS) for _ in range(n))
-
-    with open(path, "w") as f:
-        for _ in range(rows):
-            row = {
-                "instruction": words(2.2, 0.5, 60),
-                "input": words(2.5, 1.2, 200) if rng.random() < 2 / 3 else "",
-                "output": words(3.6, 1.0, 700),
-            }
-            f.write(json.dumps(row) + "\n")
 
 
 def timed(cmd: list[str], cwd: Path) -> tuple[float, str]:

@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
-import random
 import shutil
 import statistics
 import subprocess
@@ -27,12 +25,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from _alpaca_rows import generate
+
 ROOT = Path(__file__).resolve().parents[1]
-WORDS = (
-    "the of and to in is was for on that with as by at from it this be are or his her their they we you one "
-    "two three story model answer question water fire earth time people world city river mountain king queen "
-    "cat dog red green blue small large good bad new old day night year made went came took gave found"
-).split()
 
 # The baselines share this preamble: tokenization as seed 004 teaches (prompt tokens masked), rows longer
 # than 1024 tokens dropped as ft does, LoRA r=8 on all linear layers, the same optimizer settings.
@@ -95,22 +90,6 @@ print(json.dumps({"tokens": real, "slots": collator.slots}))
 
 
 FT_OUTPUT = {"ft packed": "ft-packed", "ft unpacked": "ft-unpacked"}
-
-
-def generate(path: Path, rows: int, seed: int = 0) -> None:
-    rng = random.Random(seed)
-
-    def words(mu: float, sigma: float, cap: int) -> str:
-        n = max(1, min(cap, int(math.exp(rng.gauss(mu, sigma)))))
-        return " ".join(rng.choice(WORDS) for _ in range(n))
-
-    with open(path, "w") as f:
-        for _ in range(rows):
-            f.write(json.dumps({
-                "instruction": words(2.2, 0.5, 60),
-                "input": words(2.5, 1.2, 200) if rng.random() < 2 / 3 else "",
-                "output": words(3.6, 1.0, 700),
-            }) + "\n")
 
 
 def ft_config(work: Path, packed: bool) -> Path:

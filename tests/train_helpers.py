@@ -41,9 +41,7 @@ def make_config(tmp: Path, model_dir: Path, **keys: Any) -> Any:
         "logging_steps": 1,
         "output_dir": str(tmp / "out"),
         "use_tensorboard": False,
-        "save_strategy_steps_placeholder": None,
     }
-    body.pop("save_strategy_steps_placeholder")
     body.update(keys)
     path = tmp / "cfg.yml"
     path.write_text(yaml.safe_dump(body, sort_keys=False))

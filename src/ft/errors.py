@@ -20,6 +20,3 @@ class ConfigError(UserError):
 class DataError(UserError):
     """A dataset file, column or row is wrong."""
 
-
-class NotBuiltError(UserError):
-    """A command or option that ft does not implement yet."""

@@ -30,7 +30,3 @@ class Section(BaseModel):
                     )
         return data
 
-
-def yaml_keys(section: type[BaseModel]) -> list[str]:
-    """The YAML names of a section's fields, in declaration order."""
-    return list(section.model_fields)

@@ -9,8 +9,6 @@ from ft.config.model import QuantizationConfig
 
 log = logging.getLogger("ft")
 
-DTYPES = {"bfloat16": "bfloat16", "float16": "float16", "float32": "float32", "uint8": "uint8"}
-
 
 def bnb_config(q: QuantizationConfig, compute_dtype: Any) -> Optional[Any]:
     """A BitsAndBytesConfig for the base model, or None when it is not quantized."""
