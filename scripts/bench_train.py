@@ -6,7 +6,9 @@
 Data: generated alpaca rows (output exp(N(3.6, 1.0)) words capped at 700; two rows in three with an
 input of exp(N(2.5, 1.2)) words capped at 200), sequence_len 1024, loss on the output only.
 Model: random Llama (hidden 256, intermediate 688, 4 layers, 8 heads, 4 KV heads) with the test tokenizer;
-LoRA r=8 on all linear layers; micro batch 4; one epoch; OMP_NUM_THREADS=1.
+LoRA r=8 on all linear layers; micro batch 4; one epoch; OMP_NUM_THREADS=1. One more ft contender packs 3 bins
+per micro batch: about as many tokens per step as the padded Trainer's largest batch, to compare memory
+at equal tokens per step.
 Each contender is a whole fresh process (data preparation included); the runs are interleaved A B C D A B
 C D ... and the medians are printed: real (non-padding) tokens per CPU-second and per wall second, the
 share of token slots that are real, and peak RSS. TRL is needed only here: `pip install trl`.
@@ -46,10 +48,11 @@ rows = [json.loads(l) for l in open(work / "rows.jsonl")]
 prompts = [WITH.format(**r) if r["input"] else WITHOUT.format(**r) for r in rows]
 lora = LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM")
 class Count:
-    def __init__(self, inner): self.inner, self.real, self.slots = inner, 0, 0
+    def __init__(self, inner): self.inner, self.real, self.slots, self.largest = inner, 0, 0, 0
     def __call__(self, features):
         batch = self.inner(features)
         self.slots += batch["input_ids"].numel()
+        self.largest = max(self.largest, batch["input_ids"].numel())
         self.real += int(batch["attention_mask"].sum()) if "attention_mask" in batch else int(batch["input_ids"].numel())
         return batch
 '''
@@ -69,7 +72,7 @@ args = TrainingArguments(output_dir=str(work / "padded"), per_device_train_batch
                          lr_scheduler_type="cosine", logging_steps=50, save_strategy="no", report_to="none", use_cpu=True, seed=42,
                          remove_unused_columns=False, disable_tqdm=True)
 Trainer(model=model, args=args, train_dataset=data, data_collator=collator).train()
-print(json.dumps({"tokens": collator.real, "slots": collator.slots}))
+print(json.dumps({"tokens": collator.real, "slots": collator.slots, "largest": collator.largest}))
 '''
 
 TRL = COMMON + r'''
@@ -85,23 +88,29 @@ trainer.data_collator = collator = Count(trainer.data_collator)
 trainer.train()
 lengths = trainer.train_dataset["seq_lengths"] if "seq_lengths" in trainer.train_dataset.column_names else None
 real = sum(sum(x) for x in lengths) if lengths is not None else collator.real
-print(json.dumps({"tokens": real, "slots": collator.slots}))
+print(json.dumps({"tokens": real, "slots": collator.slots, "largest": collator.largest}))
 '''
 
 
-FT_OUTPUT = {"ft packed": "ft-packed", "ft unpacked": "ft-unpacked"}
+# ft contenders: name -> (sample_packing, micro_batch_size). "3 bins" holds about as many tokens per step
+# (3 × 1,024) as the padded Trainer's largest batch (4 × its longest row), to compare memory per token.
+FT = {"ft packed": (True, 4), "ft unpacked": (False, 4), "ft packed, 3 bins": (True, 3)}
 
 
-def ft_config(work: Path, packed: bool) -> Path:
-    name = "packed" if packed else "unpacked"
-    path = work / f"ft-{name}.yml"
+def ft_dir(name: str) -> str:
+    return name.replace(",", "").replace(" ", "-")
+
+
+def ft_config(work: Path, name: str) -> Path:
+    packed, micro = FT[name]
+    path = work / f"{ft_dir(name)}.yml"
     path.write_text(
         f"base_model: {work / 'model'}\n"
         f"datasets:\n  - path: {work / 'rows.jsonl'}\n    type: alpaca\n"
         f"sequence_len: 1024\ntrain_on_inputs: false\nsample_packing: {str(packed).lower()}\n"
-        "micro_batch_size: 4\nnum_epochs: 1\nlearning_rate: 0.0002\nlr_scheduler: cosine\nlogging_steps: 50\n"
+        f"micro_batch_size: {micro}\nnum_epochs: 1\nlearning_rate: 0.0002\nlr_scheduler: cosine\nlogging_steps: 50\n"
         "adapter: lora\nlora_r: 8\nlora_alpha: 16\nlora_target_linear: true\nuse_tensorboard: false\n"
-        f"output_dir: {work / ('ft-' + name)}\n"
+        f"output_dir: {work / ft_dir(name)}\n"
     )
     return path
 
@@ -145,8 +154,10 @@ def main() -> None:
         tok.save_pretrained(work / "model")
         generate(work / "rows.jsonl", args.rows)
         contenders = {
-            "ft packed": [sys.executable, str(ROOT / "scripts/_measure.py"), "-m", "ft", "train", str(ft_config(work, True))],
-            "ft unpacked": [sys.executable, str(ROOT / "scripts/_measure.py"), "-m", "ft", "train", str(ft_config(work, False))],
+            name: [sys.executable, str(ROOT / "scripts/_measure.py"), "-m", "ft", "train", str(ft_config(work, name))]
+            for name in FT
+        }
+        contenders |= {
             "padded Trainer": [sys.executable, str(ROOT / "scripts/_measure.py"), "-c", PADDED, str(work)],
             "TRL SFTTrainer packing": [sys.executable, str(ROOT / "scripts/_measure.py"), "-c", TRL, str(work)],
         }
@@ -154,33 +165,33 @@ def main() -> None:
         results: dict[str, list[dict]] = {k: [] for k in contenders}
         for rep in range(args.repeat):
             for name, cmd in contenders.items():
-                for d in ("ft-packed", "ft-unpacked"):
-                    shutil.rmtree(work / d, ignore_errors=True)
+                for other in FT:
+                    shutil.rmtree(work / ft_dir(other), ignore_errors=True)
                 r = measure(cmd, env)
                 stats = json.loads(r["stderr"].strip().splitlines()[-1])  # written by _measure.py
-                if name in FT_OUTPUT:
-                    summary = json.loads((work / FT_OUTPUT[name] / "summary.json").read_text())
-                    tokens, slots = summary["tokens"], summary["token_slots"]
+                if name in FT:
+                    summary = json.loads((work / ft_dir(name) / "summary.json").read_text())
+                    tokens, slots, largest = summary["tokens"], summary["token_slots"], summary["largest_batch_slots"]
                 else:
                     counted = json.loads(r["stdout"].strip().splitlines()[-1])
-                    tokens, slots = counted["tokens"], counted["slots"]
+                    tokens, slots, largest = counted["tokens"], counted["slots"], counted["largest"]
                 results[name].append({"cpu": stats["cpu"], "wall": r["wall"], "rss": stats["peak_rss_mb"],
-                                      "tokens": tokens, "slots": slots})
+                                      "tokens": tokens, "slots": slots, "largest": largest})
                 print(f"rep {rep} {name}: {r['wall']:.0f} s wall, {stats['cpu']:.0f} CPU s, {tokens} tokens", file=sys.stderr)
         table = [
             f"`python scripts/bench_train.py --repeat {args.repeat} --rows {args.rows}`: {args.rows} alpaca rows, "
             "sequence_len 1024, LoRA r=8 on all linear layers of a random Llama (hidden 256, 4 layers), micro batch 4, "
             f"one epoch, OMP_NUM_THREADS=1; medians of {args.repeat} interleaved runs, whole process.",
             "",
-            "| contender | real tokens / CPU s | real tokens / wall s | token slots real | peak RSS MB | CPU s | wall s |",
-            "| --- | --- | --- | --- | --- | --- | --- |",
+            "| contender | real tokens / CPU s | real tokens / wall s | token slots real | peak RSS MB | largest step (token slots) | CPU s | wall s |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for name, runs in results.items():
             med = lambda key: statistics.median(r[key] for r in runs)  # noqa: E731
             tok_cpu = statistics.median(r["tokens"] / r["cpu"] for r in runs)
             tok_wall = statistics.median(r["tokens"] / r["wall"] for r in runs)
             eff = statistics.median(r["tokens"] / r["slots"] for r in runs)
-            table.append(f"| {name} | {tok_cpu:,.0f} | {tok_wall:,.0f} | {eff:.3f} | {med('rss'):,.0f} | {med('cpu'):.0f} | {med('wall'):.0f} |")
+            table.append(f"| {name} | {tok_cpu:,.0f} | {tok_wall:,.0f} | {eff:.3f} | {med('rss'):,.0f} | {med('largest'):,.0f} | {med('cpu'):.0f} | {med('wall'):.0f} |")
         text = "\n".join(table)
         print(text)
         if args.out:

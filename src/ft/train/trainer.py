@@ -61,10 +61,12 @@ class FtTrainer(Trainer):
 
     real_tokens = 0
     token_slots = 0
+    largest_batch = 0  # token slots of the largest micro batch: what sets the activation memory
 
     def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Any:
         real = inputs.pop(REAL_TOKENS, None)
         self.token_slots += int(inputs["input_ids"].numel())
+        self.largest_batch = max(self.largest_batch, int(inputs["input_ids"].numel()))
         self.real_tokens += int(real) if real is not None else int(inputs["input_ids"].numel())
         return super().training_step(model, inputs, num_items_in_batch)
 
@@ -106,6 +108,7 @@ def save_outputs(cfg: FtConfig, trainer: Any, tokenizer: Any, metrics: MetricsLo
         "tokens": trainer.real_tokens,
         "token_slots": trainer.token_slots,
         "slot_efficiency": round(trainer.real_tokens / max(trainer.token_slots, 1), 4),
+        "largest_batch_slots": trainer.largest_batch,
         "tokens_per_s": round(trainer.real_tokens / max(seconds, 1e-9), 1),
         "peak_memory_mb": round(peak_memory_mb(), 1),
     }
