@@ -46,9 +46,18 @@ CASES = {
     ),
     "quantized without adapter": (BASE + "load_in_8bit: true\n", ["cfg.yml:5", "add `adapter: lora`"]),
     "deepspeed and fsdp": (
-        BASE + "deepspeed: deepspeed_configs/zero2.json\nfsdp: [full_shard]\n",
+        BASE + "deepspeed: {zero_optimization: {stage: 2}}\nfsdp: [full_shard]\n",
         ["cfg.yml:6", "`deepspeed` and `fsdp`"],
     ),
+    "deepspeed file missing": (
+        BASE + "deepspeed: zero2.json\n",
+        ["cfg.yml:5", "DeepSpeed file `zero2.json` not found", "deepspeed_configs/"],
+    ),
+    "deepspeed key misspelt": (
+        BASE + "deepspeed:\n  ZeRO_optimization: {stage: 1}\n",
+        ["cfg.yml:5", "`ZeRO_optimization`", "DeepSpeed would ignore it", "did you mean `zero_optimization`"],
+    ),
+    "deepspeed stage": (BASE + "deepspeed: {zero_optimization: {stage: 4}}\n", ["cfg.yml:5", "stages 0, 1, 2 and 3"]),
     "bf16 and fp16": (BASE + "bf16: true\nfp16: true\n", ["cfg.yml:6", "`bf16` and `fp16`"]),
     "save_steps and saves_per_epoch": (
         BASE + "save_steps: 10\nsaves_per_epoch: 2\n",
@@ -73,6 +82,22 @@ def test_bad_config_exits_2_with_message(name: str, tmp_path: Path):
     assert result.stderr.startswith("ft: error: ")
     for piece in expected:
         assert piece in result.stderr, f"{piece!r} not in {result.stderr!r}"
+
+
+def test_deepspeed_json_is_checked(tmp_path: Path):
+    (tmp_path / "ds.json").write_text('{\n  "zero_optimization": {"stage": 2},\n  "bf16": {"enabled": "auto"},\n}\n')
+    (tmp_path / "cfg.yml").write_text(BASE + "deepspeed: ds.json\n")
+    result = run_ft("validate", "cfg.yml", cwd=tmp_path)
+    assert result.returncode == 2 and "ds.json:4: not valid JSON" in result.stderr, result.stderr
+    seed = Path(__file__).resolve().parents[2] / "shared/seed-configs/ZeRO1.json"
+    if seed.exists():  # the first user's file spells `ZeRO_optimization`, which DeepSpeed never reads
+        (tmp_path / "ds.json").write_text(seed.read_text())
+        result = run_ft("validate", "cfg.yml", cwd=tmp_path)
+        assert result.returncode == 2 and "did you mean `zero_optimization`" in result.stderr, result.stderr
+    for shipped in sorted((Path(__file__).resolve().parents[1] / "deepspeed_configs").glob("*.json")):
+        (tmp_path / "cfg.yml").write_text(BASE + f"deepspeed: {shipped}\n")
+        result = run_ft("validate", "cfg.yml", cwd=tmp_path)
+        assert result.returncode == 0, (shipped.name, result.stderr)
 
 
 def test_missing_file(tmp_path: Path):

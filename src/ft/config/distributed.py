@@ -7,6 +7,19 @@ from typing import Any, Literal, Optional
 from pydantic import Field, field_validator, model_validator
 
 from ft.config.base import Section
+from ft.registry import did_you_mean
+
+# DeepSpeed's top-level keys. DeepSpeed ignores a key it does not know, so a misspelt `zero_optimization`
+# silently trains without ZeRO; ft rejects a key that is a near miss of one of these.
+DEEPSPEED_KEYS = (
+    "train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "optimizer", "scheduler",
+    "fp16", "bf16", "amp", "gradient_clipping", "prescale_gradients", "gradient_predivide_factor",
+    "sparse_gradients", "zero_optimization", "zero_allow_untested_optimizer", "zero_force_ds_cpu_optimizer",
+    "activation_checkpointing", "aio", "flops_profiler", "wall_clock_breakdown", "memory_breakdown",
+    "steps_per_print", "dump_state", "tensorboard", "wandb", "csv_monitor", "comms_logger",
+    "communication_data_type", "elasticity", "autotuning", "data_efficiency", "checkpoint", "data_types",
+    "pipeline", "torch_autocast", "compile", "seq_parallel_communication_data_type",
+)
 
 FSDP_OPTIONS = ("full_shard", "shard_grad_op", "hybrid_shard", "hybrid_shard_zero2", "no_shard", "offload", "auto_wrap")
 
@@ -56,6 +69,15 @@ class DistributedConfig(Section):
     ddp_timeout: Optional[int] = Field(None, ge=1, description="Seconds before a collective times out.")
     ddp_find_unused_parameters: Optional[bool] = Field(None, description="DDP: search for unused parameters.")
 
+    @field_validator("deepspeed")
+    @classmethod
+    def _deepspeed(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            check_deepspeed_json(v)
+        elif isinstance(v, dict):
+            check_deepspeed_keys(v, "the inline deepspeed block")
+        return v
+
     @field_validator("fsdp", mode="before")
     @classmethod
     def _split(cls, v: Any) -> Any:
@@ -76,3 +98,33 @@ class DistributedConfig(Section):
     @property
     def backend(self) -> Optional[str]:
         return "deepspeed" if self.deepspeed else "fsdp" if self.fsdp else None
+
+
+def check_deepspeed_json(path: str) -> None:
+    """The DeepSpeed file exists, parses, and has no misspelt top-level key."""
+    import json
+    from pathlib import Path
+
+    file = Path(path)
+    if not file.is_file():
+        raise ValueError(f"DeepSpeed file `{path}` not found; ft ships zero1/zero2/zero3/zero3_offload.json in deepspeed_configs/")
+    try:
+        data = json.loads(file.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a DeepSpeed config is a JSON object")
+    check_deepspeed_keys(data, path)
+
+
+def check_deepspeed_keys(data: dict[str, Any], where: str) -> None:
+    for key in data:
+        if key in DEEPSPEED_KEYS:
+            continue
+        by_case = next((k for k in DEEPSPEED_KEYS if k.lower() == str(key).lower()), None)
+        hint = f" (did you mean `{by_case}`?)" if by_case else did_you_mean(str(key), DEEPSPEED_KEYS)
+        if hint:
+            raise ValueError(f"`{key}` in {where} is not a DeepSpeed key, and DeepSpeed would ignore it{hint}")
+    stage = data.get("zero_optimization", {}).get("stage", 0) if isinstance(data.get("zero_optimization"), dict) else 0
+    if stage not in (0, 1, 2, 3):
+        raise ValueError(f"zero_optimization.stage in {where} is {stage!r}; DeepSpeed has stages 0, 1, 2 and 3")
