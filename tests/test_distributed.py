@@ -1,4 +1,4 @@
-"""Real processes: two ranks over gloo (torchrun, CPU) train packed batches in step with each other."""
+"""Real processes: two ranks over gloo (torchrun, CPU): packed batches in step, DeepSpeed ZeRO, FSDP's CPU fallback."""
 
 from __future__ import annotations
 
@@ -19,15 +19,52 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_ranks_get_the_same_packed_batches(tmp_path: Path, tiny_model_dir):
-    make_config(tmp_path, tiny_model_dir("llama"), sample_packing=True, sequence_len=256, micro_batch_size=2,
-                max_steps=None, num_epochs=1, adapter="lora", lora_r=4, lora_alpha=8, lora_target_linear=True)
+ROOT = Path(__file__).resolve().parents[1]
+LORA = {"adapter": "lora", "lora_r": 4, "lora_alpha": 8, "lora_target_linear": True}
+
+
+def _two_ranks(cwd: Path) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(_free_port()), "-m", "ft", "train", "cfg.yml"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
+    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stderr[-4000:]
+    return result
+
+
+def _losses(out: Path) -> list[float]:
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    return [r["loss"] for r in map(json.loads, lines) if "loss" in r]
+
+
+def test_two_ranks_get_the_same_packed_batches(tmp_path: Path, tiny_model_dir):
+    make_config(tmp_path, tiny_model_dir("llama"), sample_packing=True, sequence_len=256, micro_batch_size=2,
+                max_steps=None, num_epochs=1, **LORA)
+    result = _two_ranks(tmp_path)
     bins = int(re.search(r"packing train: \d+ rows into (\d+) bins", result.stderr).group(1))
     steps = json.loads((tmp_path / "out/summary.json").read_text())["steps"]
     per_rank = -(-bins // 2)  # the sampler gives each rank the same number of bins
     assert steps == -(-per_rank // 2)
+
+
+def test_deepspeed_zero2_trains_on_two_ranks(tmp_path: Path, tiny_model_dir):
+    make_config(tmp_path, tiny_model_dir("llama"), micro_batch_size=2, max_steps=8, learning_rate=0.01,
+                deepspeed=str(ROOT / "deepspeed_configs/zero2.json"), **LORA)
+    result = _two_ranks(tmp_path)
+    assert "distributed: 2 processes, DeepSpeed ZeRO stage 2" in result.stderr
+    losses = _losses(tmp_path / "out")
+    assert len(losses) == 8 and losses[-1] < losses[0], losses
+    from safetensors.torch import load_file
+
+    adapter = load_file(tmp_path / "out/adapter_model.safetensors")
+    lora_b = [t for name, t in adapter.items() if "lora_B" in name]
+    assert lora_b and all(t.abs().sum() > 0 for t in lora_b)  # lora_B starts at zero: every one was trained
+
+
+def test_fsdp_on_cpu_says_it_runs_ddp(tmp_path: Path, tiny_model_dir):
+    # accelerate turns FSDP on for GPUs only; a CPU run silently becomes DDP unless ft says so
+    make_config(tmp_path, tiny_model_dir("llama"), micro_batch_size=2, max_steps=2, fsdp=["full_shard", "auto_wrap"],
+                fsdp_config={"fsdp_version": 2}, **LORA)
+    result = _two_ranks(tmp_path)
+    assert "distributed: 2 processes, DDP" in result.stderr
+    assert "fsdp is set, but accelerate did not turn it on" in result.stderr

@@ -157,3 +157,42 @@ def test_packed_training_run(tmp_path: Path, tiny_model_dir):
     assert rows == 28 and bins < rows
     steps = json.loads((tmp_path / "out/summary.json").read_text())["steps"]
     assert steps == -(-bins // 2)  # one epoch is exactly the packed batches
+
+
+def test_packed_epochs_reshuffle_bins_with_the_seed_and_pad_to_sequence_len(tmp_path: Path, tiny_model_dir):
+    """Completion rows (long ones split into chunks) are packed; every epoch shuffles the bins anew, the same
+    way for the same seed; pad_to_sequence_len makes every packed batch micro_batch_size × sequence_len."""
+    import json
+
+    from train_helpers import make_config
+
+    from ft.data.prepare import prepare
+    from ft.model.load import load_model
+    from ft.model.tokenizer import load_tokenizer
+    from ft.train.trainer import build_trainer
+
+    rng = random.Random(0)
+    words = "the cat sat on a warm red mat near the old blue door".split()
+    texts = [" ".join(rng.choice(words) for _ in range(rng.randint(5, 300))) for _ in range(40)]
+    (tmp_path / "text.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+
+    def batches(seed: int, epoch: int) -> list[list[int]]:
+        cfg = make_config(tmp_path, tiny_model_dir("llama"), datasets=[{"path": str(tmp_path / "text.jsonl"), "type": "completion"}],
+                          sample_packing=True, sequence_len=128, micro_batch_size=2, pad_to_sequence_len=True,
+                          max_steps=None, num_epochs=2, seed=seed)
+        tokenizer = load_tokenizer(cfg.model)
+        prepared = prepare(cfg, tokenizer)
+        model, _ = load_model(cfg, tokenizer)
+        trainer, _ = build_trainer(cfg, model, tokenizer, prepared, world_size=1)
+        loader = trainer.get_train_dataloader()
+        loader.set_epoch(epoch)
+        got = list(loader)
+        assert all(b["input_ids"].shape == (1, 2 * 128) for b in got)
+        assert sum(int(b["ft_real_tokens"]) for b in got) == sum(prepared.train.column("input_ids").combine_chunks().value_lengths().to_numpy())
+        return [b["input_ids"][0].tolist() for b in got]
+
+    epoch0, epoch1 = batches(1, 0), batches(1, 1)
+    assert sorted(t for b in epoch0 for t in b) == sorted(t for b in epoch1 for t in b)  # the same tokens...
+    assert epoch0 != epoch1  # ...in a new order
+    assert batches(1, 0) == epoch0  # deterministic for the seed
+    assert batches(2, 0) != epoch0

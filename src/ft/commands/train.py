@@ -41,6 +41,8 @@ def run_train(cfg: FtConfig) -> dict[str, Any]:
 
     # train
     trainer, metrics = build_trainer(cfg, model, tokenizer, prepared, world_size)
+    if world_size > 1:
+        report_backend(cfg, trainer, world_size)
     checkpoint = resume_point(cfg.training.resume_from_checkpoint, cfg.training.auto_resume_from_checkpoints, cfg.training.output_dir)
     if checkpoint:
         log.info("resuming from %s", checkpoint)
@@ -56,3 +58,20 @@ def run_train(cfg: FtConfig) -> dict[str, Any]:
     # save
     summary = save_outputs(cfg, trainer, tokenizer, metrics, result, time.perf_counter() - started)
     return summary
+
+
+def report_backend(cfg: FtConfig, trainer: Any, world_size: int) -> None:
+    """Say which data-parallel backend accelerate really set up, and warn when it is not the one asked for."""
+    if trainer.is_deepspeed_enabled:
+        active = f"DeepSpeed ZeRO stage {trainer.accelerator.state.deepspeed_plugin.zero_stage}"
+    elif trainer.is_fsdp_enabled:
+        active = f"FSDP{trainer.accelerator.state.fsdp_plugin.fsdp_version} ({' '.join(cfg.distributed.fsdp)})"
+    else:
+        active = "DDP"
+    log.info("distributed: %d processes, %s", world_size, active)
+    wanted = cfg.distributed.backend
+    if wanted == "fsdp" and not trainer.is_fsdp_enabled or wanted == "deepspeed" and not trainer.is_deepspeed_enabled:
+        log.warning(
+            "%s is set, but accelerate did not turn it on (it runs FSDP on GPUs only): this run is plain DDP, "
+            "every process holding the whole model", wanted,
+        )
