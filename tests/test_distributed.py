@@ -5,18 +5,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from train_helpers import make_config
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,8 +18,8 @@ LORA = {"adapter": "lora", "lora_r": 4, "lora_alpha": 8, "lora_target_linear": T
 
 
 def _two_ranks(cwd: Path) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), "-m", "ft", "train", "cfg.yml"]
+    # --standalone: a rendezvous on localhost at a port the OS picks, so two runs never race for a port
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "ft", "train", "cfg.yml"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stderr[-4000:]
@@ -47,11 +41,12 @@ def test_two_ranks_get_the_same_packed_batches(tmp_path: Path, tiny_model_dir):
     assert steps == -(-per_rank // 2)
 
 
-def test_deepspeed_zero2_trains_on_two_ranks(tmp_path: Path, tiny_model_dir):
+@pytest.mark.parametrize("stage", [2, 3])
+def test_deepspeed_zero_trains_on_two_ranks(stage: int, tmp_path: Path, tiny_model_dir):
     make_config(tmp_path, tiny_model_dir("llama"), micro_batch_size=2, max_steps=8, learning_rate=0.01,
-                deepspeed=str(ROOT / "deepspeed_configs/zero2.json"), **LORA)
+                deepspeed=str(ROOT / f"deepspeed_configs/zero{stage}.json"), **LORA)
     result = _two_ranks(tmp_path)
-    assert "distributed: 2 processes, DeepSpeed ZeRO stage 2" in result.stderr
+    assert f"distributed: 2 processes, DeepSpeed ZeRO stage {stage}" in result.stderr, result.stderr[-4000:]
     losses = _losses(tmp_path / "out")
     assert len(losses) == 8 and losses[-1] < losses[0], losses
     from safetensors.torch import load_file
@@ -66,5 +61,5 @@ def test_fsdp_on_cpu_says_it_runs_ddp(tmp_path: Path, tiny_model_dir):
     make_config(tmp_path, tiny_model_dir("llama"), micro_batch_size=2, max_steps=2, fsdp=["full_shard", "auto_wrap"],
                 fsdp_config={"fsdp_version": 2}, **LORA)
     result = _two_ranks(tmp_path)
-    assert "distributed: 2 processes, DDP" in result.stderr
+    assert "distributed: 2 processes, DDP" in result.stderr, result.stderr[-4000:]
     assert "fsdp is set, but accelerate did not turn it on" in result.stderr
