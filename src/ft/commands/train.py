@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import time
@@ -24,6 +25,8 @@ def run_train(cfg: FtConfig) -> dict[str, Any]:
     from ft.train.checkpoints import resume_point
 
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if cfg.distributed.deepspeed and world_size > 1 and importlib.util.find_spec("deepspeed") is None:
+        raise UserError("`deepspeed` is set, but the deepspeed package is not installed: pip install 'ft[deepspeed]'")
     if cfg.distributed.backend and world_size == 1:
         log.warning("%s is set, but this is one process: training without it (use `accelerate launch -m ft train`)",
                     cfg.distributed.backend)
