@@ -140,6 +140,18 @@ def setup_logging() -> None:
     logger.handlers[:] = [handler]
     logger.propagate = False
     logger.setLevel(logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING)
+    quiet_third_parties()
+
+
+def quiet_third_parties() -> None:
+    """Hide library messages that ask nothing of a user of ft (no imports happen here)."""
+    import logging
+    import warnings
+
+    # peft asks transformers a deprecated question on every model it wraps
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+    # bitsandbytes, on CPUs with AVX512-BF16, suggests an optional kernel package at import
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 
 def main(argv: Optional[List[str]] = None) -> None:
