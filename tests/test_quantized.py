@@ -81,3 +81,18 @@ def test_without_the_guard_this_cpu_gets_them_wrong(tmp_path: Path, tiny_model_d
             module.support_avx512bf16_for_cpu = True  # undo ft's guard
     batch = fixed_batch(tokenizer)
     assert _worst_relative(_lora_grads(quantized, batch), _lora_grads(reference, batch)) > 1e-2
+
+
+@pytest.mark.parametrize("fsdp", [False, True])
+def test_fsdp_stores_4bit_weights_in_the_training_dtype(fsdp: bool, tmp_path: Path, tiny_model_dir):
+    """FSDP flattens a unit's parameters into one tensor, so under FSDP the packed 4-bit weights are stored
+    in the training dtype (bf16 here) instead of uint8, and the norms are not upcast to fp32: every
+    parameter then has one dtype. Without FSDP: uint8 4-bit weights, fp32 norms (peft's k-bit preparation)."""
+    from ft.model.load import load_model
+    from ft.model.tokenizer import load_tokenizer
+
+    keys = {**QLORA, "bf16": True, **({"fsdp": ["full_shard", "auto_wrap"]} if fsdp else {})}
+    cfg = make_config(tmp_path, tiny_model_dir("llama"), **keys)
+    model, _ = load_model(cfg, load_tokenizer(cfg.model))
+    dtypes = {p.dtype for p in model.base_model.layers.parameters()}
+    assert dtypes == ({torch.bfloat16} if fsdp else {torch.uint8, torch.float32}), dtypes

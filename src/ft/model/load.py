@@ -29,7 +29,7 @@ def load_model(cfg: FtConfig, tokenizer: Any) -> tuple[Any, bool]:
         kwargs["attn_implementation"] = attention
     if m.base_model_config:
         kwargs["config"] = AutoConfig.from_pretrained(m.base_model_config, trust_remote_code=m.trust_remote_code)
-    quant = bnb_config(q, dtype)
+    quant = bnb_config(q, dtype, fsdp=bool(cfg.distributed.fsdp))
     if quant is not None:
         kwargs["quantization_config"] = quant
         kwargs["device_map"] = {"": device()}
@@ -57,9 +57,10 @@ def load_model(cfg: FtConfig, tokenizer: Any) -> tuple[Any, bool]:
     if q.bits == 4 and not torch.cuda.is_available():
         guard_cpu_4bit(model)
     checkpointing = cfg.training.gradient_checkpointing
-    if q.bits is not None:
+    if q.bits is not None and not cfg.distributed.fsdp:
         from peft import prepare_model_for_kbit_training
 
+        # it also upcasts the small 16-bit parameters (norms) to fp32, which FSDP could not flatten with the rest
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=checkpointing, gradient_checkpointing_kwargs={"use_reentrant": False}
         )

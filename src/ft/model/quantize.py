@@ -10,8 +10,12 @@ from ft.config.model import QuantizationConfig
 log = logging.getLogger("ft")
 
 
-def bnb_config(q: QuantizationConfig, compute_dtype: Any) -> Optional[Any]:
-    """A BitsAndBytesConfig for the base model, or None when it is not quantized."""
+def bnb_config(q: QuantizationConfig, compute_dtype: Any, fsdp: bool = False) -> Optional[Any]:
+    """A BitsAndBytesConfig for the base model, or None when it is not quantized.
+
+    Under FSDP the packed 4-bit weights are stored in the training dtype (unless the config says
+    otherwise): FSDP flattens a unit's parameters into one tensor, which needs them all of one dtype.
+    """
     if q.bits is None:
         return None
     import torch
@@ -24,7 +28,10 @@ def bnb_config(q: QuantizationConfig, compute_dtype: Any) -> Optional[Any]:
             llm_int8_skip_modules=list(q.llm_int8_skip_modules) if q.llm_int8_skip_modules else None,
         )
     compute = getattr(torch, q.bnb_4bit_compute_dtype) if q.bnb_4bit_compute_dtype else compute_dtype
-    storage = getattr(torch, q.bnb_4bit_quant_storage) if q.bnb_4bit_quant_storage else torch.uint8
+    if q.bnb_4bit_quant_storage:
+        storage = getattr(torch, q.bnb_4bit_quant_storage)
+    else:
+        storage = compute_dtype if fsdp else torch.uint8
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type=q.bnb_4bit_quant_type,
