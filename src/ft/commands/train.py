@@ -74,7 +74,6 @@ def report_backend(cfg: FtConfig, trainer: Any, world_size: int) -> None:
     log.info("distributed: %d processes, %s", world_size, active)
     wanted = cfg.distributed.backend
     if wanted == "fsdp" and not trainer.is_fsdp_enabled or wanted == "deepspeed" and not trainer.is_deepspeed_enabled:
-        log.warning(
-            "%s is set, but accelerate did not turn it on (it runs FSDP on GPUs only): this run is plain DDP, "
-            "every process holding the whole model", wanted,
-        )
+        why = " (it runs FSDP on GPUs only)" if wanted == "fsdp" else ""
+        log.warning("%s is set, but accelerate did not turn it on%s: this run is plain DDP, every process "
+                    "holding the whole model", wanted, why)
