@@ -125,6 +125,7 @@ def check_deepspeed_keys(data: dict[str, Any], where: str) -> None:
         hint = f" (did you mean `{by_case}`?)" if by_case else did_you_mean(str(key), DEEPSPEED_KEYS)
         if hint:
             raise ValueError(f"`{key}` in {where} is not a DeepSpeed key, and DeepSpeed would ignore it{hint}")
-    stage = data.get("zero_optimization", {}).get("stage", 0) if isinstance(data.get("zero_optimization"), dict) else 0
+    zero = data.get("zero_optimization")
+    stage = zero.get("stage", 0) if isinstance(zero, dict) else 0
     if stage not in (0, 1, 2, 3):
         raise ValueError(f"zero_optimization.stage in {where} is {stage!r}; DeepSpeed has stages 0, 1, 2 and 3")

@@ -23,10 +23,6 @@ class TokenizedRows:
     def __getitem__(self, i: int) -> dict[str, list[int]]:
         return {"input_ids": self.input_ids[i].as_py(), "labels": self.labels[i].as_py()}
 
-    @property
-    def tokens(self) -> int:
-        return sum(self.lengths)
-
 
 class PadCollator:
     """Pads a batch to its longest row (or to a fixed length); padding is never trained.
