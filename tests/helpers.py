@@ -6,8 +6,9 @@ from typing import Any
 
 from ft.config.data import DataConfig, DatasetConfig
 from ft.data.formats import build_format
-from ft.data.tokenize import IGNORE, RowTokenizer, Tokenized
-from ft.model.tokenizer import adds_bos
+from ft.data.labels import IGNORE
+from ft.data.tokenize import RowTokenizer, Tokenized
+from ft.tokenizer.load import adds_bos
 
 
 def dataset(type_: Any = "alpaca", **kw: Any) -> DatasetConfig:

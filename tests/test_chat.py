@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from ft.data.chat_templates import CHAT_TEMPLATES
-from ft.data.tokenize import IGNORE
+from ft.tokenizer.chat_templates import CHAT_TEMPLATES
+from ft.data.labels import IGNORE
 from helpers import tokenize, trained_text
 
 CONVERSATION = [

@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from conftest import ROOT, SHARED, run_ft
-from ft.config import load_config
-from ft.describe import resolved_yaml
+from ft.commands.config import load as load_config
+from ft.config import resolved_yaml
 
 SHIPPED = sorted((ROOT / "configs").glob("*.yml")) + sorted((ROOT / "examples").rglob("*.yml"))
 SEEDS = sorted((SHARED / "seed-configs").glob("*.yml")) if (SHARED / "seed-configs").is_dir() else []

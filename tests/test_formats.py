@@ -6,7 +6,7 @@ import pytest
 
 from ft.config.data import UserDefinedFormat
 from ft.data.formats import Segment
-from ft.data.tokenize import IGNORE
+from ft.data.labels import IGNORE
 from ft.errors import DataError
 from helpers import render, tokenize, trained_text
 
@@ -153,7 +153,7 @@ def test_fast_tokenizer_path_matches_autotokenizer(tiny_model_dir):
     from transformers import AutoTokenizer
 
     from ft.config.model import ModelConfig
-    from ft.model.tokenizer import _generic_fast_class, load_tokenizer
+    from ft.tokenizer.load import _generic_fast_class, load_tokenizer
 
     m = ModelConfig(base_model=str(tiny_model_dir("llama")))
     assert _generic_fast_class(m)

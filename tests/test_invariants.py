@@ -68,7 +68,7 @@ def test_merged_model_matches_base_plus_adapter(tmp_path: Path, tiny_model_dir):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from ft.model.merge import merge_lora
+    from ft.commands.merge import run_merge
 
     model_dir = tiny_model_dir("llama")
     cfg = make_config(tmp_path, model_dir, adapter="lora", lora_r=8, lora_alpha=16, lora_target_linear=True,
@@ -76,7 +76,7 @@ def test_merged_model_matches_base_plus_adapter(tmp_path: Path, tiny_model_dir):
     trainer, model, tokenizer = build(cfg)
     trainer.train()
     trainer.save_model(cfg.training.output_dir)
-    merged_dir = merge_lora(cfg)
+    merged_dir = run_merge(cfg, None)
     merged = AutoModelForCausalLM.from_pretrained(merged_dir).eval()
     with_adapter = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model_dir), cfg.training.output_dir).eval()
     plain = AutoModelForCausalLM.from_pretrained(model_dir).eval()
@@ -92,14 +92,14 @@ def test_merged_model_matches_base_plus_adapter(tmp_path: Path, tiny_model_dir):
 def test_inference_prompt_is_the_training_prompt(tmp_path: Path, tiny_model_dir):
     """The tokens ft inference feeds the model are exactly a training row's tokens before its output."""
     from ft.commands.inference import prompt_text
-    from ft.data.prepare import prepare
-    from ft.data.tokenize import IGNORE
-    from ft.model.tokenizer import load_tokenizer
+    from ft.commands.preprocess import prepare_data
+    from ft.data.labels import IGNORE
+    from ft.tokenizer.load import load_tokenizer
     from train_helpers import alpaca_rows
 
     cfg = make_config(tmp_path, tiny_model_dir("llama"), shuffle_merged_datasets=False, sequence_len=256)
     tokenizer = load_tokenizer(cfg.model)
-    prepared = prepare(cfg, tokenizer)
+    prepared = prepare_data(cfg, tokenizer)
     ids = prepared.train.column("input_ids")[0].as_py()
     labels = prepared.train.column("labels")[0].as_py()
     prompt_ids = ids[: next(i for i, l in enumerate(labels) if l != IGNORE)]

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import run_ft
 from ft.cli import parse_overrides
-from ft.config import load_config
+from ft.commands.config import load as load_config
 from ft.errors import ConfigError
 
 BASE = "base_model: ./model\ndatasets:\n  - path: data.jsonl\n    type: alpaca\nlearning_rate: 0.0002\n"

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from ft.data.packing import efficiency, pack
-from ft.data.tokenize import IGNORE
+from ft.data.labels import IGNORE
 from ft.train.batches import PackedCollator
 
 
@@ -40,7 +40,7 @@ def test_collator_restarts_positions_and_ignores_each_first_label():
 def _rows(tokenizer, n=5):
     from ft.config.data import DataConfig, DatasetConfig
     from ft.data.tokenize import RowTokenizer
-    from ft.model.tokenizer import adds_bos
+    from ft.tokenizer.load import adds_bos
 
     rng = random.Random(3)
     words = "cat dog red blue sun moon tree fish bird star".split()
@@ -166,10 +166,7 @@ def test_packed_epochs_reshuffle_bins_with_the_seed_and_pad_to_sequence_len(tmp_
 
     from train_helpers import make_config
 
-    from ft.data.prepare import prepare
-    from ft.model.load import load_model
-    from ft.model.tokenizer import load_tokenizer
-    from ft.train.trainer import build_trainer
+    from ft.commands.train import build_run
 
     rng = random.Random(0)
     words = "the cat sat on a warm red mat near the old blue door".split()
@@ -180,11 +177,9 @@ def test_packed_epochs_reshuffle_bins_with_the_seed_and_pad_to_sequence_len(tmp_
         cfg = make_config(tmp_path, tiny_model_dir("llama"), datasets=[{"path": str(tmp_path / "text.jsonl"), "type": "completion"}],
                           sample_packing=True, sequence_len=128, micro_batch_size=2, pad_to_sequence_len=True,
                           max_steps=None, num_epochs=2, seed=seed)
-        tokenizer = load_tokenizer(cfg.model)
-        prepared = prepare(cfg, tokenizer)
-        model, _ = load_model(cfg, tokenizer)
-        trainer, _ = build_trainer(cfg, model, tokenizer, prepared, world_size=1)
-        loader = trainer.get_train_dataloader()
+        run = build_run(cfg, 1)
+        prepared = run.prepared
+        loader = run.trainer.get_train_dataloader()
         loader.set_epoch(epoch)
         got = list(loader)
         assert all(b["input_ids"].shape == (1, 2 * 128) for b in got)

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from conftest import run_ft
-from ft.config import load_config
-from ft.data.prepare import cache_key, prepare, prepared_root
+from ft.commands.config import load as load_config
+from ft.commands.preprocess import prepare_data as prepare
+from ft.data import prepare as prepare_module
 from ft.data.sources import load_rows
 from ft.errors import DataError
 from helpers import dataset
@@ -46,6 +47,10 @@ def load(project: Path, *overrides):
         return load_config("cfg.yml", list(overrides))
     finally:
         os.chdir(cwd)
+
+
+def cache_key(cfg):
+    return prepare_module.cache_key(prepare_module.cache_inputs(cfg.data, cfg.model, cfg.training.seed))
 
 
 def in_dir(project: Path, fn, *args):
@@ -113,7 +118,7 @@ def test_failed_run_leaves_no_partial_cache(project: Path):
     cfg = load(project)
     with pytest.raises(DataError, match="missing column `output`"):
         in_dir(project, prepare, cfg)
-    root = project / prepared_root(cfg)
+    root = project / cfg.prepared_dir
     assert not [p for p in root.iterdir() if p.is_dir()]
 
 

@@ -32,14 +32,13 @@ def _models(tmp_path: Path, model_dir: Path):
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from ft.model.adapter import apply_adapter, linear_module_names, lora_config
-    from ft.model.load import load_model
-    from ft.model.tokenizer import load_tokenizer
+    from ft.commands.train import model_for_training
+    from ft.model.adapter import linear_module_names, lora_config
+    from ft.tokenizer.load import load_tokenizer
 
     cfg = make_config(tmp_path, model_dir, **QLORA)
     tokenizer = load_tokenizer(cfg.model)
-    quantized, _ = load_model(cfg, tokenizer)
-    quantized = apply_adapter(cfg.adapter, quantized, False)
+    quantized = model_for_training(cfg, tokenizer)
     torch.manual_seed(0)
     with torch.no_grad():
         for name, p in quantized.named_parameters():
@@ -88,11 +87,11 @@ def test_fsdp_stores_4bit_weights_in_the_training_dtype(fsdp: bool, tmp_path: Pa
     """FSDP flattens a unit's parameters into one tensor, so under FSDP the packed 4-bit weights are stored
     in the training dtype (bf16 here) instead of uint8, and the norms are not upcast to fp32: every
     parameter then has one dtype. Without FSDP: uint8 4-bit weights, fp32 norms (peft's k-bit preparation)."""
-    from ft.model.load import load_model
-    from ft.model.tokenizer import load_tokenizer
+    from ft.commands.train import model_for_training
+    from ft.tokenizer.load import load_tokenizer
 
     keys = {**QLORA, "bf16": True, **({"fsdp": ["full_shard", "auto_wrap"]} if fsdp else {})}
     cfg = make_config(tmp_path, tiny_model_dir("llama"), **keys)
-    model, _ = load_model(cfg, load_tokenizer(cfg.model))
-    dtypes = {p.dtype for p in model.base_model.layers.parameters()}
+    model = model_for_training(cfg, load_tokenizer(cfg.model))
+    dtypes = {p.dtype for n, p in model.named_parameters() if ".layers." in n and "lora_" not in n}
     assert dtypes == ({torch.bfloat16} if fsdp else {torch.uint8, torch.float32}), dtypes

@@ -39,7 +39,7 @@ def test_method_learns_and_touches_only_trainable_params(method, tmp_path: Path,
 
 
 def test_cli_run_leaves_model_logs_and_plot(tmp_path: Path, tiny_model_dir):
-    from ft.config import load_config
+    from ft.commands.config import load as load_config
 
     make_config(tmp_path, tiny_model_dir("llama"), val_set_size=4, evals_per_epoch=1, flash_attention=True, **METHODS["lora"])
     assert run_ft("preprocess", "cfg.yml", cwd=tmp_path).returncode == 0

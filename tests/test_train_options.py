@@ -25,7 +25,7 @@ def test_missing_pad_token_gets_a_default(tmp_path: Path, tiny_model_dir, caplog
     import shutil
 
     from ft.config.model import ModelConfig
-    from ft.model.tokenizer import load_tokenizer
+    from ft.tokenizer.load import load_tokenizer
 
     folder = tmp_path / "tok"
     shutil.copytree(tiny_model_dir("llama"), folder)

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from ft.config import load_config
+from ft.commands.config import load as load_config
 
 WORDS = "cat dog red blue sun moon tree fish bird star king queen city river lake road".split()
 
@@ -51,7 +50,7 @@ def make_config(tmp: Path, model_dir: Path, **keys: Any) -> Any:
 def fixed_batch(tokenizer: Any, rows: int = 4) -> dict:
     from ft.config.data import DataConfig, DatasetConfig
     from ft.data.tokenize import RowTokenizer
-    from ft.model.tokenizer import adds_bos
+    from ft.tokenizer.load import adds_bos
     from ft.train.batches import PadCollator
 
     ds = DatasetConfig(path="x", type="alpaca")
@@ -69,19 +68,11 @@ def loss_on(model: Any, batch: dict) -> float:
 
 def build(cfg: Any) -> tuple[Any, Any, Any]:
     """(trainer, model, tokenizer) exactly as `ft train` builds them, before training."""
-    from ft.data.prepare import prepare
-    from ft.model.adapter import apply_adapter
-    from ft.model.load import load_model
-    from ft.model.tokenizer import load_tokenizer
-    from ft.train.trainer import build_trainer
+    from ft.commands.train import build_run
+    from ft.launch.backend import world_size
 
-    tokenizer = load_tokenizer(cfg.model)
-    prepared = prepare(cfg, tokenizer)
-    model, grew = load_model(cfg, tokenizer)
-    if cfg.adapter.adapter:
-        model = apply_adapter(cfg.adapter, model, grew)
-    trainer, _ = build_trainer(cfg, model, tokenizer, prepared, int(os.environ.get("WORLD_SIZE", "1")))
-    return trainer, model, tokenizer
+    run = build_run(cfg, world_size())
+    return run.trainer, run.model, run.tokenizer
 
 
 def snapshot(model: Any) -> dict[str, Any]:

@@ -29,7 +29,7 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from ft.commands.inference import generate, load_for_inference, prompt_text
-    from ft.config import load_config
+    from ft.commands.config import load as load_config
 
     cfg = load_config(args.config)
     if args.merged:

@@ -5,6 +5,7 @@ Nothing heavy is imported at module level: `ft --help` and `ft validate` never i
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -13,6 +14,8 @@ from typing import Any, List, Optional
 import typer
 
 from ft.errors import ConfigError, UserError
+
+log = logging.getLogger("ft")
 
 app = typer.Typer(
     name="ft",
@@ -56,17 +59,18 @@ def parse_overrides(args: List[str], sets: Optional[List[str]]) -> list[tuple[st
 
 
 def load(config: Path, ctx: typer.Context, sets: Optional[List[str]]):
-    from ft.config import load_config
+    from ft.commands.config import load as load_config
 
     return load_config(config, parse_overrides(list(ctx.args), sets))
 
 
 @app.command(context_settings=OVERRIDES, help="Check a config and print it resolved, with derived values." + OVERRIDE_HELP)
 def validate(ctx: typer.Context, config: Path = CONFIG_ARG, set_: Optional[List[str]] = SET_OPT) -> None:
-    from ft.describe import describe
+    from ft.commands.validate import describe
+    from ft.launch.backend import world_size
 
     cfg = load(config, ctx, set_)
-    typer.echo(describe(cfg, world_size=int(os.environ.get("WORLD_SIZE", "1"))))
+    typer.echo(describe(cfg, world_size=world_size()))
 
 
 @app.command(context_settings=OVERRIDES, help="Fine-tune the model the config describes." + OVERRIDE_HELP)
@@ -92,17 +96,26 @@ def preprocess(
     run_preprocess(cfg, show=show or (3 if debug else 0))
 
 
-@app.command("merge-lora", context_settings=OVERRIDES, help="Merge the trained adapter into the base model." + OVERRIDE_HELP)
+@app.command(
+    "merge-lora",
+    context_settings=OVERRIDES,
+    help="Merge the trained adapter (lora_model_dir, default output_dir) into the base model and write it to "
+    "--merged-dir (default output_dir/merged)." + OVERRIDE_HELP,
+)
 def merge_lora(
     ctx: typer.Context,
     config: Path = CONFIG_ARG,
     set_: Optional[List[str]] = SET_OPT,
-    lora_model_dir: Optional[str] = typer.Option(None, help="Adapter folder (default: output_dir)."),
-    output_dir: Optional[str] = typer.Option(None, help="Where to write (default: output_dir/merged)."),
+    merged_dir: Optional[str] = typer.Option(None, help="Where to write the merged model (default: output_dir/merged)."),
 ) -> None:
-    from ft.model.merge import merge_lora as merge
+    from ft.commands.merge import run_merge
 
-    merge(load(config, ctx, set_), lora_model_dir, output_dir)
+    cfg = load(config, ctx, set_)
+    if any(a == "--output-dir" or a.startswith("--output-dir=") for a in ctx.args):
+        # Before ft 0.2 --output-dir here meant where to write; now it is the run's output_dir, as everywhere.
+        log.info("--output-dir is the run's output_dir (where the adapter is), as on every command; the "
+                 "merged model goes to %s (choose with --merged-dir)", merged_dir or Path(cfg.training.output_dir) / "merged")
+    run_merge(cfg, merged_dir)
 
 
 @app.command(context_settings=OVERRIDES, help="Generate with the trained model, in its training prompt format." + OVERRIDE_HELP)
@@ -112,7 +125,6 @@ def inference(
     set_: Optional[List[str]] = SET_OPT,
     prompt: Optional[str] = typer.Option(None, help="One prompt; interactive when omitted."),
     input_: str = typer.Option("", "--input", help="The row's input (context) for formats that have one."),
-    lora_model_dir: Optional[str] = typer.Option(None, help="Adapter folder (default: output_dir)."),
     base_only: bool = typer.Option(False, "--base-only", help="Use the base model without the adapter."),
     max_new_tokens: int = typer.Option(256, help="Most tokens to generate."),
     temperature: float = typer.Option(0.0, help="0: greedy decoding; above 0: sampling."),
@@ -120,7 +132,7 @@ def inference(
 ) -> None:
     from ft.commands.inference import run_inference
 
-    run_inference(load(config, ctx, set_), prompt, input_, lora_model_dir, base_only, max_new_tokens, temperature, top_p)
+    run_inference(load(config, ctx, set_), prompt, input_, base_only, max_new_tokens, temperature, top_p)
 
 
 @app.command("config-schema", help="Print the config reference (every key, its type, default and meaning).")
@@ -132,8 +144,6 @@ def config_schema() -> None:
 
 def setup_logging() -> None:
     """ft's own messages on stderr; under a launcher only rank 0 speaks, other ranks only warn."""
-    import logging
-
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("ft: %(message)s"))
     logger = logging.getLogger("ft")
@@ -145,7 +155,6 @@ def setup_logging() -> None:
 
 def quiet_third_parties() -> None:
     """Hide library messages that ask nothing of a user of ft (no imports happen here)."""
-    import logging
     import warnings
 
     # peft asks transformers a deprecated question on every model it wraps

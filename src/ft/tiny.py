@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ft.data.chat_templates import CHAT_TEMPLATES
 from ft.data.formats.alpaca import NO_INPUT, WITH_INPUT
+from ft.tokenizer.chat_templates import CHAT_TEMPLATES
 
 ARCHITECTURES = ("llama", "qwen2", "mistral", "gemma2", "phi3")
 SPECIAL = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"}

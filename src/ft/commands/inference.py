@@ -10,19 +10,20 @@ from ft.config import FtConfig
 from ft.errors import ConfigError
 
 
-def load_for_inference(cfg: FtConfig, lora_model_dir: Optional[str] = None, base_only: bool = False) -> tuple[Any, Any]:
-    """(model, tokenizer): the base, the base with its adapter, or the fully fine-tuned model."""
+def load_for_inference(cfg: FtConfig, base_only: bool = False) -> tuple[Any, Any]:
+    """(model, tokenizer): the base, the base with its adapter (lora_model_dir, else output_dir), or the
+    fully fine-tuned model."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from ft.model.precision import device, resolve_dtype
-    from ft.model.tokenizer import load_tokenizer
+    from ft.tokenizer.load import load_tokenizer
 
     m = cfg.model
     out = Path(cfg.training.output_dir)
     if base_only:
         source, adapter = m.base_model, None
-    elif lora_model_dir or cfg.adapter.adapter:
-        source, adapter = m.base_model, Path(lora_model_dir or out)
+    elif cfg.adapter.adapter:
+        source, adapter = m.base_model, Path(cfg.adapter.lora_model_dir or out)
     elif (out / "config.json").is_file():
         source, adapter = str(out), None  # a full fine-tune saved its model there
     else:
@@ -62,7 +63,7 @@ def generate(model: Any, tokenizer: Any, prompt: str, max_new_tokens: int = 128,
     import torch
     from transformers import TextStreamer
 
-    from ft.model.tokenizer import adds_bos
+    from ft.tokenizer.load import adds_bos
 
     bos = adds_bos(tokenizer) and not prompt.startswith(tokenizer.bos_token or "\0")
     ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
@@ -85,9 +86,9 @@ def generate(model: Any, tokenizer: Any, prompt: str, max_new_tokens: int = 128,
     return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
 
 
-def run_inference(cfg: FtConfig, prompt: Optional[str], extra: str, lora_model_dir: Optional[str], base_only: bool,
+def run_inference(cfg: FtConfig, prompt: Optional[str], extra: str, base_only: bool,
                   max_new_tokens: int, temperature: float, top_p: float) -> None:
-    model, tokenizer = load_for_inference(cfg, lora_model_dir, base_only)
+    model, tokenizer = load_for_inference(cfg, base_only)
     prompts = [prompt] if prompt is not None else _interactive()
     for text in prompts:
         generate(model, tokenizer, prompt_text(cfg, tokenizer, text, extra), max_new_tokens, temperature, top_p, stream=True)

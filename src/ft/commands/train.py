@@ -1,57 +1,96 @@
-"""`ft train`: config → data → model → train → save, top to bottom."""
+"""`ft train`: config → data → model → train → save, top to bottom.
+
+`build_run` is the whole composition up to the first step; `run_train` trains and saves. The tests build
+their runs with `build_run` too, so they exercise exactly what `ft train` does.
+"""
 
 from __future__ import annotations
 
-import importlib.util
 import logging
-import os
 import time
+from dataclasses import dataclass
 from typing import Any
 
-from ft.config import FtConfig
+from ft.commands.preprocess import prepare_data
+from ft.config import FtConfig, resolved_yaml
 from ft.errors import UserError
+from ft.launch.backend import check_launch, report_backend, trainer_arguments, world_size
 
 log = logging.getLogger("ft")
+
+
+@dataclass
+class Run:
+    tokenizer: Any
+    prepared: Any
+    model: Any
+    trainer: Any
+    metrics: Any
+
+
+def build_run(cfg: FtConfig, world: int) -> Run:
+    """Everything `ft train` builds before its first step, from the sections each part needs."""
+    import torch
+
+    from ft.data.prepare import report
+    from ft.tokenizer.load import load_tokenizer
+    from ft.train.args import training_arguments
+    from ft.train.batches import training_sets
+    from ft.train.trainer import build_trainer
+
+    d, t = cfg.data, cfg.training
+    torch.manual_seed(t.seed)
+
+    # data
+    tokenizer = load_tokenizer(cfg.model)
+    prepared = prepare_data(cfg, tokenizer)
+    log.info(report(prepared, d.sequence_len))
+
+    # model
+    model = model_for_training(cfg, tokenizer)
+
+    # trainer
+    sets = training_sets(d, t.micro_batch_size, prepared, tokenizer.pad_token_id, torch.cuda.is_available())
+    args = training_arguments(t, cfg.logging, cfg.model, len(sets.train), sets.eval is not None, world,
+                              trainer_arguments(cfg.distributed, world))
+    trainer, metrics = build_trainer(model, tokenizer, args, sets, t.early_stopping_patience)
+    return Run(tokenizer, prepared, model, trainer, metrics)
+
+
+def model_for_training(cfg: FtConfig, tokenizer: Any) -> Any:
+    """The base model, its attention switched for packing, checkpointing on, quantized layers prepared and
+    the adapter applied: what the Trainer gets."""
+    from ft.model.adapter import apply_adapter
+    from ft.model.load import load_model, prepare_for_training, use_packed_attention
+
+    m, q, a, t = cfg.model, cfg.quantization, cfg.adapter, cfg.training
+    fsdp = bool(cfg.distributed.fsdp)
+    model, grew = load_model(m, q, tokenizer, full=a.adapter is None, fsdp=fsdp)
+    if cfg.data.sample_packing:
+        use_packed_attention(model)
+    model = prepare_for_training(model, q, checkpointing=t.gradient_checkpointing, adapter=bool(a.adapter), fsdp=fsdp)
+    return apply_adapter(a, model, grew) if a.adapter else model
 
 
 def run_train(cfg: FtConfig) -> dict[str, Any]:
     import torch
 
-    from ft.data.prepare import prepare, report
-    from ft.model.adapter import apply_adapter
-    from ft.model.load import load_model
-    from ft.model.tokenizer import load_tokenizer
-    from ft.train.trainer import build_trainer, save_outputs
     from ft.train.checkpoints import resume_point
+    from ft.train.trainer import save_outputs
 
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if cfg.distributed.deepspeed and world_size > 1 and importlib.util.find_spec("deepspeed") is None:
-        raise UserError("`deepspeed` is set, but the deepspeed package is not installed: pip install 'ft[deepspeed]'")
-    if cfg.distributed.backend and world_size == 1:
-        log.warning("%s is set, but this is one process: training without it (use `accelerate launch -m ft train`)",
-                    cfg.distributed.backend)
-    torch.manual_seed(cfg.training.seed)
-
-    # data
-    tokenizer = load_tokenizer(cfg.model)
-    prepared = prepare(cfg, tokenizer)
-    log.info(report(prepared, cfg.data.sequence_len))
-
-    # model
-    model, new_tokens = load_model(cfg, tokenizer)
-    if cfg.adapter.adapter:
-        model = apply_adapter(cfg.adapter, model, new_tokens)
+    world = world_size()
+    check_launch(cfg.distributed, world)
+    run = build_run(cfg, world)
+    report_backend(cfg.distributed, run.trainer, world)
 
     # train
-    trainer, metrics = build_trainer(cfg, model, tokenizer, prepared, world_size)
-    if world_size > 1:
-        report_backend(cfg, trainer, world_size)
-    checkpoint = resume_point(cfg.training.resume_from_checkpoint, cfg.training.auto_resume_from_checkpoints, cfg.training.output_dir)
+    t = cfg.training
+    checkpoint = resume_point(t.resume_from_checkpoint, t.auto_resume_from_checkpoints, t.output_dir)
     if checkpoint:
         log.info("resuming from %s", checkpoint)
     started = time.perf_counter()
     try:
-        result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        result = run.trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     except torch.OutOfMemoryError:
         raise UserError(
             "out of memory: turn on gradient_checkpointing, lower micro_batch_size (raise "
@@ -59,21 +98,4 @@ def run_train(cfg: FtConfig) -> dict[str, Any]:
         ) from None
 
     # save
-    summary = save_outputs(cfg, trainer, tokenizer, metrics, result, time.perf_counter() - started)
-    return summary
-
-
-def report_backend(cfg: FtConfig, trainer: Any, world_size: int) -> None:
-    """Say which data-parallel backend accelerate really set up, and warn when it is not the one asked for."""
-    if trainer.is_deepspeed_enabled:
-        active = f"DeepSpeed ZeRO stage {trainer.accelerator.state.deepspeed_plugin.zero_stage}"
-    elif trainer.is_fsdp_enabled:
-        active = f"FSDP{trainer.accelerator.state.fsdp_plugin.fsdp_version} ({' '.join(cfg.distributed.fsdp)})"
-    else:
-        active = "DDP"
-    log.info("distributed: %d processes, %s", world_size, active)
-    wanted = cfg.distributed.backend
-    if wanted == "fsdp" and not trainer.is_fsdp_enabled or wanted == "deepspeed" and not trainer.is_deepspeed_enabled:
-        why = " (it runs FSDP on GPUs only)" if wanted == "fsdp" else ""
-        log.warning("%s is set, but accelerate did not turn it on%s: this run is plain DDP, every process "
-                    "holding the whole model", wanted, why)
+    return save_outputs(run.trainer, run.tokenizer, run.metrics, result, time.perf_counter() - started, resolved_yaml(cfg))

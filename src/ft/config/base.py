@@ -10,6 +10,15 @@ from pydantic_core import PydanticCustomError
 from ft.registry import did_you_mean
 
 
+class Contradiction(ValueError):
+    """Settings that cannot hold together; `key` is the one whose line the message points at (in the
+    section or list entry that raised it)."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
 class Section(BaseModel):
     """A frozen group of config fields. Lists are stored as tuples so nothing can be mutated later."""
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import string
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import Discriminator, Field, Tag, field_validator, model_validator
+from pydantic import Discriminator, Field, Tag, ValidationInfo, field_validator, model_validator
 
-from ft.config.base import Section
+from ft.config.base import Contradiction, Section
+from ft.config.context import canonical, context_of
 
 PLACEHOLDERS = ("instruction", "input", "system")
 
@@ -109,23 +110,38 @@ class DatasetConfig(Section):
 
     @field_validator("type")
     @classmethod
-    def _registered_format(cls, v: object) -> object:
+    def _registered_format(cls, v: object, info: ValidationInfo) -> object:
         if isinstance(v, str):
-            from ft.data.formats import FORMATS
-
             if v == "user_defined":
                 raise ValueError("write a user-defined format as a mapping of field_instruction, format, ...")
-            return FORMATS.canonical(v)
+            return canonical(info, "formats", v)
         return v
 
     @field_validator("chat_template")
     @classmethod
-    def _registered_template(cls, v: Optional[str]) -> Optional[str]:
-        if v is not None:
-            from ft.data.chat_templates import CHAT_TEMPLATES
+    def _registered_template(cls, v: Optional[str], info: ValidationInfo) -> Optional[str]:
+        return canonical(info, "chat_templates", v) if v is not None else v
 
-            return CHAT_TEMPLATES.canonical(v)
-        return v
+    @model_validator(mode="after")
+    def _keys_the_format_reads(self, info: ValidationInfo) -> "DatasetConfig":
+        """A format-specific key the entry's format never reads is a mistake, not a no-op."""
+        context = context_of(info)
+        if context is None:
+            return self
+        name = self.type if isinstance(self.type, str) else "user_defined" if self.type else None
+        reads = context.format_reads.get(name, ()) if name else ()
+        for key in FORMAT_KEYS:
+            if key in reads or getattr(self, key) == DatasetConfig.model_fields[key].default:
+                continue
+            readers = " or ".join(f"`type: {n}`" for n, keys in context.format_reads.items() if key in keys)
+            this = f"`type: {name}`" if isinstance(self.type, str) else "a user-defined `type:`" if self.type else "no `type:`"
+            raise Contradiction(key, f"`{key}` is only read by {readers}; this dataset has {this}: remove the key")
+        return self
+
+
+# The keys of a `datasets:` entry that only some formats read (each format declares its own in `reads`).
+FORMAT_KEYS = ("field", "field_messages", "message_field_role", "message_field_content", "roles_to_train",
+               "train_on_eos", "chat_template", "chat_template_jinja")
 
 
 class DataConfig(Section):

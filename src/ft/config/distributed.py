@@ -4,22 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Literal, Optional
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from ft.config.base import Section
-from ft.registry import did_you_mean
-
-# DeepSpeed's top-level keys. DeepSpeed ignores a key it does not know, so a misspelt `zero_optimization`
-# silently trains without ZeRO; ft rejects a key that is a near miss of one of these.
-DEEPSPEED_KEYS = (
-    "train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "optimizer", "scheduler",
-    "fp16", "bf16", "amp", "gradient_clipping", "prescale_gradients", "gradient_predivide_factor",
-    "sparse_gradients", "zero_optimization", "zero_allow_untested_optimizer", "zero_force_ds_cpu_optimizer",
-    "activation_checkpointing", "aio", "flops_profiler", "wall_clock_breakdown", "memory_breakdown",
-    "steps_per_print", "dump_state", "tensorboard", "wandb", "csv_monitor", "comms_logger",
-    "communication_data_type", "elasticity", "autotuning", "data_efficiency", "checkpoint", "data_types",
-    "pipeline", "torch_autocast", "compile", "seq_parallel_communication_data_type",
-)
+from ft.config.context import context_of
 
 FSDP_OPTIONS = ("full_shard", "shard_grad_op", "hybrid_shard", "hybrid_shard_zero2", "no_shard", "offload", "auto_wrap")
 
@@ -71,11 +59,10 @@ class DistributedConfig(Section):
 
     @field_validator("deepspeed")
     @classmethod
-    def _deepspeed(cls, v: Any) -> Any:
-        if isinstance(v, str):
-            check_deepspeed_json(v)
-        elif isinstance(v, dict):
-            check_deepspeed_keys(v, "the inline deepspeed block")
+    def _deepspeed(cls, v: Any, info: ValidationInfo) -> Any:
+        context = context_of(info)
+        if context is not None and v is not None:
+            context.check_deepspeed(v)  # launch/ reads and checks the file
         return v
 
     @field_validator("fsdp", mode="before")
@@ -98,34 +85,3 @@ class DistributedConfig(Section):
     @property
     def backend(self) -> Optional[str]:
         return "deepspeed" if self.deepspeed else "fsdp" if self.fsdp else None
-
-
-def check_deepspeed_json(path: str) -> None:
-    """The DeepSpeed file exists, parses, and has no misspelt top-level key."""
-    import json
-    from pathlib import Path
-
-    file = Path(path)
-    if not file.is_file():
-        raise ValueError(f"DeepSpeed file `{path}` not found; ft ships zero1/zero2/zero3/zero3_offload.json in deepspeed_configs/")
-    try:
-        data = json.loads(file.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: a DeepSpeed config is a JSON object")
-    check_deepspeed_keys(data, path)
-
-
-def check_deepspeed_keys(data: dict[str, Any], where: str) -> None:
-    for key in data:
-        if key in DEEPSPEED_KEYS:
-            continue
-        by_case = next((k for k in DEEPSPEED_KEYS if k.lower() == str(key).lower()), None)
-        hint = f" (did you mean `{by_case}`?)" if by_case else did_you_mean(str(key), DEEPSPEED_KEYS)
-        if hint:
-            raise ValueError(f"`{key}` in {where} is not a DeepSpeed key, and DeepSpeed would ignore it{hint}")
-    zero = data.get("zero_optimization")
-    stage = zero.get("stage", 0) if isinstance(zero, dict) else 0
-    if stage not in (0, 1, 2, 3):
-        raise ValueError(f"zero_optimization.stage in {where} is {stage!r}; DeepSpeed has stages 0, 1, 2 and 3")

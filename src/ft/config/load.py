@@ -7,12 +7,14 @@ Every mistake becomes a `ConfigError` naming the file, line, key and, where one 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
-from ft.config.schema import Contradiction, FtConfig
+from ft.config.base import Contradiction
+from ft.config.context import ValidationContext
+from ft.config.schema import FtConfig
 from ft.errors import ConfigError
 from ft.registry import did_you_mean
 
@@ -41,12 +43,15 @@ def all_keys() -> list[str]:
 def load_config(
     path: str | Path,
     overrides: Sequence[tuple[str, Any]] = (),
+    *,
+    context: Optional[ValidationContext],
     warn: Any = None,
 ) -> FtConfig:
     """Load, override and validate a config file.
 
     `overrides` are (dotted key, value) pairs from the command line; integers in the dotted key index
-    lists (`datasets.0.path`). `warn` receives warnings (default: print to stderr).
+    lists (`datasets.0.path`). `context` holds the registries names are checked against (see
+    config/context.py; `ft.commands.config.load` passes them). `warn` receives warnings (default: stderr).
     """
     path = Path(path)
     raw, lines = read_yaml(path)
@@ -59,7 +64,8 @@ def load_config(
     for key, value in flat.items():
         sections[KEY_SECTION[key]][key] = value
     try:
-        return FtConfig(**{name: values for name, values in sections.items() if values or name in ("model", "data")})
+        present = {name: values for name, values in sections.items() if values or name in ("model", "data")}
+        return FtConfig.model_validate(present, context=context)
     except ValidationError as exc:
         raise ConfigError(explain(exc, path, lines, renamed, origins)) from None
 
@@ -181,10 +187,10 @@ def explain(exc: ValidationError, path: Path, lines: dict[Path_, int], renamed: 
         loc = list(err["loc"])
         ctx = err.get("ctx") or {}
         error = ctx.get("error")
-        if isinstance(error, Contradiction):
-            loc = [error.key]
-        elif loc and loc[0] in SECTION_KEYS:
+        if loc and loc[0] in SECTION_KEYS:
             loc = loc[1:]
+        if isinstance(error, Contradiction):
+            loc.append(error.key)
         loc = [p for i, p in enumerate(loc) if not (i and loc[i - 1] == "type" and p in ("name", "user_defined"))]
         if err["type"] == "unknown_key":
             loc.append(ctx["key"])
@@ -227,12 +233,3 @@ def _stderr(message: str) -> None:
     import sys
 
     print(f"ft: warning: {message}", file=sys.stderr)
-
-
-def to_flat_dict(cfg: FtConfig) -> dict[str, Any]:
-    """The config as one flat YAML-ready mapping of ft names (what `load_config` reads back)."""
-    flat: dict[str, Any] = {}
-    for name in SECTION_KEYS:
-        section: BaseModel = getattr(cfg, name)
-        flat.update(section.model_dump(mode="json"))
-    return flat

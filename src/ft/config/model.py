@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from ft.config.base import Section
+from ft.config.context import canonical
 
 
 class SpecialTokens(Section):
@@ -75,12 +76,8 @@ class ModelConfig(Section):
 
     @field_validator("chat_template")
     @classmethod
-    def _registered_template(cls, v: Optional[str]) -> Optional[str]:
-        if v is not None:
-            from ft.data.chat_templates import CHAT_TEMPLATES
-
-            return CHAT_TEMPLATES.canonical(v)
-        return v
+    def _registered_template(cls, v: Optional[str], info: ValidationInfo) -> Optional[str]:
+        return canonical(info, "chat_templates", v) if v is not None else v
 
     @property
     def precision(self) -> Literal["bf16", "fp16", "fp32", "auto"]:

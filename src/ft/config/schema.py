@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ft.config.adapter import AdapterConfig
+from ft.config.base import Contradiction
 from ft.config.data import DataConfig
 from ft.config.distributed import DistributedConfig
 from ft.config.logs import LoggingConfig
 from ft.config.model import ModelConfig, QuantizationConfig
 from ft.config.training import TrainingConfig
-
-
-class Contradiction(ValueError):
-    """Two settings that cannot hold together; `key` is the one whose line the message points at."""
-
-    def __init__(self, key: str, message: str) -> None:
-        super().__init__(message)
-        self.key = key
 
 
 class FtConfig(BaseModel):
@@ -47,6 +42,11 @@ class FtConfig(BaseModel):
     @property
     def has_eval_data(self) -> bool:
         return bool(self.data.val_set_size or self.data.test_datasets)
+
+    @property
+    def prepared_dir(self) -> Path:
+        """Where the prepared-dataset cache lives: dataset_prepared_path, else output_dir/prepared."""
+        return Path(self.data.dataset_prepared_path or Path(self.training.output_dir) / "prepared")
 
 
 def contradictions(cfg: FtConfig) -> list[Contradiction]:

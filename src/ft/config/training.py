@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from ft.config.base import Section
+from ft.config.context import canonical
 
 
 class TrainingConfig(Section):
@@ -48,17 +49,13 @@ class TrainingConfig(Section):
 
     @field_validator("optimizer")
     @classmethod
-    def _registered_optimizer(cls, v: str) -> str:
-        from ft.train.optimizers import OPTIMIZERS
-
-        return OPTIMIZERS.canonical(v)
+    def _registered_optimizer(cls, v: str, info: ValidationInfo) -> str:
+        return canonical(info, "optimizers", v)
 
     @field_validator("lr_scheduler")
     @classmethod
-    def _registered_scheduler(cls, v: str) -> str:
-        from ft.train.schedulers import SCHEDULERS
-
-        return SCHEDULERS.canonical(v)
+    def _registered_scheduler(cls, v: str, info: ValidationInfo) -> str:
+        return canonical(info, "schedulers", v)
 
     @field_validator("resume_from_checkpoint", mode="before")
     @classmethod

@@ -23,16 +23,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from ft.config import FtConfig
+from ft.config.data import DataConfig, DatasetConfig
 from ft.config.model import ModelConfig
-from ft.data.sources import file_digest, load_rows, source_fingerprint
+from ft.data.labels import count_trained
+from ft.data.sources import load_rows, source_fingerprint
 from ft.data.tokenize import Counts, RowTokenizer, Tokenized
 from ft.errors import DataError
+from ft.tokenizer.load import adds_bos, load_tokenizer, tokenizer_fingerprint
 
 # Bump when the tokenized output of the same inputs changes, so old caches are not reused.
 PIPELINE_VERSION = 1
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
-                   "chat_template.json", "added_tokens.json", "tokenizer.model", "vocab.json", "merges.txt")
 
 
 @dataclass
@@ -44,40 +44,8 @@ class Prepared:
     hit: bool
 
 
-def prepared_root(cfg: FtConfig) -> Path:
-    return Path(cfg.data.dataset_prepared_path or Path(cfg.training.output_dir) / "prepared")
-
-
-def tokenizer_fingerprint(m: ModelConfig) -> dict[str, Any]:
-    source = m.tokenizer_config or m.base_model
-    files: dict[str, str] = {}
-    folder = Path(source)
-    if folder.is_dir():
-        files = {name: file_digest(folder / name) for name in TOKENIZER_FILES if (folder / name).is_file()}
-    else:  # a hub id: hash the files already in the local hub cache, when they are there
-        try:
-            from huggingface_hub import try_to_load_from_cache
-
-            for name in TOKENIZER_FILES:
-                cached = try_to_load_from_cache(source, name, revision=m.revision_of_model)
-                if isinstance(cached, str):
-                    files[name] = file_digest(Path(cached))
-        except ImportError:
-            pass
-    return {
-        "source": source,
-        "revision": m.revision_of_model,
-        "use_fast": m.tokenizer_use_fast,
-        "special_tokens": m.special_tokens.model_dump(),
-        "tokens": list(m.tokens),
-        "chat_template": m.chat_template,
-        "chat_template_jinja": m.chat_template_jinja,
-        "files": files,
-    }
-
-
-def cache_inputs(cfg: FtConfig) -> dict[str, Any]:
-    d = cfg.data
+def cache_inputs(d: DataConfig, m: ModelConfig, seed: int) -> dict[str, Any]:
+    """Everything the prepared rows depend on: the data section, the tokenizer (from the model section), the seed."""
     return {
         "version": PIPELINE_VERSION,
         "datasets": [{**ds.model_dump(mode="json"), "content": source_fingerprint(ds)} for ds in d.datasets],
@@ -87,13 +55,13 @@ def cache_inputs(cfg: FtConfig) -> dict[str, Any]:
         "excess_length_strategy": d.excess_length_strategy,
         "val_set_size": d.val_set_size,
         "shuffle": d.shuffle_merged_datasets,
-        "seed": cfg.training.seed,
-        "tokenizer": tokenizer_fingerprint(cfg.model),
+        "seed": seed,
+        "tokenizer": tokenizer_fingerprint(m),
     }
 
 
-def cache_key(cfg: FtConfig, inputs: dict[str, Any] | None = None) -> str:
-    blob = json.dumps(inputs or cache_inputs(cfg), sort_keys=True, default=str)
+def cache_key(inputs: dict[str, Any]) -> str:
+    blob = json.dumps(inputs, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
@@ -108,21 +76,17 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def prepare(cfg: FtConfig, tokenizer: Any = None) -> Prepared:
-    """The tokenized train (and eval) split: from the cache when it holds them, else built and cached."""
-    root = prepared_root(cfg)
-    inputs = cache_inputs(cfg)
-    key = cache_key(cfg, inputs)
+def prepare(d: DataConfig, m: ModelConfig, seed: int, root: Path, tokenizer: Any = None) -> Prepared:
+    """The tokenized train (and eval) split: from the cache under `root` when it holds them, else built and
+    cached there. The tokenizer is loaded from the model section only when the cache misses."""
+    inputs = cache_inputs(d, m, seed)
+    key = cache_key(inputs)
     target = root / key
     with _locked(root / f"{key}.lock"):
         if (target / "meta.json").is_file():
             return _read(target, hit=True)
         started = time.perf_counter()
-        if tokenizer is None:
-            from ft.model.tokenizer import load_tokenizer
-
-            tokenizer = load_tokenizer(cfg.model)
-        train, evaluation, stats = build(cfg, tokenizer)
+        train, evaluation, stats = build(d, seed, tokenizer or load_tokenizer(m))
         stats["seconds"] = round(time.perf_counter() - started, 2)
         stats["key"] = key
         tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=root))
@@ -138,17 +102,14 @@ def prepare(cfg: FtConfig, tokenizer: Any = None) -> Prepared:
     return _read(target, hit=False)
 
 
-def build(cfg: FtConfig, tokenizer: Any) -> tuple[Tokenized, Tokenized | None, dict[str, Any]]:
+def build(d: DataConfig, seed: int, tokenizer: Any) -> tuple[Tokenized, Tokenized | None, dict[str, Any]]:
     """Tokenize every dataset, shuffle, split off the eval rows; no files are written here."""
-    from ft.model.tokenizer import adds_bos
-
-    d = cfg.data
     bos = adds_bos(tokenizer)
-    train = _tokenize_all(d.datasets, cfg, tokenizer, bos)
-    evaluation = _tokenize_all(d.test_datasets, cfg, tokenizer, bos) if d.test_datasets else None
+    train = _tokenize_all(d.datasets, d, tokenizer, bos)
+    evaluation = _tokenize_all(d.test_datasets, d, tokenizer, bos) if d.test_datasets else None
     order = list(range(len(train.input_ids)))
     if d.shuffle_merged_datasets:
-        random.Random(cfg.training.seed).shuffle(order)
+        random.Random(seed).shuffle(order)
     if d.val_set_size:
         n_eval = int(d.val_set_size) if d.val_set_size >= 1 else max(1, math.floor(len(order) * d.val_set_size))
         if n_eval >= len(order):
@@ -159,21 +120,21 @@ def build(cfg: FtConfig, tokenizer: Any) -> tuple[Tokenized, Tokenized | None, d
     if not train.input_ids:
         raise DataError("no training rows are left after filtering; see the counts above (sequence_len too small?)")
     stats = {"train": _split_stats(train), "eval": _split_stats(evaluation) if evaluation else None,
-             "read": asdict(_counts(cfg, train, evaluation))}
+             "read": asdict(_counts(d, train, evaluation))}
     return train, evaluation, stats
 
 
-def _tokenize_all(entries: Any, cfg: FtConfig, tokenizer: Any, bos: bool) -> Tokenized:
+def _tokenize_all(entries: tuple[DatasetConfig, ...], d: DataConfig, tokenizer: Any, bos: bool) -> Tokenized:
     merged = Tokenized()
     for ds in entries:
         rows = load_rows(ds)
         if not rows:
             raise DataError(f"dataset `{ds.path}` (split {ds.split}) has no rows")
-        part = RowTokenizer(ds, cfg.data, tokenizer, bos)(rows)
+        part = RowTokenizer(ds, d, tokenizer, bos)(rows)
         if not part.input_ids:
             raise DataError(
                 f"dataset `{ds.path}`: all {part.counts.rows} rows were dropped "
-                f"({part.counts.dropped_long} longer than sequence_len {cfg.data.sequence_len}, "
+                f"({part.counts.dropped_long} longer than sequence_len {d.sequence_len}, "
                 f"{part.counts.dropped_no_target} with nothing to train on)"
             )
         merged.input_ids += part.input_ids
@@ -186,17 +147,17 @@ def _subset(t: Tokenized, order: list[int]) -> Tokenized:
     return Tokenized([t.input_ids[i] for i in order], [t.labels[i] for i in order], t.counts)
 
 
-def _counts(cfg: FtConfig, train: Tokenized, evaluation: Tokenized | None) -> Counts:
+def _counts(d: DataConfig, train: Tokenized, evaluation: Tokenized | None) -> Counts:
     total = Counts()
     total.add(train.counts)
-    if evaluation is not None and cfg.data.test_datasets:
+    if evaluation is not None and d.test_datasets:
         total.add(evaluation.counts)
     return total
 
 
 def _split_stats(t: Tokenized) -> dict[str, int]:
     tokens = sum(map(len, t.input_ids))
-    trained = sum(len(x) - x.count(-100) - (x[0] != -100) for x in t.labels if x)
+    trained = sum(map(count_trained, t.labels))
     return {"rows": len(t.input_ids), "tokens": tokens, "trained_tokens": trained}
 
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
-IGNORE = -100
+from ft.data.labels import IGNORE, count_trained
+
 GREEN, DIM, RESET = "\033[32m", "\033[2m", "\033[0m"
 
 
@@ -35,6 +36,6 @@ def show_examples(table: Any, tokenizer: Any, count: int, colour: bool) -> str:
     legend = "trained text in green, masked text dim" if colour else "trained text inside [[ ]], the rest is masked"
     blocks = [f"first {len(ids)} training examples ({legend}):"]
     for n, (i, l) in enumerate(zip(ids, labels)):
-        trained = sum(1 for x in l if x != IGNORE)
+        trained = count_trained(l)
         blocks.append(f"--- example {n} ({len(i)} tokens, {trained} trained) ---\n{render_example(i, l, tokenizer, colour)}")
     return "\n".join(blocks)

@@ -6,13 +6,13 @@ line is reported with its file and line number.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 from typing import Any
 
 from ft.config.data import DatasetConfig
+from ft.digest import file_digest
 from ft.errors import DataError
 
 SUFFIX_TYPES = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet", ".arrow": "arrow"}
@@ -37,15 +37,6 @@ def local_files(ds: DatasetConfig) -> list[Path] | None:
     if not files:
         raise DataError(f"dataset `{ds.path}`: the folder holds no .json, .jsonl, .csv, .parquet or .arrow file")
     return files
-
-
-def file_digest(path: Path) -> str:
-    """Content hash of a data file, so that an edited file can never be served from an old cache."""
-    h = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def source_fingerprint(ds: DatasetConfig) -> list[str]:

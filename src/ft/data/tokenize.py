@@ -14,9 +14,9 @@ from typing import Any, Mapping, Sequence
 
 from ft.config.data import DataConfig, DatasetConfig
 from ft.data.formats import Format, Segment, build_format
+from ft.data.labels import IGNORE, count_trained
 from ft.errors import DataError
 
-IGNORE = -100
 BATCH = 2000
 
 
@@ -171,8 +171,7 @@ class RowTokenizer:
                     )
         kept = False
         for piece_ids, piece_labels in pieces:
-            # position 0 is never predicted (labels shift inside the model)
-            trained = len(piece_labels) - piece_labels.count(IGNORE) - (piece_labels[0] != IGNORE)
+            trained = count_trained(piece_labels)
             if trained == 0:
                 continue
             out.input_ids.append(piece_ids)

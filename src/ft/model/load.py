@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from ft.config import FtConfig
+from ft.config.model import ModelConfig, QuantizationConfig
 from ft.errors import ConfigError
 from ft.model.attention import resolve_attention
 from ft.model.precision import device, resolve_dtype
@@ -14,12 +14,12 @@ from ft.model.quantize import bnb_config, guard_cpu_4bit
 log = logging.getLogger("ft")
 
 
-def load_model(cfg: FtConfig, tokenizer: Any) -> tuple[Any, bool]:
-    """The model ready for an adapter or full training, and whether the vocabulary grew."""
+def load_model(m: ModelConfig, q: QuantizationConfig, tokenizer: Any, *, full: bool, fsdp: bool) -> tuple[Any, bool]:
+    """The base model in the training dtype (quantized when asked) with its vocabulary sized to the
+    tokenizer, and whether the vocabulary grew. `full`: every weight will train; `fsdp`: FSDP will shard it."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    m, q = cfg.model, cfg.quantization
     dtype = resolve_dtype(m)
     attention, warning = resolve_attention(m)
     if warning:
@@ -29,12 +29,12 @@ def load_model(cfg: FtConfig, tokenizer: Any) -> tuple[Any, bool]:
         kwargs["attn_implementation"] = attention
     if m.base_model_config:
         kwargs["config"] = AutoConfig.from_pretrained(m.base_model_config, trust_remote_code=m.trust_remote_code)
-    quant = bnb_config(q, dtype, fsdp=bool(cfg.distributed.fsdp))
+    quant = bnb_config(q, dtype, fsdp=fsdp)
     if quant is not None:
         kwargs["quantization_config"] = quant
         kwargs["device_map"] = {"": device()}
     # Full fine-tuning in fp16 keeps fp32 master weights (autocast does the fp16 math); bf16 trains in bf16.
-    load_dtype = torch.float32 if (dtype == torch.float16 and cfg.adapter.adapter is None) else dtype
+    load_dtype = torch.float32 if (dtype == torch.float16 and full) else dtype
     try:
         model = AutoModelForCausalLM.from_pretrained(m.base_model, dtype=load_dtype, **kwargs)
     except OSError as exc:
@@ -47,8 +47,6 @@ def load_model(cfg: FtConfig, tokenizer: Any) -> tuple[Any, bool]:
         log.warning("this architecture has no sdpa attention: using eager attention")
         kwargs["attn_implementation"] = "eager"
         model = AutoModelForCausalLM.from_pretrained(m.base_model, dtype=load_dtype, **kwargs)
-    if cfg.data.sample_packing:
-        use_packed_attention(model)
     grew = len(tokenizer) > model.get_input_embeddings().weight.shape[0]
     if grew:
         model.resize_token_embeddings(len(tokenizer))
@@ -56,19 +54,23 @@ def load_model(cfg: FtConfig, tokenizer: Any) -> tuple[Any, bool]:
     model.config.use_cache = False
     if q.bits == 4 and not torch.cuda.is_available():
         guard_cpu_4bit(model)
-    checkpointing = cfg.training.gradient_checkpointing
-    if q.bits is not None and not cfg.distributed.fsdp:
+    return model, grew
+
+
+def prepare_for_training(model: Any, q: QuantizationConfig, *, checkpointing: bool, adapter: bool, fsdp: bool) -> Any:
+    """Gradient checkpointing, and peft's k-bit preparation of a quantized base (not under FSDP)."""
+    if q.bits is not None and not fsdp:
         from peft import prepare_model_for_kbit_training
 
         # it also upcasts the small 16-bit parameters (norms) to fp32, which FSDP could not flatten with the rest
-        model = prepare_model_for_kbit_training(
+        return prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=checkpointing, gradient_checkpointing_kwargs={"use_reentrant": False}
         )
-    elif checkpointing:
+    if checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        if cfg.adapter.adapter:
+        if adapter:
             model.enable_input_require_grads()  # frozen embeddings: checkpointed blocks still need a grad path
-    return model, grew
+    return model
 
 
 def use_packed_attention(model: Any) -> str:

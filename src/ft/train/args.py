@@ -5,13 +5,15 @@ from __future__ import annotations
 import math
 from typing import Any, Optional
 
-from ft.config import FtConfig
+from ft.config.logs import LoggingConfig
+from ft.config.model import ModelConfig
+from ft.config.training import TrainingConfig
+from ft.model.precision import resolve_dtype
 from ft.train.optimizers import OPTIMIZERS
 from ft.train.schedulers import SCHEDULERS
 
 
-def steps_per_epoch(cfg: FtConfig, train_rows: int, world_size: int) -> int:
-    t = cfg.training
+def steps_per_epoch(t: TrainingConfig, train_rows: int, world_size: int) -> int:
     batches = math.ceil(train_rows / (t.micro_batch_size * world_size))
     return max(1, batches // t.gradient_accumulation_steps)
 
@@ -24,15 +26,17 @@ def _every(steps: Optional[float], per_epoch: Optional[int], epoch_steps: int) -
     return None
 
 
-def training_arguments(cfg: FtConfig, train_rows: int, has_eval: bool, world_size: int = 1) -> Any:
+def training_arguments(
+    t: TrainingConfig, lg: LoggingConfig, m: ModelConfig, train_rows: int, has_eval: bool, world_size: int,
+    launch: dict[str, Any],
+) -> Any:
+    """TrainingArguments for `train_rows` items (rows, or packed bins) per epoch; `launch` holds the
+    DeepSpeed or FSDP settings (ft.launch.backend.trainer_arguments)."""
     import torch
     from transformers import TrainingArguments
 
-    from ft.model.precision import resolve_dtype
-
-    t, lg, d = cfg.training, cfg.logging, cfg.distributed
-    dtype = resolve_dtype(cfg.model)
-    epoch_steps = steps_per_epoch(cfg, train_rows, world_size)
+    dtype = resolve_dtype(m)
+    epoch_steps = steps_per_epoch(t, train_rows, world_size)
     eval_every = _every(t.eval_steps, t.evals_per_epoch, epoch_steps) if has_eval else None
     save_every = _every(t.save_steps, t.saves_per_epoch, epoch_steps)
     early = t.early_stopping_patience is not None and has_eval
@@ -56,7 +60,7 @@ def training_arguments(cfg: FtConfig, train_rows: int, has_eval: bool, world_siz
         max_grad_norm=t.max_grad_norm,
         bf16=dtype == torch.bfloat16,
         fp16=dtype == torch.float16,
-        tf32=cfg.model.tf32 if on_gpu else None,
+        tf32=m.tf32 if on_gpu else None,
         logging_steps=lg.logging_steps,
         logging_first_step=True,
         logging_nan_inf_filter=False,  # a NaN must reach the NaN guard, not be averaged away
@@ -77,23 +81,12 @@ def training_arguments(cfg: FtConfig, train_rows: int, has_eval: bool, world_siz
         train_sampling_strategy="group_by_length" if t.group_by_length else "random",
         remove_unused_columns=False,
         include_num_input_tokens_seen="non_padding",
-        ddp_timeout=d.ddp_timeout or 1800,
-        ddp_find_unused_parameters=d.ddp_find_unused_parameters,
         use_cpu=not on_gpu,
         dataloader_num_workers=0,
     )
-    if d.backend and world_size > 1:
-        kwargs.update(distributed_arguments(cfg))
+    kwargs.update(launch)
     for key in ("adam_beta1", "adam_beta2", "adam_epsilon"):
         if getattr(t, key) is not None:
             kwargs[key] = getattr(t, key)
     return TrainingArguments(**kwargs)
 
-
-def distributed_arguments(cfg: FtConfig) -> dict[str, Any]:
-    """DeepSpeed or FSDP settings for TrainingArguments (used only when several processes run)."""
-    d = cfg.distributed
-    if d.deepspeed:
-        return {"deepspeed": d.deepspeed}
-    fsdp_config = {k.removeprefix("fsdp_"): v for k, v in d.fsdp_config.model_dump().items() if v is not None}
-    return {"fsdp": " ".join(d.fsdp), "fsdp_config": fsdp_config}

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
 from typing import Any, Optional
 
-IGNORE = -100
+from ft.config.data import DataConfig
+from ft.data.labels import IGNORE, without_first
+from ft.data.packing import efficiency, pack
+
+log = logging.getLogger("ft")
+
 # A batch key the trainer pops before the forward pass: how many of the batch's token slots are real.
 REAL_TOKENS = "ft_real_tokens"
 
@@ -67,8 +74,8 @@ class PackedCollator:
     """Lays the rows of a batch's bins end to end in one sequence, position ids restarting per row.
 
     No attention mask: the attention sees the rows through the position ids (per-row sdpa/eager or
-    flash-attn varlen). The first label of every row is IGNORE, so no row learns to predict the next
-    row's first token. `pad_to` pads the sequence (e.g. to micro_batch_size × sequence_len) with a
+    flash-attn varlen). Each row's first label is ignored (ft.data.labels), so no row learns to predict the
+    next row's first token. `pad_to` pads the sequence (e.g. to micro_batch_size × sequence_len) with a
     separate all-ignored row.
     """
 
@@ -86,7 +93,7 @@ class PackedCollator:
             for row in item["rows"]:
                 n = len(row["input_ids"])
                 ids += row["input_ids"]
-                labels += [IGNORE] + row["labels"][1:]
+                labels += without_first(row["labels"])
                 positions += range(n)
                 real += n
         if self.pad_to and len(ids) < self.pad_to:
@@ -100,3 +107,45 @@ class PackedCollator:
             "position_ids": torch.tensor([positions]),
             REAL_TOKENS: torch.tensor(real),
         }
+
+
+@dataclass(frozen=True)
+class TrainingSets:
+    """What the Trainer iterates: the training items (rows or bins), the evaluation items, the collator."""
+
+    train: Any
+    eval: Any
+    collator: Any
+
+
+def training_sets(d: DataConfig, micro_batch_size: int, prepared: Any, pad_id: int, on_gpu: bool) -> TrainingSets:
+    """Rows (or, with sample_packing, bins of rows) and the collator that makes batches of them."""
+    train: Any = TokenizedRows(prepared.train)
+    evaluation: Any = TokenizedRows(prepared.eval) if prepared.eval is not None else None
+    if d.sample_packing:
+        train = packed(train, d.sequence_len, "train")
+        if evaluation is not None and d.eval_sample_packing is not False:
+            evaluation = packed(evaluation, d.sequence_len, "eval")
+        pad_to = d.sequence_len * micro_batch_size if d.pad_to_sequence_len else None
+        return TrainingSets(train, evaluation, Switch(PackedCollator(pad_id, pad_to), PadCollator(pad_id)))
+    collator = PadCollator(pad_id, pad_to=d.sequence_len if d.pad_to_sequence_len else None, multiple_of=8 if on_gpu else 1)
+    return TrainingSets(train, evaluation, collator)
+
+
+def packed(rows: TokenizedRows, capacity: int, split: str) -> PackedBins:
+    bins = pack(rows.lengths, capacity)
+    log.info(
+        "packing %s: %d rows into %d bins of at most %d tokens, efficiency %.3f (real tokens / bin slots)",
+        split, len(rows), len(bins), capacity, efficiency(rows.lengths, bins, capacity),
+    )
+    return PackedBins(rows, bins)
+
+
+class Switch:
+    """Collates packed bins with one collator and plain rows (unpacked evaluation) with another."""
+
+    def __init__(self, packed_collator: PackedCollator, plain: PadCollator) -> None:
+        self.packed_collator, self.plain = packed_collator, plain
+
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        return self.packed_collator(items) if "rows" in items[0] else self.plain(items)

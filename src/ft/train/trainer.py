@@ -6,50 +6,31 @@ import json
 import logging
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from transformers import Trainer
 
-from ft.config import FtConfig
-from ft.train.args import training_arguments
-from ft.data.packing import efficiency, pack
-from ft.train.batches import REAL_TOKENS, PackedBins, PackedCollator, PadCollator, TokenizedRows
+from ft.train.batches import REAL_TOKENS, TrainingSets
 from ft.train.callbacks import MetricsLog, peak_memory_mb, plot_losses
 
 log = logging.getLogger("ft")
 
 
-def build_trainer(cfg: FtConfig, model: Any, tokenizer: Any, prepared: Any, world_size: int) -> tuple[Any, MetricsLog]:
-    import torch
+def build_trainer(model: Any, tokenizer: Any, args: Any, sets: TrainingSets, early_stopping_patience: Optional[int]) -> tuple[Any, MetricsLog]:
+    """The Trainer over `sets` with ft's callbacks: the metrics log and, when asked, early stopping."""
     from transformers import EarlyStoppingCallback
 
-    d = cfg.data
-    train_rows: Any = TokenizedRows(prepared.train)
-    eval_rows: Any = TokenizedRows(prepared.eval) if prepared.eval is not None else None
-    if d.sample_packing:
-        train_rows = packed(train_rows, d.sequence_len, "train")
-        if eval_rows is not None and (d.eval_sample_packing is not False):
-            eval_rows = packed(eval_rows, d.sequence_len, "eval")
-        pad_to = d.sequence_len * cfg.training.micro_batch_size if d.pad_to_sequence_len else None
-        collator: Any = Switch(PackedCollator(tokenizer.pad_token_id, pad_to), PadCollator(tokenizer.pad_token_id))
-    else:
-        collator = PadCollator(
-            tokenizer.pad_token_id,
-            pad_to=d.sequence_len if d.pad_to_sequence_len else None,
-            multiple_of=8 if torch.cuda.is_available() else 1,
-        )
-    args = training_arguments(cfg, len(train_rows), eval_rows is not None, world_size)
-    Path(cfg.training.output_dir).mkdir(parents=True, exist_ok=True)
-    metrics = MetricsLog(Path(cfg.training.output_dir) / "metrics.jsonl")
+    Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+    metrics = MetricsLog(Path(args.output_dir) / "metrics.jsonl")
     callbacks: list[Any] = [metrics]
-    if cfg.training.early_stopping_patience and eval_rows is not None:
-        callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.training.early_stopping_patience))
+    if early_stopping_patience and sets.eval is not None:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=early_stopping_patience))
     trainer = FtTrainer(
         model=model,
         args=args,
-        data_collator=collator,
-        train_dataset=train_rows,
-        eval_dataset=eval_rows,
+        data_collator=sets.collator,
+        train_dataset=sets.train,
+        eval_dataset=sets.eval,
         processing_class=tokenizer,
         callbacks=callbacks,
     )
@@ -75,30 +56,10 @@ class FtTrainer(Trainer):
         return super().prediction_step(model, inputs, *args, **kwargs)
 
 
-def packed(rows: TokenizedRows, capacity: int, split: str) -> PackedBins:
-    bins = pack(rows.lengths, capacity)
-    log.info(
-        "packing %s: %d rows into %d bins of at most %d tokens, efficiency %.3f (real tokens / bin slots)",
-        split, len(rows), len(bins), capacity, efficiency(rows.lengths, bins, capacity),
-    )
-    return PackedBins(rows, bins)
-
-
-class Switch:
-    """Collates packed bins with one collator and plain rows (unpacked evaluation) with another."""
-
-    def __init__(self, packed_collator: PackedCollator, plain: PadCollator) -> None:
-        self.packed_collator, self.plain = packed_collator, plain
-
-    def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
-        return self.packed_collator(items) if "rows" in items[0] else self.plain(items)
-
-
-def save_outputs(cfg: FtConfig, trainer: Any, tokenizer: Any, metrics: MetricsLog, result: Any, seconds: float) -> dict[str, Any]:
-    """The adapter or model, tokenizer, resolved config, loss plot and summary; returns the summary."""
-    from ft.describe import resolved_yaml
-
-    out = Path(cfg.training.output_dir)
+def save_outputs(trainer: Any, tokenizer: Any, metrics: MetricsLog, result: Any, seconds: float, resolved_config: str) -> dict[str, Any]:
+    """The adapter or model, tokenizer, resolved config (ft_config.yml), loss plot and summary in the
+    Trainer's output_dir; returns the summary."""
+    out = Path(trainer.args.output_dir)
     trainer.save_model(str(out))
     summary: dict[str, Any] = {
         "steps": trainer.state.global_step,
@@ -118,7 +79,7 @@ def save_outputs(cfg: FtConfig, trainer: Any, tokenizer: Any, metrics: MetricsLo
         summary["perplexity"] = round(math.exp(min(eval_loss, 50)), 3)
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(out)
-        (out / "ft_config.yml").write_text(resolved_yaml(cfg))
+        (out / "ft_config.yml").write_text(resolved_config)
         (out / "summary.json").write_text(json.dumps(summary, indent=1))
         plot_losses(metrics.records, out / "loss.png")
         log.info(

@@ -31,6 +31,8 @@ class Format:
     append_eos: ClassVar[bool] = True
     #: True when texts longer than sequence_len are split into chunks rather than dropped (raw text).
     split_long: ClassVar[bool] = False
+    #: The format-specific keys of a `datasets:` entry this format reads; config rejects the others.
+    reads: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, ds: "DatasetConfig", tokenizer: Any = None) -> None:
         self.ds = ds

@@ -12,9 +12,9 @@ from __future__ import annotations
 import os
 from typing import Any, Mapping
 
-from ft.data.chat_templates import CHAT_TEMPLATES
 from ft.data.formats.base import FORMATS, Format, Segment
 from ft.errors import DataError
+from ft.tokenizer.chat_templates import CHAT_TEMPLATES
 
 SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "system": "system", "user": "user", "assistant": "assistant"}
 
@@ -22,6 +22,8 @@ SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "system": "system", "user
 @FORMATS.register("chat_template", aliases=("sharegpt", "messages"))
 class ChatTemplate(Format):
     append_eos = False
+    reads = ("field_messages", "message_field_role", "message_field_content", "roles_to_train", "train_on_eos",
+             "chat_template", "chat_template_jinja")
 
     def __init__(self, ds: Any, tokenizer: Any = None) -> None:
         super().__init__(ds, tokenizer)

@@ -10,6 +10,7 @@ from ft.data.formats.base import FORMATS, Format, Segment, text_field
 @FORMATS.register("completion", aliases=("pretrain",))
 class Completion(Format):
     split_long = True
+    reads = ("field",)
 
     @property
     def column(self) -> str:

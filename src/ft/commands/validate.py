@@ -2,21 +2,8 @@
 
 from __future__ import annotations
 
-import yaml
-
-from ft.config import FtConfig, to_flat_dict
-from ft.config.load import SECTION_KEYS
+from ft.config import FtConfig, resolved_yaml
 from ft.model.attention import describe_precision, resolve_attention
-
-
-def resolved_yaml(cfg: FtConfig) -> str:
-    """The full config, defaults included, grouped by section; `load_config` reads it back unchanged."""
-    flat = to_flat_dict(cfg)
-    parts = []
-    for section, keys in SECTION_KEYS.items():
-        block = {k: flat[k] for k in keys}
-        parts.append(f"# {section}\n" + yaml.safe_dump(block, sort_keys=False, allow_unicode=True, width=120))
-    return "\n".join(parts)
 
 
 def derived(cfg: FtConfig, world_size: int = 1) -> dict[str, str]:

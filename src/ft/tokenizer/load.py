@@ -6,10 +6,15 @@ import logging
 from typing import Any
 
 from ft.config.model import ModelConfig
-from ft.data.chat_templates import CHAT_TEMPLATES
+from ft.digest import file_digest
+from ft.tokenizer.chat_templates import CHAT_TEMPLATES
 from ft.errors import ConfigError
 
 log = logging.getLogger("ft")
+
+# The files whose content changes what a tokenizer makes of a text (the prepared-data cache key hashes them).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+                   "chat_template.json", "added_tokens.json", "tokenizer.model", "vocab.json", "merges.txt")
 
 
 def tokenizer_source(m: ModelConfig) -> str:
@@ -88,3 +93,34 @@ def adds_bos(tok: Any) -> bool:
         return False
     ids = tok("a")["input_ids"]
     return bool(ids) and ids[0] == tok.bos_token_id
+
+
+def tokenizer_fingerprint(m: ModelConfig) -> dict[str, Any]:
+    """What identifies the tokenizer `load_tokenizer(m)` returns, without loading it (or torch)."""
+    from pathlib import Path
+
+    source = tokenizer_source(m)
+    files: dict[str, str] = {}
+    folder = Path(source)
+    if folder.is_dir():
+        files = {name: file_digest(folder / name) for name in TOKENIZER_FILES if (folder / name).is_file()}
+    else:  # a hub id: hash the files already in the local hub cache, when they are there
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            for name in TOKENIZER_FILES:
+                cached = try_to_load_from_cache(source, name, revision=m.revision_of_model)
+                if isinstance(cached, str):
+                    files[name] = file_digest(Path(cached))
+        except ImportError:
+            pass
+    return {
+        "source": source,
+        "revision": m.revision_of_model,
+        "use_fast": m.tokenizer_use_fast,
+        "special_tokens": m.special_tokens.model_dump(),
+        "tokens": list(m.tokens),
+        "chat_template": m.chat_template,
+        "chat_template_jinja": m.chat_template_jinja,
+        "files": files,
+    }

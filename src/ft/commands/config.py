@@ -1,0 +1,33 @@
+"""Loading a config as every command does: validated against the registries of the parts that own them.
+
+None of these imports torch, so `ft validate` stays fast; config/ itself imports none of them (see
+config/context.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+from ft.config import FtConfig, ValidationContext, load_config
+from ft.data.formats import FORMATS
+from ft.launch.deepspeed import check_deepspeed
+from ft.tokenizer.chat_templates import CHAT_TEMPLATES
+from ft.train.optimizers import OPTIMIZERS
+from ft.train.schedulers import SCHEDULERS
+
+
+def validation_context() -> ValidationContext:
+    return ValidationContext(
+        formats=FORMATS,
+        format_reads={name: FORMATS.get(name).reads for name in FORMATS.names()},
+        chat_templates=CHAT_TEMPLATES,
+        optimizers=OPTIMIZERS,
+        schedulers=SCHEDULERS,
+        check_deepspeed=check_deepspeed,
+    )
+
+
+def load(path: str | Path, overrides: Sequence[tuple[str, Any]] = ()) -> FtConfig:
+    """The validated config of `path` with command-line `overrides` applied."""
+    return load_config(path, overrides, context=validation_context())

@@ -1,0 +1,30 @@
+"""The config written back as YAML: what `ft validate` prints and what a run saves as ft_config.yml."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+from pydantic import BaseModel
+
+from ft.config.load import SECTION_KEYS
+from ft.config.schema import FtConfig
+
+
+def to_flat_dict(cfg: FtConfig) -> dict[str, Any]:
+    """The config as one flat YAML-ready mapping of ft names (what `load_config` reads back)."""
+    flat: dict[str, Any] = {}
+    for name in SECTION_KEYS:
+        section: BaseModel = getattr(cfg, name)
+        flat.update(section.model_dump(mode="json"))
+    return flat
+
+
+def resolved_yaml(cfg: FtConfig) -> str:
+    """The full config, defaults included, grouped by section; `load_config` reads it back unchanged."""
+    flat = to_flat_dict(cfg)
+    parts = []
+    for section, keys in SECTION_KEYS.items():
+        block = {k: flat[k] for k in keys}
+        parts.append(f"# {section}\n" + yaml.safe_dump(block, sort_keys=False, allow_unicode=True, width=120))
+    return "\n".join(parts)

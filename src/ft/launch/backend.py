@@ -1,0 +1,56 @@
+"""The launcher's side of a run: how many processes, what must be installed, which backend really ran."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from typing import Any
+
+from ft.config.distributed import DistributedConfig
+from ft.errors import UserError
+
+log = logging.getLogger("ft")
+
+
+def world_size() -> int:
+    """Processes in this run, as accelerate launch and torchrun tell each of them (1 under plain python)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def check_launch(d: DistributedConfig, world: int) -> None:
+    """Before anything loads: the backend's package is installed, and a backend set on one process is said."""
+    if d.deepspeed and world > 1 and importlib.util.find_spec("deepspeed") is None:
+        raise UserError("`deepspeed` is set, but the deepspeed package is not installed: pip install 'ft[deepspeed]'")
+    if d.backend and world == 1:
+        log.warning("%s is set, but this is one process: training without it (use `accelerate launch -m ft train`)", d.backend)
+
+
+def trainer_arguments(d: DistributedConfig, world: int) -> dict[str, Any]:
+    """The distributed settings for TrainingArguments: DDP's, and DeepSpeed's or FSDP's when several
+    processes run."""
+    out: dict[str, Any] = {"ddp_timeout": d.ddp_timeout or 1800, "ddp_find_unused_parameters": d.ddp_find_unused_parameters}
+    if not d.backend or world == 1:
+        return out
+    if d.deepspeed:
+        return {**out, "deepspeed": d.deepspeed}
+    fsdp_config = {k.removeprefix("fsdp_"): v for k, v in d.fsdp_config.model_dump().items() if v is not None}
+    return {**out, "fsdp": " ".join(d.fsdp), "fsdp_config": fsdp_config}
+
+
+def report_backend(d: DistributedConfig, trainer: Any, world: int) -> None:
+    """Say which data-parallel backend accelerate really set up, and warn when it is not the one asked for."""
+    if world == 1:
+        return
+    if trainer.is_deepspeed_enabled:
+        active = f"DeepSpeed ZeRO stage {trainer.accelerator.state.deepspeed_plugin.zero_stage}"
+    elif trainer.is_fsdp_enabled:
+        active = f"FSDP{trainer.accelerator.state.fsdp_plugin.fsdp_version} ({' '.join(d.fsdp)})"
+    else:
+        active = "DDP"
+    log.info("distributed: %d processes, %s", world, active)
+    wanted = d.backend
+    if wanted == "fsdp" and not trainer.is_fsdp_enabled or wanted == "deepspeed" and not trainer.is_deepspeed_enabled:
+        why = " (it runs FSDP on GPUs only)" if wanted == "fsdp" else ""
+        log.warning("%s is set, but accelerate did not turn it on%s: this run is plain DDP, every process "
+                    "holding the whole model", wanted, why)
