@@ -69,6 +69,18 @@ CASES = {
     ),
     "unknown fsdp option": (BASE + "fsdp: full_shardd\n", ["unknown fsdp option `full_shardd`"]),
     "early stopping without eval": (BASE + "early_stopping_patience: 3\n", ["needs evaluation data"]),
+    "a key the format never reads": (
+        BASE + "    roles_to_train: [assistant, user]\n",
+        ["cfg.yml:5", "`roles_to_train` is only read by `type: chat_template`", "`type: alpaca`"],
+    ),
+    "a key no format reads without a type": (
+        "base_model: m\ndatasets:\n  - path: d\n    field: text\n",
+        ["cfg.yml:4", "`field` is only read by `type: completion`", "no `type:`"],
+    ),
+    "a chat key on a user-defined format": (
+        "base_model: m\ndatasets:\n  - path: d\n    type: {format: '{instruction}'}\n    field_messages: turns\n",
+        ["cfg.yml:5", "`field_messages` is only read by `type: chat_template`", "a user-defined `type:`"],
+    ),
 }
 
 
@@ -127,3 +139,11 @@ def test_ignored_axolotl_key_warns(tmp_path: Path):
     result = run_ft("validate", "cfg.yml", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "`strict` is ignored" in result.stderr
+
+
+def test_every_format_specific_key_is_read_by_some_format():
+    from ft.commands.config import validation_context
+    from ft.config.data import FORMAT_KEYS
+
+    reads = validation_context().format_reads
+    assert set(FORMAT_KEYS) == {key for keys in reads.values() for key in keys}

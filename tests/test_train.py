@@ -85,3 +85,16 @@ def test_other_architectures_train_with_lora(arch, tmp_path: Path, tiny_model_di
     before = loss_on(model, batch)
     trainer.train()
     assert loss_on(model, batch) < before
+
+
+def test_output_dir_means_the_run_folder_on_every_command(tmp_path: Path, tiny_model_dir):
+    """`--output-dir` overrides the config key on merge-lora too; the merged model's place is --merged-dir."""
+    make_config(tmp_path, tiny_model_dir("llama"), max_steps=2, **METHODS["lora"])
+    assert run_ft("train", "cfg.yml", "--output-dir", "runs/a", cwd=tmp_path).returncode == 0
+    result = run_ft("merge-lora", "cfg.yml", "--output-dir", "runs/a", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "runs/a/merged/config.json").is_file()
+    assert "--output-dir is the run's output_dir" in result.stderr and "--merged-dir" in result.stderr
+    result = run_ft("merge-lora", "cfg.yml", "--output-dir", "runs/a", "--merged-dir", "deploy", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "deploy/config.json").is_file()
