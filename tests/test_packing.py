@@ -56,11 +56,17 @@ def _row_loss(logits, labels):
 
 
 def packed_vs_single(model, rows, leak: bool = False) -> tuple[float, float]:
-    """(largest per-row loss difference, largest gradient difference) between packed and one-by-one runs."""
+    """(largest per-row loss difference, largest gradient difference) between packed and one-by-one runs.
+
+    The rows one by one run through the model's own attention (eager where it has no sdpa), so the packed
+    path is held to transformers' masks, windows and scaling, not to itself."""
+    own = "sdpa" if getattr(model, "_supports_sdpa", True) and model.config.model_type != "gemma2" else "eager"
+    packed_attention = model.config._attn_implementation
     params = [p for p in model.parameters() if p.requires_grad]
     batch = PackedCollator(pad_id=0)([{"rows": rows}])
     kwargs = {"attention_mask": torch.ones_like(batch["input_ids"])} if leak else {}
-    logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], **kwargs).logits[0]
+    inputs = {k: v for k, v in batch.items() if k not in ("labels", "ft_real_tokens")}
+    logits = model(**inputs, **kwargs).logits[0]
     packed_losses, start = [], 0
     for r in rows:
         n = len(r["input_ids"])
@@ -68,25 +74,27 @@ def packed_vs_single(model, rows, leak: bool = False) -> tuple[float, float]:
         start += n
     packed_grads = torch.autograd.grad(sum(packed_losses), params)
     single_losses, single_grads = [], [torch.zeros_like(p) for p in params]
+    model.set_attn_implementation(own)
     for r in rows:
         ids = torch.tensor([r["input_ids"]])
         loss = _row_loss(model(input_ids=ids).logits[0], torch.tensor(r["labels"]))
         single_losses.append(loss)
         for acc, g in zip(single_grads, torch.autograd.grad(loss, params)):
             acc += g
+    model.set_attn_implementation(packed_attention)
     loss_diff = max(abs(float(a - b)) / max(1.0, abs(float(b))) for a, b in zip(packed_losses, single_losses))
     grad_diff = max(float((a - b).abs().max()) for a, b in zip(packed_grads, single_grads))
     return loss_diff, grad_diff
 
 
-def _model(arch, tiny_model_dir, attention, lora):
+def _model(arch, tiny_model_dir, attention, lora, **config):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     from ft.model.packed_attention import register
 
     register()
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir(arch), dtype=torch.float32, attn_implementation=attention)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir(arch), dtype=torch.float32, attn_implementation=attention, **config)
     if lora:
         model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM"))
         with torch.no_grad():
@@ -98,12 +106,14 @@ def _model(arch, tiny_model_dir, attention, lora):
 
 @pytest.mark.parametrize(
     "arch, attention",
-    [("llama", "ft_packed_sdpa"), ("llama", "ft_packed_eager"), ("qwen2", "ft_packed_sdpa"), ("gemma2", "ft_packed_eager")],
+    [("llama", "ft_varlen"), ("llama", "ft_packed_eager"), ("qwen2", "ft_varlen"), ("gemma2", "ft_packed_eager"),
+     ("phi3", "ft_varlen"), ("mistral", "ft_varlen"), ("mistral", "ft_packed_eager")],
 )
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
 def test_packed_rows_equal_rows_one_by_one(arch, attention, lora, tiny_model_dir, tiny_tokenizer):
+    """Mistral runs with a sliding window of 6 tokens, shorter than most rows, so the window is exercised."""
     torch.manual_seed(0)
-    model = _model(arch, tiny_model_dir, attention, lora)
+    model = _model(arch, tiny_model_dir, attention, lora, **({"sliding_window": 6} if arch == "mistral" else {}))
     loss_diff, grad_diff = packed_vs_single(model, _rows(tiny_tokenizer))
     assert loss_diff < 1e-5 and grad_diff < 1e-5, (loss_diff, grad_diff)
 
@@ -116,28 +126,53 @@ def test_a_planted_leak_is_caught(tiny_model_dir, tiny_tokenizer):
 
 
 def test_flash_attention_path_is_chosen_when_installed():
-    from ft.model.packed_attention import PER_ROW_EAGER, PER_ROW_SDPA, packed_implementation
+    from ft.model.packed_attention import PER_ROW_EAGER, VARLEN, packed_implementation
 
     assert packed_implementation("flash_attention_2", True) == "flash_attention_2"
-    assert packed_implementation("sdpa", True) == PER_ROW_SDPA
-    assert packed_implementation(None, True) == PER_ROW_SDPA
+    assert packed_implementation("sdpa", True) == VARLEN
+    assert packed_implementation(None, True) == VARLEN
     assert packed_implementation("eager", True) == PER_ROW_EAGER
     assert packed_implementation(None, False) == PER_ROW_EAGER
 
 
-def test_per_row_path_really_runs(tiny_model_dir, tiny_tokenizer, monkeypatch):
+def test_every_layer_gets_the_collators_boundaries(tiny_model_dir, tiny_tokenizer, monkeypatch):
+    """The boundaries are computed once, in the collator, and reach every layer's kernel unchanged."""
     import ft.model.packed_attention as pa
 
     calls = []
-    original = pa.row_spans
-    monkeypatch.setattr(pa, "row_spans", lambda pos: calls.append(original(pos)) or calls[-1])
-    model = _model("llama", tiny_model_dir, pa.PER_ROW_SDPA, lora=False)
+    original = pa.per_row
+    monkeypatch.setattr(pa, "per_row", lambda q, k, v, cu, *a, **kw: calls.append(cu) or original(q, k, v, cu, *a, **kw))
+    model = _model("llama", tiny_model_dir, pa.VARLEN, lora=False)
     rows = _rows(tiny_tokenizer, n=3)
     batch = PackedCollator(pad_id=0)([{"rows": rows}])
     with torch.no_grad():
-        model(input_ids=batch["input_ids"], position_ids=batch["position_ids"])
-    layers = model.config.num_hidden_layers
-    assert len(calls) == layers and all(len(spans) == 3 for spans in calls)
+        model(**{k: v for k, v in batch.items() if k not in ("labels", "ft_real_tokens")})
+    assert len(calls) == model.config.num_hidden_layers
+    assert all(cu is batch["cu_seq_lens_q"] for cu in calls)
+    assert batch["cu_seq_lens_q"].tolist()[-1] == batch["input_ids"].shape[1] and batch["max_length_q"] == max(len(r["input_ids"]) for r in rows)
+
+
+@pytest.mark.parametrize("window", [None, 3])
+def test_reference_kernel_equals_a_dense_block_diagonal_mask(window):
+    """per_row (the CPU kernel, same contract as torch's varlen) against one dense masked attention over the
+    whole sequence: rows apart, causal, the window counted as transformers counts it, query head h reading
+    kv head h // (query heads / kv heads)."""
+    from ft.model.packed_attention import boundaries, per_row
+
+    torch.manual_seed(0)
+    lengths, heads, kv_heads, dim = [5, 1, 7, 4], 4, 2, 8
+    total = sum(lengths)
+    q, k, v = torch.randn(total, heads, dim), torch.randn(total, kv_heads, dim), torch.randn(total, kv_heads, dim)
+    b = boundaries(lengths)
+    got = per_row(q, k, v, b["cu_seq_lens_q"], b["max_length_q"], 0.3, window)
+    row = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))
+    i = torch.arange(total)
+    allowed = (row[:, None] == row[None, :]) & (i[None, :] <= i[:, None])
+    if window:
+        allowed &= i[None, :] > i[:, None] - window
+    scores = torch.einsum("qhd,khd->hqk", q, k.repeat_interleave(2, dim=1)) * 0.3
+    want = torch.einsum("hqk,khd->qhd", scores.masked_fill(~allowed, float("-inf")).softmax(-1), v.repeat_interleave(2, dim=1))
+    assert torch.allclose(got, want, atol=1e-5)
 
 
 def test_packed_training_run(tmp_path: Path, tiny_model_dir):
@@ -150,7 +185,8 @@ def test_packed_training_run(tmp_path: Path, tiny_model_dir):
                 max_steps=None, num_epochs=1, val_set_size=4, evals_per_epoch=1)
     result = run_ft("train", "cfg.yml", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "per-row sdpa" in result.stderr
+    assert "per-row sdpa" in result.stderr  # on CPU; torch's varlen kernel on a GPU
+    assert json.loads((tmp_path / "out/summary.json").read_text())["batches"] == "packed"
     import re
 
     rows, bins = map(int, re.search(r"packing train: (\d+) rows into (\d+) bins", result.stderr).groups())
@@ -191,3 +227,37 @@ def test_packed_epochs_reshuffle_bins_with_the_seed_and_pad_to_sequence_len(tmp_
     assert epoch0 != epoch1  # ...in a new order
     assert batches(1, 0) == epoch0  # deterministic for the seed
     assert batches(2, 0) != epoch0
+
+
+def test_padding_free_batches_train_like_padded_ones(tmp_path: Path, tiny_model_dir):
+    """padding_free lays a micro batch's rows end to end: the same rows per step, no padding slots, and
+    the same losses and weights as the padded batches to fp32 round-off."""
+    from train_helpers import build, make_config
+
+    def run(free: bool):
+        (tmp_path / str(free)).mkdir()
+        cfg = make_config(tmp_path / str(free), tiny_model_dir("llama"), padding_free=free, max_steps=3,
+                          adapter="lora", lora_target_linear=True)
+        trainer, model, _ = build(cfg)
+        trainer.train()
+        losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
+        weights = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        return losses, weights, trainer.real_tokens, trainer.token_slots
+
+    free_losses, free_weights, free_real, free_slots = run(True)
+    pad_losses, pad_weights, pad_real, pad_slots = run(False)
+    assert free_real == pad_real and free_slots == free_real < pad_slots
+    assert free_losses == pytest.approx(pad_losses, rel=1e-5)
+    assert max(float((free_weights[n] - pad_weights[n]).abs().max()) for n in free_weights) < 1e-5
+
+
+def test_padding_free_is_the_gpu_default():
+    from ft.config.data import DataConfig
+    from ft.train.batches import batch_layout
+
+    d = DataConfig(datasets=[{"path": "x"}])
+    assert batch_layout(d, False, on_gpu=True) == "padding-free"
+    assert batch_layout(d, False, on_gpu=False) == "padded"
+    assert batch_layout(d, True, on_gpu=True) == "padded"  # group_by_length trims padding its own way
+    assert batch_layout(d.model_copy(update={"padding_free": True}), False, on_gpu=False) == "padding-free"
+    assert batch_layout(d.model_copy(update={"sample_packing": True}), False, on_gpu=False) == "packed"

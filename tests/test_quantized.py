@@ -38,7 +38,7 @@ def _models(tmp_path: Path, model_dir: Path):
 
     cfg = make_config(tmp_path, model_dir, **QLORA)
     tokenizer = load_tokenizer(cfg.model)
-    quantized = model_for_training(cfg, tokenizer)
+    quantized, _ = model_for_training(cfg, tokenizer, "padded")
     torch.manual_seed(0)
     with torch.no_grad():
         for name, p in quantized.named_parameters():
@@ -92,6 +92,6 @@ def test_fsdp_stores_4bit_weights_in_the_training_dtype(fsdp: bool, tmp_path: Pa
 
     keys = {**QLORA, "bf16": True, **({"fsdp": ["full_shard", "auto_wrap"]} if fsdp else {})}
     cfg = make_config(tmp_path, tiny_model_dir("llama"), **keys)
-    model = model_for_training(cfg, load_tokenizer(cfg.model))
+    model, _ = model_for_training(cfg, load_tokenizer(cfg.model), "padded")
     dtypes = {p.dtype for n, p in model.named_parameters() if ".layers." in n and "lora_" not in n}
     assert dtypes == ({torch.bfloat16} if fsdp else {torch.uint8, torch.float32}), dtypes

@@ -26,6 +26,8 @@ class Run:
     model: Any
     trainer: Any
     metrics: Any
+    layout: str  # packed, padding-free or padded batches
+    attention: str  # the kernel flattened batches run through, in words ("" for padded batches)
 
 
 def build_run(cfg: FtConfig, world: int) -> Run:
@@ -35,10 +37,12 @@ def build_run(cfg: FtConfig, world: int) -> Run:
     from ft.data.prepare import report
     from ft.tokenizer.load import load_tokenizer
     from ft.train.args import training_arguments
-    from ft.train.batches import training_sets
+    from ft.train.batches import batch_layout, training_sets
     from ft.train.trainer import build_trainer
 
     d, t = cfg.data, cfg.training
+    on_gpu = torch.cuda.is_available()
+    layout = batch_layout(d, t.group_by_length, on_gpu)
     torch.manual_seed(t.seed)
 
     # data
@@ -47,29 +51,29 @@ def build_run(cfg: FtConfig, world: int) -> Run:
     log.info(report(prepared, d.sequence_len))
 
     # model
-    model = model_for_training(cfg, tokenizer)
+    model, attention = model_for_training(cfg, tokenizer, layout)
 
     # trainer
-    sets = training_sets(d, t.micro_batch_size, prepared, tokenizer.pad_token_id, torch.cuda.is_available())
+    sets = training_sets(d, layout, t.micro_batch_size, prepared, tokenizer.pad_token_id, on_gpu)
     args = training_arguments(t, cfg.logging, cfg.model, len(sets.train), sets.eval is not None, world,
                               trainer_arguments(cfg.distributed, world))
     trainer, metrics = build_trainer(model, tokenizer, args, sets, t.early_stopping_patience)
-    return Run(tokenizer, prepared, model, trainer, metrics)
+    return Run(tokenizer, prepared, model, trainer, metrics, layout, attention)
 
 
-def model_for_training(cfg: FtConfig, tokenizer: Any) -> Any:
-    """The base model, its attention switched for packing, checkpointing on, quantized layers prepared and
-    the adapter applied: what the Trainer gets."""
+def model_for_training(cfg: FtConfig, tokenizer: Any, layout: str) -> tuple[Any, str]:
+    """The base model, its attention switched for flattened (packed or padding-free) batches, checkpointing
+    on, quantized layers prepared and the adapter applied: what the Trainer gets; and the attention kernel."""
     from ft.model.adapter import apply_adapter
     from ft.model.load import load_model, prepare_for_training, use_packed_attention
+    from ft.train.batches import PADDED
 
     m, q, a, t = cfg.model, cfg.quantization, cfg.adapter, cfg.training
     fsdp = bool(cfg.distributed.fsdp)
     model, grew = load_model(m, q, tokenizer, full=a.adapter is None, fsdp=fsdp)
-    if cfg.data.sample_packing:
-        use_packed_attention(model)
+    attention = use_packed_attention(model, layout) if layout != PADDED else ""
     model = prepare_for_training(model, q, checkpointing=t.gradient_checkpointing, adapter=bool(a.adapter), fsdp=fsdp)
-    return apply_adapter(a, model, grew) if a.adapter else model
+    return (apply_adapter(a, model, grew) if a.adapter else model), attention
 
 
 def run_train(cfg: FtConfig) -> dict[str, Any]:
@@ -98,4 +102,5 @@ def run_train(cfg: FtConfig) -> dict[str, Any]:
         ) from None
 
     # save
-    return save_outputs(run.trainer, run.tokenizer, run.metrics, result, time.perf_counter() - started, resolved_yaml(cfg))
+    facts = {"batches": run.layout, "attention": run.attention or str(run.model.config._attn_implementation)}
+    return save_outputs(run.trainer, run.tokenizer, run.metrics, result, time.perf_counter() - started, resolved_yaml(cfg), facts)

@@ -163,6 +163,11 @@ class DataConfig(Section):
     sample_packing: bool = Field(False, description="Pack several rows into each sequence of sequence_len tokens.")
     eval_sample_packing: Optional[bool] = Field(None, description="Pack evaluation rows too (default: sample_packing).")
     pad_to_sequence_len: bool = Field(False, description="Pad every batch to sequence_len (steady memory use).")
+    padding_free: Optional[bool] = Field(
+        None,
+        description="Unpacked batches: lay a micro batch's rows end to end without padding, each row attending "
+        "only to itself. Default: on with a CUDA GPU (no compute spent on padding), off on CPU.",
+    )
     shuffle_merged_datasets: bool = Field(True, description="Shuffle the concatenated datasets with the seed.")
     dataset_processes: Optional[int] = Field(None, ge=1, description="Worker processes for tokenization.")
 
@@ -172,4 +177,6 @@ class DataConfig(Section):
             raise ValueError("`val_set_size` is a fraction below 1 or a whole row count")
         if self.test_datasets and self.val_set_size:
             raise ValueError("give `test_datasets` or `val_set_size`, not both")
+        if self.padding_free and self.pad_to_sequence_len:
+            raise Contradiction("padding_free", "`padding_free` and `pad_to_sequence_len` ask for opposite batches; keep one")
         return self

@@ -81,6 +81,8 @@ def contradictions(cfg: FtConfig) -> list[Contradiction]:
         add("evals_per_epoch", "`eval_steps` and `evals_per_epoch` are both set; keep one")
     if t.warmup_steps is not None and t.warmup_ratio is not None:
         add("warmup_ratio", "`warmup_steps` and `warmup_ratio` are both set; keep one")
+    if cfg.data.padding_free and t.group_by_length and not cfg.data.sample_packing:
+        add("group_by_length", "`group_by_length` groups rows to trim padding, and `padding_free` has none; keep one")
     if t.early_stopping_patience and not cfg.has_eval_data:
         add("early_stopping_patience", "early stopping needs evaluation data: set `val_set_size` or `test_datasets`")
     return found

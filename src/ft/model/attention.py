@@ -18,7 +18,8 @@ def resolve_attention(m: ModelConfig) -> tuple[Optional[str], Optional[str]]:
     if wanted == "flash_attention_2" and not flash_attn_installed():
         return "sdpa", (
             "flash_attention: true, but flash-attn is not installed (it needs a CUDA GPU; "
-            "`pip install 'ft[flash]'`): falling back to sdpa attention"
+            "`pip install 'ft[flash]'`): falling back to sdpa attention, and on a GPU to PyTorch's own varlen "
+            "flash-attention kernel for packed and padding-free batches"
         )
     return wanted, None
 

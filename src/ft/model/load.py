@@ -73,15 +73,20 @@ def prepare_for_training(model: Any, q: QuantizationConfig, *, checkpointing: bo
     return model
 
 
-def use_packed_attention(model: Any) -> str:
-    """Switch the model to an attention whose cost follows each packed row's length; returns its name."""
-    from ft.model.packed_attention import packed_implementation, register
+def use_packed_attention(model: Any, layout: str) -> str:
+    """Switch the model to an attention that keeps the rows of a flattened batch apart and costs what each
+    row costs alone; returns the kernel it runs, in words."""
+    import torch
+
+    from ft.model.packed_attention import describe_kernel, packed_implementation, register
 
     register()
     current = model.config._attn_implementation
     chosen = packed_implementation(current, bool(getattr(model, "_supports_sdpa", True)))
     if chosen != current:
         model.set_attn_implementation(chosen)
-    path = "flash-attn varlen" if chosen.startswith("flash") else f"per-row {chosen.removeprefix('ft_packed_')}"
-    log.info("sample packing: attention runs on each row of a bin (%s, %s)", path, chosen)
-    return chosen
+    c = model.config.get_text_config()
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    kernel = describe_kernel(chosen, torch.cuda.is_available(), head_dim)
+    log.info("%s batches: attention runs on each row (%s, %s)", layout, kernel, chosen)
+    return kernel

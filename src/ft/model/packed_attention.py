@@ -1,70 +1,147 @@
-"""Attention for packed sequences whose cost follows each row's own length.
+"""Attention for flattened batches: rows laid end to end in one sequence (packed bins, or the rows of an
+unpacked micro batch without padding), each row attending only to itself.
 
-A packed batch is one long sequence of several rows, its position ids restarting at 0 at each row. sdpa
-with a block-diagonal mask would pay attention over the whole bin (the bin's length squared); these
-functions instead split the queries, keys and values at the row boundaries and run the model's own sdpa
-or eager attention on each row with a plain causal mask, so the cost is the sum of the rows' squares.
-
-They are registered in transformers' AttentionInterface under the names below. transformers builds no
-mask for an attention name it does not know in its mask interface, so nothing bin-sized is ever made.
-With flash-attn installed, ft uses flash_attention_2 instead, whose varlen kernel does the same from the
-position ids.
+The collator computes the row boundaries once per batch (`boundaries`: cumulative lengths and the longest
+row, under the names transformers' flash-attention path reads, `cu_seq_lens_q` ... `max_length_k`) and
+every layer receives them: no host sync and no Python loop over rows per layer on a GPU. Two kernels keep
+one contract, (q, k, v as tokens × heads × head_dim, cumulative lengths, longest row, scale, window) →
+tokens × query heads × head_dim:
+- `torch_varlen`: PyTorch's own varlen flash attention (`torch.nn.attention.varlen.varlen_attn`, CUDA,
+  fp16/bf16, head_dim ≤ 256), no extra package;
+- `per_row`: each row through sdpa with its own causal (and sliding-window) mask; the CPU path, and the
+  reference the CPU tests hold the glue to.
+Gemma-2's logit soft-capping fits neither: `PER_ROW_EAGER` runs the model's own eager attention per row.
+All are registered in transformers' AttentionInterface; transformers builds no mask for a name it does
+not know in its mask interface, so nothing bin-sized is ever made. With flash-attn installed, ft uses
+flash_attention_2, which reads the same boundaries.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import sys
-from typing import Any, Callable
+from itertools import accumulate
+from typing import Any, Callable, Optional
 
 log = logging.getLogger("ft")
 
-PER_ROW_SDPA = "ft_packed_sdpa"
+VARLEN = "ft_varlen"
 PER_ROW_EAGER = "ft_packed_eager"
+MAX_HEAD_DIM = 256  # the flash kernel's limit
 
 
-def row_spans(position_ids: Any) -> list[tuple[int, int]]:
-    """(start, end) of each row in a 1-D tensor of position ids that restart at 0."""
+def boundaries(lengths: list[int]) -> dict[str, Any]:
+    """The batch keys that tell every layer where the rows of a flattened sequence start and end."""
     import torch
 
-    starts = torch.nonzero(position_ids == 0).flatten().tolist()
-    if not starts or starts[0] != 0:
-        starts = [0] + starts
-    ends = starts[1:] + [int(position_ids.shape[0])]
-    return list(zip(starts, ends))
+    cu = torch.tensor([0, *accumulate(lengths)], dtype=torch.int32)
+    longest = max(lengths)
+    return {"cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": longest, "max_length_k": longest}
 
 
-def _causal_mask(module: Any, n: int, like: Any) -> Any:
+def _bounds(query: Any, kwargs: dict[str, Any]) -> tuple[Any, int]:
+    """(cumulative lengths, longest row) from the collator; derived here only when no collator made them
+    (a padded batch: each batch row is one sequence; or position ids restarting at 0: one host sync)."""
     import torch
 
-    mask = torch.full((n, n), torch.finfo(like.dtype).min, dtype=like.dtype, device=like.device).triu(1)
-    window = getattr(module, "sliding_window", None)
-    if window:
-        mask = mask + torch.full_like(mask, torch.finfo(like.dtype).min).tril(-window)
-        mask = mask.clamp(min=torch.finfo(like.dtype).min)
-    return mask[None, None]
+    if kwargs.get("cu_seq_lens_q") is not None:
+        return kwargs["cu_seq_lens_q"], int(kwargs["max_length_q"])
+    batch, _, length, _ = query.shape
+    position_ids = kwargs.get("position_ids")
+    if batch == 1 and position_ids is not None:
+        starts = torch.nonzero(position_ids[0] == 0).flatten().tolist()
+        starts = starts if starts and starts[0] == 0 else [0, *starts]
+        lengths = [b - a for a, b in zip(starts, starts[1:] + [length])]
+        return boundaries(lengths)["cu_seq_lens_q"].to(query.device), max(lengths)
+    return torch.arange(0, (batch + 1) * length, length, dtype=torch.int32, device=query.device), length
 
 
-def _per_row(inner: Callable[..., Any], needs_mask: bool) -> Callable[..., Any]:
-    def attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, **kwargs: Any) -> tuple[Any, None]:
-        import torch
+def _window(module: Any, kwargs: dict[str, Any]) -> Optional[int]:
+    """A sliding window of W keys (the query's own included), as transformers' masks count it; or None."""
+    window = kwargs.get("sliding_window", getattr(module, "sliding_window", None))
+    return int(window) if window else None
 
-        position_ids = kwargs.get("position_ids")
-        batch, _, length, _ = query.shape
-        if position_ids is None:
-            position_ids = torch.arange(length, device=query.device).expand(batch, length)
-        outputs = []
-        for b in range(batch):
-            pieces = []
-            for start, end in row_spans(position_ids[b]):
-                q, k, v = (t[b : b + 1, :, start:end] for t in (query, key, value))
-                mask = _causal_mask(module, end - start, q) if needs_mask else None
-                out, _ = inner(module, q, k, v, mask, **{k_: v_ for k_, v_ in kwargs.items() if k_ != "position_ids"})
-                pieces.append(out)  # (1, rows, heads, head_dim)
-            outputs.append(torch.cat(pieces, dim=1))
-        return torch.cat(outputs, dim=0), None
 
-    return attention
+@functools.cache
+def _varlen_parameters() -> frozenset[str]:
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return frozenset()
+    return frozenset(inspect.signature(varlen_attn).parameters)
+
+
+def kernel_available(head_dim: int, window: Optional[int]) -> bool:
+    """Whether torch's varlen kernel can run this attention (it exists in torch ≥ 2.10; windows from 2.11)."""
+    params = _varlen_parameters()
+    return bool(params) and head_dim <= MAX_HEAD_DIM and (window is None or "window_size" in params)
+
+
+def _repeat_kv(t: Any, groups: int) -> Any:
+    """(tokens, kv heads, d) → (tokens, kv heads × groups, d): query head h reads kv head h // groups."""
+    return t if groups == 1 else t.repeat_interleave(groups, dim=1)
+
+
+def torch_varlen(q: Any, k: Any, v: Any, cu: Any, longest: int, scale: float, window: Optional[int]) -> Any:
+    """PyTorch's varlen flash attention, called in the form the installed version has."""
+    from torch.nn.attention.varlen import varlen_attn
+
+    params = _varlen_parameters()
+    kwargs: dict[str, Any] = {"scale": scale}
+    if "window_size" in params:  # torch ≥ 2.11: causal is (-1, 0); a window of W keys is (W - 1, 0)
+        kwargs["window_size"] = (window - 1 if window else -1, 0)
+    else:  # torch 2.10
+        kwargs["is_causal"] = True
+    groups = q.shape[1] // k.shape[1]
+    if groups > 1 and "enable_gqa" in params:  # torch ≥ 2.12
+        kwargs["enable_gqa"] = True
+    else:
+        k, v = _repeat_kv(k, groups), _repeat_kv(v, groups)
+    return varlen_attn(q, k, v, cu, cu, longest, longest, **kwargs)
+
+
+def per_row(q: Any, k: Any, v: Any, cu: Any, longest: int, scale: float, window: Optional[int], dropout: float = 0.0) -> Any:
+    """The same contract as `torch_varlen`, row by row through sdpa (the CPU path and the reference)."""
+    import torch
+    import torch.nn.functional as F
+
+    groups = q.shape[1] // k.shape[1]
+    k, v = _repeat_kv(k, groups), _repeat_kv(v, groups)
+    edges = cu.tolist()
+    pieces = []
+    for start, end in zip(edges, edges[1:]):
+        qi, ki, vi = (t[start:end].transpose(0, 1)[None] for t in (q, k, v))
+        n = end - start
+        mask = None
+        if window is not None and window < n:
+            i = torch.arange(n, device=q.device)
+            mask = (i[None, :] <= i[:, None]) & (i[None, :] > i[:, None] - window)
+        out = F.scaled_dot_product_attention(qi, ki, vi, attn_mask=mask, is_causal=mask is None, scale=scale, dropout_p=dropout)
+        pieces.append(out[0].transpose(0, 1))
+    return torch.cat(pieces, dim=0)
+
+
+def varlen_attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, **kwargs: Any) -> tuple[Any, None]:
+    """transformers' attention-function form: query (batch, heads, tokens, d), output (batch, tokens, heads, d)."""
+    import torch
+
+    batch, heads, length, dim = query.shape
+    cu, longest = _bounds(query, kwargs)
+    q, k, v = (t.transpose(1, 2).reshape(batch * length, t.shape[1], dim) for t in (query, key, value))
+    scale = kwargs.get("scaling") or getattr(module, "scaling", None) or dim**-0.5
+    window = _window(module, kwargs)
+    dropout = float(kwargs.get("dropout") or 0.0)
+    if q.is_cuda and dropout == 0.0 and kernel_available(dim, window):
+        dtype = q.dtype
+        if dtype not in (torch.float16, torch.bfloat16):  # e.g. fp32 activations under peft's k-bit preparation
+            half = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            q, k, v = q.to(half), k.to(half), v.to(half)
+        out = torch_varlen(q, k, v, cu, longest, scale, window).to(dtype)
+    else:
+        out = per_row(q, k, v, cu, longest, scale, window, dropout)
+    return out.reshape(batch, length, heads, dim), None
 
 
 def _model_eager(module: Any) -> Callable[..., Any]:
@@ -75,23 +152,52 @@ def _model_eager(module: Any) -> Callable[..., Any]:
     return own
 
 
-def _eager(module: Any, query: Any, key: Any, value: Any, mask: Any, **kwargs: Any) -> Any:
-    return _model_eager(module)(module, query, key, value, mask, **kwargs)
+def per_row_eager(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, **kwargs: Any) -> tuple[Any, None]:
+    """The model's eager attention on each row, for what the varlen kernels cannot express (soft-capping)."""
+    import torch
+
+    batch, _, length, _ = query.shape
+    cu, _ = _bounds(query, kwargs)
+    window = _window(module, kwargs)
+    inner = _model_eager(module)
+    rest = {k: v for k, v in kwargs.items() if k not in ("position_ids", "cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")}
+    flat = [t.transpose(1, 2).reshape(batch * length, t.shape[1], t.shape[-1]) for t in (query, key, value)]
+    edges = cu.tolist()
+    pieces = []
+    for start, end in zip(edges, edges[1:]):
+        q, k, v = (t[start:end].transpose(0, 1)[None] for t in flat)
+        n = end - start
+        i = torch.arange(n, device=q.device)
+        allowed = (i[None, :] <= i[:, None]) & ((i[None, :] > i[:, None] - window) if window else True)
+        mask = torch.zeros((n, n), dtype=q.dtype, device=q.device).masked_fill(~allowed, torch.finfo(q.dtype).min)
+        out, _ = inner(module, q, k, v, mask[None, None], **rest)
+        pieces.append(out[0])  # (row tokens, heads, d)
+    return torch.cat(pieces, dim=0).reshape(batch, length, *pieces[0].shape[1:]), None
 
 
 def register() -> None:
-    """Add the per-row attention functions to transformers (idempotent)."""
+    """Add the attention functions to transformers (idempotent)."""
     from transformers import AttentionInterface
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    AttentionInterface.register(PER_ROW_SDPA, _per_row(sdpa_attention_forward, needs_mask=False))
-    AttentionInterface.register(PER_ROW_EAGER, _per_row(_eager, needs_mask=True))
+    AttentionInterface.register(VARLEN, varlen_attention)
+    AttentionInterface.register(PER_ROW_EAGER, per_row_eager)
 
 
 def packed_implementation(requested: str | None, supports_sdpa: bool) -> str:
-    """The attention to train packed batches with, given what the config resolved to."""
+    """The attention to train flattened batches with, given what the config resolved to."""
     if requested and requested.startswith("flash_attention"):
-        return requested  # flash-attn's varlen path reads the row boundaries from the position ids
+        return requested  # flash-attn's varlen path reads the same boundaries
     if requested == "eager" or not supports_sdpa:
         return PER_ROW_EAGER
-    return PER_ROW_SDPA
+    return VARLEN
+
+
+def describe_kernel(implementation: str, on_gpu: bool, head_dim: int) -> str:
+    """Which kernel a flattened batch really runs through, in words for the log and summary.json."""
+    if implementation.startswith("flash"):
+        return "flash-attn varlen"
+    if implementation == PER_ROW_EAGER:
+        return "per-row eager"
+    if on_gpu and kernel_available(head_dim, None):
+        return "torch varlen flash attention"
+    return "per-row sdpa"

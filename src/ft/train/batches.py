@@ -9,6 +9,7 @@ from typing import Any, Optional
 from ft.config.data import DataConfig
 from ft.data.labels import IGNORE, without_first
 from ft.data.packing import efficiency, pack
+from ft.model.packed_attention import boundaries
 
 log = logging.getLogger("ft")
 
@@ -73,8 +74,8 @@ class PackedBins:
 class PackedCollator:
     """Lays the rows of a batch's bins end to end in one sequence, position ids restarting per row.
 
-    No attention mask: the attention sees the rows through the position ids (per-row sdpa/eager or
-    flash-attn varlen). Each row's first label is ignored (ft.data.labels), so no row learns to predict the
+    No attention mask: the attention (ft.model.packed_attention, or flash-attn's varlen) sees the rows through
+    the boundaries computed here once per batch (cumulative lengths and the longest row). Each row's first label is ignored (ft.data.labels), so no row learns to predict the
     next row's first token. `pad_to` pads the sequence (e.g. to micro_batch_size × sequence_len) with a
     separate all-ignored row.
     """
@@ -88,23 +89,26 @@ class PackedCollator:
         ids: list[int] = []
         labels: list[int] = []
         positions: list[int] = []
-        real = 0
+        lengths: list[int] = []
         for item in items:
             for row in item["rows"]:
                 n = len(row["input_ids"])
                 ids += row["input_ids"]
                 labels += without_first(row["labels"])
                 positions += range(n)
-                real += n
+                lengths.append(n)
+        real = len(ids)
         if self.pad_to and len(ids) < self.pad_to:
             extra = self.pad_to - len(ids)
             ids += [self.pad_id] * extra
             labels += [IGNORE] * extra
             positions += range(extra)
+            lengths.append(extra)
         return {
             "input_ids": torch.tensor([ids]),
             "labels": torch.tensor([labels]),
             "position_ids": torch.tensor([positions]),
+            **boundaries(lengths),
             REAL_TOKENS: torch.tensor(real),
         }
 
@@ -118,18 +122,41 @@ class TrainingSets:
     collator: Any
 
 
-def training_sets(d: DataConfig, micro_batch_size: int, prepared: Any, pad_id: int, on_gpu: bool) -> TrainingSets:
-    """Rows (or, with sample_packing, bins of rows) and the collator that makes batches of them."""
+PACKED, PADDING_FREE, PADDED = "packed", "padding-free", "padded"
+
+
+def batch_layout(d: DataConfig, group_by_length: bool, on_gpu: bool) -> str:
+    """How rows become batches: packed into bins, laid end to end unpadded, or padded to the longest."""
+    if d.sample_packing:
+        return PACKED
+    if d.padding_free is None:  # on a GPU padding costs compute; group_by_length already trims it
+        free = on_gpu and not d.pad_to_sequence_len and not group_by_length
+    else:
+        free = d.padding_free
+    return PADDING_FREE if free else PADDED
+
+
+def training_sets(d: DataConfig, layout: str, micro_batch_size: int, prepared: Any, pad_id: int, on_gpu: bool) -> TrainingSets:
+    """Rows, bins of rows (packed) or one-row bins (padding-free), and the collator that batches them."""
     train: Any = TokenizedRows(prepared.train)
     evaluation: Any = TokenizedRows(prepared.eval) if prepared.eval is not None else None
-    if d.sample_packing:
+    if layout == PADDED:
+        collator = PadCollator(pad_id, pad_to=d.sequence_len if d.pad_to_sequence_len else None, multiple_of=8 if on_gpu else 1)
+        return TrainingSets(train, evaluation, collator)
+    if layout == PACKED:
         train = packed(train, d.sequence_len, "train")
         if evaluation is not None and d.eval_sample_packing is not False:
             evaluation = packed(evaluation, d.sequence_len, "eval")
-        pad_to = d.sequence_len * micro_batch_size if d.pad_to_sequence_len else None
-        return TrainingSets(train, evaluation, Switch(PackedCollator(pad_id, pad_to), PadCollator(pad_id)))
-    collator = PadCollator(pad_id, pad_to=d.sequence_len if d.pad_to_sequence_len else None, multiple_of=8 if on_gpu else 1)
-    return TrainingSets(train, evaluation, collator)
+    else:
+        train = one_row_bins(train)
+        evaluation = one_row_bins(evaluation) if evaluation is not None else None
+    pad_to = d.sequence_len * micro_batch_size if d.pad_to_sequence_len else None
+    return TrainingSets(train, evaluation, Switch(PackedCollator(pad_id, pad_to), PadCollator(pad_id)))
+
+
+def one_row_bins(rows: TokenizedRows) -> PackedBins:
+    """Each row its own bin: a micro batch of them is its rows end to end, no padding (padding-free)."""
+    return PackedBins(rows, [[i] for i in range(len(rows))])
 
 
 def packed(rows: TokenizedRows, capacity: int, split: str) -> PackedBins:

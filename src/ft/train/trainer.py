@@ -56,9 +56,10 @@ class FtTrainer(Trainer):
         return super().prediction_step(model, inputs, *args, **kwargs)
 
 
-def save_outputs(trainer: Any, tokenizer: Any, metrics: MetricsLog, result: Any, seconds: float, resolved_config: str) -> dict[str, Any]:
-    """The adapter or model, tokenizer, resolved config (ft_config.yml), loss plot and summary in the
-    Trainer's output_dir; returns the summary."""
+def save_outputs(trainer: Any, tokenizer: Any, metrics: MetricsLog, result: Any, seconds: float, resolved_config: str,
+                 facts: dict[str, Any]) -> dict[str, Any]:
+    """The adapter or model, tokenizer, resolved config (ft_config.yml), loss plot and summary (with `facts`,
+    such as the batch layout and attention kernel) in the Trainer's output_dir; returns the summary."""
     out = Path(trainer.args.output_dir)
     trainer.save_model(str(out))
     summary: dict[str, Any] = {
@@ -72,6 +73,7 @@ def save_outputs(trainer: Any, tokenizer: Any, metrics: MetricsLog, result: Any,
         "largest_batch_slots": trainer.largest_batch,
         "tokens_per_s": round(trainer.real_tokens / max(seconds, 1e-9), 1),
         "peak_memory_mb": round(peak_memory_mb(), 1),
+        **facts,
     }
     if trainer.eval_dataset is not None:
         eval_loss = trainer.evaluate()["eval_loss"]
