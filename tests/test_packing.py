@@ -52,18 +52,20 @@ def _rows(tokenizer, n=5):
 
 
 def _row_loss(logits, labels):
-    return torch.nn.functional.cross_entropy(logits[:-1], labels[1:], ignore_index=IGNORE, reduction="sum")
+    return torch.nn.functional.cross_entropy(logits[:-1].float(), labels[1:], ignore_index=IGNORE, reduction="sum")
 
 
-def packed_vs_single(model, rows, leak: bool = False) -> tuple[float, float]:
-    """(largest per-row loss difference, largest gradient difference) between packed and one-by-one runs.
+def packed_vs_single(model, rows, leak: bool = False, with_scale: bool = False) -> tuple[float, ...]:
+    """(largest per-row loss difference, largest gradient difference) between packed and one-by-one runs;
+    with_scale adds the largest gradient entry of the one-by-one runs (for relative tolerances in bf16).
 
     The rows one by one run through the model's own attention (eager where it has no sdpa), so the packed
     path is held to transformers' masks, windows and scaling, not to itself."""
     own = "sdpa" if getattr(model, "_supports_sdpa", True) and model.config.model_type != "gemma2" else "eager"
     packed_attention = model.config._attn_implementation
     params = [p for p in model.parameters() if p.requires_grad]
-    batch = PackedCollator(pad_id=0)([{"rows": rows}])
+    device = next(model.parameters()).device
+    batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in PackedCollator(pad_id=0)([{"rows": rows}]).items()}
     kwargs = {"attention_mask": torch.ones_like(batch["input_ids"])} if leak else {}
     inputs = {k: v for k, v in batch.items() if k not in ("labels", "ft_real_tokens")}
     logits = model(**inputs, **kwargs).logits[0]
@@ -76,14 +78,16 @@ def packed_vs_single(model, rows, leak: bool = False) -> tuple[float, float]:
     single_losses, single_grads = [], [torch.zeros_like(p) for p in params]
     model.set_attn_implementation(own)
     for r in rows:
-        ids = torch.tensor([r["input_ids"]])
-        loss = _row_loss(model(input_ids=ids).logits[0], torch.tensor(r["labels"]))
+        ids = torch.tensor([r["input_ids"]], device=device)
+        loss = _row_loss(model(input_ids=ids).logits[0], torch.tensor(r["labels"], device=device))
         single_losses.append(loss)
         for acc, g in zip(single_grads, torch.autograd.grad(loss, params)):
             acc += g
     model.set_attn_implementation(packed_attention)
     loss_diff = max(abs(float(a - b)) / max(1.0, abs(float(b))) for a, b in zip(packed_losses, single_losses))
     grad_diff = max(float((a - b).abs().max()) for a, b in zip(packed_grads, single_grads))
+    if with_scale:
+        return loss_diff, grad_diff, max(float(b.abs().max()) for b in single_grads)
     return loss_diff, grad_diff
 
 

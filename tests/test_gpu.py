@@ -1,0 +1,112 @@
+"""CUDA tests: real kernels on a GPU (torch's varlen flash attention, bf16, bitsandbytes 4-bit on CUDA).
+
+They skip without CUDA. The CPU suite hides the GPU (conftest.py), so run these on their own:
+    FT_TEST_GPU=1 python -m pytest tests/test_gpu.py
+Tolerances are for bf16: per-row losses within 2% of the rows run one by one through the model's own
+attention, gradients within 5% of the largest gradient entry; a planted leak must differ by far more.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from test_packing import _rows, packed_vs_single
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+LOSS_TOL, GRAD_TOL = 2e-2, 5e-2
+
+
+@pytest.mark.parametrize("window", [None, 5])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_torch_varlen_kernel_equals_the_reference(window, dtype):
+    """torch's varlen kernel and per_row keep one contract: GQA head mapping, causal, window, scale; fp32
+    inputs go through the glue's cast to bf16 and come back in fp32."""
+    from ft.model.packed_attention import boundaries, per_row, varlen_attention
+
+    torch.manual_seed(0)
+    lengths, heads, kv_heads, dim = [37, 1, 120, 64, 9], 8, 2, 64
+    total = sum(lengths)
+    q, k, v = (torch.randn(1, h, total, dim, device="cuda", dtype=dtype) for h in (heads, kv_heads, kv_heads))
+    b = {key: val.cuda() if torch.is_tensor(val) else val for key, val in boundaries(lengths).items()}
+
+    class Module:
+        scaling = dim**-0.5
+        sliding_window = window
+
+    got, _ = varlen_attention(Module(), q, k, v, None, **b)
+    assert got.dtype == dtype and got.shape == (1, total, heads, dim)
+    flat = [t[0].transpose(0, 1).float() for t in (q, k, v)]
+    want = per_row(*flat, b["cu_seq_lens_q"], b["max_length_q"], Module.scaling, window)
+    assert torch.allclose(got[0].float(), want, atol=2e-2), float((got[0].float() - want).abs().max())
+
+
+def _ft_model(tmp_path: Path, tiny_model_dir, arch: str, method: str, **config):
+    """A model exactly as ft train builds it for packed batches, on the GPU in bf16."""
+    from train_helpers import make_config
+
+    from ft.commands.train import model_for_training
+    from ft.tokenizer.load import load_tokenizer
+
+    keys = {"adapter": "lora", "lora_r": 8, "lora_alpha": 16, "lora_target_linear": True, "bf16": True,
+            "sample_packing": True, **({"adapter": "qlora", "load_in_4bit": True} if method == "qlora" else {})}
+    model_dir = tiny_model_dir(arch)
+    if config:  # e.g. a sliding window shorter than the rows, on a copy of the shared tiny model
+        import shutil
+
+        from transformers import AutoConfig
+
+        model_dir = Path(shutil.copytree(model_dir, tmp_path / "model"))
+        cfg = AutoConfig.from_pretrained(model_dir)
+        for key, value in config.items():
+            setattr(cfg, key, value)
+        cfg.save_pretrained(model_dir)
+    cfg = make_config(tmp_path, model_dir, **keys)
+    model, kernel = model_for_training(cfg, load_tokenizer(cfg.model), "packed")
+    if method != "qlora":  # a quantized model is loaded onto the GPU already
+        model = model.cuda()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    return model.eval(), kernel
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral", "gemma2", "phi3"])
+@pytest.mark.parametrize("method", ["lora", "qlora"])
+def test_packed_rows_equal_rows_one_by_one_on_cuda(arch, method, tmp_path: Path, tiny_model_dir, tiny_tokenizer):
+    model, kernel = _ft_model(tmp_path, tiny_model_dir, arch, method, **({"sliding_window": 6} if arch == "mistral" else {}))
+    assert kernel == ("per-row eager" if arch == "gemma2" else "torch varlen flash attention")
+    loss_diff, grad_diff, scale = packed_vs_single(model, _rows(tiny_tokenizer, n=8), with_scale=True)
+    assert loss_diff < LOSS_TOL and grad_diff < GRAD_TOL * scale, (loss_diff, grad_diff, scale)
+
+
+def test_a_planted_leak_is_caught_on_cuda(tmp_path: Path, tiny_model_dir, tiny_tokenizer):
+    model, _ = _ft_model(tmp_path, tiny_model_dir, "llama", "lora")
+    rows = _rows(tiny_tokenizer, n=8)
+    clean = packed_vs_single(model, rows, with_scale=True)
+    model.set_attn_implementation("sdpa")  # a causal mask over the whole bin: rows see earlier rows
+    leaked = packed_vs_single(model, rows, leak=True, with_scale=True)
+    assert leaked[0] > max(5 * clean[0], LOSS_TOL) or leaked[1] > max(5 * clean[1], GRAD_TOL * leaked[2]), (clean, leaked)
+
+
+def test_ft_train_on_cuda_packed_and_padding_free(tmp_path: Path, tiny_model_dir):
+    """`ft train` on the GPU: packed and unpacked (padding-free by default) runs say which kernel ran."""
+    import json
+
+    from conftest import run_ft
+    from train_helpers import make_config
+
+    for name, keys in (("packed", {"sample_packing": True}), ("padding-free", {})):
+        folder = tmp_path / name
+        folder.mkdir()
+        make_config(folder, tiny_model_dir("llama"), bf16=True, adapter="lora", lora_target_linear=True, **keys)
+        result = run_ft("train", "cfg.yml", cwd=folder, env={"FT_TEST_GPU": "1"})
+        assert result.returncode == 0, result.stderr[-3000:]
+        summary = json.loads((folder / "out/summary.json").read_text())
+        assert summary["batches"] == name and summary["attention"] == "torch varlen flash attention", summary
+        assert summary["slot_efficiency"] == 1.0
