@@ -155,7 +155,6 @@ def run_ft(cfg_path: Path, size: str, device: str) -> dict[str, Any]:
     run.trainer.train()
     result = {"tokens_per_s": clock.tokens / clock.seconds, "slots_real": run.trainer.real_tokens / run.trainer.token_slots,
               "batches": run.layout, "attention": run.attention}
-    del run
     return result
 
 
@@ -207,7 +206,6 @@ def run_padded(cfg_path: Path, size: str, device: str) -> dict[str, Any]:
     trainer.add_callback(clock.callback())
     trainer.train()
     result = {"tokens_per_s": clock.tokens / clock.seconds, "slots_real": trainer.real / trainer.slots, "batches": "padded", "attention": "sdpa"}
-    del trainer, model
     return result
 
 

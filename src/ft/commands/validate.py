@@ -26,14 +26,28 @@ def derived(cfg: FtConfig, world_size: int = 1) -> dict[str, str]:
         out["distributed"] = f"{d.backend}; run with `accelerate launch -m ft train ...` (batch size × processes)"
     else:
         out["distributed"] = d.backend or "none"
-    if cfg.data.sample_packing:
-        if attention and attention.startswith("flash"):
-            path = "flash-attn varlen"
-        else:
-            path = "per-row eager" if attention == "eager" else "per-row sdpa (eager where a model has no sdpa)"
-        out["packing"] = f"rows packed into bins of ≤ {cfg.data.sequence_len} tokens; attention {path}"
+    out["batches"] = batches(cfg, attention)
     out["evaluation"] = "on held-out data" if cfg.has_eval_data else "none (set val_set_size or test_datasets)"
     return out
+
+
+def batches(cfg: FtConfig, attention: str | None) -> str:
+    """How rows become batches, and the attention flattened batches run through (ft.train.batches.batch_layout
+    decides it at train time; this says it without torch, so both GPU and CPU cases are named)."""
+    d, t = cfg.data, cfg.training
+    if attention and attention.startswith("flash"):
+        kernel = "flash-attn varlen"
+    elif attention == "eager":
+        kernel = "per-row eager"
+    else:
+        kernel = "torch varlen flash attention on a GPU, per-row sdpa on CPU (per-row eager where a model has no sdpa)"
+    padded = f"padded to {'sequence_len' if d.pad_to_sequence_len else 'the longest row'}"
+    if d.sample_packing:
+        return f"packed: {t.micro_batch_size} bin(s) of ≤ {d.sequence_len} tokens per micro batch; attention {kernel}"
+    if d.padding_free or (d.padding_free is None and not d.pad_to_sequence_len and not t.group_by_length):
+        where = "" if d.padding_free else " on a GPU, " + padded + " on CPU"
+        return f"padding-free{where}: {t.micro_batch_size} row(s) end to end per micro batch; attention {kernel}"
+    return f"{padded}, {t.micro_batch_size} row(s) per micro batch"
 
 
 def describe(cfg: FtConfig, world_size: int = 1) -> str:
