@@ -82,16 +82,21 @@ def test_without_the_guard_this_cpu_gets_them_wrong(tmp_path: Path, tiny_model_d
     assert _worst_relative(_lora_grads(quantized, batch), _lora_grads(reference, batch)) > 1e-2
 
 
-@pytest.mark.parametrize("fsdp", [False, True])
-def test_fsdp_stores_4bit_weights_in_the_training_dtype(fsdp: bool, tmp_path: Path, tiny_model_dir):
-    """FSDP flattens a unit's parameters into one tensor, so under FSDP the packed 4-bit weights are stored
-    in the training dtype (bf16 here) instead of uint8, and the norms are not upcast to fp32: every
-    parameter then has one dtype. Without FSDP: uint8 4-bit weights, fp32 norms (peft's k-bit preparation)."""
+@pytest.mark.parametrize("base", ["4-bit", "4-bit fsdp", "8-bit"])
+def test_frozen_base_stays_in_the_compute_dtype(base: str, tmp_path: Path, tiny_model_dir):
+    """No fp32 upcast of the frozen base: embeddings, head and norms stay bf16 (the compute dtype here), the
+    quantized weights are packed (uint8 for 4-bit, int8 for 8-bit); under FSDP the packed 4-bit weights are
+    stored in bf16 too, so every parameter of a unit has one dtype. Only the LoRA weights train."""
     from ft.commands.train import model_for_training
     from ft.tokenizer.load import load_tokenizer
 
-    keys = {**QLORA, "bf16": True, **({"fsdp": ["full_shard", "auto_wrap"]} if fsdp else {})}
+    keys = {**QLORA, "bf16": True} if base.startswith("4") else {**QLORA, "adapter": "lora", "load_in_4bit": False,
+                                                                 "load_in_8bit": True, "bf16": True}
+    if base.endswith("fsdp"):
+        keys["fsdp"] = ["full_shard", "auto_wrap"]
     cfg = make_config(tmp_path, tiny_model_dir("llama"), **keys)
     model, _ = model_for_training(cfg, load_tokenizer(cfg.model), "padded")
-    dtypes = {p.dtype for n, p in model.named_parameters() if ".layers." in n and "lora_" not in n}
-    assert dtypes == ({torch.bfloat16} if fsdp else {torch.uint8, torch.float32}), dtypes
+    frozen = {p.dtype for n, p in model.named_parameters() if "lora_" not in n}
+    packed = {"4-bit": {torch.uint8}, "4-bit fsdp": set(), "8-bit": {torch.int8}}[base]
+    assert frozen == {torch.bfloat16} | packed, frozen
+    assert all("lora_" in n for n, p in model.named_parameters() if p.requires_grad)

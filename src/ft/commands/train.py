@@ -57,7 +57,13 @@ def build_run(cfg: FtConfig, world: int) -> Run:
     sets = training_sets(d, layout, t.micro_batch_size, prepared, tokenizer.pad_token_id, on_gpu)
     args = training_arguments(t, cfg.logging, cfg.model, len(sets.train), sets.eval is not None, world,
                               trainer_arguments(cfg.distributed, world))
-    trainer, metrics = build_trainer(model, tokenizer, args, sets, t.early_stopping_patience)
+    chunked = t.chunked_cross_entropy and uses_chunked_loss(model, bool(cfg.distributed.fsdp))
+    offload = None
+    if t.activation_offloading:
+        from ft.train.offload import ActivationOffload
+
+        offload = ActivationOffload()
+    trainer, metrics = build_trainer(model, tokenizer, args, sets, t.early_stopping_patience, chunked_loss=chunked, offload=offload)
     return Run(tokenizer, prepared, model, trainer, metrics, layout, attention)
 
 
@@ -72,8 +78,18 @@ def model_for_training(cfg: FtConfig, tokenizer: Any, layout: str) -> tuple[Any,
     fsdp = bool(cfg.distributed.fsdp)
     model, grew = load_model(m, q, tokenizer, full=a.adapter is None, fsdp=fsdp)
     attention = use_packed_attention(model, layout) if layout != PADDED else ""
-    model = prepare_for_training(model, q, checkpointing=t.gradient_checkpointing, adapter=bool(a.adapter), fsdp=fsdp)
+    model = prepare_for_training(model, q, checkpointing=t.gradient_checkpointing, adapter=bool(a.adapter))
     return (apply_adapter(a, model, grew) if a.adapter else model), attention
+
+
+def uses_chunked_loss(model: Any, fsdp: bool) -> bool:
+    """Whether this model can take the chunked loss; says why not when it cannot."""
+    from ft.train.loss import causal_lm_of, chunked_loss_refusal
+
+    why = chunked_loss_refusal(causal_lm_of(model).config.model_type, fsdp)
+    if why:
+        log.info("chunked cross-entropy off: %s; the plain loss builds the whole logits", why)
+    return why is None
 
 
 def run_train(cfg: FtConfig) -> dict[str, Any]:

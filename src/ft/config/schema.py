@@ -83,6 +83,12 @@ def contradictions(cfg: FtConfig) -> list[Contradiction]:
         add("warmup_ratio", "`warmup_steps` and `warmup_ratio` are both set; keep one")
     if cfg.data.padding_free and t.group_by_length and not cfg.data.sample_packing:
         add("group_by_length", "`group_by_length` groups rows to trim padding, and `padding_free` has none; keep one")
+    if t.activation_offloading and not t.gradient_checkpointing:
+        add("activation_offloading", "`activation_offloading` moves the checkpointed layer inputs to CPU memory: "
+            "turn on `gradient_checkpointing` too")
+    if t.activation_offloading and d.backend:
+        add("activation_offloading", f"`activation_offloading` is not supported with {d.backend}; use "
+            + ("DeepSpeed's activation_checkpointing.cpu_checkpointing" if d.deepspeed else "fsdp_config.offload_params"))
     if t.early_stopping_patience and not cfg.has_eval_data:
         add("early_stopping_patience", "early stopping needs evaluation data: set `val_set_size` or `test_datasets`")
     return found

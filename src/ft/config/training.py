@@ -46,6 +46,16 @@ class TrainingConfig(Section):
     group_by_length: bool = Field(False, description="Batch rows of similar length together (less padding).")
     seed: int = Field(42, description="Seed for shuffling, splits and initialisation.")
     torch_compile: bool = Field(False, description="Compile the model with torch.compile.")
+    chunked_cross_entropy: bool = Field(
+        True,
+        description="Take the training loss a chunk of positions at a time from the final hidden states, never "
+        "building the sequence × vocabulary logits (same value and gradients as the plain loss).",
+    )
+    activation_offloading: bool = Field(
+        False,
+        description="Keep what the backward pass needs (with gradient_checkpointing: each layer's input) in pinned "
+        "CPU memory, copied on a side stream: much longer sequences for a little more step time.",
+    )
 
     @field_validator("optimizer")
     @classmethod

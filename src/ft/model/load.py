@@ -57,15 +57,17 @@ def load_model(m: ModelConfig, q: QuantizationConfig, tokenizer: Any, *, full: b
     return model, grew
 
 
-def prepare_for_training(model: Any, q: QuantizationConfig, *, checkpointing: bool, adapter: bool, fsdp: bool) -> Any:
-    """Gradient checkpointing, and peft's k-bit preparation of a quantized base (not under FSDP)."""
-    if q.bits is not None and not fsdp:
-        from peft import prepare_model_for_kbit_training
+def prepare_for_training(model: Any, q: QuantizationConfig, *, checkpointing: bool, adapter: bool) -> Any:
+    """Freeze a quantized base and turn on gradient checkpointing.
 
-        # it also upcasts the small 16-bit parameters (norms) to fp32, which FSDP could not flatten with the rest
-        return prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=checkpointing, gradient_checkpointing_kwargs={"use_reentrant": False}
-        )
+    Unlike peft's prepare_model_for_kbit_training, the frozen 16-bit parameters of a quantized base
+    (embeddings, head, norms) stay in the compute dtype: upcasting them to fp32 costs an 8B model 4 GB and
+    runs the whole residual stream in fp32; the trainable LoRA weights are fp32 anyway (peft). It also keeps
+    one dtype for every frozen parameter, which FSDP needs to flatten a unit.
+    """
+    if q.bits is not None:
+        for p in model.parameters():
+            p.requires_grad_(False)
     if checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if adapter:

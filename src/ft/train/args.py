@@ -80,6 +80,7 @@ def training_arguments(
         torch_compile=t.torch_compile,
         train_sampling_strategy="group_by_length" if t.group_by_length else "random",
         remove_unused_columns=False,
+        prediction_loss_only=True,  # evaluation keeps no logits: ft computes no metrics from them
         include_num_input_tokens_seen="non_padding",
         use_cpu=not on_gpu,
         dataloader_num_workers=0,

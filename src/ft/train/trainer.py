@@ -16,8 +16,10 @@ from ft.train.callbacks import MetricsLog, peak_memory_mb, plot_losses
 log = logging.getLogger("ft")
 
 
-def build_trainer(model: Any, tokenizer: Any, args: Any, sets: TrainingSets, early_stopping_patience: Optional[int]) -> tuple[Any, MetricsLog]:
-    """The Trainer over `sets` with ft's callbacks: the metrics log and, when asked, early stopping."""
+def build_trainer(model: Any, tokenizer: Any, args: Any, sets: TrainingSets, early_stopping_patience: Optional[int], *,
+                  chunked_loss: bool = False, offload: Any = None) -> tuple[Any, MetricsLog]:
+    """The Trainer over `sets` with ft's callbacks (the metrics log and, when asked, early stopping), the
+    chunked loss (ft.train.loss) when `chunked_loss`, and `offload` (ft.train.offload) around each step."""
     from transformers import EarlyStoppingCallback
 
     Path(args.output_dir).mkdir(parents=True, exist_ok=True)
@@ -34,22 +36,50 @@ def build_trainer(model: Any, tokenizer: Any, args: Any, sets: TrainingSets, ear
         processing_class=tokenizer,
         callbacks=callbacks,
     )
+    trainer.chunked_loss, trainer.offload = chunked_loss, offload
     return trainer, metrics
 
 
 class FtTrainer(Trainer):
-    """The transformers Trainer, counting the real tokens and the token slots of the training batches."""
+    """The transformers Trainer, counting the real tokens and the token slots of the training batches, with
+    the chunked loss and activation offloading when they are on."""
 
     real_tokens = 0
     token_slots = 0
     largest_batch = 0  # token slots of the largest micro batch: what sets the activation memory
+    chunked_loss = False
+    offload: Any = None
 
     def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Any:
         real = inputs.pop(REAL_TOKENS, None)
         self.token_slots += int(inputs["input_ids"].numel())
         self.largest_batch = max(self.largest_batch, int(inputs["input_ids"].numel()))
         self.real_tokens += int(real) if real is not None else int(inputs["input_ids"].numel())
-        return super().training_step(model, inputs, num_items_in_batch)
+        if self.offload is None:
+            return super().training_step(model, inputs, num_items_in_batch)
+        with self.offload.active():  # the forward's saved tensors go to host memory; backward brings them back
+            return super().training_step(model, inputs, num_items_in_batch)
+
+    def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None) -> Any:
+        """The plain Trainer loss, or the same loss chunked over the final hidden states (ft.train.loss)."""
+        if not self.chunked_loss or "labels" not in inputs:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        from ft.train.loss import catch_hidden_states, causal_lm_of, chunk_size, chunked_cross_entropy
+
+        causal_lm = causal_lm_of(self.accelerator.unwrap_model(model))
+        rest = {k: v for k, v in inputs.items() if k != "labels"}
+        with catch_hidden_states(causal_lm) as hidden:
+            outputs = model(**rest, logits_to_keep=1)
+        # the model would divide by num_items_in_batch only when it accepts loss kwargs; mirror that
+        items = num_items_in_batch if self.model_accepts_loss_kwargs else None
+        text = causal_lm.config.get_text_config()
+        loss = chunked_cross_entropy(hidden.value, inputs["labels"], causal_lm.get_output_embeddings(),
+                                     softcap=getattr(text, "final_logit_softcapping", None), num_items_in_batch=items,
+                                     chunk=chunk_size(text.vocab_size))
+        if self.args.average_tokens_across_devices and self.model_accepts_loss_kwargs and num_items_in_batch is not None:
+            loss = loss * self.accelerator.num_processes  # as Trainer.compute_loss does
+        outputs["loss"] = loss
+        return (loss, outputs) if return_outputs else loss
 
     def prediction_step(self, model: Any, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
         inputs.pop(REAL_TOKENS, None)

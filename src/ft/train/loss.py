@@ -1,0 +1,92 @@
+"""The training loss without the sequence × vocabulary logits: chunked cross-entropy over the final hidden states.
+
+An 8B model's head has 128,256 outputs; at 32k tokens its fp32 logits alone are 16 GB, and the plain loss
+keeps them (and their gradient) for the backward pass. Here the model runs with `logits_to_keep=1`, the
+decoder's last hidden state is caught by a forward hook, and the loss is taken a chunk of positions at a
+time; each chunk's logits are recomputed in the backward pass (torch.utils.checkpoint), so at most one
+chunk of logits is ever alive. Only positions with a label are computed (with the output-only loss most
+are not). The value and gradients equal the plain loss: fp32 logits, the same shift, `-100` ignored, the
+sum divided by num_items_in_batch when the Trainer passes it (the normalization across gradient
+accumulation), else by the trained tokens.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+from typing import Any, Iterator, Optional
+
+from ft.data.labels import IGNORE
+
+log = logging.getLogger("ft")
+
+# Model types whose head output is the logits as they are (or soft-capped, Gemma-2's final_logit_softcapping).
+PLAIN_HEADS = frozenset({"llama", "mistral", "mixtral", "qwen2", "qwen3", "phi3", "gemma", "gemma2"})
+CHUNK_BYTES = 1 << 28  # fp32 logits per chunk: 256 MB (≈ 520 positions at a 128k vocabulary)
+
+
+def chunk_size(vocab: int) -> int:
+    return max(64, CHUNK_BYTES // (4 * vocab))
+
+
+def chunked_loss_refusal(model_type: str, fsdp: bool) -> Optional[str]:
+    """Why the chunked loss cannot run for this model, or None when it can."""
+    if model_type not in PLAIN_HEADS:
+        return f"model type `{model_type}` may transform its logits in ways ft does not know"
+    if fsdp:
+        return "FSDP shards the head with the rest of the root unit, so it is only whole inside the model's forward"
+    return None
+
+
+def _chunk_loss(hidden: Any, labels: Any, head: Any, softcap: Optional[float]) -> Any:
+    import torch
+    import torch.nn.functional as F
+
+    logits = head(hidden).float()
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    return F.cross_entropy(logits, labels, ignore_index=IGNORE, reduction="sum")
+
+
+def chunked_cross_entropy(hidden: Any, labels: Any, head: Any, *, softcap: Optional[float] = None,
+                          num_items_in_batch: Any = None, chunk: int = 1024) -> Any:
+    """The causal-LM loss of `labels` (batch × tokens) from the final hidden states (batch × tokens × width)."""
+    import torch
+    from torch.utils.checkpoint import checkpoint
+
+    targets = labels[:, 1:].reshape(-1)
+    states = hidden[:, :-1].reshape(-1, hidden.shape[-1])
+    trained = targets != IGNORE
+    states, targets = states[trained], targets[trained]
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, targets.shape[0], chunk):
+        end = start + chunk
+        total = total + checkpoint(_chunk_loss, states[start:end], targets[start:end], head, softcap, use_reentrant=False)
+    if num_items_in_batch is not None:
+        return total / num_items_in_batch
+    return total / targets.shape[0]
+
+
+class HiddenStates:
+    """Catches the decoder's last hidden state during a forward pass (a forward hook on the decoder)."""
+
+    def __init__(self) -> None:
+        self.value: Any = None
+
+    def __call__(self, module: Any, args: Any, output: Any) -> None:
+        self.value = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
+
+
+@contextmanager
+def catch_hidden_states(causal_lm: Any) -> Iterator[HiddenStates]:
+    caught = HiddenStates()
+    handle = causal_lm.get_decoder().register_forward_hook(caught)
+    try:
+        yield caught
+    finally:
+        handle.remove()
+
+
+def causal_lm_of(model: Any) -> Any:
+    """The transformers CausalLM inside a peft wrapper (or the model itself)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model

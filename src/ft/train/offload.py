@@ -1,0 +1,63 @@
+"""`activation_offloading`: what the backward pass keeps (with gradient checkpointing: each layer's input)
+lives in pinned CPU memory, not on the GPU.
+
+A saved-tensor pack hook copies each large activation to pinned host memory on a side stream, so the copy
+overlaps the forward compute (`record_stream` keeps the GPU block from being reused before the copy is
+done); the unpack hook has the compute stream wait for that copy and brings the tensor back. Parameters
+(tensors without a grad_fn) and small tensors stay where they are.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+MIN_BYTES = 1 << 20
+
+
+class ActivationOffload:
+    """The pack/unpack pair; `devices` are the device types whose tensors move (tests add "cpu" to exercise it)."""
+
+    def __init__(self, devices: tuple[str, ...] = ("cuda",), min_bytes: int = MIN_BYTES) -> None:
+        import torch
+
+        self.devices, self.min_bytes = devices, min_bytes
+        self.stream = torch.cuda.Stream() if torch.cuda.is_available() and "cuda" in devices else None
+        self.moved = 0  # tensors offloaded so far (for the log and the tests)
+
+    def pack(self, tensor: Any) -> Any:
+        import torch
+
+        if (tensor.device.type not in self.devices or tensor.grad_fn is None
+                or tensor.numel() * tensor.element_size() < self.min_bytes):
+            return tensor
+        self.moved += 1
+        if tensor.device.type != "cuda":
+            return ("host", tensor.device, tensor.detach().clone(), None)
+        host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+        assert self.stream is not None
+        self.stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(self.stream):
+            host.copy_(tensor.detach(), non_blocking=True)
+            done = torch.cuda.Event()
+            done.record(self.stream)
+        tensor.record_stream(self.stream)
+        return ("host", tensor.device, host, done)
+
+    def unpack(self, packed: Any) -> Any:
+        import torch
+
+        if not (isinstance(packed, tuple) and packed and packed[0] == "host"):
+            return packed
+        _, device, host, done = packed
+        if done is None:
+            return host.to(device)
+        torch.cuda.current_stream().wait_event(done)
+        return host.to(device, non_blocking=True)
+
+    @contextmanager
+    def active(self) -> Iterator[None]:
+        import torch
+
+        with torch.autograd.graph.saved_tensors_hooks(self.pack, self.unpack):
+            yield

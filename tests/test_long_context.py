@@ -1,0 +1,97 @@
+"""Long context: the chunked loss equals the plain loss, and activation offloading changes no gradient."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from train_helpers import build, make_config
+
+
+def _model(tiny_model_dir, arch):
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_pretrained(tiny_model_dir(arch), dtype=torch.float32)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma2"])  # gemma2: the final logit soft-capping
+@pytest.mark.parametrize("items", [None, 37])
+def test_chunked_loss_equals_the_plain_loss(arch, items, tiny_model_dir):
+    """Value and gradients within 1e-6 in fp32: ignored labels, two packed rows, chunks smaller than the
+    sequence, and the sum over num_items_in_batch as the Trainer normalizes across accumulation."""
+    from ft.train.loss import catch_hidden_states, chunked_cross_entropy
+
+    model = _model(tiny_model_dir, arch)
+    torch.manual_seed(1)
+    ids = torch.randint(5, 1000, (2, 48))
+    labels = ids.clone()
+    labels[:, :10] = -100  # prompts
+    labels[0, 30] = -100  # the first label of a second packed row
+    kwargs = {"num_items_in_batch": torch.tensor(items)} if items else {}
+    plain = model(input_ids=ids, labels=labels, **kwargs).loss
+    plain_grads = torch.autograd.grad(plain, list(model.parameters()), allow_unused=True)
+    with catch_hidden_states(model) as hidden:
+        out = model(input_ids=ids, logits_to_keep=1)
+    assert out.logits.shape[1] == 1  # the full logits were never built
+    softcap = getattr(model.config, "final_logit_softcapping", None)
+    chunked = chunked_cross_entropy(hidden.value, labels, model.get_output_embeddings(), softcap=softcap,
+                                    num_items_in_batch=kwargs.get("num_items_in_batch"), chunk=7)
+    chunked_grads = torch.autograd.grad(chunked, list(model.parameters()), allow_unused=True)
+    assert abs(float(plain - chunked)) < 1e-6
+    worst = max(float((a - b).abs().max()) for a, b in zip(plain_grads, chunked_grads) if a is not None)
+    assert worst < 1e-6
+
+
+def _train(tmp_path: Path, tiny_model_dir, name: str, offload=None, **keys):
+    folder = tmp_path / name
+    folder.mkdir()
+    cfg = make_config(folder, tiny_model_dir("llama"), max_steps=3, adapter="lora", lora_target_linear=True, **keys)
+    trainer, model, _ = build(cfg)
+    if offload is not None:
+        trainer.offload = offload
+    trainer.train()
+    losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
+    return trainer, losses, {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _worst(a: dict, b: dict) -> float:
+    return max(float((a[n] - b[n]).abs().max()) for n in a)
+
+
+def test_ft_train_with_the_chunked_loss_equals_the_plain_loss(tmp_path: Path, tiny_model_dir):
+    """Through the Trainer: packed rows, gradient accumulation (num_items_in_batch), three steps."""
+    keys = {"sample_packing": True, "sequence_len": 256, "micro_batch_size": 1, "gradient_accumulation_steps": 2}
+    chunked, chunked_losses, chunked_weights = _train(tmp_path, tiny_model_dir, "chunked", **keys)
+    plain, plain_losses, plain_weights = _train(tmp_path, tiny_model_dir, "plain", chunked_cross_entropy=False, **keys)
+    assert chunked.chunked_loss and not plain.chunked_loss
+    assert chunked_losses == pytest.approx(plain_losses, rel=1e-6)
+    assert _worst(chunked_weights, plain_weights) < 1e-6
+
+
+def test_activation_offloading_changes_no_gradient(tmp_path: Path, tiny_model_dir):
+    """The pack/unpack hooks really move the checkpointed layer inputs (on CPU: to other host buffers),
+    and training comes out the same to the bit."""
+    from ft.train.offload import ActivationOffload
+
+    offload = ActivationOffload(devices=("cpu",), min_bytes=0)
+    keys = {"gradient_checkpointing": True}
+    _, moved_losses, moved_weights = _train(tmp_path, tiny_model_dir, "offloaded", offload=offload, **keys)
+    _, kept_losses, kept_weights = _train(tmp_path, tiny_model_dir, "kept", **keys)
+    assert offload.moved >= 3 * 2  # at least each layer's input, every step
+    assert moved_losses == kept_losses
+    assert _worst(moved_weights, kept_weights) == 0.0
+
+
+def test_activation_offloading_needs_checkpointing_and_one_process_kind(tmp_path: Path):
+    from conftest import run_ft
+
+    base = "base_model: m\ndatasets:\n  - path: d\n    type: alpaca\nactivation_offloading: true\n"
+    (tmp_path / "cfg.yml").write_text(base)
+    result = run_ft("validate", "cfg.yml", cwd=tmp_path)
+    assert result.returncode == 2 and "turn on `gradient_checkpointing`" in result.stderr, result.stderr
+    (tmp_path / "cfg.yml").write_text(base + "gradient_checkpointing: true\nfsdp: [full_shard]\n")
+    result = run_ft("validate", "cfg.yml", cwd=tmp_path)
+    assert result.returncode == 2 and "not supported with fsdp" in result.stderr, result.stderr
