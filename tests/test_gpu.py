@@ -110,3 +110,55 @@ def test_ft_train_on_cuda_packed_and_padding_free(tmp_path: Path, tiny_model_dir
         summary = json.loads((folder / "out/summary.json").read_text())
         assert summary["batches"] == name and summary["attention"] == "torch varlen flash attention", summary
         assert summary["slot_efficiency"] == 1.0
+
+
+def test_chunked_loss_equals_the_plain_loss_in_bf16_on_cuda(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    from ft.train.loss import catch_hidden_states, chunked_cross_entropy
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir("llama"), dtype=torch.bfloat16).cuda()
+    ids = torch.randint(5, 1000, (1, 512), device="cuda")
+    labels = ids.clone()
+    labels[:, :100] = -100
+    plain = model(input_ids=ids, labels=labels).loss
+    plain_grads = torch.autograd.grad(plain, list(model.parameters()))
+    with catch_hidden_states(model) as hidden:
+        model(input_ids=ids, logits_to_keep=1)
+    chunked = chunked_cross_entropy(hidden.value, labels, model.get_output_embeddings(), chunk=100)
+    chunked_grads = torch.autograd.grad(chunked, list(model.parameters()))
+    assert abs(float(plain - chunked)) < 1e-2 * float(plain)
+    scale = max(float(g.abs().max()) for g in plain_grads)
+    assert max(float((a.float() - b.float()).abs().max()) for a, b in zip(plain_grads, chunked_grads)) < GRAD_TOL * scale
+
+
+def test_activation_offloading_on_cuda_moves_layer_inputs_and_keeps_gradients(tmp_path: Path, tiny_model_dir):
+    from train_helpers import build, make_config
+
+    from ft.train.offload import ActivationOffload
+
+    def train(name: str, offload):
+        folder = tmp_path / name
+        folder.mkdir()
+        cfg = make_config(folder, tiny_model_dir("llama"), max_steps=2, bf16=True, adapter="qlora", load_in_4bit=True,
+                          lora_target_linear=True, gradient_checkpointing=True)
+        trainer, model, _ = build(cfg)
+        trainer.offload = offload
+        trainer.train()
+        return [r["loss"] for r in trainer.state.log_history if "loss" in r]
+
+    offload = ActivationOffload(min_bytes=0)
+    moved, kept = train("moved", offload), train("kept", None)
+    assert offload.moved > 0
+    assert moved == pytest.approx(kept, rel=1e-3)
+
+
+def test_quantized_base_stays_bf16_on_cuda(tmp_path: Path, tiny_model_dir):
+    from train_helpers import make_config
+
+    from ft.commands.train import model_for_training
+    from ft.tokenizer.load import load_tokenizer
+
+    cfg = make_config(tmp_path, tiny_model_dir("llama"), bf16=True, adapter="qlora", load_in_4bit=True, lora_target_linear=True)
+    model, _ = model_for_training(cfg, load_tokenizer(cfg.model), "packed")
+    assert {p.dtype for n, p in model.named_parameters() if "lora_" not in n} == {torch.bfloat16, torch.uint8}

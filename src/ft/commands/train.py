@@ -14,7 +14,7 @@ from typing import Any
 from ft.commands.preprocess import prepare_data
 from ft.config import FtConfig, resolved_yaml
 from ft.errors import UserError
-from ft.launch.backend import check_launch, report_backend, trainer_arguments, world_size
+from ft.launch.backend import check_launch, report_backend, shards_whole_modules, trainer_arguments, world_size
 
 log = logging.getLogger("ft")
 
@@ -57,7 +57,7 @@ def build_run(cfg: FtConfig, world: int) -> Run:
     sets = training_sets(d, layout, t.micro_batch_size, prepared, tokenizer.pad_token_id, on_gpu)
     args = training_arguments(t, cfg.logging, cfg.model, len(sets.train), sets.eval is not None, world,
                               trainer_arguments(cfg.distributed, world))
-    chunked = t.chunked_cross_entropy and uses_chunked_loss(model, bool(cfg.distributed.fsdp))
+    chunked = t.chunked_cross_entropy and uses_chunked_loss(model, shards_whole_modules(cfg.distributed, world))
     offload = None
     if t.activation_offloading:
         from ft.train.offload import ActivationOffload
@@ -82,11 +82,11 @@ def model_for_training(cfg: FtConfig, tokenizer: Any, layout: str) -> tuple[Any,
     return (apply_adapter(a, model, grew) if a.adapter else model), attention
 
 
-def uses_chunked_loss(model: Any, fsdp: bool) -> bool:
+def uses_chunked_loss(model: Any, sharding: str) -> bool:
     """Whether this model can take the chunked loss; says why not when it cannot."""
     from ft.train.loss import causal_lm_of, chunked_loss_refusal
 
-    why = chunked_loss_refusal(causal_lm_of(model).config.model_type, fsdp)
+    why = chunked_loss_refusal(causal_lm_of(model).config.model_type, sharding)
     if why:
         log.info("chunked cross-entropy off: %s; the plain loss builds the whole logits", why)
     return why is None

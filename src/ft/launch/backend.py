@@ -38,6 +38,20 @@ def trainer_arguments(d: DistributedConfig, world: int) -> dict[str, Any]:
     return {**out, "fsdp": " ".join(d.fsdp), "fsdp_config": fsdp_config}
 
 
+def shards_whole_modules(d: DistributedConfig, world: int) -> str:
+    """The backend, if any, under which a module's weights are whole only inside the model's forward pass
+    (FSDP, DeepSpeed ZeRO-3); "" when weights are whole all along."""
+    from ft.launch.deepspeed import zero_stage
+
+    if world == 1:
+        return ""
+    if d.fsdp:
+        return "FSDP"
+    if d.deepspeed and zero_stage(d.deepspeed) == 3:
+        return "DeepSpeed ZeRO-3"
+    return ""
+
+
 def report_backend(d: DistributedConfig, trainer: Any, world: int) -> None:
     """Say which data-parallel backend accelerate really set up, and warn when it is not the one asked for."""
     if world == 1:

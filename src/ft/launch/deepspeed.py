@@ -31,6 +31,16 @@ def check_deepspeed(value: str | dict[str, Any]) -> None:
         check_keys(read_json(value), value)
 
 
+def zero_stage(value: str | dict[str, Any]) -> int:
+    """The ZeRO stage a `deepspeed:` value (file or inline mapping) asks for (0 when none)."""
+    return int(_stage(value if isinstance(value, dict) else read_json(value)))
+
+
+def _stage(data: dict[str, Any]) -> Any:
+    zero = data.get("zero_optimization")
+    return zero.get("stage", 0) if isinstance(zero, dict) else 0
+
+
 def read_json(path: str) -> dict[str, Any]:
     file = Path(path)
     if not file.is_file():
@@ -52,7 +62,6 @@ def check_keys(data: dict[str, Any], where: str) -> None:
         hint = f" (did you mean `{by_case}`?)" if by_case else did_you_mean(str(key), DEEPSPEED_KEYS)
         if hint:
             raise ValueError(f"`{key}` in {where} is not a DeepSpeed key, and DeepSpeed would ignore it{hint}")
-    zero = data.get("zero_optimization")
-    stage = zero.get("stage", 0) if isinstance(zero, dict) else 0
+    stage = _stage(data)
     if stage not in (0, 1, 2, 3):
         raise ValueError(f"zero_optimization.stage in {where} is {stage!r}; DeepSpeed has stages 0, 1, 2 and 3")

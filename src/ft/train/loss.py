@@ -29,12 +29,14 @@ def chunk_size(vocab: int) -> int:
     return max(64, CHUNK_BYTES // (4 * vocab))
 
 
-def chunked_loss_refusal(model_type: str, fsdp: bool) -> Optional[str]:
-    """Why the chunked loss cannot run for this model, or None when it can."""
+def chunked_loss_refusal(model_type: str, sharding: str) -> Optional[str]:
+    """Why the chunked loss cannot run for this model, or None when it can. `sharding` names a backend under
+    which the head's weight is whole only inside the model's forward (ft.launch.backend.shards_whole_modules):
+    the chunks run the head outside it, and again in the backward pass."""
     if model_type not in PLAIN_HEADS:
         return f"model type `{model_type}` may transform its logits in ways ft does not know"
-    if fsdp:
-        return "FSDP shards the head with the rest of the root unit, so it is only whole inside the model's forward"
+    if sharding:
+        return f"{sharding} gathers the head's weight only inside the model's forward"
     return None
 
 
