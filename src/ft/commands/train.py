@@ -78,6 +78,10 @@ def model_for_training(cfg: FtConfig, tokenizer: Any, layout: str) -> tuple[Any,
     fsdp = bool(cfg.distributed.fsdp)
     model, grew = load_model(m, q, tokenizer, full=a.adapter is None, fsdp=fsdp)
     attention = use_packed_attention(model, layout) if layout != PADDED else ""
+    if t.tiled_mlp:
+        from ft.model.tiled_mlp import tile_mlps
+
+        tile_mlps(model, t.tiled_mlp_tokens)
     model = prepare_for_training(model, q, checkpointing=t.gradient_checkpointing, adapter=bool(a.adapter))
     return (apply_adapter(a, model, grew) if a.adapter else model), attention
 

@@ -51,6 +51,12 @@ class TrainingConfig(Section):
         description="Take the training loss a chunk of positions at a time from the final hidden states, never "
         "building the sequence × vocabulary logits (same value and gradients as the plain loss).",
     )
+    tiled_mlp: bool = Field(
+        False,
+        description="Run each layer's MLP over the sequence a tile of tokens at a time, recomputing its wide "
+        "intermediate per tile in the backward pass: less memory for long sequences, one more MLP forward.",
+    )
+    tiled_mlp_tokens: int = Field(8192, ge=1, description="Tokens per MLP tile (with tiled_mlp).")
     activation_offloading: bool = Field(
         False,
         description="Keep what the backward pass needs (with gradient_checkpointing: each layer's input) in pinned "
