@@ -231,7 +231,7 @@ CONTEXT_DOC = """--max-context: the longest single row that trains two steps wit
 (multiples of 1,024 tokens), for the 8B shape with QLoRA and gradient checkpointing:
 - ft: `ft train` itself (the chunked loss, no fp32 upcast), in a process capped with
   torch.cuda.set_per_process_memory_fraction;
-- ft-offload: the same with activation_offloading;
+- ft-offload: the same with activation_offloading and tiled_mlp;
 - baseline: plain transformers + peft + bitsandbytes (prepare_model_for_kbit_training, sdpa, the model's
   own loss), stepped by hand under bf16 autocast.
 Each trial is a fresh process. Then the step time at 16,384 tokens of each contender (the second step)."""
@@ -283,7 +283,7 @@ def _ft_steps(kind: str, model: str, ids: list[int], work: Path) -> dict[str, An
     body = {"base_model": model, "datasets": [{"path": str(folder / "row.jsonl")}], "sequence_len": len(ids),
             "micro_batch_size": 1, "max_steps": 2, "adapter": "qlora", "load_in_4bit": True, "lora_r": 16, "lora_alpha": 32,
             "lora_target_linear": True, "gradient_checkpointing": True, "bf16": torch.cuda.is_available(),
-            "activation_offloading": kind == "ft-offload", "learning_rate": 1e-4, "lr_scheduler": "constant",
+            "activation_offloading": kind == "ft-offload", "tiled_mlp": kind == "ft-offload", "learning_rate": 1e-4, "lr_scheduler": "constant",
             "save_steps": 1000, "output_dir": str(folder / "out"), "use_tensorboard": False}
     (folder / "cfg.yml").write_text(yaml.safe_dump(body))
     try:
