@@ -54,14 +54,18 @@ def test_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path: Path, tiny_m
 
 
 def test_incomplete_checkpoints_are_skipped(tmp_path: Path):
-    from ft.train.checkpoints import newest_checkpoint
+    """Only a checkpoint marked complete (after its files were fsynced) is trusted; the others are removed."""
+    from ft.train.checkpoints import mark_complete, newest_checkpoint, resume_point
 
-    for step, files in ((2, ("trainer_state.json", "model.safetensors", "optimizer.pt")), (4, ("model.safetensors",))):
+    for step, files in ((2, ("trainer_state.json", "model.safetensors", "optimizer.pt")), (4, ("trainer_state.json", "model.safetensors"))):
         folder = tmp_path / f"checkpoint-{step}"
         folder.mkdir()
         for name in files:
             (folder / name).write_text("x")
+    mark_complete(tmp_path / "checkpoint-2", 2)
     assert newest_checkpoint(str(tmp_path)).name == "checkpoint-2"
+    assert resume_point(None, True, str(tmp_path)).name == "checkpoint-2"
+    assert not (tmp_path / "checkpoint-4").exists()
 
 
 def test_merged_model_matches_base_plus_adapter(tmp_path: Path, tiny_model_dir):

@@ -63,7 +63,8 @@ def build_run(cfg: FtConfig, world: int) -> Run:
         from ft.train.offload import ActivationOffload
 
         offload = ActivationOffload()
-    trainer, metrics = build_trainer(model, tokenizer, args, sets, t.early_stopping_patience, chunked_loss=chunked, offload=offload)
+    trainer, metrics = build_trainer(model, tokenizer, args, sets, t.early_stopping_patience, chunked_loss=chunked,
+                                     offload=offload, keep_checkpoints=t.save_total_limit)
     return Run(tokenizer, prepared, model, trainer, metrics, layout, attention)
 
 
@@ -100,27 +101,77 @@ def run_train(cfg: FtConfig) -> dict[str, Any]:
     import torch
 
     from ft.train.checkpoints import resume_point
+    from ft.train.lifecycle import StopOnSignal, disk_full, finished_summary
     from ft.train.trainer import save_outputs
 
+    t = cfg.training
+    resolved = resolved_yaml(cfg)
+    if t.auto_resume_from_checkpoints and not t.resume_from_checkpoint:
+        done = finished_summary(t.output_dir, resolved)
+        if done is not None:
+            log.info("this run finished already in %s (%d steps, train loss %s); nothing to do. To train further, "
+                     "raise max_steps or num_epochs (it resumes from the last checkpoint), or set another output_dir",
+                     t.output_dir, done.get("steps", 0), done.get("train_loss"))
+            return done
     world = world_size()
     check_launch(cfg.distributed, world)
     run = build_run(cfg, world)
     report_backend(cfg.distributed, run.trainer, world)
 
     # train
-    t = cfg.training
     checkpoint = resume_point(t.resume_from_checkpoint, t.auto_resume_from_checkpoints, t.output_dir)
-    if checkpoint:
-        log.info("resuming from %s", checkpoint)
+    stop = StopOnSignal()
+    run.trainer.add_callback(stop)
     started = time.perf_counter()
+    stop.install()
     try:
-        result = run.trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        if checkpoint and _step_of(checkpoint) >= run.trainer.planned_steps():
+            log.info("%s holds the last step already: finishing the run from it without training", checkpoint)
+            result = run.trainer.finish_from(checkpoint)
+        else:
+            if checkpoint:
+                log.info("resuming from %s", checkpoint)
+            result = run.trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        stop.raise_if_stopped(run.trainer.state.global_step, t.output_dir)
+        # save
+        facts = {"batches": run.layout, "attention": run.attention or str(run.model.config._attn_implementation)}
+        return save_outputs(run.trainer, run.tokenizer, run.metrics, result, time.perf_counter() - started, resolved, facts)
     except torch.OutOfMemoryError:
-        raise UserError(
-            "out of memory: turn on gradient_checkpointing, lower micro_batch_size (raise "
-            "gradient_accumulation_steps to keep the batch), shorten sequence_len, or use adapter: qlora"
-        ) from None
+        raise UserError(f"out of memory at step {run.trainer.state.global_step + 1}: {oom_advice(cfg)}") from None
+    except (OSError, RuntimeError) as exc:
+        if not disk_full(exc, t.output_dir):
+            raise
+        from ft.train.checkpoints import newest_checkpoint
 
-    # save
-    facts = {"batches": run.layout, "attention": run.attention or str(run.model.config._attn_implementation)}
-    return save_outputs(run.trainer, run.tokenizer, run.metrics, result, time.perf_counter() - started, resolved_yaml(cfg), facts)
+        last = newest_checkpoint(t.output_dir)
+        kept = f"{last.name} is complete and the same command resumes from it" if last else "no checkpoint was complete yet"
+        raise UserError(f"no space left on the device of {t.output_dir} while saving; free space there or set "
+                        f"output_dir elsewhere ({kept})") from None
+    finally:
+        stop.restore()
+
+
+def _step_of(checkpoint: Any) -> int:
+    return int(str(checkpoint.name).split("-")[-1])
+
+
+def oom_advice(cfg: FtConfig) -> str:
+    """What to change, naming only what the config has not done yet."""
+    t, d, a, q = cfg.training, cfg.data, cfg.adapter, cfg.quantization
+    advice = []
+    if not t.gradient_checkpointing:
+        advice.append("turn on gradient_checkpointing")
+    if t.micro_batch_size > 1:
+        advice.append("lower micro_batch_size (raise gradient_accumulation_steps to keep the batch)")
+    if a.adapter is None:
+        advice.append("train an adapter (adapter: lora, or qlora with load_in_4bit)")
+    elif q.bits is None:
+        advice.append("quantize the base (adapter: qlora with load_in_4bit: true)")
+    if t.gradient_checkpointing and not t.activation_offloading and not cfg.distributed.backend:
+        advice.append("turn on activation_offloading")
+    if not t.tiled_mlp:
+        advice.append("turn on tiled_mlp")
+    if not t.chunked_cross_entropy:
+        advice.append("turn chunked_cross_entropy back on")
+    advice.append(f"shorten sequence_len ({d.sequence_len})")
+    return "; ".join(advice)

@@ -70,7 +70,7 @@ def training_arguments(
         eval_steps=eval_every,
         save_strategy="steps" if save_every else "epoch",
         save_steps=save_every or 500,
-        save_total_limit=t.save_total_limit,
+        save_total_limit=None,  # ft deletes old checkpoints itself, after the new one is complete (train/checkpoints.py)
         load_best_model_at_end=early,
         metric_for_best_model="eval_loss" if early else None,
         greater_is_better=False if early else None,

@@ -66,6 +66,22 @@ class MetricsLog(TrainerCallback):
                 f.write(json.dumps(record) + "\n")
 
 
+def read_history(path: Path) -> list[dict[str, Any]]:
+    """The records of metrics.jsonl across the runs that resumed each other; a step logged twice (before a
+    crash, and again after resuming from an earlier checkpoint) counts once, as its last record."""
+    if not path.is_file():
+        return []
+    by_key: dict[tuple[int, str], dict[str, Any]] = {}
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:  # a line cut off by a crash
+            continue
+        kind = "eval" if "eval_loss" in record else "end" if "train_loss" in record else "step"
+        by_key[(record.get("step", 0), kind)] = record
+    return [by_key[k] for k in sorted(by_key)]
+
+
 def plot_losses(records: list[dict[str, Any]], path: Path) -> None:
     """loss.png: the train loss, and the eval loss where there is one, against the step."""
     import matplotlib

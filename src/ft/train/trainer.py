@@ -11,13 +11,14 @@ from typing import Any, Optional
 from transformers import Trainer
 
 from ft.train.batches import REAL_TOKENS, TrainingSets
-from ft.train.callbacks import MetricsLog, peak_memory_mb, plot_losses
+from ft.train.callbacks import MetricsLog, peak_memory_mb, plot_losses, read_history
+from ft.train.checkpoints import atomic_write_text, fsync_path
 
 log = logging.getLogger("ft")
 
 
 def build_trainer(model: Any, tokenizer: Any, args: Any, sets: TrainingSets, early_stopping_patience: Optional[int], *,
-                  chunked_loss: bool = False, offload: Any = None) -> tuple[Any, MetricsLog]:
+                  chunked_loss: bool = False, offload: Any = None, keep_checkpoints: Optional[int] = None) -> tuple[Any, MetricsLog]:
     """The Trainer over `sets` with ft's callbacks (the metrics log and, when asked, early stopping), the
     chunked loss (ft.train.loss) when `chunked_loss`, and `offload` (ft.train.offload) around each step."""
     from transformers import EarlyStoppingCallback
@@ -36,7 +37,7 @@ def build_trainer(model: Any, tokenizer: Any, args: Any, sets: TrainingSets, ear
         processing_class=tokenizer,
         callbacks=callbacks,
     )
-    trainer.chunked_loss, trainer.offload = chunked_loss, offload
+    trainer.chunked_loss, trainer.offload, trainer.keep_checkpoints = chunked_loss, offload, keep_checkpoints
     return trainer, metrics
 
 
@@ -49,6 +50,38 @@ class FtTrainer(Trainer):
     largest_batch = 0  # token slots of the largest micro batch: what sets the activation memory
     chunked_loss = False
     offload: Any = None
+    keep_checkpoints: Optional[int] = None
+
+    def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        """The Trainer's checkpoint, then fsynced and marked complete, then old ones rotated out."""
+        from ft.train.checkpoints import mark_complete, rotate, unmark
+
+        folder = Path(self._get_output_dir(trial)) / f"checkpoint-{self.state.global_step}"
+        if self.args.should_save:
+            unmark(folder)  # written again (a run resumed from an older checkpoint): not complete until rewritten
+        super()._save_checkpoint(model, trial)
+        self.accelerator.wait_for_everyone()  # under DeepSpeed every rank writes its part
+        if self.args.should_save:
+            mark_complete(folder, self.state.global_step)
+            rotate(self.args.output_dir, self.keep_checkpoints, self.state.best_model_checkpoint)
+        self.accelerator.wait_for_everyone()
+
+    def planned_steps(self) -> int:
+        """The optimizer steps this run trains in all, as the Trainer's loop computes them."""
+        return int(self.set_initial_training_values(self.args, self.get_train_dataloader())[-1])
+
+    def finish_from(self, checkpoint: Path) -> Any:
+        """The run's state and weights from a checkpoint that already holds its last step (the run was
+        stopped during its final save): no step is trained again."""
+        from transformers.trainer_callback import TrainerState
+        from transformers.trainer_utils import TrainOutput
+
+        self._load_from_checkpoint(str(checkpoint))
+        self.state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
+        if self.args.load_best_model_at_end and self.state.best_model_checkpoint:
+            self._load_best_model()
+        losses = [h["loss"] for h in self.state.log_history if "loss" in h]
+        return TrainOutput(self.state.global_step, sum(losses) / max(len(losses), 1), {})
 
     def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Any:
         real = inputs.pop(REAL_TOKENS, None)
@@ -92,14 +125,15 @@ def save_outputs(trainer: Any, tokenizer: Any, metrics: MetricsLog, result: Any,
     such as the batch layout and attention kernel) in the Trainer's output_dir; returns the summary."""
     out = Path(trainer.args.output_dir)
     trainer.save_model(str(out))
+    history = read_history(metrics.path)
     summary: dict[str, Any] = {
         "steps": trainer.state.global_step,
         "train_loss": round(result.training_loss, 4),
-        "final_loss": next((r["loss"] for r in reversed(metrics.records) if "loss" in r), None),
+        "final_loss": next((r["loss"] for r in reversed(history) if "loss" in r), None),
         "seconds": round(seconds, 1),
         "tokens": trainer.real_tokens,
         "token_slots": trainer.token_slots,
-        "slot_efficiency": round(trainer.real_tokens / max(trainer.token_slots, 1), 4),
+        "slot_efficiency": round(trainer.real_tokens / trainer.token_slots, 4) if trainer.token_slots else None,
         "largest_batch_slots": trainer.largest_batch,
         "tokens_per_s": round(trainer.real_tokens / max(seconds, 1e-9), 1),
         "peak_memory_mb": round(peak_memory_mb(), 1),
@@ -111,13 +145,18 @@ def save_outputs(trainer: Any, tokenizer: Any, metrics: MetricsLog, result: Any,
         summary["perplexity"] = round(math.exp(min(eval_loss, 50)), 3)
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(out)
-        (out / "ft_config.yml").write_text(resolved_config)
-        (out / "summary.json").write_text(json.dumps(summary, indent=1))
-        plot_losses(metrics.records, out / "loss.png")
+        plot_losses(history, out / "loss.png")
+        for path in out.iterdir():  # the saved model and tokenizer are durable before the run is called done
+            if path.is_file():
+                fsync_path(path)
+        atomic_write_text(out / "ft_config.yml", resolved_config)
+        atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))  # last: it says the run finished
+        speed = (f"{summary['tokens_per_s']:.0f} tokens/s, {100 * summary['slot_efficiency']:.1f}% of token slots real"
+                 if summary["slot_efficiency"] is not None else "no step trained in this process")
         log.info(
-            "done: %d steps in %.0f s, train loss %.4f%s, %.0f tokens/s, %.1f%% of token slots real, peak memory %.0f MB → %s",
+            "done: %d steps in %.0f s, train loss %.4f%s, %s, peak memory %.0f MB → %s",
             summary["steps"], seconds, summary["train_loss"],
             f", eval loss {summary['eval_loss']} (perplexity {summary['perplexity']})" if "eval_loss" in summary else "",
-            summary["tokens_per_s"], 100 * summary["slot_efficiency"], summary["peak_memory_mb"], out,
+            speed, summary["peak_memory_mb"], out,
         )
     return summary
