@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ft.config.data import DatasetConfig
-from ft.digest import file_digest
+from ft.files import file_digest
 from ft.errors import DataError
 
 SUFFIX_TYPES = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet", ".arrow": "arrow"}

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 from ft.config.model import ModelConfig
 from ft.errors import ConfigError
 from ft.model.precision import resolve_dtype
+from ft.files import fsync_path
 from ft.tokenizer.load import load_tokenizer
 
 log = logging.getLogger("ft")
@@ -33,7 +35,15 @@ def merge_lora(m: ModelConfig, adapter: Path, out: Path) -> Path:
     if len(tokenizer) != base.get_input_embeddings().weight.shape[0]:
         base.resize_token_embeddings(len(tokenizer))
     merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
-    merged.save_pretrained(out, max_shard_size="5GB")
-    tokenizer.save_pretrained(out)
+    # written beside `out` and renamed into place: a merge cut off midway leaves no `out` to be trusted
+    staging = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    merged.save_pretrained(staging, max_shard_size="5GB")
+    tokenizer.save_pretrained(staging)
+    for path in staging.iterdir():
+        fsync_path(path)
+    shutil.rmtree(out, ignore_errors=True)
+    staging.rename(out)
+    fsync_path(out.parent)
     log.info("merged %s into %s → %s", adapter, m.base_model, out)
     return out

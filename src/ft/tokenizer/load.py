@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 from ft.config.model import ModelConfig
-from ft.digest import file_digest
+from ft.files import file_digest
 from ft.tokenizer.chat_templates import CHAT_TEMPLATES
 from ft.errors import ConfigError
 

@@ -12,7 +12,7 @@ from transformers import Trainer
 
 from ft.train.batches import REAL_TOKENS, TrainingSets
 from ft.train.callbacks import MetricsLog, peak_memory_mb, plot_losses, read_history
-from ft.train.checkpoints import atomic_write_text, fsync_path
+from ft.files import atomic_write_text, fsync_path
 
 log = logging.getLogger("ft")
 
