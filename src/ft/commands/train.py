@@ -138,7 +138,7 @@ def run_train(cfg: FtConfig) -> dict[str, Any]:
         return save_outputs(run.trainer, run.tokenizer, run.metrics, result, time.perf_counter() - started, resolved, facts)
     except torch.OutOfMemoryError:
         raise UserError(f"out of memory at step {run.trainer.state.global_step + 1}: {oom_advice(cfg)}") from None
-    except (OSError, RuntimeError) as exc:
+    except Exception as exc:  # a full disk shows as OSError, torch's RuntimeError or safetensors' own error
         if not disk_full(exc, t.output_dir):
             raise
         from ft.train.checkpoints import newest_checkpoint
