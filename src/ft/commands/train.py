@@ -14,7 +14,8 @@ from typing import Any
 from ft.commands.preprocess import prepare_data
 from ft.config import FtConfig, resolved_yaml
 from ft.errors import UserError
-from ft.launch.backend import check_launch, report_backend, shards_whole_modules, trainer_arguments, world_size
+from ft.launch.backend import (check_fsdp_wrap, check_launch, report_backend, shards_whole_modules, trainer_arguments,
+                               world_size)
 
 log = logging.getLogger("ft")
 
@@ -78,6 +79,7 @@ def model_for_training(cfg: FtConfig, tokenizer: Any, layout: str) -> tuple[Any,
     m, q, a, t = cfg.model, cfg.quantization, cfg.adapter, cfg.training
     fsdp = bool(cfg.distributed.fsdp)
     model, grew = load_model(m, q, tokenizer, full=a.adapter is None, fsdp=fsdp)
+    check_fsdp_wrap(cfg.distributed, model)
     attention = use_packed_attention(model, layout) if layout != PADDED else ""
     if t.tiled_mlp:
         from ft.model.tiled_mlp import tile_mlps
@@ -115,11 +117,11 @@ def run_train(cfg: FtConfig) -> dict[str, Any]:
             return done
     world = world_size()
     check_launch(cfg.distributed, world)
+    checkpoint = resume_point(t.resume_from_checkpoint, t.auto_resume_from_checkpoints, t.output_dir)
     run = build_run(cfg, world)
     report_backend(cfg.distributed, run.trainer, world)
 
     # train
-    checkpoint = resume_point(t.resume_from_checkpoint, t.auto_resume_from_checkpoints, t.output_dir)
     stop = StopOnSignal()
     run.trainer.add_callback(stop)
     started = time.perf_counter()

@@ -174,9 +174,9 @@ class DataConfig(Section):
     @model_validator(mode="after")
     def _count_or_fraction(self) -> "DataConfig":
         if self.val_set_size >= 1 and self.val_set_size != int(self.val_set_size):
-            raise ValueError("`val_set_size` is a fraction below 1 or a whole row count")
+            raise Contradiction("val_set_size", "`val_set_size` is a fraction below 1 or a whole row count")
         if self.test_datasets and self.val_set_size:
-            raise ValueError("give `test_datasets` or `val_set_size`, not both")
+            raise Contradiction("val_set_size", "give `test_datasets` or `val_set_size`, not both")
         if self.padding_free and self.pad_to_sequence_len:
             raise Contradiction("padding_free", "`padding_free` and `pad_to_sequence_len` ask for opposite batches; keep one")
         return self

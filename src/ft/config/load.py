@@ -81,10 +81,12 @@ def read_yaml(path: Path) -> tuple[dict[str, Any], dict[Path_, int]]:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{where}: malformed YAML: {problem}") from None
+        mark = getattr(exc, "problem_mark", None)
+        if "end of stream" in problem or "<stream end>" in problem:  # where the unclosed thing opened
+            mark = getattr(exc, "context_mark", None) or mark
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: malformed YAML: {yaml_fix(problem)} (YAML says: {problem})") from None
     if data is None:
         raise ConfigError(f"{path}: the file is empty; it needs at least `base_model` and `datasets`")
     if not isinstance(data, dict):
@@ -92,6 +94,25 @@ def read_yaml(path: Path) -> tuple[dict[str, Any], dict[Path_, int]]:
     lines: dict[Path_, int] = {}
     _walk(node, (), lines, path)
     return data, lines
+
+
+# PyYAML's problem → what to do about it.
+YAML_FIXES = (
+    ("expected <block end>", "this line is indented differently from the lines it belongs with; give the keys of "
+     "one mapping (one `- ` list item) the same indentation"),
+    ("mapping values are not allowed here", "a `key: value` where none can start: check this line's indentation, or "
+     "quote a value that holds ': '"),
+    ("found character '\\t'", "a tab: indent with spaces"),
+    ("could not find expected ':'", "a line that is not `key: value` (a missing colon, or a stray word)"),
+    ("expected ',' or ']'", "a `[` list that is not closed with `]`"),
+    ("expected ',' or '}'", "a `{` mapping that is not closed with `}`"),
+    ("found unexpected end of stream", "a quote that is not closed"),
+    ("found undefined alias", "`*name` refers to an anchor `&name` that is not defined"),
+)
+
+
+def yaml_fix(problem: str) -> str:
+    return next((fix for start, fix in YAML_FIXES if problem.startswith(start)), "see the line named")
 
 
 def _walk(node: yaml.Node, prefix: Path_, lines: dict[Path_, int], path: Path) -> None:
@@ -201,6 +222,9 @@ def explain(exc: ValidationError, path: Path, lines: dict[Path_, int], renamed: 
         msg = str(error) if error is not None else err["msg"]
         if err["type"] == "missing":
             messages.append(f"{where}: `{key}` is required")
+            continue
+        if err["type"] == "too_short":
+            messages.append(f"{where}: `{key}` needs at least {ctx.get('min_length', 1)} entry; it is empty")
             continue
         if err["type"] not in ("value_error", "unknown_key") and _is_scalar(err.get("input")):
             msg += f" (got {err['input']!r})"

@@ -66,7 +66,7 @@ def contradictions(cfg: FtConfig) -> list[Contradiction]:
         add("adapter", f"`adapter: qlora` trains on a 4-bit base: {fix}")
     elif q.bits and a.adapter is None:
         fix = "adapter: qlora" if q.bits == 4 else "adapter: lora"
-        add(f"load_in_{q.bits}bit", f"a {q.bits}-bit base cannot be fully fine-tuned: add `{fix}`")
+        add(f"load_in_{q.bits}bit", f"{'an' if q.bits == 8 else 'a'} {q.bits}-bit base cannot be fully fine-tuned: add `{fix}`")
     if a.lora_model_dir and a.adapter is None:
         add("lora_model_dir", "`lora_model_dir` needs `adapter: lora` or `adapter: qlora`")
     if m.bf16 is True and m.fp16:

@@ -8,7 +8,7 @@ import os
 from typing import Any
 
 from ft.config.distributed import DistributedConfig
-from ft.errors import UserError
+from ft.errors import ConfigError, UserError
 
 log = logging.getLogger("ft")
 
@@ -50,6 +50,19 @@ def shards_whole_modules(d: DistributedConfig, world: int) -> str:
     if d.deepspeed and zero_stage(d.deepspeed) == 3:
         return "DeepSpeed ZeRO-3"
     return ""
+
+
+def check_fsdp_wrap(d: DistributedConfig, model: Any) -> None:
+    """The decoder layer class FSDP is told to wrap exists in this model (else FSDP wraps nothing, silently)."""
+    wanted = d.fsdp_config.fsdp_transformer_layer_cls_to_wrap
+    if not d.fsdp or not wanted:
+        return
+    classes = {type(m).__name__ for m in model.modules()}
+    missing = [name for name in wanted.split(",") if name.strip() not in classes]
+    if missing:
+        layers = sorted(c for c in classes if c.endswith("DecoderLayer")) or sorted(classes)[:10]
+        raise ConfigError(f"`fsdp_config.fsdp_transformer_layer_cls_to_wrap`: {', '.join(missing)} is not a layer of "
+                          f"this model; its decoder layer class is {', '.join(layers)}")
 
 
 def report_backend(d: DistributedConfig, trainer: Any, world: int) -> None:

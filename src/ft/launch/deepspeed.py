@@ -9,7 +9,7 @@ from typing import Any
 from ft.registry import did_you_mean
 
 # DeepSpeed's top-level keys. DeepSpeed ignores a key it does not know, so a misspelt `zero_optimization`
-# silently trains without ZeRO; ft rejects a key that is a near miss of one of these.
+# silently trains without ZeRO; ft rejects any other key, naming the nearest one.
 DEEPSPEED_KEYS = (
     "train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "optimizer", "scheduler",
     "fp16", "bf16", "amp", "gradient_clipping", "prescale_gradients", "gradient_predivide_factor",
@@ -17,7 +17,10 @@ DEEPSPEED_KEYS = (
     "activation_checkpointing", "aio", "flops_profiler", "wall_clock_breakdown", "memory_breakdown",
     "steps_per_print", "dump_state", "tensorboard", "wandb", "csv_monitor", "comms_logger",
     "communication_data_type", "elasticity", "autotuning", "data_efficiency", "checkpoint", "data_types",
-    "pipeline", "torch_autocast", "compile", "seq_parallel_communication_data_type",
+    "pipeline", "torch_autocast", "compile", "seq_parallel_communication_data_type", "bfloat16",
+    "sequence_parallel_size", "timers", "nebula", "weight_quantization", "hybrid_engine", "curriculum_learning",
+    "progressive_layer_drop", "quantize_training", "eigenvalue", "dataloader_drop_last", "disable_allgather", "comet",
+    "zero_optimization_stage", "optimizer_legacy_fusion", "graph_harvesting", "use_data_before_expert_parallel_",
 )
 
 
@@ -60,8 +63,7 @@ def check_keys(data: dict[str, Any], where: str) -> None:
             continue
         by_case = next((k for k in DEEPSPEED_KEYS if k.lower() == str(key).lower()), None)
         hint = f" (did you mean `{by_case}`?)" if by_case else did_you_mean(str(key), DEEPSPEED_KEYS)
-        if hint:
-            raise ValueError(f"`{key}` in {where} is not a DeepSpeed key, and DeepSpeed would ignore it{hint}")
+        raise ValueError(f"`{key}` in {where} is not a DeepSpeed key, and DeepSpeed would ignore it{hint or '; remove it'}")
     stage = _stage(data)
     if stage not in (0, 1, 2, 3):
         raise ValueError(f"zero_optimization.stage in {where} is {stage!r}; DeepSpeed has stages 0, 1, 2 and 3")

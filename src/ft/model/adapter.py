@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
+from pathlib import Path
 from typing import Any, Optional
 
 from ft.config.adapter import AdapterConfig
+from ft.errors import ConfigError
 
 log = logging.getLogger("ft")
 
@@ -54,9 +57,15 @@ def apply_adapter(a: AdapterConfig, model: Any, new_tokens: bool) -> Any:
     from peft import PeftModel, get_peft_model
 
     if a.lora_model_dir:
-        model = PeftModel.from_pretrained(model, a.lora_model_dir, is_trainable=True)
+        check_adapter_base(Path(a.lora_model_dir), model)
+        try:
+            model = PeftModel.from_pretrained(model, a.lora_model_dir, is_trainable=True)
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise ConfigError(f"`lora_model_dir`: the adapter in {a.lora_model_dir} does not fit base_model "
+                              f"{model.config._name_or_path}: {str(exc).splitlines()[0][:300]}") from None
     else:
         targets = set(a.lora_target_modules or ())
+        check_targets(a.lora_target_modules or (), model)
         if a.lora_target_linear:
             targets |= set(linear_module_names(model))
         to_save = set(a.lora_modules_to_save or ())
@@ -66,6 +75,39 @@ def apply_adapter(a: AdapterConfig, model: Any, new_tokens: bool) -> Any:
     trainable, total = count_parameters(model)
     log.info("trainable parameters: %s of %s (%.2f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / max(total, 1))
     return model
+
+
+def check_targets(targets: tuple[str, ...], model: Any) -> None:
+    """Every name in lora_target_modules names modules of this model (peft matches the end of a module's
+    dotted name); otherwise say which linear layers it has."""
+    names = [name for name, _ in model.named_modules()]
+    missing = [t for t in targets if not any(n == t or n.endswith(f".{t}") for n in names)]
+    if missing:
+        have = ", ".join(linear_module_names(model))
+        raise ConfigError(f"`lora_target_modules`: {', '.join(f'`{m}`' for m in missing)} is not a module of this model; "
+                          f"its linear layers are {have} (or set lora_target_linear: true for all of them)")
+
+
+# What must agree between an adapter's base and the model it is loaded into.
+BASE_SHAPE = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+
+
+def check_adapter_base(folder: Path, model: Any) -> None:
+    """The adapter folder holds an adapter, trained on a base of this model's shape (when its base is here to read)."""
+    config = folder / "adapter_config.json"
+    if not config.is_file():
+        raise ConfigError(f"`lora_model_dir`: no adapter in {folder} (adapter_config.json is missing)")
+    recorded = json.loads(config.read_text()).get("base_model_name_or_path") or ""
+    base_config = Path(recorded) / "config.json"
+    if not recorded or not base_config.is_file():
+        return
+    theirs = json.loads(base_config.read_text())
+    ours = model.config.to_dict()
+    differ = [k for k in BASE_SHAPE if k in theirs and theirs.get(k) != ours.get(k)]
+    if differ:
+        detail = ", ".join(f"{k} {theirs.get(k)} there, {ours.get(k)} here" for k in differ)
+        raise ConfigError(f"`lora_model_dir`: the adapter in {folder} was trained on {recorded}, whose shape differs "
+                          f"from base_model {model.config._name_or_path} ({detail}); use that base or another adapter")
 
 
 def count_parameters(model: Any) -> tuple[int, int]:

@@ -24,6 +24,8 @@ def load_model(m: ModelConfig, q: QuantizationConfig, tokenizer: Any, *, full: b
     attention, warning = resolve_attention(m)
     if warning:
         log.warning(warning)
+    if m.trust_remote_code:
+        log.warning("trust_remote_code: true: Python code shipped with %s runs in this process", m.base_model)
     kwargs: dict[str, Any] = {"trust_remote_code": m.trust_remote_code, "revision": m.revision_of_model}
     if attention:
         kwargs["attn_implementation"] = attention

@@ -59,7 +59,10 @@ class ChatTemplate(Format):
                 messages, tokenize=False, add_generation_prompt=generation_prompt, **kwargs
             )
         except ValueError as exc:  # no template set on the tokenizer
-            raise DataError(f"{exc}; set `chat_template:` (chatml, llama3, phi3, gemma) in the config") from None
+            if "chat_template is not set" in str(exc):
+                raise DataError("the tokenizer has no chat template; set `chat_template:` (chatml, llama3, phi3, gemma) "
+                                "in the config") from None
+            raise DataError(f"{str(exc).splitlines()[0]}; set `chat_template:` (chatml, llama3, phi3, gemma) in the config") from None
         except Exception as exc:  # jinja errors raised by the template itself (e.g. roles must alternate)
             if type(exc).__module__.startswith("jinja2"):
                 raise DataError(f"the chat template rejected the conversation: {exc}") from None
