@@ -108,6 +108,7 @@ YAML_FIXES = (
     ("expected ',' or '}'", "a `{` mapping that is not closed with `}`"),
     ("found unexpected end of stream", "a quote that is not closed"),
     ("found undefined alias", "`*name` refers to an anchor `&name` that is not defined"),
+    ("found unhashable key", "a key that is a list or a mapping; a key is a plain word"),
 )
 
 
@@ -213,13 +214,14 @@ def explain(exc: ValidationError, path: Path, lines: dict[Path_, int], renamed: 
         if isinstance(error, Contradiction):
             loc.append(error.key)
         loc = [p for i, p in enumerate(loc) if not (i and loc[i - 1] == "type" and p in ("name", "user_defined"))]
+        loc = [p for p in loc if not _is_union_member(p)]
         if err["type"] == "unknown_key":
             loc.append(ctx["key"])
         if loc and loc[0] in renamed:
             loc[0] = renamed[loc[0]]
         where = _where(path, lines, origins, tuple(loc))
         key = _dotted(loc)
-        msg = str(error) if error is not None else err["msg"]
+        msg = str(error) if error is not None else err["msg"].replace("a valid tuple", "a list").replace("Tuple should", "The list should")
         if err["type"] == "missing":
             messages.append(f"{where}: `{key}` is required")
             continue
@@ -228,9 +230,20 @@ def explain(exc: ValidationError, path: Path, lines: dict[Path_, int], renamed: 
             continue
         if err["type"] not in ("value_error", "unknown_key") and _is_scalar(err.get("input")):
             msg += f" (got {err['input']!r})"
-        messages.append(f"{where}: `{key}`: {msg}" if key and err["type"] != "unknown_key" else f"{where}: {msg}")
+        line = f"{where}: `{key}`: {msg}" if key and err["type"] != "unknown_key" else f"{where}: {msg}"
+        union = next((i for i, m in enumerate(messages) if m.startswith(f"{where}: `{key}`: Input should be ")), None)
+        if union is not None and msg.startswith("Input should be "):  # one key, several accepted types
+            head, _, got = messages[union].rpartition(" (got ")
+            messages[union] = f"{head} or {msg.removeprefix('Input should be ').split(' (got ')[0]} (got {got}"
+            continue
+        messages.append(line)
     more = len(messages) - 3
     return "\n".join(messages[:3]) + (f"\n(and {more} more)" if more > 0 else "")
+
+
+def _is_union_member(part: Any) -> bool:
+    """pydantic names the member of a union that failed ("str", "dict[str,any]"): not a key of the file."""
+    return isinstance(part, str) and (part in ("str", "int", "float", "bool") or "[" in part)
 
 
 def _where(path: Path, lines: dict[Path_, int], origins: dict[str, str], loc: tuple[Any, ...]) -> str:
