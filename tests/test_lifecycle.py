@@ -92,3 +92,20 @@ def test_a_full_disk_is_one_clear_error_and_the_last_checkpoint_stays(run_dir: P
         assert not (small / "summary.json").exists()
     finally:
         subprocess.run(["umount", str(small)], capture_output=True)
+
+
+def test_out_of_memory_advice_names_only_what_is_not_done_yet():
+    from ft.commands.train import oom_advice
+    from ft.config import FtConfig
+
+    def config(**keys):
+        return FtConfig.model_validate({"model": {"base_model": "m"}, "data": {"datasets": [{"path": "d"}]}, **keys})
+
+    plain = oom_advice(config())
+    assert "gradient_checkpointing" in plain and "adapter: lora" in plain
+    done = oom_advice(config(training={"gradient_checkpointing": True, "micro_batch_size": 1, "activation_offloading": True,
+                                       "tiled_mlp": True},
+                             adapter={"adapter": "qlora"}, quantization={"load_in_4bit": True}))
+    for already in ("gradient_checkpointing", "micro_batch_size", "qlora", "activation_offloading", "tiled_mlp"):
+        assert already not in done, done
+    assert "sequence_len" in done

@@ -88,6 +88,9 @@ def generate(model: Any, tokenizer: Any, prompt: str, max_new_tokens: int = 128,
 
 def run_inference(cfg: FtConfig, prompt: Optional[str], extra: str, base_only: bool,
                   max_new_tokens: int, temperature: float, top_p: float) -> None:
+    from ft.launch.backend import keep_caches_in
+
+    keep_caches_in(cfg.training.output_dir)
     model, tokenizer = load_for_inference(cfg, base_only)
     prompts = [prompt] if prompt is not None else _interactive()
     for text in prompts:

@@ -13,6 +13,9 @@ log = logging.getLogger("ft")
 
 def run_merge(cfg: FtConfig, merged_dir: Optional[str]) -> Path:
     """Merge the adapter in lora_model_dir (else output_dir) into merged_dir (else output_dir/merged)."""
+    from ft.launch.backend import keep_caches_in
+
+    keep_caches_in(cfg.training.output_dir)
     from ft.model.merge import merge_lora
 
     out_dir = Path(cfg.training.output_dir)

@@ -17,6 +17,9 @@ def prepare_data(cfg: FtConfig, tokenizer: Any = None) -> Any:
 
 
 def run_preprocess(cfg: FtConfig, show: int = 0) -> None:
+    from ft.launch.backend import keep_caches_in
+
+    keep_caches_in(cfg.training.output_dir)
     from ft.data.prepare import report
 
     prepared = prepare_data(cfg)

@@ -100,6 +100,9 @@ def uses_chunked_loss(model: Any, sharding: str) -> bool:
 
 
 def run_train(cfg: FtConfig) -> dict[str, Any]:
+    from ft.launch.backend import keep_caches_in
+
+    keep_caches_in(cfg.training.output_dir)  # before torch, peft and matplotlib are imported
     import torch
 
     from ft.train.checkpoints import resume_point

@@ -5,12 +5,26 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+from pathlib import Path
 from typing import Any
 
 from ft.config.distributed import DistributedConfig
 from ft.errors import ConfigError, UserError
 
 log = logging.getLogger("ft")
+
+
+# Caches the libraries ft uses would otherwise write under $HOME or $TMPDIR: matplotlib's font list (the
+# loss plot), torch inductor's folder (peft and bitsandbytes import it), triton's kernels (GPU).
+CACHE_VARIABLES = {"MPLCONFIGDIR": "matplotlib", "TORCHINDUCTOR_CACHE_DIR": "torchinductor", "TRITON_CACHE_DIR": "triton"}
+
+
+def keep_caches_in(output_dir: str) -> None:
+    """Point the libraries' caches into output_dir/.cache, so a run writes only in output_dir (and the
+    prepared-data cache, and the hub's cache when it downloads); a cache the user set stays theirs."""
+    root = Path(output_dir).resolve() / ".cache"
+    for variable, name in CACHE_VARIABLES.items():
+        os.environ.setdefault(variable, str(root / name))
 
 
 def world_size() -> int:
