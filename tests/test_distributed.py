@@ -43,8 +43,10 @@ def test_two_ranks_get_the_same_packed_batches(tmp_path: Path, tiny_model_dir):
 
 @pytest.mark.parametrize("stage", [2, 3])
 def test_deepspeed_zero_trains_on_two_ranks(stage: int, tmp_path: Path, tiny_model_dir):
+    """With gradient checkpointing; under ZeRO-2 the MLP is also tiled 8 tokens at a time (ZeRO-3 refuses it)."""
+    tiled = {"tiled_mlp": True, "tiled_mlp_tokens": 8} if stage == 2 else {}
     make_config(tmp_path, tiny_model_dir("llama"), micro_batch_size=2, max_steps=8, learning_rate=0.01,
-                deepspeed=str(ROOT / f"deepspeed_configs/zero{stage}.json"), **LORA)
+                deepspeed=str(ROOT / f"deepspeed_configs/zero{stage}.json"), gradient_checkpointing=True, **tiled, **LORA)
     result = _two_ranks(tmp_path)
     assert f"distributed: 2 processes, DeepSpeed ZeRO stage {stage}" in result.stderr, result.stderr[-4000:]
     # ZeRO-3 gathers the head only inside the forward: the chunked loss gives way to the plain one there
@@ -65,3 +67,12 @@ def test_fsdp_on_cpu_says_it_runs_ddp(tmp_path: Path, tiny_model_dir):
     result = _two_ranks(tmp_path)
     assert "distributed: 2 processes, DDP" in result.stderr, result.stderr[-4000:]
     assert "fsdp is set, but accelerate did not turn it on" in result.stderr
+
+
+def test_tiled_mlp_is_refused_under_zero3(tmp_path: Path, tiny_model_dir):
+    make_config(tmp_path, tiny_model_dir("llama"), max_steps=2, deepspeed=str(ROOT / "deepspeed_configs/zero3.json"),
+                gradient_checkpointing=True, tiled_mlp=True, **LORA)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "ft", "train", "cfg.yml"]
+    result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode != 0, result.stderr[-3000:]
+    assert "ft: error: `tiled_mlp` is not supported with DeepSpeed ZeRO-3" in result.stderr, result.stderr[-3000:]

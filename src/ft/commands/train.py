@@ -42,6 +42,9 @@ def build_run(cfg: FtConfig, world: int) -> Run:
     from ft.train.trainer import build_trainer
 
     d, t = cfg.data, cfg.training
+    if t.tiled_mlp and shards_whole_modules(cfg.distributed, world) == "DeepSpeed ZeRO-3":
+        raise UserError("`tiled_mlp` is not supported with DeepSpeed ZeRO-3 (its per-tile recompute aborts inside "
+                        "ZeRO-3's parameter gathering); use ZeRO-2, or gradient_checkpointing with activation_offloading")
     on_gpu = torch.cuda.is_available()
     layout = batch_layout(d, t.group_by_length, on_gpu)
     torch.manual_seed(t.seed)

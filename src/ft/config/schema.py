@@ -89,6 +89,9 @@ def contradictions(cfg: FtConfig) -> list[Contradiction]:
     if t.activation_offloading and d.backend:
         add("activation_offloading", f"`activation_offloading` is not supported with {d.backend}; use "
             + ("DeepSpeed's activation_checkpointing.cpu_checkpointing" if d.deepspeed else "fsdp_config.offload_params"))
+    if t.tiled_mlp and d.fsdp:
+        add("tiled_mlp", "`tiled_mlp` is not supported with fsdp (its recompute inside FSDP units is untested); "
+            "use gradient_checkpointing and activation_offloading, or DeepSpeed")
     if t.early_stopping_patience and not cfg.has_eval_data:
         add("early_stopping_patience", "early stopping needs evaluation data: set `val_set_size` or `test_datasets`")
     return found
