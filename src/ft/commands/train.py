@@ -147,7 +147,7 @@ def run_train(cfg: FtConfig) -> dict[str, Any]:
     except torch.OutOfMemoryError:
         raise UserError(f"out of memory at step {run.trainer.state.global_step + 1}: {oom_advice(cfg)}") from None
     except Exception as exc:  # a full disk shows as OSError, torch's RuntimeError or safetensors' own error
-        if not disk_full(exc, t.output_dir):
+        if isinstance(exc, UserError) or not disk_full(exc, t.output_dir):
             raise
         from ft.train.checkpoints import newest_checkpoint
 
@@ -177,7 +177,7 @@ def oom_advice(cfg: FtConfig) -> str:
         advice.append("quantize the base (adapter: qlora with load_in_4bit: true)")
     if t.gradient_checkpointing and not t.activation_offloading and not cfg.distributed.backend:
         advice.append("turn on activation_offloading")
-    if not t.tiled_mlp:
+    if not t.tiled_mlp and not cfg.distributed.fsdp:
         advice.append("turn on tiled_mlp")
     if not t.chunked_cross_entropy:
         advice.append("turn chunked_cross_entropy back on")
