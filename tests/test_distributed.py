@@ -22,6 +22,11 @@ def _two_ranks(cwd: Path) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "ft", "train", "cfg.yml"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600, env=env)
+    if result.returncode != 0 and "terminate called without an active exception" in result.stderr \
+            and (cwd / "out/summary.json").is_file():
+        # A rank that finished aborted at interpreter exit in gloo's teardown (seen once in CI before ft closed
+        # the process group itself, launch.backend.end_processes); the run's results were whole. Once more.
+        result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stderr[-4000:]
     return result
 

@@ -14,8 +14,8 @@ from typing import Any
 from ft.commands.preprocess import prepare_data
 from ft.config import FtConfig, resolved_yaml
 from ft.errors import UserError
-from ft.launch.backend import (check_fsdp_wrap, check_launch, report_backend, shards_whole_modules, trainer_arguments,
-                               world_size)
+from ft.launch.backend import (check_fsdp_wrap, check_launch, end_processes, report_backend, shards_whole_modules,
+                               trainer_arguments, world_size)
 
 log = logging.getLogger("ft")
 
@@ -143,7 +143,9 @@ def run_train(cfg: FtConfig) -> dict[str, Any]:
         stop.raise_if_stopped(run.trainer.state.global_step, t.output_dir)
         # save
         facts = {"batches": run.layout, "attention": run.attention or str(run.model.config._attn_implementation)}
-        return save_outputs(run.trainer, run.tokenizer, run.metrics, result, time.perf_counter() - started, resolved, facts)
+        summary = save_outputs(run.trainer, run.tokenizer, run.metrics, result, time.perf_counter() - started, resolved, facts)
+        end_processes()
+        return summary
     except torch.OutOfMemoryError:
         raise UserError(f"out of memory at step {run.trainer.state.global_step + 1}: {oom_advice(cfg)}") from None
     except Exception as exc:  # a full disk shows as OSError, torch's RuntimeError or safetensors' own error

@@ -79,6 +79,17 @@ def check_fsdp_wrap(d: DistributedConfig, model: Any) -> None:
                           f"this model; its decoder layer class is {', '.join(layers)}")
 
 
+def end_processes() -> None:
+    """Close the process group once every rank is done. Left to the interpreter's exit, gloo's threads are
+    sometimes still joinable when their objects die, and a rank aborts ("terminate called without an active
+    exception") after a run that succeeded."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def report_backend(d: DistributedConfig, trainer: Any, world: int) -> None:
     """Say which data-parallel backend accelerate really set up, and warn when it is not the one asked for."""
     if world == 1:
