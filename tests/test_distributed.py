@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -25,7 +26,9 @@ def _two_ranks(cwd: Path) -> subprocess.CompletedProcess:
     if result.returncode != 0 and "terminate called without an active exception" in result.stderr \
             and (cwd / "out/summary.json").is_file():
         # A rank that finished aborted at interpreter exit in gloo's teardown (seen once in CI before ft closed
-        # the process group itself, launch.backend.end_processes); the run's results were whole. Once more.
+        # the process group itself, launch.backend.end_processes); the run's results were whole. Once more,
+        # from scratch (a finished run would otherwise be left as it is).
+        shutil.rmtree(cwd / "out")
         result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stderr[-4000:]
     return result
