@@ -112,7 +112,7 @@ def merge_lora(
 
     cfg = load(config, ctx, set_)
     if any(a == "--output-dir" or a.startswith("--output-dir=") for a in ctx.args):
-        # Before ft 0.2 --output-dir here meant where to write; now it is the run's output_dir, as everywhere.
+        # --output-dir here once meant where to write; now it is the run's output_dir, as on every command.
         log.info("--output-dir is the run's output_dir (where the adapter is), as on every command; the "
                  "merged model goes to %s (choose with --merged-dir)", merged_dir or Path(cfg.training.output_dir) / "merged")
     run_merge(cfg, merged_dir)

@@ -233,8 +233,8 @@ def explain(exc: ValidationError, path: Path, lines: dict[Path_, int], renamed: 
         line = f"{where}: `{key}`: {msg}" if key and err["type"] != "unknown_key" else f"{where}: {msg}"
         union = next((i for i, m in enumerate(messages) if m.startswith(f"{where}: `{key}`: Input should be ")), None)
         if union is not None and msg.startswith("Input should be "):  # one key, several accepted types
-            head, _, got = messages[union].rpartition(" (got ")
-            messages[union] = f"{head} or {msg.removeprefix('Input should be ').split(' (got ')[0]} (got {got}"
+            head, got, value = messages[union].partition(" (got ")
+            messages[union] = f"{head} or {msg.removeprefix('Input should be ').split(' (got ')[0]}{got}{value}"
             continue
         messages.append(line)
     more = len(messages) - 3

@@ -75,8 +75,8 @@ class PackedCollator:
     """Lays the rows of a batch's bins end to end in one sequence, position ids restarting per row.
 
     No attention mask: the attention (ft.model.packed_attention, or flash-attn's varlen) sees the rows through
-    the boundaries computed here once per batch (cumulative lengths and the longest row). Each row's first label is ignored (ft.data.labels), so no row learns to predict the
-    next row's first token. `pad_to` pads the sequence (e.g. to micro_batch_size × sequence_len) with a
+    the boundaries computed here once per batch (cumulative lengths and the longest row). Each row's first
+    label is ignored (ft.data.labels), so no row learns to predict the next row's first token. `pad_to` pads the sequence (e.g. to micro_batch_size × sequence_len) with a
     separate all-ignored row.
     """
 

@@ -35,7 +35,6 @@ class MetricsLog(TrainerCallback):
         self.path = path
         self.last_time = time.perf_counter()
         self.last_tokens = 0
-        self.records: list[dict[str, Any]] = []
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if state.global_step == 0 and state.is_world_process_zero:
@@ -60,7 +59,6 @@ class MetricsLog(TrainerCallback):
                     f"the {key.replace('_', ' ')} became {record[key]} at step {state.global_step}; lower "
                     "learning_rate, keep max_grad_norm on, or use bf16 instead of fp16"
                 )
-        self.records.append(record)
         if state.is_world_process_zero:
             with open(self.path, "a") as f:
                 f.write(json.dumps(record) + "\n")
