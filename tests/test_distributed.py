@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from train_helpers import make_config
 
 
@@ -53,7 +54,7 @@ def test_two_ranks_get_the_same_packed_batches(tmp_path: Path, tiny_model_dir):
 def test_deepspeed_zero_trains_on_two_ranks(stage: int, tmp_path: Path, tiny_model_dir):
     """With gradient checkpointing; under ZeRO-2 the MLP is also tiled 8 tokens at a time (ZeRO-3 refuses it)."""
     tiled = {"tiled_mlp": True, "tiled_mlp_tokens": 8} if stage == 2 else {}
-    make_config(tmp_path, tiny_model_dir("llama"), micro_batch_size=2, max_steps=8, learning_rate=0.01,
+    make_config(tmp_path, tiny_model_dir("llama"), micro_batch_size=2, max_steps=8, save_steps=4, learning_rate=0.01,
                 deepspeed=str(ROOT / f"deepspeed_configs/zero{stage}.json"), gradient_checkpointing=True, **tiled, **LORA)
     result = _two_ranks(tmp_path)
     assert f"distributed: 2 processes, DeepSpeed ZeRO stage {stage}" in result.stderr, result.stderr[-4000:]
@@ -66,6 +67,16 @@ def test_deepspeed_zero_trains_on_two_ranks(stage: int, tmp_path: Path, tiny_mod
     adapter = load_file(tmp_path / "out/adapter_model.safetensors")
     lora_b = [t for name, t in adapter.items() if "lora_B" in name]
     assert lora_b and all(t.abs().sum() > 0 for t in lora_b)  # lora_B starts at zero: every one was trained
+
+    # killed during the final save: checkpoint-8 is complete, the outputs are not. The rerun finishes from the
+    # checkpoint's ZeRO shards (the engine must be built to read them) without training a step.
+    (tmp_path / "out/summary.json").unlink()
+    (tmp_path / "out/adapter_model.safetensors").unlink()
+    result = _two_ranks(tmp_path)
+    assert "checkpoint-8 holds the last step already" in result.stderr, result.stderr[-4000:]
+    again = load_file(tmp_path / "out/adapter_model.safetensors")
+    assert again.keys() == adapter.keys() and all(torch.equal(again[k], adapter[k]) for k in adapter)
+    assert json.loads((tmp_path / "out/summary.json").read_text())["steps"] == 8
 
 
 def test_fsdp_on_cpu_says_it_runs_ddp(tmp_path: Path, tiny_model_dir):

@@ -156,6 +156,25 @@ def test_every_layer_gets_the_collators_boundaries(tiny_model_dir, tiny_tokenize
     assert batch["cu_seq_lens_q"].tolist()[-1] == batch["input_ids"].shape[1] and batch["max_length_q"] == max(len(r["input_ids"]) for r in rows)
 
 
+@pytest.mark.parametrize("attention", ["ft_varlen", "ft_packed_eager"])
+def test_the_per_row_paths_read_the_boundaries_to_the_host_once_per_batch(attention, tiny_model_dir, tiny_tokenizer):
+    """The per-row paths (the CPU; Gemma-2's soft-capping on a GPU) need the row edges as ints, and on a GPU each
+    read waits for the device: one read per forward, not one per layer."""
+    reads = []
+
+    class Counted(torch.Tensor):
+        def tolist(self):
+            reads.append(1)
+            return super().tolist()
+
+    model = _model("llama", tiny_model_dir, attention, lora=False)
+    batch = PackedCollator(pad_id=0)([{"rows": _rows(tiny_tokenizer, n=3)}])
+    batch["cu_seq_lens_q"] = batch["cu_seq_lens_k"] = batch["cu_seq_lens_q"].as_subclass(Counted)
+    with torch.no_grad():
+        model(**{k: v for k, v in batch.items() if k not in ("labels", "ft_real_tokens")})
+    assert model.config.num_hidden_layers > 1 and len(reads) == 1
+
+
 @pytest.mark.parametrize("window", [None, 3])
 def test_reference_kernel_equals_a_dense_block_diagonal_mask(window):
     """per_row (the CPU kernel, same contract as torch's varlen) against one dense masked attention over the

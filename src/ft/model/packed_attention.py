@@ -22,6 +22,7 @@ import functools
 import inspect
 import logging
 import sys
+import weakref
 from itertools import accumulate
 from typing import Any, Callable, Optional
 
@@ -73,6 +74,19 @@ def _varlen_parameters() -> frozenset[str]:
     return frozenset(inspect.signature(varlen_attn).parameters)
 
 
+_last_edges: list[Any] = [None, []]  # (a weak reference to the last boundary tensor read, its values)
+
+
+def _edges(cu: Any) -> list[int]:
+    """The row boundaries as Python ints for the per-row paths. Every layer of a forward (and its recompute)
+    receives the same tensor, so it is read to the host once per batch, not once per layer."""
+    ref, values = _last_edges
+    if ref is None or ref() is not cu:
+        values = cu.tolist()
+        _last_edges[:] = [weakref.ref(cu), values]
+    return values
+
+
 def kernel_available(head_dim: int, window: Optional[int]) -> bool:
     """Whether torch's varlen kernel can run this attention (it exists in torch ≥ 2.10; windows from 2.11)."""
     params = _varlen_parameters()
@@ -109,7 +123,7 @@ def per_row(q: Any, k: Any, v: Any, cu: Any, longest: int, scale: float, window:
 
     groups = q.shape[1] // k.shape[1]
     k, v = _repeat_kv(k, groups), _repeat_kv(v, groups)
-    edges = cu.tolist()
+    edges = _edges(cu)
     pieces = []
     for start, end in zip(edges, edges[1:]):
         qi, ki, vi = (t[start:end].transpose(0, 1)[None] for t in (q, k, v))
@@ -162,7 +176,7 @@ def per_row_eager(module: Any, query: Any, key: Any, value: Any, attention_mask:
     inner = _model_eager(module)
     rest = {k: v for k, v in kwargs.items() if k not in ("position_ids", "cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")}
     flat = [t.transpose(1, 2).reshape(batch * length, t.shape[1], t.shape[-1]) for t in (query, key, value)]
-    edges = cu.tolist()
+    edges = _edges(cu)
     pieces = []
     for start, end in zip(edges, edges[1:]):
         q, k, v = (t[start:end].transpose(0, 1)[None] for t in flat)

@@ -76,7 +76,12 @@ class FtTrainer(Trainer):
         from transformers.trainer_callback import TrainerState
         from transformers.trainer_utils import TrainOutput
 
-        self._load_from_checkpoint(str(checkpoint))
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            # the weights are the engine's own shards: build the engine as train() does, loading them into it
+            loader = self.get_train_dataloader()
+            self._prepare_for_training(self.set_initial_training_values(self.args, loader)[-1], loader, str(checkpoint))
+        else:
+            self._load_from_checkpoint(str(checkpoint))
         self.state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
         if self.args.load_best_model_at_end and self.state.best_model_checkpoint:
             self._load_best_model()
