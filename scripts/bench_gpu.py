@@ -3,7 +3,7 @@
 
     python scripts/bench_gpu.py [--sizes 1b 8b] [--rows 6000] [--out bench.json]
     python scripts/bench_gpu.py --sizes tiny --rows 300     (a CPU smoke run of the same code)
-    python scripts/bench_gpu.py --max-context [--cap-gb 24] [--contenders ft ft-offload baseline]
+    (the longest trainable row: scripts/bench_context.py)
 
 Models: random-weight Llamas with real shapes, built from a config on the GPU (1b: Llama 3.2 1B, LoRA, bf16;
 8b: Llama 3.1 8B, QLoRA nf4 with double quant and gradient checkpointing), vocab 128,256, the test
@@ -227,159 +227,14 @@ def flops_per_token(model_dir: Path, work: Path, size: str) -> float:
     return factor * n + attention
 
 
-CONTEXT_DOC = """--max-context: the longest single row that trains two steps within a memory cap, found by bisection
-(multiples of 1,024 tokens), for the 8B shape with QLoRA and gradient checkpointing:
-- ft: `ft train` itself (the chunked loss, no fp32 upcast), in a process capped with
-  torch.cuda.set_per_process_memory_fraction;
-- ft-offload: the same with activation_offloading and tiled_mlp;
-- baseline: plain transformers + peft + bitsandbytes (prepare_model_for_kbit_training, sdpa, the model's
-  own loss), stepped by hand under bf16 autocast.
-Each trial is a fresh process. Then the step time at 16,384 tokens of each contender (the second step)."""
-
-
-def context_trial(kind: str, model: Path, tokens: int, cap_gb: float, work: Path) -> dict[str, Any]:
-    """One process: two steps on one row of `tokens` tokens under the cap; {ok, seconds (2nd step), peak_gb}."""
-    code = f"""
-import json, sys, time, torch
-sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})
-from bench_gpu import run_context_trial
-print("RESULT " + json.dumps(run_context_trial({kind!r}, {str(model)!r}, {tokens}, {cap_gb}, {str(work)!r})))
-"""
-    import subprocess
-
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900)
-    line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
-    if line is None:
-        oom = "out of memory" in proc.stderr.lower() or "outofmemory" in proc.stderr.lower()
-        if not oom:
-            print(proc.stderr[-3000:], file=sys.stderr)
-        return {"ok": False, "oom": oom}
-    return json.loads(line.removeprefix("RESULT "))
-
-
-def run_context_trial(kind: str, model: str, tokens: int, cap_gb: float, work: str) -> dict[str, Any]:
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.set_per_process_memory_fraction(min(1.0, cap_gb * 2**30 / torch.cuda.get_device_properties(0).total_memory))
-    ids = [(i * 7919) % 1000 + 5 for i in range(tokens)]
-    try:
-        if kind == "baseline":
-            return _baseline_steps(model, ids)
-        return _ft_steps(kind, model, ids, Path(work))
-    except torch.OutOfMemoryError:
-        return {"ok": False, "oom": True}
-
-
-def _ft_steps(kind: str, model: str, ids: list[int], work: Path) -> dict[str, Any]:
-    import torch
-    import yaml
-
-    from ft.cli import main as ft_main
-
-    folder = work / f"{kind}-{len(ids)}"
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "row.jsonl").write_text(json.dumps({"input_ids": ids}) + "\n")
-    body = {"base_model": model, "datasets": [{"path": str(folder / "row.jsonl")}], "sequence_len": len(ids),
-            "micro_batch_size": 1, "max_steps": 2, "adapter": "qlora", "load_in_4bit": True, "lora_r": 16, "lora_alpha": 32,
-            "lora_target_linear": True, "gradient_checkpointing": True, "bf16": torch.cuda.is_available(),
-            "activation_offloading": kind == "ft-offload", "tiled_mlp": kind == "ft-offload", "learning_rate": 1e-4, "lr_scheduler": "constant",
-            "save_steps": 1000, "output_dir": str(folder / "out"), "use_tensorboard": False}
-    (folder / "cfg.yml").write_text(yaml.safe_dump(body))
-    try:
-        ft_main(["train", str(folder / "cfg.yml")])
-    except SystemExit as exc:
-        if exc.code:
-            return {"ok": False, "oom": True}
-    records = [json.loads(x) for x in (folder / "out/metrics.jsonl").read_text().splitlines()]
-    last = [r for r in records if "loss" in r][-1]
-    peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else float("nan")
-    return {"ok": True, "seconds": len(ids) / last["tokens_per_s"], "peak_gb": peak}
-
-
-def _baseline_steps(model: str, ids: list[int]) -> dict[str, Any]:
-    import torch
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
-
-    gpu = torch.cuda.is_available()
-    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                               bnb_4bit_compute_dtype=torch.bfloat16)
-    base = AutoModelForCausalLM.from_pretrained(model, quantization_config=quant, dtype=torch.bfloat16,
-                                                attn_implementation="sdpa", device_map={"": 0 if gpu else "cpu"})
-    base.config.use_cache = False
-    base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False})
-    net = get_peft_model(base, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM"))
-    net.train()
-    opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-4)
-    x = torch.tensor([ids], device=net.device)
-    seconds = 0.0
-    for _ in range(2):
-        start = time.perf_counter()
-        with torch.autocast("cuda" if gpu else "cpu", dtype=torch.bfloat16, enabled=gpu):
-            loss = net(input_ids=x, labels=x).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if gpu:
-            torch.cuda.synchronize()
-        seconds = time.perf_counter() - start
-    return {"ok": True, "seconds": seconds, "peak_gb": torch.cuda.max_memory_allocated() / 2**30 if gpu else float("nan")}
-
-
-def max_context(args: Any, device: str) -> dict[str, Any]:
-    size = "8b" if device == "cuda" else "tiny"
-    work = Path(tempfile.mkdtemp(prefix="ft-bench-context-"))
-    out: dict[str, Any] = {"cap_gb": args.cap_gb, "size": size}
-    try:
-        model = build_model(size, work, device)
-        for kind in args.contenders:
-            lo, hi = args.low // 1024, args.high // 1024  # in units of 1,024 tokens; lo is assumed to fit
-            first = context_trial(kind, model, lo * 1024, args.cap_gb, work)
-            if not first["ok"]:
-                out[kind] = {"longest": 0, "note": f"{lo * 1024} tokens do not fit"}
-                continue
-            while lo < hi:
-                mid = (lo + hi + 1) // 2
-                trial = context_trial(kind, model, mid * 1024, args.cap_gb, work)
-                print(f"{kind} {mid * 1024} tokens: {json.dumps(trial)}", file=sys.stderr)
-                lo, hi = (mid, hi) if trial["ok"] else (lo, mid - 1)
-            at16k = context_trial(kind, model, 16384, args.cap_gb, work)
-            out[kind] = {"longest": lo * 1024, "step_seconds_16k": at16k.get("seconds"), "peak_gb_16k": at16k.get("peak_gb")}
-            print(f"{kind}: {json.dumps(out[kind])}", file=sys.stderr)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    print(f"\nlongest single row that trains two steps within {args.cap_gb} GiB ({size}, QLoRA, checkpointing)")
-    print("| contender | longest row (tokens) | step time at 16k (s) | peak at 16k (GiB) |")
-    print("| --- | --- | --- | --- |")
-    for kind in args.contenders:
-        r = out[kind]
-        secs, peak = r.get("step_seconds_16k"), r.get("peak_gb_16k")
-        print(f"| {kind} | {r['longest']:,} | {secs if secs is None else f'{secs:.2f}'} | {peak if peak is None else f'{peak:.1f}'} |")
-    return out
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=CONTEXT_DOC,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", nargs="+", default=["1b", "8b"], choices=list(SHAPES))
     parser.add_argument("--rows", type=int, default=6000)
     parser.add_argument("--out", default=None, help="write the results as JSON here too")
-    parser.add_argument("--max-context", action="store_true", help="bisect the longest trainable row instead")
-    parser.add_argument("--cap-gb", type=float, default=24.0)
-    parser.add_argument("--contenders", nargs="+", default=["ft", "ft-offload", "baseline"])
-    parser.add_argument("--low", type=int, default=4096)
-    parser.add_argument("--high", type=int, default=131072)
     args = parser.parse_args()
 
     import torch
-
-    if args.max_context:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        result = max_context(args, device)
-        if args.out:
-            Path(args.out).write_text(json.dumps(result, indent=1))
-        return
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     rate = bf16_rate(device)

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Here (no GPU), in the project's root: fill .whl/ with what the GPU machine of the device tool lacks for
+# ft, its GPU tests and the whole test suite (../shared/gpu/GPU.md lists what it has). Carry `.whl` in the
+# device run, then run scripts/gpu_check.sh there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mkdir -p "$(git rev-parse --git-dir)/info"  # fetch-wheels.sh writes the ignore line there
+bash ../shared/gpu/fetch-wheels.sh import-linter==2.16 grimp hjson
+# DeepSpeed is published as source only: build its pure-Python wheel here (its ops compile on first use)
+python3 -m pip wheel -q --no-deps -w .whl deepspeed==0.19.8
+du -sh .whl
