@@ -85,6 +85,36 @@ def test_activation_offloading_changes_no_gradient(tmp_path: Path, tiny_model_di
     assert _worst(moved_weights, kept_weights) == 0.0
 
 
+def test_activation_offloading_moves_every_checkpointed_layer_input(tmp_path: Path, tiny_model_dir):
+    """The first layer's input too: with frozen embeddings it is a leaf made to require grad, not the output
+    of a differentiable op."""
+    from train_helpers import fixed_batch
+
+    from ft.train.offload import ActivationOffload
+
+    cfg = make_config(tmp_path, tiny_model_dir("llama"), adapter="lora", lora_target_linear=True, gradient_checkpointing=True)
+    trainer, model, tokenizer = build(cfg)
+    inputs, moved = [], set()
+
+    class Recording(ActivationOffload):
+        def pack(self, tensor):
+            packed = super().pack(tensor)
+            if packed is not tensor:
+                moved.add(tensor.data_ptr())
+            return packed
+
+    layers = model.get_base_model().model.layers
+    for layer in layers:
+        layer.register_forward_pre_hook(lambda module, args, kwargs: inputs.append(kwargs.get("hidden_states", args[0] if args else None).data_ptr()),
+                                        with_kwargs=True)
+    model.train()
+    offload = Recording(devices=("cpu",), min_bytes=0)
+    with offload.active():
+        model(**fixed_batch(tokenizer)).loss.backward()
+    first_pass = inputs[: len(layers)]  # the recompute in the backward pass calls the layers again
+    assert len(first_pass) == len(layers) and all(ptr in moved for ptr in first_pass)
+
+
 def test_activation_offloading_needs_checkpointing_and_one_process_kind(tmp_path: Path):
     from conftest import run_ft
 

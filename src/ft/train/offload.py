@@ -3,8 +3,8 @@ lives in pinned CPU memory, not on the GPU.
 
 A saved-tensor pack hook copies each large activation to pinned host memory on a side stream, so the copy
 overlaps the forward compute (`record_stream` keeps the GPU block from being reused before the copy is
-done); the unpack hook has the compute stream wait for that copy and brings the tensor back. Parameters
-(tensors without a grad_fn) and small tensors stay where they are.
+done); the unpack hook has the compute stream wait for that copy and brings the tensor back. Weights
+(parameters, and frozen tensors that are no op's output) and small tensors stay where they are.
 """
 
 from __future__ import annotations
@@ -13,6 +13,14 @@ from contextlib import contextmanager
 from typing import Any, Iterator
 
 MIN_BYTES = 1 << 20
+
+
+def _activation(tensor: Any) -> bool:
+    """An activation, not a weight: the output of a differentiable op, or a leaf made to require grad that is
+    not a parameter (the first layer's input when the embeddings are frozen: enable_input_require_grads)."""
+    import torch
+
+    return tensor.grad_fn is not None or (tensor.requires_grad and not isinstance(tensor, torch.nn.Parameter))
 
 
 class ActivationOffload:
@@ -28,7 +36,7 @@ class ActivationOffload:
     def pack(self, tensor: Any) -> Any:
         import torch
 
-        if (tensor.device.type not in self.devices or tensor.grad_fn is None
+        if (tensor.device.type not in self.devices or not _activation(tensor)
                 or tensor.numel() * tensor.element_size() < self.min_bytes):
             return tensor
         self.moved += 1

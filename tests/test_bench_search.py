@@ -1,0 +1,55 @@
+"""scripts/bench_context.py's search: the figures the README quotes come from it, and GPU time to rerun it
+is scarce, so its arithmetic is checked here with thresholds standing in for the GPU's memory."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+from bench_context import TrialFailed, probes, search  # noqa: E402
+
+
+def test_probes_lie_strictly_inside_the_open_interval():
+    assert probes(0, 130, 4) == [26, 52, 78, 104]
+    assert probes(3, 6, 4) == [4, 5]
+    assert probes(5, 6, 3) == []
+    for fits, fails, k in [(0, 2, 1), (7, 100, 3), (40, 45, 9)]:
+        assert all(fits < p < fails for p in probes(fits, fails, k)) and len(probes(fits, fails, k)) <= k
+
+
+@pytest.mark.parametrize("memory", [25.0, 60.0, 139.0])
+def test_every_pair_gets_its_longest_fitting_length_within_the_memory(memory):
+    limits = {("ft", 24.0): 37, ("baseline", 24.0): 6, ("ft-offload", 24.0): 128, ("ft", 16.0): 0, ("ft-offload", 16.0): 1}
+    lock, running, most = threading.Lock(), [0.0], [0.0]
+    trials = []
+
+    def run(kind, units, cap):
+        with lock:
+            running[0] += cap + 1
+            most[0] = max(most[0], running[0])
+            trials.append((kind, cap, units))
+        time.sleep(0.002)
+        with lock:
+            running[0] -= cap + 1
+        return units <= limits[(kind, cap)]
+
+    assert search(list(limits), run, high=128, memory_gb=memory, log=lambda line: None) == limits
+    assert most[0] <= max(memory, 25.0)  # one trial always runs, even when its cap alone exceeds the memory
+    assert len(set(trials)) == len(trials)  # no length is tried twice
+    assert len(trials) <= 8 * len(limits)  # a search, not a sweep of 128 lengths
+    for (kind, cap), longest in limits.items():  # each answer was tried and fitted; one unit more was tried and did not
+        assert longest == 0 or (kind, cap, longest) in trials
+        assert longest == 128 or (kind, cap, longest + 1) in trials
+
+
+def test_a_trial_failing_for_another_reason_stops_the_search():
+    def run(kind, units, cap):
+        raise TrialFailed("a bug, not memory")
+
+    with pytest.raises(TrialFailed):
+        search([("ft", 24.0)], run, high=16, memory_gb=25.0, log=lambda line: None)
