@@ -39,8 +39,8 @@ SHAPES = {  # hidden, layers, heads, kv heads, MLP, tied embeddings
     "tiny": (128, 2, 4, 2, 256, False),
 }
 SETUP = {  # micro batch of the unpacked contenders, bins per packed micro batch, QLoRA, checkpointing, warm-up, timed steps
-    "1b": (16, (2, 4), False, False, 5, 30),
-    "8b": (16, (2, 4), True, True, 3, 10),
+    "1b": (16, (2, 4, 8), False, False, 5, 30),
+    "8b": (16, (2, 4, 8), True, True, 3, 10),
     "tiny": (4, (1, 2), False, False, 2, 5),
 }
 
