@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Here (no GPU), in the project's root: fill .whl/ with what the GPU machine of the device tool lacks for
+# Here (no GPU): fill .whl/ with what the GPU machine of the device tool lacks for
 # ft, its GPU tests and the whole test suite (../shared/gpu/GPU.md lists what it has). Carry `.whl` in the
 # device run, then run scripts/gpu_check.sh there.
 set -euo pipefail
@@ -8,4 +8,7 @@ mkdir -p "$(git rev-parse --git-dir)/info"  # fetch-wheels.sh writes the ignore 
 bash ../shared/gpu/fetch-wheels.sh import-linter==2.16 grimp hjson
 # DeepSpeed is published as source only: build its pure-Python wheel here (its ops compile on first use)
 python3 -m pip wheel -q --no-deps -w .whl deepspeed==0.19.8
+# the seed configs, for the whole suite there (only the checkout travels; tests/conftest.py looks here first)
+grep -qx '/shared/' "$(git rev-parse --git-dir)/info/exclude" || echo '/shared/' >> "$(git rev-parse --git-dir)/info/exclude"
+rm -rf shared/seed-configs && mkdir -p shared && cp -r ../shared/seed-configs shared/
 du -sh .whl

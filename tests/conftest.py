@@ -23,7 +23,8 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
+# ../shared beside the checkout; a git-ignored copy inside it where only the checkout travels (the GPU machine)
+SHARED = ROOT / "shared" if (ROOT / "shared").is_dir() else ROOT.parent / "shared"
 DATA = Path(__file__).resolve().parent / "data"
 
 
