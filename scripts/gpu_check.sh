@@ -22,7 +22,7 @@ for stage in "$@"; do
   echo "== $stage ($(date +%T))"
   case $stage in
     gpu-tests) FT_TEST_GPU=1 python3 -m pytest -q -p no:cacheprovider -rs tests/test_gpu.py 2>&1 | tee "$OUT/gpu-tests.log" ;;
-    suite) python3 -m pytest -q -p no:cacheprovider -n 4 2>&1 | tee "$OUT/suite.log" ;;
+    suite) python3 -m pytest -q -p no:cacheprovider -n 6 2>&1 | tee "$OUT/suite.log" ;;
     throughput) python3 scripts/bench_gpu.py --sizes 1b 8b --out "$OUT/throughput.json" 2>&1 | tee "$OUT/throughput.log" ;;
     context) python3 scripts/bench_context.py --out "$OUT/context.json" ${CONTEXT_ARGS:-} 2>&1 | tee "$OUT/context.log" ;;
     *) echo "unknown stage $stage"; false ;;
