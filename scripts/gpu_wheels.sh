@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Here (no GPU): fill .whl/ with what the GPU machine of the device tool lacks for
 # ft, its GPU tests and the whole test suite (../shared/gpu/GPU.md lists what it has). Carry `.whl` in the
-# device run, then run scripts/gpu_check.sh there.
+# device run (and `shared`, the seed configs copied below), then run scripts/gpu_check.sh there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p "$(git rev-parse --git-dir)/info"  # fetch-wheels.sh writes the ignore line there
