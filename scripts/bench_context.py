@@ -54,8 +54,9 @@ def trial(kind: str, model: Path, tokens: int, cap_gb: float, work: Path) -> dic
     args = [str(Path(__file__).resolve().parent), kind, str(model), str(tokens), str(cap_gb), str(work)]
     proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=1800)
     line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
-    if line is not None and json.loads(line.removeprefix("RESULT "))["ok"]:
-        return json.loads(line.removeprefix("RESULT "))
+    result = json.loads(line.removeprefix("RESULT ")) if line is not None else {"ok": False}
+    if result["ok"]:
+        return result
     if any(word in proc.stderr.lower() for word in OOM_WORDS):
         return {"ok": False}
     raise TrialFailed(f"{kind} at {tokens} tokens under {cap_gb} GiB failed, not for memory:\n{proc.stderr[-3000:]}")
@@ -184,9 +185,14 @@ def main() -> None:
     try:
         model = build_model(size, work, device)
         started = time.perf_counter()
-        log = lambda line: print(f"[{time.perf_counter() - started:5.0f} s] {line}", file=sys.stderr, flush=True)  # noqa: E731
+
+        def log(line: str) -> None:
+            print(f"[{time.perf_counter() - started:5.0f} s] {line}", file=sys.stderr, flush=True)
+
+        def fits(kind: str, units: int, cap: float) -> bool:
+            return trial(kind, model, units * args.unit, cap, work)["ok"]
+
         pairs = [(kind, cap) for cap in args.cap_gb for kind in args.contenders]
-        fits = lambda kind, units, cap: trial(kind, model, units * args.unit, cap, work)["ok"]  # noqa: E731
         longest = search(pairs, fits, args.high // args.unit, memory, log)
         result["longest"] = {f"{kind} {cap:g}": units * args.unit for (kind, cap), units in longest.items()}
         save(args.out, result)

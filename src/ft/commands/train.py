@@ -42,7 +42,8 @@ def build_run(cfg: FtConfig, world: int) -> Run:
     from ft.train.trainer import build_trainer
 
     d, t = cfg.data, cfg.training
-    if t.tiled_mlp and shards_whole_modules(cfg.distributed, world) == "DeepSpeed ZeRO-3":
+    sharding = shards_whole_modules(cfg.distributed, world)
+    if t.tiled_mlp and sharding == "DeepSpeed ZeRO-3":
         raise UserError("`tiled_mlp` is not supported with DeepSpeed ZeRO-3 (its per-tile recompute aborts inside "
                         "ZeRO-3's parameter gathering); use ZeRO-2, or gradient_checkpointing with activation_offloading")
     on_gpu = torch.cuda.is_available()
@@ -61,7 +62,7 @@ def build_run(cfg: FtConfig, world: int) -> Run:
     sets = training_sets(d, layout, t.micro_batch_size, prepared, tokenizer.pad_token_id, on_gpu)
     args = training_arguments(t, cfg.logging, cfg.model, len(sets.train), sets.eval is not None, world,
                               trainer_arguments(cfg.distributed, world))
-    chunked = t.chunked_cross_entropy and uses_chunked_loss(model, shards_whole_modules(cfg.distributed, world))
+    chunked = t.chunked_cross_entropy and uses_chunked_loss(model, sharding)
     offload = None
     if t.activation_offloading:
         from ft.train.offload import ActivationOffload
