@@ -117,7 +117,9 @@ def adapter(folder: Path) -> dict:
 
 
 def difference(a: dict, b: dict) -> float:
-    return max(float((a[k] - b[k]).abs().max()) for k in a)
+    from compare import relative_difference
+
+    return relative_difference(a, b)
 
 
 def trial(folder: Path, seed: int, kills: int, merge: bool = False) -> Trial:

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from compare import relative_difference
 from train_helpers import build, make_config
 
 
@@ -40,9 +41,8 @@ def test_chunked_loss_equals_the_plain_loss(arch, items, tiny_model_dir):
     chunked = chunked_cross_entropy(hidden.value, labels, model.get_output_embeddings(), softcap=softcap,
                                     num_items_in_batch=kwargs.get("num_items_in_batch"), chunk=7)
     chunked_grads = torch.autograd.grad(chunked, list(model.parameters()), allow_unused=True)
-    assert abs(float(plain - chunked)) < 1e-6
-    worst = max(float((a - b).abs().max()) for a, b in zip(plain_grads, chunked_grads) if a is not None)
-    assert worst < 1e-6
+    assert abs(float(plain - chunked)) < 1e-6 * float(plain)
+    assert relative_difference(chunked_grads, plain_grads) < 1e-5
 
 
 def _train(tmp_path: Path, tiny_model_dir, name: str, offload=None, **keys):
@@ -57,10 +57,6 @@ def _train(tmp_path: Path, tiny_model_dir, name: str, offload=None, **keys):
     return trainer, losses, {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def _worst(a: dict, b: dict) -> float:
-    return max(float((a[n] - b[n]).abs().max()) for n in a)
-
-
 def test_ft_train_with_the_chunked_loss_equals_the_plain_loss(tmp_path: Path, tiny_model_dir):
     """Through the Trainer: packed rows, gradient accumulation (num_items_in_batch), three steps."""
     keys = {"sample_packing": True, "sequence_len": 256, "micro_batch_size": 1, "gradient_accumulation_steps": 2}
@@ -68,7 +64,7 @@ def test_ft_train_with_the_chunked_loss_equals_the_plain_loss(tmp_path: Path, ti
     plain, plain_losses, plain_weights = _train(tmp_path, tiny_model_dir, "plain", chunked_cross_entropy=False, **keys)
     assert chunked.chunked_loss and not plain.chunked_loss
     assert chunked_losses == pytest.approx(plain_losses, rel=1e-6)
-    assert _worst(chunked_weights, plain_weights) < 1e-6
+    assert relative_difference(chunked_weights, plain_weights) < 1e-5
 
 
 def test_activation_offloading_changes_no_gradient(tmp_path: Path, tiny_model_dir):
@@ -82,7 +78,7 @@ def test_activation_offloading_changes_no_gradient(tmp_path: Path, tiny_model_di
     _, kept_losses, kept_weights = _train(tmp_path, tiny_model_dir, "kept", **keys)
     assert offload.moved >= 3 * 2  # at least each layer's input, every step
     assert moved_losses == kept_losses
-    assert _worst(moved_weights, kept_weights) == 0.0
+    assert relative_difference(moved_weights, kept_weights) == 0.0
 
 
 def test_activation_offloading_moves_every_checkpointed_layer_input(tmp_path: Path, tiny_model_dir):
@@ -150,5 +146,38 @@ def test_tiled_mlp_gives_the_gradients_of_the_whole_mlp(checkpointing, tmp_path:
     tiled_loss, tiled_grads, tiled = grads("tiled", tiled_mlp=True, tiled_mlp_tokens=16)
     whole_loss, whole_grads, whole = grads("whole")
     assert tiled and all(tiled) and not any(whole)
-    assert abs(tiled_loss - whole_loss) < 1e-6
-    assert _worst(tiled_grads, whole_grads) < 1e-6
+    assert abs(tiled_loss - whole_loss) < 1e-6 * abs(whole_loss)
+    assert relative_difference(tiled_grads, whole_grads) < 1e-5
+
+
+def test_activation_offloading_moves_no_view_and_no_cast_weight(tmp_path: Path, tiny_model_dir):
+    """What a copy cannot free stays: views (the chunked loss's chunk inputs are slices of the final hidden
+    states) and autocast's bf16 copies of the LoRA weights (a linear layer saves its cast weight as a transposed
+    view of it). The hooks are offered both, so this can fail. Without checkpointing, so that what each layer
+    saves reaches the hooks too."""
+    from ft.train.offload import ActivationOffload, cast_of_parameter
+
+    cfg = make_config(tmp_path, tiny_model_dir("llama"), adapter="lora", lora_target_linear=True, sample_packing=True, sequence_len=256)
+    trainer, model, _ = build(cfg)
+    offered, moved = [], []
+
+    def kind(tensor) -> str:
+        if cast_of_parameter(tensor) or (tensor._base is not None and cast_of_parameter(tensor._base)):
+            return "cast weight"
+        return "view" if tensor._base is not None else "other"
+
+    class Recording(ActivationOffload):
+        def pack(self, tensor):
+            packed = super().pack(tensor)
+            offered.append(kind(tensor))
+            if packed is not tensor:
+                moved.append(kind(tensor))
+            return packed
+
+    trainer.offload = Recording(devices=("cpu",), min_bytes=0)
+    batch = next(iter(trainer.get_train_dataloader()))
+    model.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16), trainer.offload.active():
+        trainer.compute_loss(model, {k: v for k, v in batch.items() if k != "ft_real_tokens"}).backward()
+    assert trainer.chunked_loss and {"view", "cast weight", "other"} <= set(offered), set(offered)
+    assert moved and set(moved) == {"other"}, moved

@@ -38,7 +38,7 @@ def _models(tmp_path: Path, model_dir: Path):
 
     cfg = make_config(tmp_path, model_dir, **QLORA)
     tokenizer = load_tokenizer(cfg.model)
-    quantized, _ = model_for_training(cfg, tokenizer, "padded")
+    quantized, _, _ = model_for_training(cfg, tokenizer, "padded")
     torch.manual_seed(0)
     with torch.no_grad():
         for name, p in quantized.named_parameters():
@@ -95,7 +95,7 @@ def test_frozen_base_stays_in_the_compute_dtype(base: str, tmp_path: Path, tiny_
     if base.endswith("fsdp"):
         keys["fsdp"] = ["full_shard", "auto_wrap"]
     cfg = make_config(tmp_path, tiny_model_dir("llama"), **keys)
-    model, _ = model_for_training(cfg, load_tokenizer(cfg.model), "padded")
+    model, _, _ = model_for_training(cfg, load_tokenizer(cfg.model), "padded")
     frozen = {p.dtype for n, p in model.named_parameters() if "lora_" not in n}
     packed = {"4-bit": {torch.uint8}, "4-bit fsdp": set(), "8-bit": {torch.int8}}[base]
     assert frozen == {torch.bfloat16} | packed, frozen

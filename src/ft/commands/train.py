@@ -56,7 +56,7 @@ def build_run(cfg: FtConfig, world: int) -> Run:
     log.info(report(prepared, d.sequence_len))
 
     # model
-    model, attention = model_for_training(cfg, tokenizer, layout)
+    model, layout, attention = model_for_training(cfg, tokenizer, layout)
 
     # trainer
     sets = training_sets(d, layout, t.micro_batch_size, prepared, tokenizer.pad_token_id, on_gpu)
@@ -73,24 +73,34 @@ def build_run(cfg: FtConfig, world: int) -> Run:
     return Run(tokenizer, prepared, model, trainer, metrics, layout, attention)
 
 
-def model_for_training(cfg: FtConfig, tokenizer: Any, layout: str) -> tuple[Any, str]:
+def model_for_training(cfg: FtConfig, tokenizer: Any, layout: str) -> tuple[Any, str, str]:
     """The base model, its attention switched for flattened (packed or padding-free) batches, checkpointing
-    on, quantized layers prepared and the adapter applied: what the Trainer gets; and the attention kernel."""
+    on, quantized layers prepared and the adapter applied: what the Trainer gets; the batch layout (padded
+    when the model cannot take flattened batches); and the attention kernel in words."""
     from ft.model.adapter import apply_adapter
     from ft.model.load import load_model, prepare_for_training, use_packed_attention
+    from ft.model.precision import describe_training_precision, keep_trainable_in_fp32, master_weights, resolve_dtype
     from ft.train.batches import PADDED
 
     m, q, a, t = cfg.model, cfg.quantization, cfg.adapter, cfg.training
     fsdp = bool(cfg.distributed.fsdp)
     model, grew = load_model(m, q, tokenizer, full=a.adapter is None, fsdp=fsdp)
     check_fsdp_wrap(cfg.distributed, model)
-    attention = use_packed_attention(model, layout) if layout != PADDED else ""
+    layout, attention = use_packed_attention(model, layout) if layout != PADDED else (layout, "")
     if t.tiled_mlp:
         from ft.model.tiled_mlp import tile_mlps
 
         tile_mlps(model, t.tiled_mlp_tokens)
     model = prepare_for_training(model, q, checkpointing=t.gradient_checkpointing, adapter=bool(a.adapter))
-    return (apply_adapter(a, model, grew) if a.adapter else model), attention
+    if a.adapter:
+        model = apply_adapter(a, model, grew)
+    dtype = resolve_dtype(m)
+    masters = master_weights(m, dtype)
+    if masters:
+        keep_trainable_in_fp32(model)  # embeddings trained beside LoRA; full fine-tuning loaded in fp32 already
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    log.info(describe_training_precision(dtype, masters, trainable))
+    return model, layout, attention
 
 
 def uses_chunked_loss(model: Any, sharding: str) -> bool:

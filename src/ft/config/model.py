@@ -52,9 +52,13 @@ class ModelConfig(Section):
     chat_template_jinja: Optional[str] = Field(
         None, description="A Jinja chat template given in full; wins over chat_template."
     )
-    bf16: bool | Literal["auto"] = Field(
+    bf16: bool | Literal["auto", "full"] = Field(
         "auto",
-        description="Train in bfloat16. `auto`: bf16 on GPUs that support it, else fp16 on GPU, fp32 on CPU.",
+        description="Train in bfloat16: bf16 compute, and fp32 master weights (and gradients and optimizer states) "
+        "for trainable full-size weights, so that updates smaller than 1/256 of a weight are kept. `full`: pure "
+        "bf16, trainable weights stored and updated in bf16 (4 bytes per trainable parameter less, and more for "
+        "AdamW's states; most small updates are lost: scripts/bench_precision.py). `auto`: bf16 on GPUs that "
+        "support it, else fp16 on GPU, fp32 on CPU.",
     )
     fp16: Optional[bool] = Field(None, description="Train in float16 with loss scaling.")
     tf32: bool = Field(False, description="Allow TF32 matmuls on Ampere and newer GPUs.")
@@ -87,6 +91,11 @@ class ModelConfig(Section):
         if self.bf16 == "auto":
             return "auto"
         return "bf16" if self.bf16 else "fp32"
+
+    @property
+    def pure_bf16(self) -> bool:
+        """`bf16: full`: trainable weights stored and updated in bf16, no fp32 master copy."""
+        return self.bf16 == "full"
 
     @property
     def attention_request(self) -> Optional[str]:

@@ -69,7 +69,7 @@ def contradictions(cfg: FtConfig) -> list[Contradiction]:
         add(f"load_in_{q.bits}bit", f"{'an' if q.bits == 8 else 'a'} {q.bits}-bit base cannot be fully fine-tuned: add `{fix}`")
     if a.lora_model_dir and a.adapter is None:
         add("lora_model_dir", "`lora_model_dir` needs `adapter: lora` or `adapter: qlora`")
-    if m.bf16 is True and m.fp16:
+    if m.bf16 in (True, "full") and m.fp16:
         add("fp16", "`bf16` and `fp16` are both true; keep one")
     if d.deepspeed and d.fsdp:
         add("fsdp", "`deepspeed` and `fsdp` are both set; use one of them")

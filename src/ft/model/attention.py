@@ -27,4 +27,8 @@ def resolve_attention(m: ModelConfig) -> tuple[Optional[str], Optional[str]]:
 def describe_precision(m: ModelConfig) -> str:
     if m.precision == "auto":
         return "auto: bf16 on GPUs that support it, else fp16 on GPU, fp32 on CPU"
+    if m.pure_bf16:
+        return "pure bf16 (trainable weights stored and updated in bf16)"
+    if m.precision in ("bf16", "fp16"):
+        return f"{m.precision} compute, fp32 master weights for trainable full-size weights"
     return m.precision

@@ -8,7 +8,8 @@ from typing import Any
 from ft.config.model import ModelConfig, QuantizationConfig
 from ft.errors import ConfigError
 from ft.model.attention import resolve_attention
-from ft.model.precision import device, resolve_dtype
+from ft.model.packed_attention import modifies_scores
+from ft.model.precision import device, master_weights, resolve_dtype
 from ft.model.quantize import bnb_config, guard_cpu_4bit
 
 log = logging.getLogger("ft")
@@ -35,8 +36,8 @@ def load_model(m: ModelConfig, q: QuantizationConfig, tokenizer: Any, *, full: b
     if quant is not None:
         kwargs["quantization_config"] = quant
         kwargs["device_map"] = {"": device()}
-    # Full fine-tuning in fp16 keeps fp32 master weights (autocast does the fp16 math); bf16 trains in bf16.
-    load_dtype = torch.float32 if (dtype == torch.float16 and full) else dtype
+    # Full fine-tuning keeps fp32 master weights (autocast does the bf16/fp16 math), unless `bf16: full`
+    load_dtype = torch.float32 if (full and master_weights(m, dtype)) else dtype
     try:
         model = AutoModelForCausalLM.from_pretrained(m.base_model, dtype=load_dtype, **kwargs)
     except OSError as exc:
@@ -54,6 +55,10 @@ def load_model(m: ModelConfig, q: QuantizationConfig, tokenizer: Any, *, full: b
         model.resize_token_embeddings(len(tokenizer))
         log.info("vocabulary grew to %d tokens: embeddings resized and trained", len(tokenizer))
     model.config.use_cache = False
+    if model.config._attn_implementation == "sdpa" and modifies_scores(model.config):
+        # transformers before 5.2x loads Gemma-2 with sdpa, which ignores its attention logit soft-capping
+        log.warning("%s soft-caps its attention scores, which sdpa cannot: using its eager attention", type(model).__name__)
+        model.set_attn_implementation("eager")
     if q.bits == 4 and not torch.cuda.is_available():
         guard_cpu_4bit(model)
     return model, grew
@@ -77,20 +82,32 @@ def prepare_for_training(model: Any, q: QuantizationConfig, *, checkpointing: bo
     return model
 
 
-def use_packed_attention(model: Any, layout: str) -> str:
+def use_packed_attention(model: Any, layout: str) -> tuple[str, str]:
     """Switch the model to an attention that keeps the rows of a flattened batch apart and costs what each
-    row costs alone; returns the kernel it runs, in words."""
+    row costs alone. Returns (the batch layout to train with, the kernel it runs in words): padded batches
+    (and no kernel) when an unpacked run's model does not take the attention; an error for packing."""
     import torch
 
-    from ft.model.packed_attention import describe_kernel, packed_implementation, register
+    from ft.model.packed_attention import describe_kernel, modifies_scores, packed_implementation, register, takes_its_attention
 
     register()
     current = model.config._attn_implementation
-    chosen = packed_implementation(current, bool(getattr(model, "_supports_sdpa", True)))
+    chosen = packed_implementation(current, bool(getattr(model, "_supports_sdpa", True)), modifies_scores(model.config))
     if chosen != current:
-        model.set_attn_implementation(chosen)
+        model.set_attn_implementation(chosen)  # for a model outside AttentionInterface this only warns
+    if not takes_its_attention(model):
+        if chosen != current:
+            model.set_attn_implementation(current)
+        name = type(model).__name__
+        if layout == "packed":
+            raise ConfigError(f"sample_packing: true needs a model whose attention goes through transformers' attention "
+                              f"interface; {name} computes its own, so packed rows would attend to each other. Set "
+                              "sample_packing: false")
+        log.info("padded batches: %s computes its own attention (not through transformers' attention interface), "
+                 "so its rows cannot be laid end to end without padding", name)
+        return "padded", ""
     c = model.config.get_text_config()
     head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
     kernel = describe_kernel(chosen, torch.cuda.is_available(), head_dim)
     log.info("%s batches: attention runs on each row (%s, %s)", layout, kernel, chosen)
-    return kernel
+    return layout, kernel

@@ -11,6 +11,9 @@ tokens × query heads × head_dim:
 - `per_row`: each row through sdpa with its own causal (and sliding-window) mask; the CPU path, and the
   reference the CPU tests hold the glue to.
 Gemma-2's logit soft-capping fits neither: `PER_ROW_EAGER` runs the model's own eager attention per row.
+It is chosen from the model's config when the model modifies its attention scores, and `varlen_attention`
+hands any call that carries such a modification (`softcap`, attention sinks) to it all the same, whatever
+the transformers version resolved the model's attention to: the kernels never drop what the model computes.
 All are registered in transformers' AttentionInterface; transformers builds no mask for a name it does
 not know in its mask interface, so nothing bin-sized is ever made. With flash-attn installed, ft uses
 flash_attention_2, which reads the same boundaries.
@@ -30,7 +33,13 @@ log = logging.getLogger("ft")
 
 VARLEN = "ft_varlen"
 PER_ROW_EAGER = "ft_packed_eager"
-MAX_HEAD_DIM = 256  # the flash kernel's limit
+MAX_HEAD_DIM = 256  # the flash kernel's limits: head_dim at most 256, a multiple of 8
+HEAD_DIM_MULTIPLE = 8
+# attention-function keyword arguments that change the scores in ways the varlen kernels cannot express:
+# Gemma-2's logit soft-capping, and the attention sinks of gpt-oss-style models
+SCORE_MODIFIERS = ("softcap", "s_aux", "sinks")
+# config attributes that make a model pass one of them
+SCORE_MODIFYING_CONFIG = ("attn_logit_softcapping",)
 
 
 def boundaries(lengths: list[int]) -> dict[str, Any]:
@@ -90,7 +99,14 @@ def _edges(cu: Any) -> list[int]:
 def kernel_available(head_dim: int, window: Optional[int]) -> bool:
     """Whether torch's varlen kernel can run this attention (it exists in torch ≥ 2.10; windows from 2.11)."""
     params = _varlen_parameters()
-    return bool(params) and head_dim <= MAX_HEAD_DIM and (window is None or "window_size" in params)
+    return (bool(params) and head_dim <= MAX_HEAD_DIM and head_dim % HEAD_DIM_MULTIPLE == 0
+            and (window is None or "window_size" in params))
+
+
+def modifies_scores(config: Any) -> bool:
+    """Whether a model (its text config) modifies attention scores beyond what the varlen kernels compute."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return any(getattr(text, name, None) is not None for name in SCORE_MODIFYING_CONFIG)
 
 
 def _repeat_kv(t: Any, groups: int) -> Any:
@@ -99,7 +115,12 @@ def _repeat_kv(t: Any, groups: int) -> Any:
 
 
 def torch_varlen(q: Any, k: Any, v: Any, cu: Any, longest: int, scale: float, window: Optional[int]) -> Any:
-    """PyTorch's varlen flash attention, called in the form the installed version has."""
+    """PyTorch's varlen flash attention, called in the form the installed version has.
+
+    Grouped-query attention: the flash kernel reads query head h from kv head h // (query heads / kv heads)
+    itself, so k and v go in unrepeated. torch ≥ 2.12 asks for `enable_gqa=True` (and checks the head counts);
+    before it the wrapper passes any head counts through to the same kernel. Repeating them would save the
+    copies for the backward pass: 4x the k/v memory on Llama-3-8B."""
     from torch.nn.attention.varlen import varlen_attn
 
     params = _varlen_parameters()
@@ -108,11 +129,8 @@ def torch_varlen(q: Any, k: Any, v: Any, cu: Any, longest: int, scale: float, wi
         kwargs["window_size"] = (window - 1 if window else -1, 0)
     else:  # torch 2.10
         kwargs["is_causal"] = True
-    groups = q.shape[1] // k.shape[1]
-    if groups > 1 and "enable_gqa" in params:  # torch ≥ 2.12
+    if q.shape[1] != k.shape[1] and "enable_gqa" in params:  # torch ≥ 2.12
         kwargs["enable_gqa"] = True
-    else:
-        k, v = _repeat_kv(k, groups), _repeat_kv(v, groups)
     return varlen_attn(q, k, v, cu, cu, longest, longest, **kwargs)
 
 
@@ -141,6 +159,8 @@ def varlen_attention(module: Any, query: Any, key: Any, value: Any, attention_ma
     """transformers' attention-function form: query (batch, heads, tokens, d), output (batch, tokens, heads, d)."""
     import torch
 
+    if any(kwargs.get(name) is not None for name in SCORE_MODIFIERS):
+        return per_row_eager(module, query, key, value, attention_mask, **kwargs)
     batch, heads, length, dim = query.shape
     cu, longest = _bounds(query, kwargs)
     q, k, v = (t.transpose(1, 2).reshape(batch * length, t.shape[1], dim) for t in (query, key, value))
@@ -197,13 +217,48 @@ def register() -> None:
     AttentionInterface.register(PER_ROW_EAGER, per_row_eager)
 
 
-def packed_implementation(requested: str | None, supports_sdpa: bool) -> str:
-    """The attention to train flattened batches with, given what the config resolved to."""
+def packed_implementation(requested: str | None, supports_sdpa: bool, scores_modified: bool = False) -> str:
+    """The attention to train flattened batches with, given what the config resolved to and whether the
+    model modifies its scores (soft-capping: only its own eager attention, or flash-attn, computes it)."""
     if requested and requested.startswith("flash_attention"):
-        return requested  # flash-attn's varlen path reads the same boundaries
-    if requested == "eager" or not supports_sdpa:
+        return requested  # flash-attn's varlen path reads the same boundaries, and applies softcap
+    if requested == "eager" or not supports_sdpa or scores_modified:
         return PER_ROW_EAGER
     return VARLEN
+
+
+def takes_its_attention(model: Any) -> bool:
+    """Whether the model's attention goes through transformers' AttentionInterface, so that the function set
+    by `set_attn_implementation` (ft's, or flash-attn's) is what runs: a probe forward of two 2-token rows laid
+    end to end must call it. A model whose attention ignores the interface (remote code, older architectures)
+    would run its own causal attention over the whole flattened batch, and rows would see each other."""
+    import torch
+    from transformers import AttentionInterface
+
+    name = model.config._attn_implementation
+    original = AttentionInterface._global_mapping.get(name)
+    if original is None:
+        return False
+    calls: list[int] = []
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    device = next(model.parameters()).device
+    probe = {"input_ids": torch.ones((1, 4), dtype=torch.long, device=device),
+             "position_ids": torch.tensor([[0, 1, 0, 1]], device=device),
+             **{k: v.to(device) if torch.is_tensor(v) else v for k, v in boundaries([2, 2]).items()}}
+    was_training = model.training
+    AttentionInterface.register(name, counted)
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(**probe)
+    finally:
+        AttentionInterface.register(name, original)
+        model.train(was_training)
+    return bool(calls)
 
 
 def describe_kernel(implementation: str, on_gpu: bool, head_dim: int) -> str:

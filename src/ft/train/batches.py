@@ -13,7 +13,9 @@ from ft.model.packed_attention import boundaries
 
 log = logging.getLogger("ft")
 
-# A batch key the trainer pops before the forward pass: how many of the batch's token slots are real.
+# A batch key the trainer pops before the forward pass: how many of the batch's token slots are real. A
+# Python int, counted on the host by the collator: the batch's tensors go to the GPU, and reading a count back
+# from there would wait for the device every step.
 REAL_TOKENS = "ft_real_tokens"
 
 
@@ -55,7 +57,7 @@ class PadCollator:
             ids[i, :n] = torch.tensor(r["input_ids"])
             labels[i, :n] = torch.tensor(r["labels"])
             mask[i, :n] = 1
-        return {"input_ids": ids, "labels": labels, "attention_mask": mask, REAL_TOKENS: mask.sum()}
+        return {"input_ids": ids, "labels": labels, "attention_mask": mask, REAL_TOKENS: int(mask.sum())}
 
 
 class PackedBins:
@@ -109,7 +111,7 @@ class PackedCollator:
             "labels": torch.tensor([labels]),
             "position_ids": torch.tensor([positions]),
             **boundaries(lengths),
-            REAL_TOKENS: torch.tensor(real),
+            REAL_TOKENS: real,
         }
 
 

@@ -4,7 +4,10 @@ lives in pinned CPU memory, not on the GPU.
 A saved-tensor pack hook copies each large activation to pinned host memory on a side stream, so the copy
 overlaps the forward compute (`record_stream` keeps the GPU block from being reused before the copy is
 done); the unpack hook has the compute stream wait for that copy and brings the tensor back. Weights
-(parameters, and frozen tensors that are no op's output) and small tensors stay where they are.
+(parameters, and frozen tensors that are no op's output) and small tensors stay where they are, and so does
+what a copy could not free: a view (its storage is its base's, which stays: the chunked loss's chunk inputs
+are slices of the final hidden states) and autocast's low-precision copy of a weight (autocast caches it for
+the whole forward). Those would cost transfer time and pinned memory for no GPU memory.
 """
 
 from __future__ import annotations
@@ -23,6 +26,21 @@ def _activation(tensor: Any) -> bool:
     return tensor.grad_fn is not None or (tensor.requires_grad and not isinstance(tensor, torch.nn.Parameter))
 
 
+def cast_of_parameter(tensor: Any) -> bool:
+    """autocast's low-precision copy of a weight: a copy op whose input is a parameter."""
+    import torch
+
+    fn = tensor.grad_fn
+    return fn is not None and type(fn).__name__.startswith("ToCopyBackward") and any(
+        isinstance(getattr(nxt, "variable", None), torch.nn.Parameter) for nxt, _ in fn.next_functions)
+
+
+def _freeable(tensor: Any) -> bool:
+    """Whether moving the tensor off the device can free memory: not a view of another tensor (a linear
+    layer saves its cast weight as such a view), and not autocast's cast of a weight."""
+    return tensor._base is None and not cast_of_parameter(tensor)
+
+
 class ActivationOffload:
     """The pack/unpack pair; `devices` are the device types whose tensors move (tests add "cpu" to exercise it)."""
 
@@ -36,7 +54,7 @@ class ActivationOffload:
     def pack(self, tensor: Any) -> Any:
         import torch
 
-        if (tensor.device.type not in self.devices or not _activation(tensor)
+        if (tensor.device.type not in self.devices or not _activation(tensor) or not _freeable(tensor)
                 or tensor.numel() * tensor.element_size() < self.min_bytes):
             return tensor
         self.moved += 1

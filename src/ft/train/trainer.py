@@ -92,7 +92,7 @@ class FtTrainer(Trainer):
         real = inputs.pop(REAL_TOKENS, None)
         self.token_slots += int(inputs["input_ids"].numel())
         self.largest_batch = max(self.largest_batch, int(inputs["input_ids"].numel()))
-        self.real_tokens += int(real) if real is not None else int(inputs["input_ids"].numel())
+        self.real_tokens += real if real is not None else int(inputs["input_ids"].numel())
         if self.offload is None:
             return super().training_step(model, inputs, num_items_in_batch)
         with self.offload.active():  # the forward's saved tensors go to host memory; backward brings them back
