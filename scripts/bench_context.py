@@ -2,6 +2,7 @@
 """The longest single row that trains two steps within a GPU memory cap, for 8B QLoRA with checkpointing.
 
     python scripts/bench_context.py [--cap-gb 24 16 48] [--contenders ft ft-offload ft-offload-tiled baseline]
+    python scripts/bench_context.py --lengths 65536 81920 --contenders ft-offload-tiled   (those lengths only, side by side)
     python scripts/bench_context.py --high 2048 --unit 512 --contenders ft baseline   (a CPU smoke run)
 
 Model: a random-weight Llama with Llama 3.1 8B's shape (vocab 128,256), built from a config on the GPU
@@ -16,7 +17,11 @@ The search runs for every (contender, cap) pair at once: each round probes a few
 --unit) inside each pair's open interval, as many trials side by side as the GPU's memory holds caps (a
 trial's fit does not depend on its neighbours: each has its own cap). Then, each alone on the GPU, every
 contender's second-step time at --time-at tokens (16,384) under the first cap, beside ft's.
-A trial that fails for another reason than memory stops the run with its error.
+With --lengths, no search: each contender tries those lengths, side by side, and the step-time comparison is
+left out (the GPU check's short form). Trials that offload activations run one at a time: each pins host
+memory for its activations (~21 GiB at 80k tokens on 8B), and side by side they could exhaust it.
+A trial that fails for another reason than GPU memory (pinned host memory included) stops the run with its
+error. The JSON (--out) is written after every trial.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ CONTENDERS = {  # the config keys each ft contender adds
     "baseline": None,
 }
 OOM_WORDS = ("out of memory", "outofmemoryerror")
+HOST_WORDS = ("pinned", "cudahostalloc", "hostalloc")  # pinned host memory ran out: not the GPU's memory
 
 
 class TrialFailed(RuntimeError):
@@ -57,7 +63,8 @@ def trial(kind: str, model: Path, tokens: int, cap_gb: float, work: Path) -> dic
     result = json.loads(line.removeprefix("RESULT ")) if line is not None else {"ok": False}
     if result["ok"]:
         return result
-    if any(word in proc.stderr.lower() for word in OOM_WORDS):
+    said = proc.stderr.lower()
+    if any(word in said for word in OOM_WORDS) and not any(word in said for word in HOST_WORDS):
         return {"ok": False}
     raise TrialFailed(f"{kind} at {tokens} tokens under {cap_gb} GiB failed, not for memory:\n{proc.stderr[-3000:]}")
 
@@ -170,8 +177,11 @@ def main() -> None:
     parser.add_argument("--high", type=int, default=131072, help="the longest length tried")
     parser.add_argument("--time-at", type=int, default=16384, help="the length of the step-time comparison")
     parser.add_argument("--memory-gb", type=float, default=None, help="GPU memory to fill with trials (default: all but 4 GiB)")
+    parser.add_argument("--lengths", type=int, nargs="+", default=None, help="try these lengths only (no search, no step times)")
     parser.add_argument("--out", default=None, help="write the results as JSON here too")
     args = parser.parse_args()
+
+    import threading
 
     import torch
 
@@ -189,8 +199,35 @@ def main() -> None:
         def log(line: str) -> None:
             print(f"[{time.perf_counter() - started:5.0f} s] {line}", file=sys.stderr, flush=True)
 
+        one_offload = threading.Lock()
+        result["trials"] = []
+
+        def tried(kind: str, tokens: int, cap: float) -> dict[str, Any]:
+            if CONTENDERS[kind] and CONTENDERS[kind].get("activation_offloading"):
+                with one_offload:
+                    outcome = trial(kind, model, tokens, cap, work)
+            else:
+                outcome = trial(kind, model, tokens, cap, work)
+            result["trials"].append({"contender": kind, "tokens": tokens, "cap_gb": cap, **outcome})
+            save(args.out, result)
+            return outcome
+
+        if args.lengths:
+            jobs = [(kind, n, cap) for cap in args.cap_gb for kind in args.contenders for n in args.lengths]
+            slots = max(1, int(memory // (max(args.cap_gb) + 1)))
+            with ThreadPoolExecutor(max_workers=slots) as pool:
+                outcomes = list(pool.map(lambda job: tried(*job), jobs))
+            for (kind, n, cap), outcome in zip(jobs, outcomes):
+                log(f"{kind} under {cap:g} GiB, {n} tokens: {'fits' if outcome['ok'] else 'out of memory'}")
+            print(f"\nsingle rows that train two steps ({size}, QLoRA nf4, gradient checkpointing)")
+            print("| contender | cap | tokens | trains | peak |\n| --- | --- | --- | --- | --- |")
+            for (kind, n, cap), o in zip(jobs, outcomes):
+                print(f"| {kind} | {cap:g} GiB | {n:,} | {'yes' if o['ok'] else 'no'} | {o['peak_gb']:.1f} GiB |" if o["ok"] else
+                      f"| {kind} | {cap:g} GiB | {n:,} | no | - |")
+            return
+
         def fits(kind: str, units: int, cap: float) -> bool:
-            return trial(kind, model, units * args.unit, cap, work)["ok"]
+            return tried(kind, units * args.unit, cap)["ok"]
 
         pairs = [(kind, cap) for cap in args.cap_gb for kind in args.contenders]
         longest = search(pairs, fits, args.high // args.unit, memory, log)

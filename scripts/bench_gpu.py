@@ -2,7 +2,7 @@
 """GPU training throughput: ft packed and ft unpacked beside a padded transformers Trainer, in one run.
 
     python scripts/bench_gpu.py [--sizes 1b 8b] [--rows 6000] [--out bench.json]
-    python scripts/bench_gpu.py --sizes tiny --rows 300     (a CPU smoke run of the same code)
+    python scripts/bench_gpu.py --sizes tiny tiny-qlora --rows 300     (a CPU smoke run of the same code)
     (the longest trainable row: scripts/bench_context.py)
 
 Models: random-weight Llamas with real shapes, built from a config on the GPU (1b: Llama 3.2 1B, LoRA, bf16;
@@ -37,11 +37,13 @@ SHAPES = {  # hidden, layers, heads, kv heads, MLP, tied embeddings
     "1b": (2048, 16, 32, 8, 8192, True),
     "8b": (4096, 32, 32, 8, 14336, False),
     "tiny": (128, 2, 4, 2, 256, False),
+    "tiny-qlora": (128, 2, 4, 2, 256, False),
 }
 SETUP = {  # micro batch of the unpacked contenders, bins per packed micro batch, QLoRA, checkpointing, warm-up, timed steps
-    "1b": (16, (2, 4, 8), False, False, 5, 30),
-    "8b": (16, (2, 4, 8), True, True, 3, 10),
-    "tiny": (4, (1, 2), False, False, 2, 5),
+    "1b": (16, (2, 8), False, False, 3, 10),  # sized so that the GPU check's 1b stage ends within 90 s
+    "8b": (8, (4,), True, True, 2, 4),  # and its 8b stage within 150 s (each step of 8 rows or 4 bins takes seconds)
+    "tiny": (4, (1, 2), False, False, 1, 2),
+    "tiny-qlora": (4, (2,), True, True, 1, 2),  # the 8b code path (QLoRA, checkpointing) at the tiny shape
 }
 
 
@@ -63,6 +65,15 @@ def bf16_rate(device: str) -> float:
     return 2 * n**3 * reps / (time.perf_counter() - start)
 
 
+def vocab(size: str, tok: Any = None) -> int:
+    """Llama 3's vocabulary for the real shapes; the test tokenizer's own for the tiny smoke runs."""
+    if not size.startswith("tiny"):
+        return 128_256
+    from ft.tiny import build_tokenizer
+
+    return len(tok if tok is not None else build_tokenizer())
+
+
 def build_model(size: str, work: Path, device: str) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig
@@ -71,7 +82,7 @@ def build_model(size: str, work: Path, device: str) -> Path:
 
     hidden, layers, heads, kv, mlp, tied = SHAPES[size]
     tok = build_tokenizer()
-    config = LlamaConfig(vocab_size=128_256, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+    config = LlamaConfig(vocab_size=vocab(size, tok), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
                          num_key_value_heads=kv, intermediate_size=mlp, tie_word_embeddings=tied, max_position_embeddings=8192,
                          bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     out = work / f"model-{size}"
@@ -180,7 +191,7 @@ def run_padded(cfg_path: Path, size: str, device: str) -> dict[str, Any]:
     if qlora:
         kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                                            bnb_4bit_compute_dtype=dtype)
-        kwargs["device_map"] = {"": 0}
+        kwargs["device_map"] = {"": 0 if device == "cuda" else "cpu"}
     model = AutoModelForCausalLM.from_pretrained(cfg.model.base_model, **kwargs)
     model.config.use_cache = False
     if qlora:
@@ -217,7 +228,7 @@ def flops_per_token(model_dir: Path, work: Path, size: str) -> float:
     hidden, layers, heads, kv, mlp, tied = SHAPES[size]
     head_dim = hidden // heads
     per_layer = hidden * head_dim * (2 * heads + 2 * kv) + 3 * hidden * mlp
-    n = layers * per_layer + 128_256 * hidden  # the head's matmul counts; the embedding lookup does not
+    n = layers * per_layer + vocab(size) * hidden  # the head's matmul counts; the embedding lookup does not
     factor = 6 if SETUP[size][3] else 4
     lengths = []
     for arrow in (work / "prepared").glob("*/train.arrow"):
@@ -240,6 +251,11 @@ def main() -> None:
     rate = bf16_rate(device)
     print(f"device {device}; bf16 matmul rate {rate / 1e12:.0f} TFLOP/s (measured)", file=sys.stderr)
     results: dict[str, Any] = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "bf16_tflops": rate / 1e12}
+
+    def save() -> None:  # after every contender: a run cut off by its time budget keeps what it measured
+        if args.out:
+            Path(args.out).write_text(json.dumps(results, indent=1))
+
     for size in args.sizes:
         work = Path(tempfile.mkdtemp(prefix=f"ft-bench-gpu-{size}-"))
         try:
@@ -252,12 +268,14 @@ def main() -> None:
                 **{f"ft packed, {b} bins": (run_ft, write_config(work, f"packed{b}", model, size, sample_packing=True, micro_batch_size=b))
                    for b in bins},
             }
-            rows = {}
+            rows: dict[str, Any] = {}
+            results[size] = rows
             for name, (fn, cfg_path) in contenders.items():
                 free(device)
                 rows[name] = fn(cfg_path, size, device)
                 rows[name]["peak_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan")
-                print(f"{size} {name}: {json.dumps(rows[name])}", file=sys.stderr)
+                print(f"{size} {name}: {json.dumps(rows[name])}", file=sys.stderr, flush=True)
+                save()
             per_token = flops_per_token(model, work, size)
             base = rows["padded Trainer"]["tokens_per_s"]
             print(f"\n{size}: {args.rows} rows, sequence_len 2048, {per_token / 1e9:.1f} GFLOP per real token")
@@ -268,11 +286,9 @@ def main() -> None:
                 r["mfu"] = r["tokens_per_s"] * per_token / rate
                 print(f"| {name} | {r['batches']} | {r['attention']} | {r['tokens_per_s']:,.0f} | {r['vs_padded']:.2f}× | "
                       f"{r['slots_real']:.3f} | {r['peak_memory_gb']:.1f} | {100 * r['mfu']:.1f}% |")
-            results[size] = rows
+            save()
         finally:
             shutil.rmtree(work, ignore_errors=True)
-    if args.out:
-        Path(args.out).write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p "$(git rev-parse --git-dir)/info"  # fetch-wheels.sh writes the ignore line there
-bash ../shared/gpu/fetch-wheels.sh import-linter==2.16 grimp hjson
+# beyond ft's own needs: the whole suite's (import-linter and its click, grimp; hypothesis and
+# sortedcontainers) and DeepSpeed's runtime ones; a collection error would stop the suite there
+bash ../shared/gpu/fetch-wheels.sh import-linter==2.17 grimp==3.20 click==8.5.1 hypothesis==6.170.17 sortedcontainers==2.4.0 \
+  hjson==3.1.0 einops==0.8.2 msgpack==1.2.4 ninja==1.13.2 psutil==7.2.2 py-cpuinfo==9.0.0
 # DeepSpeed is published as source only: build its pure-Python wheel here (its ops compile on first use)
 python3 -m pip wheel -q --no-deps -w .whl deepspeed==0.19.8
 # the seed configs, for the whole suite there (only the checkout travels; tests/conftest.py looks here first)

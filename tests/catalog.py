@@ -62,6 +62,8 @@ CASES = [
     Case("the config path is a folder", None, ("is a folder, not a YAML config file",), args=("validate", "out")),
     # keys and types
     Case("an unknown key", BASE + "lora_alpah: 16\n", ("cfg.yml:10", "unknown key `lora_alpah`", "did you mean `lora_alpha`")),
+    Case("a format key written with its default value", with_ds("    roles_to_train: [assistant]\n"),
+         ("`roles_to_train` is only read by `type: chat_template`", "this dataset has `type: alpaca`", "remove the key")),
     Case("an unknown key in a dataset", with_ds("    feild: text\n"), ("cfg.yml:5", "unknown key `feild`", "did you mean `field`")),
     Case("an unknown key in a user-defined format", BASE.replace("    type: alpaca\n", "    type:\n      field_instructon: q\n"),
          ("cfg.yml:5", "unknown key `field_instructon`", "did you mean `field_instruction`")),
@@ -131,6 +133,14 @@ CASES = [
     Case("--set without a value", BASE, ("--set datasets.0.path: write --set key=value",), args=("validate", "cfg.yml", "--set", "datasets.0.path")),
     Case("--set past the end of a list", BASE, ("index 3 is past the end of the list",), args=("validate", "cfg.yml", "--set", "datasets.3.path=x")),
     Case("a stray word on the command line", BASE, ("unexpected argument `fast`",), args=("validate", "cfg.yml", "fast")),
+    Case("a mistyped command", BASE, ("command line: No such command 'trian'", "Did you mean 'train'"), args=("trian", "cfg.yml")),
+    Case("an unknown command", BASE, ("command line: No such command 'fly'", "ft --help"), args=("fly", "cfg.yml")),
+    Case("a command without its config", BASE, ("command line: Missing argument 'config'", "ft train --help"), args=("train",)),
+    Case("an unknown option before the command", BASE, ("command line: No such option: --fast",), args=("--fast", "train", "cfg.yml")),
+    Case("an option without its value", BASE, ("command line: Option '--prompt' requires an argument",),
+         args=("inference", "cfg.yml", "--prompt")),
+    Case("an option of the wrong type", BASE, ("command line: Invalid value for '--max-new-tokens'",),
+         args=("inference", "cfg.yml", "--prompt", "hi", "--max-new-tokens", "lots")),
     # data (ft preprocess reads the files and tokenizes)
     Case("a dataset file that is not there", BASE.replace("data.jsonl", "nope.jsonl"), ("dataset `nope.jsonl`: no such file",),
          args=("preprocess", "cfg.yml")),
@@ -167,7 +177,10 @@ CASES = [
          files={"chat.jsonl": jsonl([{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}])}),
     # the model (ft train loads it)
     Case("a base_model folder without weights", BASE.replace("base_model: model", "base_model: noweights"),
-         ("cannot load the model `noweights`",), args=("train", "cfg.yml"), setup="noweights"),
+         ("the model folder `noweights` lacks model weights",), args=("train", "cfg.yml"), setup="noweights"),
+    Case("an empty base_model folder", BASE.replace("base_model: model", "base_model: emptymodel"),
+         ("the model folder `emptymodel` is empty", "config.json", "model weights", "tokenizer files", "download"),
+         args=("train", "cfg.yml"), setup="emptymodel"),
     Case("a base_model that is nowhere", BASE.replace("base_model: model", "base_model: nobody/nothing"),
          ("cannot load the tokenizer from `nobody/nothing`",), args=("train", "cfg.yml")),
     Case("target modules the model does not have", BASE + "adapter: lora\nlora_target_modules: [nonexistent_proj]\n",
@@ -194,6 +207,8 @@ def prepare_setup(root: Path, tiny: Path, setup: str) -> None:
         data = json.loads(config.read_text())
         data.pop("chat_template", None)
         config.write_text(json.dumps(data))
+    elif setup == "emptymodel":
+        (root / "emptymodel").mkdir()
     elif setup == "noweights":
         (root / "noweights").mkdir()
         for name in os.listdir(tiny):

@@ -181,14 +181,28 @@ def main(argv: Optional[List[str]] = None) -> None:
     except SystemExit:
         raise
     except Exception as exc:
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(2)
-        if isinstance(exc, click.exceptions.Abort):
+        kind = command_line_mistake(exc)
+        if kind is None or debug:
+            raise
+        if kind == "abort":
             sys.exit(130)
-        raise
+        print(f"ft: error: {kind}", file=sys.stderr)
+        sys.exit(2)
+
+
+def command_line_mistake(exc: BaseException) -> Optional[str]:
+    """A parser error (unknown or mistyped command, missing argument, unknown option) as one line; "abort"
+    for Ctrl-C at a prompt; None for anything else. Matched by class name, not identity: typer ≥ 0.29 raises
+    its own copy of click's exceptions (`typer._click`), other versions click's."""
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    if "Abort" in names:
+        return "abort"
+    if "ClickException" not in names:
+        return None
+    ctx = getattr(exc, "ctx", None)
+    where = ctx.command_path if ctx is not None and getattr(ctx, "command_path", "") else "ft"
+    text = " ".join(exc.format_message().split())
+    return f"command line: {text} (see `{where} --help`)"
 
 
 if __name__ == "__main__":

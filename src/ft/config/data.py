@@ -124,14 +124,15 @@ class DatasetConfig(Section):
 
     @model_validator(mode="after")
     def _keys_the_format_reads(self, info: ValidationInfo) -> "DatasetConfig":
-        """A format-specific key the entry's format never reads is a mistake, not a no-op."""
+        """A format-specific key the entry's format never reads is a mistake, not a no-op: whether the key was
+        written decides, not its value (`roles_to_train: [assistant]`, the default, on alpaca rows too)."""
         context = context_of(info)
         if context is None:
             return self
         name = self.type if isinstance(self.type, str) else "user_defined" if self.type else None
         reads = context.format_reads.get(name, ()) if name else ()
         for key in FORMAT_KEYS:
-            if key in reads or getattr(self, key) == DatasetConfig.model_fields[key].default:
+            if key in reads or key not in self.model_fields_set:
                 continue
             readers = " or ".join(f"`type: {n}`" for n, keys in context.format_reads.items() if key in keys)
             this = f"`type: {name}`" if isinstance(self.type, str) else "a user-defined `type:`" if self.type else "no `type:`"

@@ -11,6 +11,7 @@ from ft.model.attention import resolve_attention
 from ft.model.packed_attention import modifies_scores
 from ft.model.precision import device, master_weights, resolve_dtype
 from ft.model.quantize import bnb_config, guard_cpu_4bit
+from ft.tokenizer.load import check_model_folder
 
 log = logging.getLogger("ft")
 
@@ -21,6 +22,7 @@ def load_model(m: ModelConfig, q: QuantizationConfig, tokenizer: Any, *, full: b
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    check_model_folder(m.base_model)
     dtype = resolve_dtype(m)
     attention, warning = resolve_attention(m)
     if warning:

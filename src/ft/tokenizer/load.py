@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from ft.config.model import ModelConfig
@@ -17,6 +18,37 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
                    "chat_template.json", "added_tokens.json", "tokenizer.model", "vocab.json", "merges.txt")
 
 
+WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json")
+TOKENIZER_ANY = ("tokenizer.json", "tokenizer.model", "vocab.json", "tiktoken.model")
+
+
+def missing_model_files(folder: Path, weights: bool = True) -> list[str]:
+    """What a local model folder lacks of config.json, weights and tokenizer files (a download that stopped
+    half-way leaves such a folder)."""
+    missing = []
+    if not (folder / "config.json").is_file():
+        missing.append("config.json")
+    if weights and not any(any(folder.glob(pattern)) for pattern in WEIGHT_PATTERNS):
+        missing.append("model weights (*.safetensors or *.bin)")
+    if not any((folder / name).is_file() for name in TOKENIZER_ANY):
+        missing.append("tokenizer files (tokenizer.json or tokenizer.model)")
+    return missing
+
+
+def check_model_folder(source: str, weights: bool = True) -> None:
+    """A local folder given as a model or tokenizer must hold one: one message naming all it lacks."""
+    folder = Path(source)
+    if not folder.is_dir():
+        return
+    empty = not any(folder.iterdir())
+    missing = missing_model_files(folder, weights or empty)
+    if missing:
+        what = ", ".join(missing[:-1]) + (" and " if len(missing) > 1 else "") + missing[-1]
+        state = f"is empty (a model folder holds {what})" if empty else f"lacks {what}"
+        raise ConfigError(f"the model folder `{source}` {state}: a download that did not finish? Download the "
+                          "model again, or point base_model at a complete folder")
+
+
 def tokenizer_source(m: ModelConfig) -> str:
     return m.tokenizer_config or m.base_model
 
@@ -28,6 +60,7 @@ def load_tokenizer(m: ModelConfig) -> Any:
     resized and trained then).
     """
     source = tokenizer_source(m)
+    check_model_folder(source, weights=False)
     try:
         if _generic_fast_class(m):
             # AutoTokenizer would load this very class, after importing the auto machinery and the model's
