@@ -73,11 +73,37 @@ def validate(ctx: typer.Context, config: Path = CONFIG_ARG, set_: Optional[List[
     typer.echo(describe(cfg, world_size=world_size()))
 
 
-@app.command(context_settings=OVERRIDES, help="Fine-tune the model the config describes." + OVERRIDE_HELP)
-def train(ctx: typer.Context, config: Path = CONFIG_ARG, set_: Optional[List[str]] = SET_OPT) -> None:
+@app.command(context_settings=OVERRIDES, help="Fine-tune the model the config describes; --num-processes N runs it on N "
+             "processes (GPUs) through torch's elastic launcher." + OVERRIDE_HELP)
+def train(
+    ctx: typer.Context,
+    config: Path = CONFIG_ARG,
+    set_: Optional[List[str]] = SET_OPT,
+    num_processes: Optional[int] = typer.Option(None, min=1, help="Processes per machine (one per GPU)."),
+    num_machines: int = typer.Option(1, min=1, help="Machines taking part (each runs this same command)."),
+    machine_rank: int = typer.Option(0, min=0, help="This machine's number, 0 on the main machine."),
+    main_process_ip: Optional[str] = typer.Option(None, help="The main machine's address (several machines)."),
+    main_process_port: Optional[int] = typer.Option(None, help="A free port on the main machine (default 29500)."),
+) -> None:
+    cfg = load(config, ctx, set_)  # a config mistake is said once, here, before any process starts
+    if num_processes is not None and "WORLD_SIZE" not in os.environ:
+        from ft.launch.processes import Layout, launch
+
+        if machine_rank >= num_machines:
+            raise ConfigError(f"command line: --machine-rank {machine_rank} with --num-machines {num_machines}: "
+                              f"machines are numbered 0 to {num_machines - 1}")
+        if num_machines > 1 and not main_process_ip:
+            raise ConfigError("command line: --num-machines above 1 needs --main-process-ip (the main machine's address)")
+        rest = [str(config), *ctx.args, *(f"--set={item}" for item in set_ or [])]
+        layout = Layout(num_processes, num_machines, machine_rank, main_process_ip, main_process_port)
+        debug = bool(ctx.obj and ctx.obj.get("debug"))
+        code = launch(layout, [*(["--debug"] if debug else []), "train", *rest], debug=debug)
+        if code:
+            sys.exit(code)
+        return
     from ft.commands.train import run_train
 
-    run_train(load(config, ctx, set_))
+    run_train(cfg)
 
 
 @app.command(context_settings=OVERRIDES, help="Tokenize the datasets once and cache them (--debug also prints the first examples with the trained "
@@ -174,6 +200,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         if isinstance(code, int) and code:
             sys.exit(code)
     except UserError as exc:
+        record_failure(str(exc), exc.exit_code)
         if debug:
             raise
         print(f"ft: error: {exc}", file=sys.stderr)
@@ -183,11 +210,26 @@ def main(argv: Optional[List[str]] = None) -> None:
     except Exception as exc:
         kind = command_line_mistake(exc)
         if kind is None or debug:
+            line = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            record_failure(line, 1)
+            if kind is None and not debug and os.environ.get("FT_RANK_ERRORS"):
+                # a process under `ft train --num-processes`: one line (the launcher names the root cause;
+                # this may be only its consequence, a peer's closed socket); --debug shows the traceback
+                print(f"ft: error: rank {os.environ.get('RANK')}: {line}", file=sys.stderr)
+                sys.exit(1)
             raise
         if kind == "abort":
             sys.exit(130)
         print(f"ft: error: {kind}", file=sys.stderr)
         sys.exit(2)
+
+
+def record_failure(message: str, exit_code: int) -> None:
+    """Under a launcher, leave this rank's error for it (ft's --num-processes, or torchrun's error file)."""
+    if "RANK" in os.environ:
+        from ft.launch.processes import record_rank_error
+
+        record_rank_error(message, exit_code)
 
 
 def command_line_mistake(exc: BaseException) -> Optional[str]:

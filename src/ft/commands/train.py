@@ -139,7 +139,7 @@ def run_train(cfg: FtConfig) -> dict[str, Any]:
     report_backend(cfg.distributed, run.trainer, world)
 
     # train
-    stop = StopOnSignal()
+    stop = StopOnSignal(t.output_dir, world)
     run.trainer.add_callback(stop)
     started = time.perf_counter()
     stop.install()

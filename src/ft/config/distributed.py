@@ -9,14 +9,22 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 from ft.config.base import Section
 from ft.config.context import context_of
 
+# FSDP1-only keys, and what FSDP2 does instead (for the error that names them)
+FSDP1_KEYS = {
+    "fsdp_sync_module_states": "broadcasts rank 0's weights with `fsdp_cpu_ram_efficient_loading: true`",
+    "fsdp_use_orig_params": "always keeps the original parameters",
+    "fsdp_backward_prefetch": "prefetches on its own",
+    "fsdp_forward_prefetch": "prefetches on its own",
+}
 FSDP_OPTIONS = ("full_shard", "shard_grad_op", "hybrid_shard", "hybrid_shard_zero2", "no_shard", "offload", "auto_wrap")
 
 
 class FsdpConfig(Section):
     """`fsdp_config:`. Keys may be written with or without the `fsdp_` prefix (both spellings exist in the wild)."""
 
-    fsdp_version: Literal[1, 2] = Field(1, description="1: FullyShardedDataParallel; 2: fully_shard (per-parameter).")
-    fsdp_offload_params: bool = Field(False, description="Keep parameters and gradients in CPU memory.")
+    fsdp_version: Literal[1, 2] = Field(
+        2, description="2: fully_shard, per-parameter sharding (transformers' default); 1: FullyShardedDataParallel (deprecated there).")
+    fsdp_offload_params: bool = Field(False, description="Keep parameters and gradients in CPU memory (transformers' `cpu_offload`).")
     fsdp_cpu_ram_efficient_loading: bool = Field(
         False, description="Load weights on rank 0 only and broadcast them (needs sync_module_states)."
     )
@@ -38,7 +46,9 @@ class FsdpConfig(Section):
     fsdp_forward_prefetch: Optional[bool] = Field(None, description="Fetch the next unit's weights early in the forward pass.")
     fsdp_activation_checkpointing: bool = Field(False, description="Checkpoint activations through FSDP.")
     fsdp_reshard_after_forward: Optional[bool] = Field(None, description="FSDP2: free gathered weights after forward.")
-    fsdp_sharding_strategy: Optional[str] = Field(None, description="FSDP1 strategy name; normally given in `fsdp:`.")
+    fsdp_sharding_strategy: Optional[Literal["FULL_SHARD", "SHARD_GRAD_OP", "HYBRID_SHARD", "HYBRID_SHARD_ZERO2", "NO_SHARD",
+                                             "full_shard", "shard_grad_op", "hybrid_shard", "hybrid_shard_zero2", "no_shard"]] = Field(
+        None, description="The sharding strategy; normally given in `fsdp:` (FSDP2: full_shard or shard_grad_op).")
 
     @model_validator(mode="before")
     @classmethod
@@ -46,6 +56,19 @@ class FsdpConfig(Section):
         if isinstance(data, dict):
             data = {(k if str(k).startswith("fsdp_") else f"fsdp_{k}"): v for k, v in data.items()}
         return data
+
+    @model_validator(mode="after")
+    def _read_by_this_version(self) -> "FsdpConfig":
+        """A key the chosen FSDP version does not read would be dropped silently by transformers."""
+        if self.fsdp_version == 2:
+            for key in FSDP1_KEYS:
+                if key in self.model_fields_set and getattr(self, key) is not None:
+                    raise ValueError(f"`{key}` is read only by FSDP1 (`fsdp_version: 1`); FSDP2 {FSDP1_KEYS[key]}")
+            strategy = self.fsdp_sharding_strategy
+            if strategy and strategy.lower() not in ("full_shard", "shard_grad_op"):
+                raise ValueError(f"`fsdp_sharding_strategy: {strategy}` needs `fsdp_version: 1`; FSDP2 shards "
+                                 "full_shard or shard_grad_op")
+        return self
 
 
 class DistributedConfig(Section):

@@ -7,6 +7,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
+from ft.config.data import FORMAT_KEYS
 from ft.config.load import SECTION_KEYS
 from ft.config.schema import FtConfig
 
@@ -17,6 +18,11 @@ def to_flat_dict(cfg: FtConfig) -> dict[str, Any]:
     for name in SECTION_KEYS:
         section: BaseModel = getattr(cfg, name)
         flat.update(section.model_dump(mode="json"))
+    for key in ("datasets", "test_datasets"):
+        # a format-specific key is written only where the user wrote it: read back, a key the entry's format
+        # does not read is refused even at its default value
+        flat[key] = [{k: v for k, v in dumped.items() if k not in FORMAT_KEYS or k in entry.model_fields_set}
+                     for dumped, entry in zip(flat[key], getattr(cfg.data, key))]
     return flat
 
 

@@ -75,6 +75,12 @@ def contradictions(cfg: FtConfig) -> list[Contradiction]:
         add("fsdp", "`deepspeed` and `fsdp` are both set; use one of them")
     if d.fsdp and q.load_in_8bit:
         add("load_in_8bit", "FSDP cannot shard an 8-bit base; use `load_in_4bit: true` with `adapter: qlora`")
+    if d.fsdp and q.load_in_4bit and q.bnb_4bit_quant_storage == "uint8":
+        add("bnb_4bit_quant_storage", "4-bit weights stored as uint8 are sharded by FSDP as if they were numbers (loss 0 "
+            "or NaN, accelerate#3983): remove `bnb_4bit_quant_storage` (under FSDP ft stores them in the training dtype)")
+    fsdp1_only = [o for o in d.fsdp if o in ("hybrid_shard", "hybrid_shard_zero2", "no_shard")]
+    if fsdp1_only and d.fsdp_config.fsdp_version == 2:
+        add("fsdp", f"`fsdp: {fsdp1_only[0]}` needs `fsdp_config.fsdp_version: 1`; FSDP2 shards full_shard or shard_grad_op")
     if t.save_steps and t.saves_per_epoch:
         add("saves_per_epoch", "`save_steps` and `saves_per_epoch` are both set; keep one")
     if t.eval_steps and t.evals_per_epoch:

@@ -48,8 +48,9 @@ def trainer_arguments(d: DistributedConfig, world: int) -> dict[str, Any]:
         return out
     if d.deepspeed:
         return {**out, "deepspeed": d.deepspeed}
-    fsdp_config = {k.removeprefix("fsdp_"): v for k, v in d.fsdp_config.model_dump().items() if v is not None}
-    return {**out, "fsdp": " ".join(d.fsdp), "fsdp_config": fsdp_config}
+    from ft.launch.fsdp import fsdp_flag, library_fsdp_config
+
+    return {**out, "fsdp": fsdp_flag(d), "fsdp_config": library_fsdp_config(d)}
 
 
 def shards_whole_modules(d: DistributedConfig, world: int) -> str:

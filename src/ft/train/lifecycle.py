@@ -5,8 +5,11 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import os
 import shutil
 import signal
+import sys
+import threading
 from pathlib import Path
 from typing import Any, Optional
 
@@ -39,20 +42,58 @@ class Interrupted(UserError):
 
 
 class StopOnSignal(TrainerCallback):
-    """On SIGINT or SIGTERM: finish the current step, save a checkpoint, stop. A second signal stops at once."""
+    """On SIGINT or SIGTERM: finish the current step, save a checkpoint, stop. A second signal stops at once.
 
-    def __init__(self) -> None:
+    With several processes a checkpoint needs every one of them, and a launcher also sends SIGTERM when a
+    process died: then the step in progress waits forever in a collective (Python's handler cannot even run
+    until it returns) and the launcher kills everything a while later, after ft said it was saving. So a
+    watcher thread, woken by the signal itself (signal.set_wakeup_fd), checks within seconds that every
+    process answers; if one does not, this process exits at once, naming the checkpoint that stands."""
+
+    def __init__(self, output_dir: str = "", world: int = 1) -> None:
         self.signum: Optional[int] = None
         self._previous: dict[int, Any] = {}
+        self.output_dir, self.world = output_dir, world
+        self._wakeup: Optional[tuple[int, int, int]] = None  # (read end, write end, the previous wakeup fd)
 
     def install(self) -> None:
         for signum in (signal.SIGINT, signal.SIGTERM):
             self._previous[signum] = signal.signal(signum, self._handle)
+        if self.world > 1:
+            read, write = os.pipe()
+            os.set_blocking(write, False)
+            self._wakeup = (read, write, signal.set_wakeup_fd(write, warn_on_full_buffer=False))
+            threading.Thread(target=self._watch, args=(read,), daemon=True, name="ft-peers").start()
 
     def restore(self) -> None:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous.clear()
+        if self._wakeup is not None:
+            read, write, previous = self._wakeup
+            self._wakeup = None
+            signal.set_wakeup_fd(previous)
+            os.close(write)  # the watcher reads end-of-file and returns
+
+    def _watch(self, read: int) -> None:
+        while True:
+            try:
+                data = os.read(read, 16)
+            except OSError:
+                return
+            if not data:
+                os.close(read)
+                return
+            signums = [b for b in data if b in (signal.SIGINT, signal.SIGTERM)]
+            if signums and not peers_alive(PEER_TIMEOUT_S):
+                from ft.train.checkpoints import newest_checkpoint
+
+                last = newest_checkpoint(self.output_dir) if self.output_dir else None
+                stands = f"{last.name} in {self.output_dir} stands" if last else "no checkpoint was saved yet"
+                print(f"ft: error: {signal.Signals(signums[0]).name}, and another process of this run is gone: stopping "
+                      f"without saving (a checkpoint needs every process); {stands}. Run the same command to resume",
+                      file=sys.stderr, flush=True)
+                os._exit(128 + signums[0])
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.signum is not None:  # the second one: stop now
@@ -74,6 +115,30 @@ class StopOnSignal(TrainerCallback):
             f"stopped by {name} at step {step}; checkpoint-{step} is saved in {output_dir}. Run the same command "
             "to resume from it", self.signum,
         )
+
+
+PEER_TIMEOUT_S = 10.0
+_checks = [0]
+
+
+def peers_alive(timeout_s: float) -> bool:
+    """Whether every process of the run answers within `timeout_s`, through the process group's key-value
+    store (no collective: those wait for ever on a dead peer). True outside a process group."""
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return True
+    _checks[0] += 1
+    rank, world = dist.get_rank(), dist.get_world_size()
+    try:
+        store = dist.distributed_c10d._get_default_store()
+        store.set(f"ft/alive/{_checks[0]}/{rank}", "1")
+        store.wait([f"ft/alive/{_checks[0]}/{r}" for r in range(world)], timedelta(seconds=timeout_s))
+        return True
+    except Exception:  # a timeout, or the store's host (rank 0) is gone
+        return False
 
 
 def disk_full(exc: BaseException, folder: str) -> bool:
