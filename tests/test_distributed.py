@@ -95,3 +95,29 @@ def test_tiled_mlp_is_refused_under_zero3(tmp_path: Path, tiny_model_dir):
     result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode != 0, result.stderr[-3000:]
     assert "ft: error: `tiled_mlp` is not supported with DeepSpeed ZeRO-3" in result.stderr, result.stderr[-3000:]
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_deepspeed_zero_full_fine_tuning_saves_and_resumes(stage: int, tmp_path: Path, tiny_model_dir):
+    """Full fine-tuning (every weight trains) under ZeRO-2 and ZeRO-3: the whole model is saved, loads, and a run
+    stopped after its checkpoint at step 2 and started again ends where the uninterrupted one did."""
+    from compare import relative_difference
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    keys = dict(micro_batch_size=2, save_steps=2, learning_rate=0.001, optimizer="adamw_torch",
+                deepspeed=str(ROOT / f"deepspeed_configs/zero{stage}.json"))
+    (tmp_path / "whole").mkdir()
+    (tmp_path / "resumed").mkdir()
+    make_config(tmp_path / "whole", tiny_model_dir("llama"), max_steps=4, **keys)
+    make_config(tmp_path / "resumed", tiny_model_dir("llama"), max_steps=2, **keys)
+    _two_ranks(tmp_path / "whole")
+    _two_ranks(tmp_path / "resumed")
+    make_config(tmp_path / "resumed", tiny_model_dir("llama"), max_steps=4, **keys)
+    result = _two_ranks(tmp_path / "resumed")
+    assert "resuming from" in result.stderr and "checkpoint-2" in result.stderr, result.stderr[-3000:]
+    whole = load_file(str(tmp_path / "whole/out/model.safetensors"))
+    base = load_file(str(tiny_model_dir("llama") / "model.safetensors"))
+    assert any(not torch.equal(whole[k], base[k]) for k in base)  # the weights trained
+    assert relative_difference(load_file(str(tmp_path / "resumed/out/model.safetensors")), whole) < 1e-5
+    AutoModelForCausalLM.from_pretrained(tmp_path / "whole/out")

@@ -1,68 +1,114 @@
-"""Test-only failure injection into real `ft train` processes (tests/test_launch.py puts this folder on
-PYTHONPATH). FT_TEST_INJECT="KIND:RANK:STEP" makes that rank, at that step:
-- raise: raise RuntimeError; config: raise a DataError (a data mistake, exit 2); kill: SIGKILL itself;
-  freeze: SIGSTOP itself (alive to the launcher, silent to its peers, as a hung or lost machine);
-- slow_prepare: (STEP ignored) sleep 8 s while preparing the data, on whichever process prepares it.
-Nothing here runs unless the variable is set; it never ships: the product has no such hook."""
+"""Test-only hooks into real `ft train` processes (tests/test_launch.py and tests/test_fsdp_cpu.py put this folder
+on PYTHONPATH). Nothing here runs unless FT_TEST_INJECT is set, and it never ships: the product has no such hook.
+
+FT_TEST_INJECT holds comma-separated KIND:RANK:STEP items; that rank, at that step:
+- raise: raises RuntimeError; config: raises a DataError (a data mistake, exit 2); kill: SIGKILLs itself;
+  freeze: SIGSTOPs itself (alive to the launcher, silent to its peers, as a hung or lost machine);
+- slow_prepare (rank, step ignored): sleeps 8 s while preparing the data, on whichever process prepares it;
+- fsdp_cpu (rank, step ignored): lets accelerate run FSDP on CPU processes (it refuses to: without this, a CPU
+  run with `fsdp:` is plain DDP). accelerate's AcceleratorState keeps the FSDP plugin it was given and says
+  FSDP, in its shared state and PartialState's alike; torch's FSDP2 itself runs on CPU over gloo (FSDP1 does
+  not: torch 2.13's FullyShardedDataParallel needs an accelerator device);
+- record (rank, step ignored): in its second step each rank writes to $FT_TEST_RECORD/rank-N.json how many
+  parameter and optimizer-state elements it holds (a sharded tensor counts its local shard).
+"""
 
 import os
 
 spec = os.environ.get("FT_TEST_INJECT")
 if spec:
-    kind, rank, step = spec.split(":")
-    if os.environ.get("RANK", "0") == rank or kind == "slow_prepare":
-        import importlib.abc
-        import sys
+    import importlib.abc
+    import importlib.util
+    import sys
 
-        def patch(module):
-            import signal
-            import time
+    items = [item.split(":") for item in spec.split(",")]
+    rank_here = os.environ.get("RANK", "0")
 
-            if kind == "slow_prepare" and module.__name__ == "ft.data.prepare":
-                build = module.build
+    def local_numel(t):
+        return t.to_local().numel() if hasattr(t, "to_local") else t.numel()
 
-                def slow(*args, **kwargs):
-                    time.sleep(8)
-                    return build(*args, **kwargs)
+    def patch_trainer(module):
+        import json
+        import signal
+        import time
 
-                module.build = slow
-            if kind != "slow_prepare" and module.__name__ == "ft.train.trainer":
-                original = module.FtTrainer.training_step
+        original = module.FtTrainer.training_step
 
-                def training_step(self, *args, **kwargs):
-                    if self.state.global_step + 1 == int(step):
-                        if kind == "raise":
-                            raise RuntimeError("injected failure")
-                        if kind == "config":
-                            from ft.errors import DataError
+        def training_step(self, *args, **kwargs):
+            step = self.state.global_step + 1
+            for kind, rank, at in items:
+                if kind in ("raise", "config", "kill", "freeze") and rank == rank_here and step == int(at):
+                    if kind == "raise":
+                        raise RuntimeError("injected failure")
+                    if kind == "config":
+                        from ft.errors import DataError
 
-                            raise DataError("rows.jsonl:7: injected data mistake")
-                        os.kill(os.getpid(), signal.SIGSTOP if kind == "freeze" else signal.SIGKILL)
-                    return original(self, *args, **kwargs)
+                        raise DataError("rows.jsonl:7: injected data mistake")
+                    os.kill(os.getpid(), signal.SIGSTOP if kind == "freeze" else signal.SIGKILL)
+            loss = original(self, *args, **kwargs)
+            if step == 2 and any(kind == "record" for kind, _, _ in items):  # after the first optimizer step
+                params = [p for p in self.model_wrapped.parameters()]
+                state = [v for s in self.optimizer.state.values() for v in s.values() if hasattr(v, "numel") and v.dim() > 0]
+                record = {"params": sum(local_numel(p) for p in params), "trainable": sum(local_numel(p) for p in params if p.requires_grad),
+                          "optimizer_state": sum(local_numel(v) for v in state), "sharded": any(hasattr(p, "to_local") for p in params),
+                          "fsdp": bool(self.is_fsdp_enabled)}
+                with open(os.path.join(os.environ["FT_TEST_RECORD"], f"rank-{rank_here}.json"), "w") as f:
+                    json.dump(record, f)
+            return loss
 
-                module.FtTrainer.training_step = training_step
+        module.FtTrainer.training_step = training_step
 
-        class Patcher(importlib.abc.MetaPathFinder):
-            """Patches ft's modules right after they are imported."""
+    def patch_prepare(module):
+        import time
 
-            def find_spec(self, name, path=None, target=None):
-                if name not in ("ft.data.prepare", "ft.train.trainer"):
-                    return None
-                sys.meta_path.remove(self)
-                try:
-                    import importlib.util
+        build = module.build
 
-                    found = importlib.util.find_spec(name)
-                finally:
-                    sys.meta_path.insert(0, self)
-                loader = found.loader
-                exec_module = loader.exec_module
+        def slow(*args, **kwargs):
+            time.sleep(8)
+            return build(*args, **kwargs)
 
-                def run(module):
-                    exec_module(module)
-                    patch(module)
+        module.build = slow
 
-                loader.exec_module = run
-                return found
+    def patch_accelerate(module):
+        original = module.AcceleratorState.__init__
 
-        sys.meta_path.insert(0, Patcher())
+        def init(self, *args, **kwargs):
+            original(self, *args, **kwargs)
+            plugin = kwargs.get("fsdp_plugin")
+            if plugin is not None and self.distributed_type == module.DistributedType.MULTI_CPU:
+                self.distributed_type = module.DistributedType.FSDP
+                self.fsdp_plugin = plugin
+                module.PartialState().distributed_type = module.DistributedType.FSDP
+
+        module.AcceleratorState.__init__ = init
+
+    kinds = {kind for kind, _, _ in items}
+    PATCHES = {}
+    if kinds & {"raise", "config", "kill", "freeze", "record"}:
+        PATCHES["ft.train.trainer"] = patch_trainer
+    if "slow_prepare" in kinds:
+        PATCHES["ft.data.prepare"] = patch_prepare
+    if "fsdp_cpu" in kinds:
+        PATCHES["accelerate.state"] = patch_accelerate
+
+    class Patcher(importlib.abc.MetaPathFinder):
+        """Patches the named modules right after they are imported."""
+
+        def find_spec(self, name, path=None, target=None):
+            if name not in PATCHES:
+                return None
+            sys.meta_path.remove(self)
+            try:
+                found = importlib.util.find_spec(name)
+            finally:
+                sys.meta_path.insert(0, self)
+            exec_module = found.loader.exec_module
+
+            def run(module):
+                exec_module(module)
+                PATCHES[name](module)
+
+            found.loader.exec_module = run
+            return found
+
+    sys.meta_path.insert(0, Patcher())

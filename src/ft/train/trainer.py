@@ -66,6 +66,23 @@ class FtTrainer(Trainer):
             rotate(self.args.output_dir, self.keep_checkpoints, self.state.best_model_checkpoint)
         self.accelerator.wait_for_everyone()
 
+    def save_model(self, output_dir: Optional[str] = None, _internal_call: bool = False) -> None:
+        """The final save. Under FSDP2 an adapter is gathered alone (its parameters only, a collective every
+        rank joins) and written once by rank 0, whatever the state dict type: the Trainer's own save gathers the
+        whole model, frozen base included, to rank 0's CPU (FULL_STATE_DICT), or writes no weights at all
+        (SHARDED_STATE_DICT). Checkpoints keep the Trainer's sharded form, which resume reads."""
+        model = self.accelerator.unwrap_model(self.model)
+        if _internal_call or not (self.is_fsdp_enabled and hasattr(model, "peft_config")
+                                  and self.accelerator.state.fsdp_plugin.fsdp_version == 2):
+            return super().save_model(output_dir, _internal_call)
+        out = output_dir or self.args.output_dir
+        state = {name: (p.full_tensor() if hasattr(p, "full_tensor") else p.detach()).cpu()
+                 for name, p in model.named_parameters() if p.requires_grad}
+        if self.args.should_save:
+            Path(out).mkdir(parents=True, exist_ok=True)
+            model.save_pretrained(out, state_dict=state)
+        self.accelerator.wait_for_everyone()
+
     def planned_steps(self) -> int:
         """The optimizer steps this run trains in all, as the Trainer's loop computes them."""
         return int(self.set_initial_training_values(self.args, self.get_train_dataloader())[-1])

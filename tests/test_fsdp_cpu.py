@@ -1,0 +1,100 @@
+"""FSDP proven to shard, on two CPU processes over gloo.
+
+accelerate gives a CPU run no FSDP plugin (it runs plain DDP), but torch 2.13's FSDP2 runs on CPU (FSDP1 does
+not: its FullyShardedDataParallel needs an accelerator device; tests/test_fsdp_settings.py holds FSDP1's
+settings to accelerate's plugin).
+tests/inject/sitecustomize.py (`fsdp_cpu`, test-only, never in the product path) lets accelerate's state keep
+the FSDP plugin ft's TrainingArguments made; everything else is the ordinary `ft train --num-processes 2`.
+The runs record (`record`) how many parameter and optimizer-state elements each rank holds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from compare import relative_difference
+from train_helpers import make_config
+
+TESTS = Path(__file__).resolve().parent
+LORA = {"adapter": "lora", "lora_r": 4, "lora_alpha": 8, "lora_target_linear": True}
+STEPS = {"max_steps": 4, "learning_rate": 0.01, "optimizer": "adamw_torch", "save_steps": 2}
+
+
+def _run(folder: Path, processes: int, *args: str, fsdp_cpu: bool = True) -> subprocess.CompletedProcess:
+    (folder / "record").mkdir(exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "FT_TEST_RECORD": str(folder / "record"),
+           "FT_TEST_INJECT": ("fsdp_cpu:0:0," if fsdp_cpu else "") + "record:0:0",
+           "PYTHONPATH": os.pathsep.join([str(TESTS / "inject"), os.environ.get("PYTHONPATH", "")])}
+    launch = ("--num-processes", str(processes)) if processes > 1 else ()
+    result = subprocess.run([sys.executable, "-m", "ft", "train", "cfg.yml", *launch, *args], cwd=folder, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result
+
+
+def _record(folder: Path, rank: int) -> dict:
+    return json.loads((folder / f"record/rank-{rank}.json").read_text())
+
+
+def _losses(out: Path) -> list[float]:
+    return [r["loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+
+
+def _weights(out: Path, name: str) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(out / name))
+
+
+def _one_and_two(tmp_path: Path, tiny_model_dir, fsdp_config: dict, **keys):
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir()
+    two.mkdir()
+    make_config(one, tiny_model_dir("llama"), micro_batch_size=4, **STEPS, **keys)
+    make_config(two, tiny_model_dir("llama"), micro_batch_size=2, fsdp=["full_shard", "auto_wrap"],
+                fsdp_config={"transformer_layer_cls_to_wrap": "LlamaDecoderLayer", **fsdp_config}, **STEPS, **keys)
+    return one, two, _run(one, 1, fsdp_cpu=False), _run(two, 2)
+
+
+def test_fsdp2_lora_shards_parameters_and_optimizer_state_and_trains_as_one_process(tmp_path: Path, tiny_model_dir):
+    """Under SHARDED_STATE_DICT, where the Trainer's own final save writes no weights: the adapter is gathered
+    alone and written once."""
+    one, two, _, result = _one_and_two(tmp_path, tiny_model_dir, {"state_dict_type": "SHARDED_STATE_DICT"}, **LORA)
+    assert "distributed: 2 processes, FSDP2" in result.stderr, result.stderr[-3000:]
+    whole, ranks = _record(one, 0), [_record(two, r) for r in (0, 1)]
+    assert all(r["fsdp"] for r in ranks)
+    for key in ("params", "optimizer_state"):  # each rank holds about half (a dimension not divisible by 2 pads)
+        assert all(0.45 * whole[key] <= r[key] <= 0.55 * whole[key] for r in ranks), (key, whole, ranks)
+        assert sum(r[key] for r in ranks) >= whole[key]
+    a, b = _losses(one / "out"), _losses(two / "out")
+    assert len(a) == len(b) == 4 and all(abs(x - y) <= 1e-4 * abs(x) for x, y in zip(a, b)), (a, b)
+    adapter = _weights(two / "out", "adapter_model.safetensors")  # gathered and written once, by rank 0
+    assert relative_difference(adapter, _weights(one / "out", "adapter_model.safetensors")) < 1e-3
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir("llama")), two / "out")  # it loads
+
+
+def test_fsdp2_full_fine_tuning_saves_a_loadable_model_and_resumes(tmp_path: Path, tiny_model_dir):
+    one, two, _, _ = _one_and_two(tmp_path, tiny_model_dir, {}, max_grad_norm=0.0)
+    whole, ranks = _record(one, 0), [_record(two, r) for r in (0, 1)]
+    assert all(0.45 * whole["params"] <= r["params"] <= 0.55 * whole["params"] for r in ranks), (whole, ranks)
+    full = _weights(two / "out", "model.safetensors")
+    assert relative_difference(full, _weights(one / "out", "model.safetensors")) < 1e-3
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(two / "out")  # a whole model, not shards
+    # resume: the same run stopped after its checkpoint at step 2, then started again, ends where it did
+    again = tmp_path / "again"
+    again.mkdir()
+    make_config(again, tiny_model_dir("llama"), micro_batch_size=2, fsdp=["full_shard", "auto_wrap"], max_grad_norm=0.0,
+                fsdp_config={"transformer_layer_cls_to_wrap": "LlamaDecoderLayer"}, **{**STEPS, "max_steps": 2})
+    _run(again, 2)
+    result = _run(again, 2, "--max-steps", "4")
+    assert "resuming from" in result.stderr and "checkpoint-2" in result.stderr, result.stderr[-3000:]
+    assert relative_difference(_weights(again / "out", "model.safetensors"), full) < 1e-5
