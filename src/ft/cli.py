@@ -161,6 +161,21 @@ def inference(
     run_inference(load(config, ctx, set_), prompt, input_, base_only, max_new_tokens, temperature, top_p)
 
 
+@app.command(context_settings=OVERRIDES, help="Estimate the GPU memory the config needs, before loading anything; "
+             "say whether it fits and what to change if not." + OVERRIDE_HELP)
+def plan(
+    ctx: typer.Context,
+    config: Path = CONFIG_ARG,
+    set_: Optional[List[str]] = SET_OPT,
+    gpu_memory: Optional[str] = typer.Option(None, help="Memory of one GPU, e.g. 24GB (default: this machine's GPU, else 24GB)."),
+    num_gpus: int = typer.Option(1, min=1, help="GPUs the run will use."),
+    json_: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
+) -> None:
+    from ft.commands.plan import run_plan
+
+    run_plan(load(config, ctx, set_), gpu_memory, num_gpus, json_)
+
+
 @app.command("config-schema", help="Print the config reference (every key, its type, default and meaning).")
 def config_schema() -> None:
     from ft.config.reference import reference_markdown

@@ -134,6 +134,7 @@ def run_train(cfg: FtConfig) -> dict[str, Any]:
             return done
     world = world_size()
     check_launch(cfg.distributed, world)
+    warn_if_it_will_not_fit(cfg, world)
     checkpoint = resume_point(t.resume_from_checkpoint, t.auto_resume_from_checkpoints, t.output_dir)
     run = build_run(cfg, world)
     report_backend(cfg.distributed, run.trainer, world)
@@ -172,6 +173,25 @@ def run_train(cfg: FtConfig) -> dict[str, Any]:
         stop.restore()
 
 
+def warn_if_it_will_not_fit(cfg: FtConfig, world: int) -> None:
+    """`ft plan`'s estimate before anything loads: a warning when it predicts running out of GPU memory."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return
+    from ft.commands.plan import gib, plan_report
+
+    memory = torch.cuda.get_device_properties(0).total_memory
+    try:
+        report = plan_report(cfg, memory, world)
+    except UserError:
+        return  # a model type the plan does not model
+    if not report["fits"]:
+        fixes = "; ".join(c["change"] for c in report.get("changes", [])[:3])
+        log.warning("ft plan estimates %s per GPU, above this GPU's %s: it will probably run out of memory (%s)",
+                    gib(report["peak"]), gib(memory), fixes or "see `ft plan`")
+
+
 def _step_of(checkpoint: Any) -> int:
     return int(str(checkpoint.name).split("-")[-1])
 
@@ -195,4 +215,13 @@ def oom_advice(cfg: FtConfig) -> str:
     if not t.chunked_cross_entropy:
         advice.append("turn chunked_cross_entropy back on")
     advice.append(f"shorten sequence_len ({d.sequence_len})")
+    try:  # the plan's changes, ranked by memory saved, when it models this architecture
+        from ft.commands.plan import gib, plan_report
+
+        report = plan_report(cfg, 1, 1)
+        ranked = [f"{c['change']} ({gib(c['peak'])} by `ft plan`)" for c in report.get("changes", [])[:4]]
+        if ranked:
+            return "; ".join(ranked) + "; see `ft plan` for the whole estimate"
+    except UserError:
+        pass
     return "; ".join(advice)

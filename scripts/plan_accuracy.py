@@ -1,0 +1,112 @@
+#!/usr/bin/env python
+"""`ft plan`'s predicted peak beside the measured peak of real `ft train` steps, one row per setting.
+
+    python scripts/plan_accuracy.py [--sizes 1b 8b] [--lengths 512 4096 16384] [--out docs/plan-accuracy.md]
+    python scripts/plan_accuracy.py --sizes tiny --lengths 128 256     (a CPU smoke run: no GPU figure)
+
+Models: random-weight Llamas with real shapes (scripts/bench_gpu.py's: Llama 3.2 1B and Llama 3.1 8B, vocab
+128,256), built on the GPU. Settings per size and length: LoRA r=16 on all linear layers, QLoRA (nf4), full
+fine-tuning (1B only), each with and without gradient checkpointing, and with checkpointing plus activation
+offloading; one row of `length` tokens, micro batch 1. Each setting is `ft train`'s own composition
+(build_run) running two steps in a fresh process; measured: torch.cuda.max_memory_allocated and
+max_memory_reserved; predicted: the plan's allocated bytes (without the context) and its peak. Target:
+within 10% on every row. Rows that run out of memory are marked so (the plan should say they do not fit).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+SETTINGS = {
+    "lora": {"adapter": "lora", "lora_r": 16, "lora_alpha": 32, "lora_target_linear": True},
+    "qlora": {"adapter": "qlora", "load_in_4bit": True, "lora_r": 16, "lora_alpha": 32, "lora_target_linear": True},
+    "full": {},
+}
+MEMORY = {"none": {}, "checkpointing": {"gradient_checkpointing": True},
+          "offloading": {"gradient_checkpointing": True, "activation_offloading": True}}
+
+
+def one(model: str, length: int, method: str, memory: str, work: str) -> dict:
+    """In a fresh process: the plan, then two real steps; both figures."""
+    import torch
+    import yaml
+
+    from ft.commands.config import load
+    from ft.commands.plan import plan_report
+    from ft.commands.train import build_run
+
+    folder = Path(work) / f"{method}-{memory}-{length}"
+    folder.mkdir(parents=True)
+    (folder / "row.jsonl").write_text(json.dumps({"input_ids": [(i * 7919) % 1000 + 5 for i in range(length)]}) + "\n")
+    body = {"base_model": model, "datasets": [{"path": str(folder / "row.jsonl")}], "sequence_len": length, "micro_batch_size": 1,
+            "max_steps": 2, "learning_rate": 1e-4, "bf16": torch.cuda.is_available(), "output_dir": str(folder / "out"),
+            "use_tensorboard": False, "save_steps": 1000, **SETTINGS[method], **MEMORY[memory]}
+    (folder / "cfg.yml").write_text(yaml.safe_dump(body))
+    cfg = load(folder / "cfg.yml")
+    report = plan_report(cfg, 1 << 50, 1)
+    row = {"predicted_allocated": report["allocated"], "predicted_peak": report["peak"]}
+    try:
+        run = build_run(cfg, 1)
+        run.trainer.train()
+        gpu = torch.cuda.is_available()
+        row.update(measured_allocated=torch.cuda.max_memory_allocated() if gpu else None,
+                   measured_reserved=torch.cuda.max_memory_reserved() if gpu else None, ok=True)
+    except torch.OutOfMemoryError:
+        row.update(ok=False)
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", nargs="+", default=["1b", "8b"])
+    parser.add_argument("--lengths", type=int, nargs="+", default=[512, 4096, 16384])
+    parser.add_argument("--out", default=None, help="write the markdown table here too")
+    args = parser.parse_args()
+
+    import torch
+
+    from bench_gpu import build_model
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    lines = ["| size | method | memory | tokens | predicted allocated | measured allocated | error | measured reserved | predicted peak |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    print("\n".join(lines), flush=True)
+    for size in args.sizes:
+        work = Path(tempfile.mkdtemp(prefix=f"ft-plan-accuracy-{size}-"))
+        model = build_model(size, work, device)
+        for method in SETTINGS:
+            if method == "full" and size == "8b":
+                continue
+            if method == "qlora" and device == "cpu":
+                continue  # bitsandbytes on CPU keeps other buffers than on CUDA; the CPU run only smoke-tests the code
+            for memory in MEMORY:
+                for length in args.lengths:
+                    code = ("import json, sys; sys.path.insert(0, sys.argv[1]); from plan_accuracy import one; "
+                            "print('ROW ' + json.dumps(one(sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5], sys.argv[6])))")
+                    proc = subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent), str(model), str(length), method,
+                                           memory, str(work)], capture_output=True, text=True)
+                    found = [x for x in proc.stdout.splitlines() if x.startswith("ROW ")]
+                    if not found:
+                        raise SystemExit(f"{size} {method} {memory} {length} failed:\n{proc.stderr[-3000:]}")
+                    r = json.loads(found[0][4:])
+                    gib = lambda n: f"{n / 2**30:.2f} GiB" if n is not None else "not measured (no GPU)"  # noqa: E731
+                    error = (f"{100 * (r['predicted_allocated'] / r['measured_allocated'] - 1):+.1f}%"
+                             if r.get("measured_allocated") else "-")
+                    line = (f"| {size} | {method} | {memory} | {length:,} | {gib(r['predicted_allocated'])} | "
+                            f"{gib(r.get('measured_allocated')) if r['ok'] else 'out of memory'} | {error} | "
+                            f"{gib(r.get('measured_reserved')) if r['ok'] else '-'} | {gib(r['predicted_peak'])} |")
+                    lines.append(line)
+                    print(line, flush=True)
+    if args.out:
+        Path(args.out).write_text("# `ft plan` accuracy\n\nscripts/plan_accuracy.py; target: within 10% on every row.\n\n" + "\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""`ft plan`: will this config fit, and what to change if it will not. Reads the config and the model's
+config.json only: no weights, no torch; it answers in well under 2 seconds."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from typing import Any, Optional
+
+from ft.config import FtConfig
+from ft.errors import ConfigError
+from ft.plan.advice import largest_settings, ranked_changes
+from ft.plan.estimate import GiB, estimate
+from ft.plan.shapes import read_shape
+
+DEFAULT_MEMORY = 24 * GiB
+
+
+def parse_memory(text: str) -> int:
+    """'24GB', '24 GiB', '80G', '48000MB' → bytes (GB and GiB both read as GiB, as GPUs are sold)."""
+    found = re.fullmatch(r"\s*([\d.]+)\s*([GMT]?)i?B?\s*", text, re.I)
+    if not found:
+        raise ConfigError(f"command line: --gpu-memory {text}: write a size such as 24GB or 80GiB")
+    unit = {"": GiB, "G": GiB, "M": 1 << 20, "T": 1 << 40}[found.group(2).upper()]
+    return int(float(found.group(1)) * unit)
+
+
+def local_gpu_memory() -> Optional[int]:
+    """The first GPU's memory as nvidia-smi reports it (no torch import), or None without one."""
+    if shutil.which("nvidia-smi") is None:
+        return None
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=5).stdout.split()
+        return int(float(out[0])) << 20 if out else None
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return None
+
+
+def gib(n: int) -> str:
+    return f"{n / GiB:.1f} GiB"
+
+
+def plan_report(cfg: FtConfig, memory: int, gpus: int) -> dict[str, Any]:
+    """Everything `ft plan` says, as data."""
+    shape = read_shape(cfg.model.base_model_config or cfg.model.base_model)
+    plan = estimate(cfg, shape, gpus)
+    report: dict[str, Any] = {
+        "model": f"{shape.model_type}, {shape.total_params() / 1e9:.2f}B parameters", "gpus": gpus, "gpu_memory": memory,
+        "tokens_per_micro_batch": plan.tokens, "parts": plan.parts, "host": plan.host, "allocated": plan.allocated,
+        "peak": plan.peak, "fits": plan.peak <= memory, "notes": plan.notes,
+    }
+    if not report["fits"]:
+        report["changes"] = [{"change": c.what, "peak": c.plan.peak, "fits": c.plan.peak <= memory}
+                             for c in ranked_changes(cfg, shape, gpus, plan)]
+    report["largest_micro_batch_size"], report["largest_sequence_len"] = largest_settings(cfg, shape, gpus, memory)
+    return report
+
+
+def run_plan(cfg: FtConfig, gpu_memory: Optional[str], gpus: int, as_json: bool) -> dict[str, Any]:
+    memory = parse_memory(gpu_memory) if gpu_memory else local_gpu_memory() or DEFAULT_MEMORY
+    report = plan_report(cfg, memory, gpus)
+    if as_json:
+        print(json.dumps(report, indent=1))
+        return report
+    where = f"{gpus} GPUs of {gib(memory)}" if gpus > 1 else f"one GPU of {gib(memory)}"
+    print(f"{report['model']}; micro batch of {report['tokens_per_micro_batch']:,} tokens (every row at sequence_len); {where}")
+    print("per GPU:")
+    for name, size in report["parts"].items():
+        if size:
+            print(f"  {name:<36} {gib(size):>10}")
+    print(f"  {'allocator overhead, CUDA context' + (', NCCL' if gpus > 1 else ''):<36} {gib(report['peak'] - report['allocated']):>10}")
+    print(f"  {'peak':<36} {gib(report['peak']):>10}   {'fits' if report['fits'] else 'does NOT fit'}")
+    for name, size in report["host"].items():
+        print(f"host memory: {name} {gib(size)}")
+    for note in report["notes"]:
+        print(f"note: {note}")
+    if not report["fits"]:
+        print("changes, most memory saved first:")
+        for c in report["changes"][:8]:
+            print(f"  {c['change']:<60} {gib(c['peak']):>10}  {'fits' if c['fits'] else ''}")
+    print(f"largest micro_batch_size that fits: {report['largest_micro_batch_size'] or 'none'}; "
+          f"largest sequence_len at micro batch 1: {report['largest_sequence_len'] or 'none'}")
+    return report

@@ -1,0 +1,171 @@
+"""Peak GPU memory of a training step, by formula, from the config and the model's shape.
+
+Every figure follows what ft runs: the storage of a quantized base (nf4 with or without double-quantized
+scales, LLM.int8 with its row scales) with embeddings, norms and head left in the compute dtype (ft never
+upcasts them); LoRA weights in fp32 (peft), fp32 master weights for trainable full-size weights under
+`bf16: true` (pure bf16 under `bf16: full`); gradients in the trainable weights' dtype; optimizer states as
+each optimizer keeps them; the activations a decoder layer saves for its backward pass (all layers, or with
+checkpointing each layer's input plus one layer recomputed; offloaded inputs on the host; a tiled MLP one tile
+at a time); the logits as the loss builds them (a chunk at a time, or whole); and per-GPU sharding under
+ZeRO-1/2/3 and FSDP, with CPU offload. The constants below are the parts no formula gives.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from ft.plan.shapes import DEFAULT_TARGETS, Shape
+
+GiB = 1 << 30
+CUDA_CONTEXT = int(0.5 * GiB)  # the CUDA context and kernels: on the card, outside torch's allocator
+ALLOCATOR_OVERHEAD = 0.08  # the caching allocator's fragmentation, over what is allocated
+COMMUNICATION = int(0.25 * GiB)  # NCCL's buffers, per GPU, with several processes
+NF4_SCALES = 1 / 64  # one 8-bit absmax per block of 64 weights (double quantization) ...
+NF4_SCALES_PLAIN = 4 / 64  # ... or one fp32 absmax per block without it
+CHUNK_BYTES = 1 << 28  # the chunked loss's fp32 logits per chunk (ft.train.loss.CHUNK_BYTES)
+STATE_BYTES = {  # optimizer state bytes per trainable parameter, for fp32 weights (AdamW: two moments)
+    "adamw_torch": 8, "adamw_torch_fused": 8, "paged_adamw_32bit": 8, "adamw_bnb_8bit": 2, "paged_adamw_8bit": 2,
+    "lion_8bit": 1, "paged_lion_8bit": 1, "adagrad": 4, "rmsprop": 4, "sgd": 0, "adafactor": 0.1,
+}
+
+
+@dataclass
+class Plan:
+    """Per GPU bytes by part, the host bytes offloading needs, and the inputs that decided them."""
+
+    parts: dict[str, int]
+    host: dict[str, int] = field(default_factory=dict)
+    gpus: int = 1
+    tokens: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def allocated(self) -> int:
+        return sum(self.parts.values())
+
+    @property
+    def peak(self) -> int:
+        """What the card must hold: allocations, the allocator's overhead, the context, communication."""
+        return int(self.allocated * (1 + ALLOCATOR_OVERHEAD)) + CUDA_CONTEXT + (COMMUNICATION if self.gpus > 1 else 0)
+
+
+def lora_targets(cfg: Any, shape: Shape) -> list[str]:
+    a = cfg.adapter
+    names = set(shape.linears())
+    if a.lora_target_linear:
+        return sorted(names)
+    wanted = a.lora_target_modules or DEFAULT_TARGETS.get(shape.model_type, ())
+    return sorted(n for n in names if any(n == w or n.endswith(w) for w in wanted))
+
+
+def estimate(cfg: Any, shape: Shape, gpus: int = 1, longest_batch: Optional[int] = None) -> Plan:
+    """The plan for one training step of the largest micro batch: `longest_batch` token slots when the data
+    says so, else the worst case (micro_batch_size × sequence_len)."""
+    m, q, a, t, d = cfg.model, cfg.quantization, cfg.adapter, cfg.training, cfg.distributed
+    compute = 4 if m.precision == "fp32" else 2  # `auto` plans for a GPU: bf16
+    tokens = longest_batch or t.micro_batch_size * cfg.data.sequence_len
+    plan = Plan({}, gpus=gpus, tokens=tokens)
+    linear, embed, head, other = shape.linear_params(), shape.embedding_params(), shape.head_params(), shape.other_params()
+
+    # weights
+    if q.bits == 4:
+        scales = NF4_SCALES if q.bnb_4bit_use_double_quant else NF4_SCALES_PLAIN
+        base = int(linear * (0.5 + scales)) + (embed + head + other) * compute
+    elif q.bits == 8:
+        rows = shape.layers * sum(out for _, out in shape.linears().values())
+        base = linear + 4 * rows + (embed + head + other) * compute
+    else:
+        base = shape.total_params() * compute
+
+    # what trains, in which dtype
+    masters = (m.precision in ("bf16", "auto", "fp16") and not m.pure_bf16) or m.precision == "fp32"
+    if a.adapter:
+        trainable = sum(a.lora_r * (i + o) for n, (i, o) in shape.linears().items() if n in lora_targets(cfg, shape)) * shape.layers
+        to_save = set(a.lora_modules_to_save or ()) | ({"embed_tokens", "lm_head"} if m.tokens else set())
+        full_copies = (embed if "embed_tokens" in to_save else 0) + (head or embed if "lm_head" in to_save else 0)
+        trainable_bytes = 4 * trainable + (4 if masters else compute) * full_copies
+        trainable += full_copies
+    else:
+        trainable = shape.total_params()
+        base = trainable * (4 if masters else compute)  # the weights are the masters
+        trainable_bytes = 0
+    weight_bytes = 4 if (a.adapter or masters) else compute  # LoRA weights are fp32 (peft)
+    grads = trainable * weight_bytes
+    states = int(trainable * STATE_BYTES.get(t.optimizer, 8) * (weight_bytes / 4 if STATE_BYTES.get(t.optimizer, 8) >= 4 else 1))
+
+    # sharding
+    stage = _stage(d, gpus)
+    unit = 0
+    if stage >= 1:
+        states //= gpus
+    if stage >= 2:
+        grads //= gpus
+    if stage >= 3:
+        unit = (base + trainable_bytes) // max(shape.layers, 1)  # one decoder layer gathered at a time
+        base //= gpus
+        trainable_bytes //= gpus
+    offload = bool(d.fsdp and d.fsdp_config.fsdp_offload_params and gpus > 1)
+    if offload:
+        plan.host["offloaded parameters, gradients, optimizer states"] = base + trainable_bytes + grads + states
+        plan.notes.append("fsdp_offload_params: the shards live in CPU memory; each GPU holds the unit in flight")
+        base = trainable_bytes = grads = states = 0
+        unit *= 2  # the unit in flight and the next one, prefetched
+    plan.parts["base weights"] = base
+    plan.parts["trainable weights (fp32)" if a.adapter else "master weights"] = trainable_bytes
+    plan.parts["gradients"] = grads
+    plan.parts[f"optimizer states ({t.optimizer})"] = states
+    if unit:
+        plan.parts["gathered layer (FSDP / ZeRO-3)"] = unit
+
+    # activations and logits
+    layer_in = tokens * shape.hidden * compute
+    one_layer = _layer_activations(cfg, shape, tokens, compute)
+    if t.gradient_checkpointing:
+        inputs = layer_in * (shape.layers + 1)  # each layer's input, and the final norm's
+        if t.activation_offloading:
+            plan.host["offloaded layer inputs (pinned)"] = inputs
+            inputs = 2 * layer_in  # the copy in flight and the one coming back
+        plan.parts["checkpointed layer inputs"] = inputs
+        plan.parts["one layer recomputed"] = one_layer
+    else:
+        plan.parts["activations"] = one_layer * shape.layers
+    chunked = t.chunked_cross_entropy and not (stage >= 3)
+    chunk = max(64, CHUNK_BYTES // (4 * shape.vocab))
+    # the plain loss keeps the fp32 log-softmax for the backward pass; at its peak the logits in the compute
+    # dtype and their fp32 upcast (none in fp32) exist beside it. The chunked loss: one chunk of fp32 logits
+    # and its log-softmax at a time.
+    plan.parts["logits and loss"] = (min(tokens, chunk) * shape.vocab * 4 * 2 if chunked
+                                     else tokens * shape.vocab * (4 + ((compute + 4) if compute == 2 else 4)))
+    return plan
+
+
+def _stage(d: Any, gpus: int) -> int:
+    """What is sharded over the GPUs: 0 nothing (DDP), 1 optimizer states, 2 and gradients, 3 and weights."""
+    if gpus <= 1:
+        return 0
+    if d.fsdp:
+        return 2 if "shard_grad_op" in d.fsdp else 3
+    if d.deepspeed:
+        from ft.launch.deepspeed import zero_stage
+
+        return zero_stage(d.deepspeed)
+    return 0
+
+
+def _layer_activations(cfg: Any, shape: Shape, tokens: int, compute: int) -> int:
+    """Bytes one decoder layer saves for its backward pass: the norms' inputs and outputs, q, k and v and the
+    attention's output (flash/sdpa keep no score matrix; o_proj reads a view of it), the MLP's gate, activation, up and
+    product (one tile of them with tiled_mlp), fp32 norm statistics and the attention's log-sum-exp, and LoRA
+    dropout's outputs."""
+    t, a = cfg.training, cfg.adapter
+    h, q, kv, i = shape.hidden, shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim, shape.intermediate
+    mlp_tokens = min(tokens, t.tiled_mlp_tokens) if t.tiled_mlp else tokens
+    norms = 4 if shape.model_type == "gemma2" else 2
+    per_token = (norms * 2 * h + q + 2 * kv + q) * compute + (norms + shape.heads) * 4
+    per_mlp_token = 4 * i * compute
+    dropout = 0
+    if a.adapter and a.lora_dropout > 0:
+        inputs = {shape.linears()[n][0] for n in lora_targets(cfg, shape)}
+        dropout = sum(inputs) * (compute + 1)  # each distinct input's dropout output and mask
+    return tokens * (per_token + dropout) + mlp_tokens * per_mlp_token
