@@ -190,3 +190,25 @@ def test_the_out_of_memory_message_gives_the_plans_ranked_changes(tmp_path: Path
     advice = oom_advice(load(tmp_path / "cfg.yml"))
     assert "by `ft plan`" in advice and "gradient_checkpointing: true" in advice, advice
     assert "adapter: lora (" not in advice  # an adapter is there already
+
+
+def test_with_the_prepared_data_the_plan_uses_its_real_lengths(tmp_path: Path, tiny_model_dir):
+    """After `ft preprocess`, the plan adds the largest micro batch the data really makes under a GPU run's
+    batching (padding-free: the micro_batch_size longest rows end to end), beside the worst case."""
+    cfg = make_config(tmp_path, tiny_model_dir("llama"), micro_batch_size=4, sequence_len=512)
+    assert run_ft("preprocess", "cfg.yml", cwd=tmp_path).returncode == 0
+    result = run_ft("plan", "cfg.yml", "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    from ft.data.prepare import cached
+
+    lengths = cached(cfg.data, cfg.model, cfg.training.seed, cfg.prepared_dir).train.column("input_ids").to_pylist()
+    assert report["tokens_per_micro_batch"] == 4 * 512
+    assert report["with_data"]["tokens_per_micro_batch"] == sum(sorted(map(len, lengths), reverse=True)[:4])
+    assert report["with_data"]["peak"] < report["peak"]
+    import subprocess
+    import sys
+
+    code = "import sys; from ft.cli import main; sys.argv=['ft','plan','cfg.yml']\ntry: main()\nexcept SystemExit: pass\nassert 'torch' not in sys.modules and 'transformers' not in sys.modules"
+    check = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
+    assert check.returncode == 0 and "with the prepared data's lengths" in check.stdout, check.stderr[-2000:]

@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 from ft.config import FtConfig
 from ft.errors import ConfigError
-from ft.plan.advice import largest_settings, ranked_changes
+from ft.plan.advice import largest_settings, longest_batch, ranked_changes
 from ft.plan.estimate import GiB, estimate
 from ft.plan.shapes import read_shape
 
@@ -43,8 +43,23 @@ def gib(n: int) -> str:
     return f"{n / GiB:.1f} GiB"
 
 
-def plan_report(cfg: FtConfig, memory: int, gpus: int) -> dict[str, Any]:
-    """Everything `ft plan` says, as data."""
+def real_longest_batch(cfg: FtConfig) -> Optional[int]:
+    """The largest micro batch's token slots with the prepared data's own lengths (when `ft preprocess` has
+    cached them) and the batching a GPU run uses; None when the data is not at hand."""
+    from ft.data.packing import batch_layout
+    from ft.data.prepare import cached
+
+    prepared = cached(cfg.data, cfg.model, cfg.training.seed, cfg.prepared_dir)
+    if prepared is None:
+        return None
+    lengths = [int(n) for n in prepared.train.column("input_ids").combine_chunks().value_lengths().to_numpy()]
+    layout = batch_layout(cfg.data, cfg.training.group_by_length, on_gpu=True)
+    return longest_batch(lengths, layout, cfg.training.micro_batch_size, cfg.data.sequence_len, cfg.data.pad_to_sequence_len)
+
+
+def plan_report(cfg: FtConfig, memory: int, gpus: int, real_lengths: bool = True) -> dict[str, Any]:
+    """Everything `ft plan` says, as data: the worst case (every row at sequence_len), and with the prepared
+    data's real lengths when they are at hand."""
     shape = read_shape(cfg.model.base_model_config or cfg.model.base_model)
     plan = estimate(cfg, shape, gpus)
     report: dict[str, Any] = {
@@ -56,6 +71,10 @@ def plan_report(cfg: FtConfig, memory: int, gpus: int) -> dict[str, Any]:
         report["changes"] = [{"change": c.what, "peak": c.plan.peak, "fits": c.plan.peak <= memory}
                              for c in ranked_changes(cfg, shape, gpus, plan)]
     report["largest_micro_batch_size"], report["largest_sequence_len"] = largest_settings(cfg, shape, gpus, memory)
+    real = real_longest_batch(cfg) if real_lengths else None
+    if real is not None:
+        with_data = estimate(cfg, shape, gpus, real)
+        report["with_data"] = {"tokens_per_micro_batch": real, "peak": with_data.peak, "fits": with_data.peak <= memory}
     return report
 
 
@@ -81,6 +100,12 @@ def run_plan(cfg: FtConfig, gpu_memory: Optional[str], gpus: int, as_json: bool)
         print("changes, most memory saved first:")
         for c in report["changes"][:8]:
             print(f"  {c['change']:<60} {gib(c['peak']):>10}  {'fits' if c['fits'] else ''}")
+    data = report.get("with_data")
+    if data:
+        print(f"with the prepared data's lengths (largest micro batch {data['tokens_per_micro_batch']:,} tokens): peak "
+              f"{gib(data['peak'])}, {'fits' if data['fits'] else 'does NOT fit'}")
+    else:
+        print("planned for every row at sequence_len; `ft preprocess` first plans for the data's real lengths too")
     print(f"largest micro_batch_size that fits: {report['largest_micro_batch_size'] or 'none'}; "
           f"largest sequence_len at micro batch 1: {report['largest_sequence_len'] or 'none'}")
     return report

@@ -186,7 +186,8 @@ def warn_if_it_will_not_fit(cfg: FtConfig, world: int) -> None:
         report = plan_report(cfg, memory, world)
     except UserError:
         return  # a model type the plan does not model
-    if not report["fits"]:
+    fits = report["with_data"]["fits"] if "with_data" in report else report["fits"]
+    if not fits:
         fixes = "; ".join(c["change"] for c in report.get("changes", [])[:3])
         log.warning("ft plan estimates %s per GPU, above this GPU's %s: it will probably run out of memory (%s)",
                     gib(report["peak"]), gib(memory), fixes or "see `ft plan`")
@@ -218,7 +219,7 @@ def oom_advice(cfg: FtConfig) -> str:
     try:  # the plan's changes, ranked by memory saved, when it models this architecture
         from ft.commands.plan import gib, plan_report
 
-        report = plan_report(cfg, 1, 1)
+        report = plan_report(cfg, 1, 1, real_lengths=False)
         ranked = [f"{c['change']} ({gib(c['peak'])} by `ft plan`)" for c in report.get("changes", [])[:4]]
         if ranked:
             return "; ".join(ranked) + "; see `ft plan` for the whole estimate"

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from bisect import bisect_left, insort
 
+from ft.config.data import DataConfig
+
 
 def pack(lengths: list[int], capacity: int) -> list[list[int]]:
     """Indices of rows grouped into bins whose lengths sum to at most `capacity`."""
@@ -35,3 +37,17 @@ def pack(lengths: list[int], capacity: int) -> list[list[int]]:
 def efficiency(lengths: list[int], bins: list[list[int]], capacity: int) -> float:
     """Real tokens over the token slots of the bins (1.0: every bin exactly full)."""
     return sum(lengths) / (len(bins) * capacity) if bins else 0.0
+
+
+PACKED, PADDING_FREE, PADDED = "packed", "padding-free", "padded"
+
+
+def batch_layout(d: DataConfig, group_by_length: bool, on_gpu: bool) -> str:
+    """How rows become batches: packed into bins, laid end to end unpadded, or padded to the longest."""
+    if d.sample_packing:
+        return PACKED
+    if d.padding_free is None:  # on a GPU padding costs compute; group_by_length already trims it
+        free = on_gpu and not d.pad_to_sequence_len and not group_by_length
+    else:
+        free = d.padding_free
+    return PADDING_FREE if free else PADDED

@@ -102,6 +102,16 @@ def prepare(d: DataConfig, m: ModelConfig, seed: int, root: Path, tokenizer: Any
     return _read(target, hit=False)
 
 
+def cached(d: DataConfig, m: ModelConfig, seed: int, root: Path) -> Prepared | None:
+    """The prepared rows when `ft preprocess` (or a run) left them in the cache, else None; never builds.
+    Computing the key reads the data files and the tokenizer's files, loads neither."""
+    try:
+        target = root / cache_key(cache_inputs(d, m, seed))
+    except (OSError, DataError, ValueError):
+        return None
+    return _read(target, hit=True) if (target / "meta.json").is_file() else None
+
+
 def build(d: DataConfig, seed: int, tokenizer: Any) -> tuple[Tokenized, Tokenized | None, dict[str, Any]]:
     """Tokenize every dataset, shuffle, split off the eval rows; no files are written here."""
     bos = adds_bos(tokenizer)

@@ -66,6 +66,17 @@ def ranked_changes(cfg: Any, shape: Shape, gpus: int, plan: Plan, longest_batch:
     return sorted(changes, key=lambda c: c.plan.peak)
 
 
+def longest_batch(lengths: list[int], layout: str, micro_batch_size: int, sequence_len: int, pad_to: bool) -> int:
+    """The token slots of the largest micro batch the data makes: packed bins fill up to sequence_len each,
+    padded rows pad to the longest row of the batch (or to sequence_len), padding-free rows lie end to end."""
+    longest = sorted(lengths, reverse=True)[:micro_batch_size]
+    if layout == "packed" or pad_to:
+        return micro_batch_size * sequence_len
+    if layout == "padded":
+        return micro_batch_size * longest[0]
+    return sum(longest)
+
+
 def largest(fits: Callable[[int], bool], low: int, high: int) -> int:
     """The largest value in [low, high] for which `fits` holds (0 if none), assuming it holds below a fit."""
     if not fits(low):

@@ -8,7 +8,7 @@ from typing import Any, Optional
 
 from ft.config.data import DataConfig
 from ft.data.labels import IGNORE, without_first
-from ft.data.packing import efficiency, pack
+from ft.data.packing import PACKED, PADDED, PADDING_FREE, batch_layout, efficiency, pack  # noqa: F401 (batch_layout: re-exported)
 from ft.model.packed_attention import boundaries
 
 log = logging.getLogger("ft")
@@ -122,20 +122,6 @@ class TrainingSets:
     train: Any
     eval: Any
     collator: Any
-
-
-PACKED, PADDING_FREE, PADDED = "packed", "padding-free", "padded"
-
-
-def batch_layout(d: DataConfig, group_by_length: bool, on_gpu: bool) -> str:
-    """How rows become batches: packed into bins, laid end to end unpadded, or padded to the longest."""
-    if d.sample_packing:
-        return PACKED
-    if d.padding_free is None:  # on a GPU padding costs compute; group_by_length already trims it
-        free = on_gpu and not d.pad_to_sequence_len and not group_by_length
-    else:
-        free = d.padding_free
-    return PADDING_FREE if free else PADDED
 
 
 def training_sets(d: DataConfig, layout: str, micro_batch_size: int, prepared: Any, pad_id: int, on_gpu: bool) -> TrainingSets:
