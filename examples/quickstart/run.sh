@@ -7,12 +7,12 @@ PY=${PYTHON:-python}
 CFG=examples/quickstart/config.yml
 rm -rf outputs/quickstart
 "$PY" scripts/make_tiny_model.py outputs/tiny-llama
-echo "== before fine-tuning"
-"$PY" examples/quickstart/evaluate.py "$CFG" --base-only
+echo "== before fine-tuning (ft eval on test_datasets: greedy answers, exact match and F1)"
+"$PY" -m ft eval "$CFG" --base-only
 echo "== fine-tuning"
 "$PY" -m ft train "$CFG"
 "$PY" -m ft merge-lora "$CFG"
 echo "== after fine-tuning"
-"$PY" examples/quickstart/evaluate.py "$CFG" --merged outputs/quickstart/merged
+"$PY" -m ft eval "$CFG" --merged
 echo "== inference (prompt rendered in the training format, answer streamed)"
 "$PY" -m ft inference "$CFG" --prompt "Reverse the order of the words." --input "sun moon king" --max-new-tokens 16

@@ -176,6 +176,24 @@ def plan(
     run_plan(load(config, ctx, set_), gpu_memory, num_gpus, json_)
 
 
+@app.command("eval", context_settings=OVERRIDES, help="Score the model on a test set by its generated answers "
+             "(exact match, F1, BLEU, chrF, ROUGE, the references' perplexity): the run's adapter by default." + OVERRIDE_HELP)
+def eval_(
+    ctx: typer.Context,
+    config: Path = CONFIG_ARG,
+    set_: Optional[List[str]] = SET_OPT,
+    data: Optional[str] = typer.Option(None, help="Test rows (a file in the first dataset's format); default: test_datasets."),
+    limit: Optional[int] = typer.Option(None, min=1, help="Score only the first N rows."),
+    base_only: bool = typer.Option(False, "--base-only", help="Score the base model without the adapter."),
+    merged: bool = typer.Option(False, "--merged", help="Score the merged model (output_dir/merged)."),
+) -> None:
+    from ft.commands.eval import run_eval
+
+    if base_only and merged:
+        raise ConfigError("command line: --base-only and --merged: choose one")
+    run_eval(load(config, ctx, set_), data, limit, "base" if base_only else "merged" if merged else "adapter")
+
+
 @app.command("config-schema", help="Print the config reference (every key, its type, default and meaning).")
 def config_schema() -> None:
     from ft.config.reference import reference_markdown

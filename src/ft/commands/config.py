@@ -11,6 +11,7 @@ from typing import Any, Sequence
 
 from ft.config import FtConfig, ValidationContext, load_config
 from ft.data.formats import FORMATS
+from ft.evaluate.metrics import METRICS
 from ft.launch.deepspeed import check_deepspeed
 from ft.tokenizer.chat_templates import CHAT_TEMPLATES
 from ft.train.optimizers import OPTIMIZERS
@@ -25,6 +26,7 @@ def validation_context() -> ValidationContext:
         optimizers=OPTIMIZERS,
         schedulers=SCHEDULERS,
         check_deepspeed=check_deepspeed,
+        metrics=METRICS,
     )
 
 

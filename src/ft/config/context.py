@@ -28,6 +28,7 @@ class ValidationContext:
     optimizers: NameTable
     schedulers: NameTable
     check_deepspeed: Callable[[Any], None]  # a path or an inline mapping; ValueError when it is wrong
+    metrics: Optional[NameTable] = None
 
 
 def context_of(info: ValidationInfo) -> Optional[ValidationContext]:
@@ -37,4 +38,5 @@ def context_of(info: ValidationInfo) -> Optional[ValidationContext]:
 def canonical(info: ValidationInfo, table: str, name: str) -> str:
     """`name` resolved in the context's table `table` (aliases too); unchanged without a context."""
     context = context_of(info)
-    return getattr(context, table).canonical(name) if context else name
+    names = getattr(context, table) if context else None
+    return names.canonical(name) if names is not None else name

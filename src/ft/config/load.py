@@ -30,6 +30,17 @@ assert len(KEY_SECTION) == sum(len(k) for k in SECTION_KEYS.values()), "a YAML k
 ALIASES = {"sequence_length": "sequence_len", "max_seq_length": "sequence_len", "max_packed_sequence_len": "sequence_len"}
 # Keys found in Axolotl configs that ft accepts and ignores, with the reason shown as a warning.
 IGNORED = {"strict": "ft always rejects unknown keys", "debug": "use `ft --debug` for tracebacks"}
+# Keys of the peers (Axolotl's) that ft does not offer yet: said so, instead of a did-you-mean to an unrelated key.
+NOT_SUPPORTED_YET = {
+    "rl": "preference training (`rl: dpo` ...) is not supported yet",
+    "rl_beta": "preference training is not supported yet",
+    "do_causal_lm_eval": "generation metrics during training are not supported yet; run `ft eval cfg.yml` after training",
+    "loraplus_lr_ratio": "LoRA+ is not supported yet",
+    "relora_steps": "ReLoRA is not supported yet",
+    "unsloth_lora_mlp": "Unsloth's kernels are not part of ft",
+    "sequence_parallel_degree": "sequence parallelism is not supported yet",
+    "lisa_n_layers": "LISA is not supported yet",
+}
 # `bnb_config_kwargs:` (Axolotl) holds keys that ft takes at the top level.
 NESTED_FLAT = ("bnb_config_kwargs",)
 
@@ -189,6 +200,8 @@ def normalize(
             warn(f"{where}: `{key}` is ignored: {IGNORED[key]}")
             continue
         name = ALIASES.get(key, key)
+        if name in NOT_SUPPORTED_YET:
+            raise ConfigError(f"{where}: `{key}`: {NOT_SUPPORTED_YET[name]}")
         if name not in KEY_SECTION:
             raise ConfigError(f"{where}: unknown key `{key}`{did_you_mean(key, all_keys())}")
         if name in flat:

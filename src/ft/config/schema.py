@@ -10,6 +10,7 @@ from ft.config.adapter import AdapterConfig
 from ft.config.base import Contradiction
 from ft.config.data import DataConfig
 from ft.config.distributed import DistributedConfig
+from ft.config.evaluation import EvaluationConfig
 from ft.config.logs import LoggingConfig
 from ft.config.model import ModelConfig, QuantizationConfig
 from ft.config.training import TrainingConfig
@@ -27,6 +28,7 @@ class FtConfig(BaseModel):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
 
     @model_validator(mode="after")
     def _no_contradictions(self) -> "FtConfig":

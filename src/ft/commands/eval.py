@@ -1,0 +1,115 @@
+"""`ft eval`: score the base model, the base plus the run's adapter (default) or the merged model on a test
+set, by the answers it generates: output_dir/eval-<model>/predictions.jsonl (written row by row; a killed run
+resumes) and eval_results.json, and a short table."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from ft.config import FtConfig
+from ft.errors import ConfigError, DataError
+
+
+def test_rows(cfg: FtConfig, data_file: Optional[str]) -> tuple[Any, list[dict[str, Any]]]:
+    """(the dataset entry whose format builds the prompts, its rows): --data FILE in the first dataset's format,
+    else the first of test_datasets."""
+    from ft.data.sources import load_rows
+
+    if data_file:
+        ds = cfg.data.datasets[0].model_copy(update={"path": data_file, "data_files": None, "split": "train"})
+    elif cfg.data.test_datasets:
+        ds = cfg.data.test_datasets[0]
+    else:
+        raise ConfigError("`ft eval` needs test rows: pass --data FILE (in the first dataset's format) or set test_datasets")
+    rows = load_rows(ds)
+    if not rows:
+        raise DataError(f"the test set `{ds.path}` has no rows")
+    return ds, rows
+
+
+def load_model(cfg: FtConfig, which: str) -> tuple[Any, Any]:
+    from ft.commands.inference import load_for_inference
+
+    if which != "merged":
+        return load_for_inference(cfg, base_only=which == "base")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ft.model.precision import device, resolve_dtype
+
+    merged = Path(cfg.training.output_dir) / "merged"
+    if not (merged / "config.json").is_file():
+        raise ConfigError(f"no merged model in {merged}; run `ft merge-lora` first")
+    model = AutoModelForCausalLM.from_pretrained(merged, dtype=resolve_dtype(cfg.model)).to(device()).eval()
+    return model, AutoTokenizer.from_pretrained(merged)
+
+
+def run_eval(cfg: FtConfig, data_file: Optional[str], limit: Optional[int], which: str) -> dict[str, Any]:
+    from ft.launch.backend import keep_caches_in
+
+    keep_caches_in(cfg.training.output_dir)
+    from ft.evaluate.metrics import METRICS
+    from ft.evaluate.predict import (append_lines, batches, done_ids, eval_rows, generate_batch, perplexity,
+                                     reference_loss, user_metric)
+    from ft.files import atomic_write_text
+
+    e = cfg.evaluation
+    metric_fn = user_metric(e.eval_metric_function)
+    ds, raw = test_rows(cfg, data_file)
+    model, tokenizer = load_model(cfg, which)
+    rows, skipped = eval_rows(raw[:limit] if limit else raw, ds, cfg.data, tokenizer)
+    if not rows:
+        raise DataError(f"no row of `{ds.path}` has a prompt and an answer within sequence_len {cfg.data.sequence_len}")
+    folder = Path(cfg.training.output_dir) / f"eval-{which}"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "predictions.jsonl"
+    done = done_ids(path)
+    started, generated = time.perf_counter(), 0
+    size = cfg.training.eval_batch_size or max(cfg.training.micro_batch_size, 8)
+    for batch in batches([r for r in rows if r.id not in done], size):
+        answers = generate_batch(model, tokenizer, batch, e)
+        losses = reference_loss(model, batch)
+        records = []
+        for r, answer, (loss, n) in zip(batch, answers, losses):
+            scores: dict[str, float] = {}
+            for name in e.eval_causal_lm_metrics:
+                row_scores = METRICS.get(name).row
+                if row_scores is not None:
+                    scores.update(row_scores(answer, r.reference))
+            if metric_fn is not None:
+                scores.update(_user_scores(metric_fn, answer, r))
+            records.append({"id": r.id, "prompt": tokenizer.decode(r.prompt_ids), "prediction": answer,
+                            "reference": r.reference, "loss": loss, "tokens": n, "scores": scores})
+        append_lines(path, records)
+        generated += len(batch)
+    seconds = time.perf_counter() - started
+    written = sorted((json.loads(line) for line in path.read_text().splitlines() if line.strip()), key=lambda x: x["id"])
+    predictions, references = [w["prediction"] for w in written], [w["reference"] for w in written]
+    results: dict[str, Any] = {"model": which, "rows": len(written), "skipped": skipped}
+    for name in e.eval_causal_lm_metrics:
+        results.update({k: round(v, 4) for k, v in METRICS.get(name).corpus(predictions, references).items()})
+    if metric_fn is not None:
+        keys = sorted({k for w in written for k in w["scores"] if k.startswith("user")})
+        results.update({k: round(sum(w["scores"].get(k, 0.0) for w in written) / len(written), 4) for k in keys})
+    loss_sum, tokens = sum(w["loss"] for w in written), sum(w["tokens"] for w in written)
+    results["loss"] = round(loss_sum / max(tokens, 1), 4)
+    results["perplexity"] = round(perplexity(loss_sum, tokens), 4)
+    atomic_write_text(folder / "eval_results.json", json.dumps(results, indent=1))
+    print(f"ft eval ({which}): {len(written)} rows ({skipped} left out), {generated} generated now"
+          + (f" at {generated / seconds:.1f} rows/s" if generated else "") + f" → {folder}")
+    for key, value in results.items():
+        if isinstance(value, float):
+            print(f"  {key:<14} {value:>10.4f}")
+    return results
+
+
+def _user_scores(fn: Any, answer: str, r: Any) -> dict[str, float]:
+    try:
+        value = fn(answer, r.reference, r.row)
+    except Exception as exc:  # the user's code: name the row and what it raised
+        raise DataError(f"`eval_metric_function` raised on row {r.id}: {type(exc).__name__}: {exc}") from None
+    if isinstance(value, dict):
+        return {f"user_{k}": float(v) for k, v in value.items()}
+    return {"user_metric": float(value)}
