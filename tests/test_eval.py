@@ -124,8 +124,10 @@ def test_a_metric_of_ones_own(tmp_path: Path, tiny_model_dir):
     ("eval_causal_lm_metrics: [comet]\n", (), ("`comet` is not supported yet",)),
     ("eval_metric_function: nowhere.py:score\n", ("--data", str(ALPACA)), ("nowhere.py is not a file",)),
     ("eval_metric_function: mine.py:boom\n", ("--data", str(ALPACA)), ("raised on row", "ZeroDivisionError")),
-    ("do_causal_lm_eval: true\n", (), ("not supported yet", "ft eval")),
-], ids=["no reference column", "unknown metric", "comet", "no metric file", "a metric that raises", "do_causal_lm_eval"])
+    ("do_causal_lm_eval: true\n", (), ("`do_causal_lm_eval` needs evaluation data",)),
+    ("loraplus_lr_ratio: 16\n", (), ("`loraplus_lr_ratio`: LoRA+ is not supported yet",)),
+], ids=["no reference column", "unknown metric", "comet", "no metric file", "a metric that raises",
+        "generation metrics without eval data", "a peer's key ft lacks"])
 def test_bad_evaluation_input_is_one_sentence(extra, args, words, tmp_path: Path, tiny_model_dir):
     (tmp_path / "refless.jsonl").write_text(json.dumps({"instruction": "Say hi."}) + "\n")
     (tmp_path / "mine.py").write_text("def boom(prediction, reference, row):\n    return 1 / 0\n")
@@ -134,3 +136,50 @@ def test_bad_evaluation_input_is_one_sentence(extra, args, words, tmp_path: Path
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
     for word in words:
         assert word in result.stderr, result.stderr[-2000:]
+
+
+def test_generation_metrics_during_training_keep_the_best_checkpoint(tmp_path: Path, tiny_model_dir):
+    """do_causal_lm_eval with packing: every evaluation logs eval_chrf and eval_f1 to metrics.jsonl; with
+    metric_for_best_model: chrf, greater_is_better: false (so that the best is an early checkpoint: chrF rises as
+    the model learns) and load_best_model_at_end, the run ends with the checkpoint whose chrF was best, which
+    save_total_limit: 1 would have rotated away."""
+    from safetensors.torch import load_file
+
+    _config(tmp_path, tiny_model_dir("llama"),
+            "val_set_size: 8\nadapter: lora\nlora_target_linear: true\nsample_packing: true\nsequence_len: 256\n"
+            "max_steps: 8\neval_steps: 2\nlearning_rate: 0.01\nsave_total_limit: 1\ndo_causal_lm_eval: true\n"
+            "eval_causal_lm_metrics: [chrf, f1]\neval_generation_rows: 8\nmetric_for_best_model: chrf\nload_best_model_at_end: true\n"
+            "greater_is_better: false\n")
+    result = run_ft("train", "cfg.yml", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    evals = [r for r in map(json.loads, (tmp_path / "out/metrics.jsonl").read_text().splitlines()) if "eval_loss" in r]
+    assert len(evals) >= 4 and all("eval_chrf" in r and "eval_f1" in r for r in evals), evals
+    best = min(evals, key=lambda r: (r["eval_chrf"], r["step"]))  # the first of equals stays best
+    assert best["step"] < max(r["step"] for r in evals)  # an early one: rotation had to spare it
+    state = json.loads(next((tmp_path / "out").glob("checkpoint-*/trainer_state.json")).read_text())
+    assert state["best_model_checkpoint"].endswith(f"checkpoint-{best['step']}"), (state["best_model_checkpoint"], evals)
+    kept = tmp_path / "out" / f"checkpoint-{best['step']}"
+    assert kept.is_dir()
+    final = load_file(str(tmp_path / "out/adapter_model.safetensors"))
+    saved = load_file(str(kept / "adapter_model.safetensors"))
+    assert final.keys() == saved.keys() and all((final[k] == saved[k]).all() for k in final)
+
+
+@pytest.mark.parametrize("backend", ["ddp", "zero2", "zero3"])
+def test_generation_metrics_on_two_processes(backend, tmp_path: Path, tiny_model_dir):
+    """Under DDP and ZeRO-2 every process answers the same rows (no collective) and the metric is logged; under
+    ZeRO-3 the weights are whole only inside the forward pass: refused in one sentence."""
+    from conftest import ROOT
+
+    deepspeed = f"deepspeed: {ROOT / 'deepspeed_configs' / (backend + '.json')}\n" if backend.startswith("zero") else ""
+    _config(tmp_path, tiny_model_dir("llama"), "val_set_size: 8\nadapter: lora\nlora_target_linear: true\nmax_steps: 4\n"
+            "eval_steps: 2\nmicro_batch_size: 2\ndo_causal_lm_eval: true\neval_causal_lm_metrics: [chrf]\n"
+            "eval_generation_rows: 4\n" + deepspeed)
+    result = run_ft("train", "cfg.yml", "--num-processes", "2", cwd=tmp_path)
+    if backend == "zero3":
+        assert result.returncode == 2, result.stderr[-3000:]
+        assert "`do_causal_lm_eval` is not supported with DeepSpeed ZeRO-3" in result.stderr.strip().splitlines()[-1]
+        return
+    assert result.returncode == 0, result.stderr[-3000:]
+    evals = [r for r in map(json.loads, (tmp_path / "out/metrics.jsonl").read_text().splitlines()) if "eval_loss" in r]
+    assert len(evals) >= 2 and all("eval_chrf" in r for r in evals), evals

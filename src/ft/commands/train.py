@@ -70,7 +70,26 @@ def build_run(cfg: FtConfig, world: int) -> Run:
         offload = ActivationOffload()
     trainer, metrics = build_trainer(model, tokenizer, args, sets, t.early_stopping_patience, chunked_loss=chunked,
                                      offload=offload, keep_checkpoints=t.save_total_limit)
+    if cfg.evaluation.do_causal_lm_eval and prepared.eval is not None:
+        trainer.eval_extras = generation_during_training(cfg, prepared, tokenizer, sharding)
     return Run(tokenizer, prepared, model, trainer, metrics, layout, attention)
+
+
+def generation_during_training(cfg: FtConfig, prepared: Any, tokenizer: Any, sharding: str) -> Any:
+    """model → the generation metrics of `eval_generation_rows` held-out rows (do_causal_lm_eval)."""
+
+    from ft.evaluate.predict import generation_metrics, rows_from_tokenized
+
+    if sharding:
+        raise UserError(f"`do_causal_lm_eval` is not supported with {sharding} (the weights are whole only inside the "
+                        "forward pass); run `ft eval cfg.yml` after training")
+    e = cfg.evaluation
+    table = prepared.eval
+    rows = rows_from_tokenized(table.column("input_ids").to_pylist(), table.column("labels").to_pylist(), tokenizer,
+                               e.eval_generation_rows)
+    log.info("generation metrics at each evaluation: %s on %d held-out rows", ", ".join(e.eval_causal_lm_metrics), len(rows))
+    size = cfg.training.eval_batch_size or max(cfg.training.micro_batch_size, 8)
+    return lambda model: generation_metrics(model, tokenizer, rows, e, size)
 
 
 def model_for_training(cfg: FtConfig, tokenizer: Any, layout: str) -> tuple[Any, str, str]:

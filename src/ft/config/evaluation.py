@@ -13,6 +13,11 @@ NOT_YET = {"comet": "COMET needs a model of its own", "ter": "TER is not there y
 
 
 class EvaluationConfig(Section):
+    do_causal_lm_eval: bool = Field(
+        False, description="At every evaluation during training, also generate answers for eval_generation_rows "
+        "held-out rows and score them with eval_causal_lm_metrics (logged as eval_<metric>).",
+    )
+    eval_generation_rows: int = Field(32, ge=1, description="Held-out rows answered at each evaluation during training.")
     eval_causal_lm_metrics: tuple[str, ...] = Field(
         ("exact_match", "f1", "bleu", "chrf", "rouge"),
         description="Metrics of `ft eval` on the generated answers: exact_match, f1 (SQuAD-style), bleu, chrf "

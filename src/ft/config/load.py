@@ -34,7 +34,6 @@ IGNORED = {"strict": "ft always rejects unknown keys", "debug": "use `ft --debug
 NOT_SUPPORTED_YET = {
     "rl": "preference training (`rl: dpo` ...) is not supported yet",
     "rl_beta": "preference training is not supported yet",
-    "do_causal_lm_eval": "generation metrics during training are not supported yet; run `ft eval cfg.yml` after training",
     "loraplus_lr_ratio": "LoRA+ is not supported yet",
     "relora_steps": "ReLoRA is not supported yet",
     "unsloth_lora_mlp": "Unsloth's kernels are not part of ft",

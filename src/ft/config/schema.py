@@ -100,6 +100,18 @@ def contradictions(cfg: FtConfig) -> list[Contradiction]:
     if t.tiled_mlp and d.fsdp:
         add("tiled_mlp", "`tiled_mlp` is not supported with fsdp (its recompute inside FSDP units is untested); "
             "use gradient_checkpointing and activation_offloading, or DeepSpeed")
+    e = cfg.evaluation
+    for key, on in (("load_best_model_at_end", t.load_best_model_at_end), ("metric_for_best_model", t.metric_for_best_model),
+                    ("do_causal_lm_eval", e.do_causal_lm_eval)):
+        if on and not cfg.has_eval_data:
+            add(key, f"`{key}` needs evaluation data: set `val_set_size` or `test_datasets`")
+    metric = (t.metric_for_best_model or "loss").removeprefix("eval_")
+    if metric not in ("loss", "perplexity") and not e.do_causal_lm_eval:
+        add("metric_for_best_model", f"`metric_for_best_model: {t.metric_for_best_model}` is a generation metric: set "
+            "`do_causal_lm_eval: true` (or pick `loss`)")
+    if e.do_causal_lm_eval and d.fsdp:
+        add("do_causal_lm_eval", "`do_causal_lm_eval` is not supported with fsdp (the weights are whole only inside the "
+            "forward pass); run `ft eval cfg.yml` after training")
     if t.early_stopping_patience and not cfg.has_eval_data:
         add("early_stopping_patience", "early stopping needs evaluation data: set `val_set_size` or `test_datasets`")
     return found

@@ -42,6 +42,13 @@ class TrainingConfig(Section):
     early_stopping_patience: Optional[int] = Field(
         None, ge=1, description="Stop after this many evaluations without a better eval loss."
     )
+    metric_for_best_model: Optional[str] = Field(
+        None, description="The evaluation metric that picks the best checkpoint: loss, or a generation metric "
+        "(exact_match, f1, bleu, chrf, rouge1, ... with do_causal_lm_eval); `eval_` may be written or not.",
+    )
+    greater_is_better: Optional[bool] = Field(None, description="Whether a larger metric is better (default: not for loss).")
+    load_best_model_at_end: bool = Field(
+        False, description="End with the best checkpoint's weights; that checkpoint is never rotated away.")
     neftune_noise_alpha: Optional[float] = Field(None, gt=0, description="NEFTune embedding noise.")
     group_by_length: bool = Field(False, description="Batch rows of similar length together (less padding).")
     seed: int = Field(42, description="Seed for shuffling, splits and initialisation.")

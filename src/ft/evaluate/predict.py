@@ -153,3 +153,48 @@ def user_metric(spec: Optional[str]) -> Any:
 
 def perplexity(loss_sum: float, tokens: int) -> float:
     return math.exp(min(loss_sum / tokens, 50)) if tokens else float("nan")
+
+
+def rows_from_tokenized(input_ids: list[list[int]], labels: list[list[int]], tokenizer: Any, cap: int) -> list[EvalRow]:
+    """Held-out rows prepared for training (input_ids, labels) as prompts and references, the first `cap`
+    that have both (for the generation metrics of evaluations during training)."""
+    out: list[EvalRow] = []
+    for i, (ids, row_labels) in enumerate(zip(input_ids, labels)):
+        first = next((j for j, label in enumerate(row_labels) if label != IGNORE), None)
+        if first is None or first == 0:
+            continue
+        answer = [tok for tok, label in zip(ids, row_labels) if label != IGNORE]
+        if answer and answer[-1] == tokenizer.eos_token_id:
+            answer = answer[:-1]
+        out.append(EvalRow(i, ids[:first], answer, tokenizer.decode(answer, skip_special_tokens=True).strip(), {}))
+        if len(out) == cap:
+            break
+    return out
+
+
+def generation_metrics(model: Any, tokenizer: Any, rows: list[EvalRow], e: EvaluationConfig, batch_size: int) -> dict[str, float]:
+    """{eval_<metric>: corpus score} of the model's answers to `rows`; the model is left in the mode it was in.
+    Every process answers the same rows (no collective), so each has the metric that picks the best checkpoint."""
+    from ft.evaluate.metrics import METRICS
+    from ft.model.packed_attention import PER_ROW_EAGER, VARLEN, modifies_scores
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    flattened = base.config._attn_implementation
+    if flattened in (VARLEN, PER_ROW_EAGER):  # made for flattened batches; generation pads and caches
+        own = "eager" if flattened == PER_ROW_EAGER or modifies_scores(base.config) else "sdpa"
+        base.set_attn_implementation(own)
+    was_training = model.training
+    model.eval()
+    try:
+        answers: dict[int, str] = {}
+        for batch in batches(rows, batch_size):
+            answers.update(zip((r.id for r in batch), generate_batch(model, tokenizer, batch, e)))
+    finally:
+        model.train(was_training)
+        if base.config._attn_implementation != flattened:
+            base.set_attn_implementation(flattened)
+    predictions, references = [answers[r.id] for r in rows], [r.reference for r in rows]
+    scores: dict[str, float] = {}
+    for name in e.eval_causal_lm_metrics:
+        scores.update({f"eval_{k}": v for k, v in METRICS.get(name).corpus(predictions, references).items()})
+    return scores

@@ -40,9 +40,12 @@ def training_arguments(
     eval_every = _every(t.eval_steps, t.evals_per_epoch, epoch_steps) if has_eval else None
     save_every = _every(t.save_steps, t.saves_per_epoch, epoch_steps)
     early = t.early_stopping_patience is not None and has_eval
-    if early:  # the best checkpoint must be saved where it is measured
+    best = (early or t.load_best_model_at_end) and has_eval
+    if best:  # the best checkpoint must be saved where it is measured
         eval_every = eval_every or epoch_steps
         save_every = eval_every
+    metric = "eval_" + (t.metric_for_best_model or "loss").removeprefix("eval_")
+    lower_is_better = metric in ("eval_loss", "eval_perplexity")
     warmup: float = t.warmup_steps if t.warmup_steps is not None else (t.warmup_ratio or 0.0)
     on_gpu = torch.cuda.is_available()
     kwargs: dict[str, Any] = dict(
@@ -71,9 +74,9 @@ def training_arguments(
         save_strategy="steps" if save_every else "epoch",
         save_steps=save_every or 500,
         save_total_limit=None,  # ft deletes old checkpoints itself, after the new one is complete (train/checkpoints.py)
-        load_best_model_at_end=early,
-        metric_for_best_model="eval_loss" if early else None,
-        greater_is_better=False if early else None,
+        load_best_model_at_end=best,
+        metric_for_best_model=metric if (best or t.metric_for_best_model) else None,
+        greater_is_better=(t.greater_is_better if t.greater_is_better is not None else not lower_is_better) if (best or t.metric_for_best_model) else None,
         seed=t.seed,
         data_seed=t.seed,
         neftune_noise_alpha=t.neftune_noise_alpha,

@@ -46,6 +46,10 @@ class MetricsLog(TrainerCallback):
         for key in ("loss", "learning_rate", "grad_norm", "eval_loss", "train_loss"):
             if key in logs:
                 record[key] = logs[key]
+        for key, value in logs.items():  # generation metrics of evaluations during training
+            if key.startswith("eval_") and key not in record and isinstance(value, (int, float)) and not key.endswith(
+                    ("_runtime", "_per_second")):
+                record[key] = value
         if "loss" in logs:
             now, tokens = time.perf_counter(), state.num_input_tokens_seen
             record["tokens_per_s"] = round((tokens - self.last_tokens) / max(now - self.last_time, 1e-9), 1)
@@ -81,7 +85,8 @@ def read_history(path: Path) -> list[dict[str, Any]]:
 
 
 def plot_losses(records: list[dict[str, Any]], path: Path) -> None:
-    """loss.png: the train loss, and the eval loss where there is one, against the step."""
+    """loss.png: the train loss, and the eval loss where there is one, against the step; generation metrics of
+    evaluations during training (do_causal_lm_eval) on a second axis beside them."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -94,7 +99,17 @@ def plot_losses(records: list[dict[str, Any]], path: Path) -> None:
             ax.plot(*zip(*points), label=label, marker="o" if key == "eval_loss" else None)
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
-    ax.legend()
+    scores = sorted({k for r in records for k in r if k.startswith("eval_") and k != "eval_loss"})
+    handles, labels = ax.get_legend_handles_labels()
+    if scores:
+        right = ax.twinx()
+        for i, key in enumerate(scores):
+            points = [(r["step"], r[key]) for r in records if key in r]
+            right.plot(*zip(*points), label=key.removeprefix("eval_"), marker="s", linestyle="--", color=f"C{2 + i}")
+        right.set_ylabel("generation metrics")
+        more_handles, more_labels = right.get_legend_handles_labels()
+        handles, labels = handles + more_handles, labels + more_labels
+    ax.legend(handles, labels)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

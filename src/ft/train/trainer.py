@@ -51,6 +51,14 @@ class FtTrainer(Trainer):
     chunked_loss = False
     offload: Any = None
     keep_checkpoints: Optional[int] = None
+    eval_extras: Any = None  # model → {metric: value}, added to each evaluation's logs (generation metrics)
+
+    def log(self, logs: dict[str, float], start_time: Optional[float] = None) -> None:
+        """The Trainer's log; an evaluation's logs gain the extra metrics first, so metrics.jsonl, tensorboard and
+        metric_for_best_model all see them (the Trainer picks the best checkpoint from this same dict)."""
+        if self.eval_extras is not None and "eval_loss" in logs:
+            logs.update(self.eval_extras(self.accelerator.unwrap_model(self.model)))
+        super().log(logs, start_time)
 
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
         """The Trainer's checkpoint, then fsynced and marked complete, then old ones rotated out."""
