@@ -10,14 +10,15 @@
 #
 # Stages, each under its own time budget (seconds), each writing its log and JSON under $OUT as soon as
 # they exist (the benchmarks save after every contender or trial), each saying what it skipped:
-#   tests       140  FT_TEST_GPU=1 pytest tests/test_gpu.py: packed rows equal rows alone (llama, qwen2,
+#   tests       130  FT_TEST_GPU=1 pytest tests/test_gpu.py: packed rows equal rows alone (llama, qwen2,
 #                    mistral with a window, gemma2 with soft-capping that matters, phi3; LoRA and QLoRA), the
 #                    chunked loss, the bf16 base, offloading on a 32k row
 #   1b           90  scripts/bench_gpu.py --sizes 1b: padded Trainer, ft unpacked, ft packed 2 and 8 bins (LoRA, bf16)
 #   8b          150  scripts/bench_gpu.py --sizes 8b: padded Trainer, ft unpacked, ft packed 4 bins (QLoRA), MFU
-#   context     120  scripts/bench_context.py --lengths: 8B QLoRA rows of 16k and 80k tokens under a 24 GiB
+#   context     110  scripts/bench_context.py --lengths: 8B QLoRA rows of 16k and 80k tokens under a 24 GiB
 #                    cap, ft (offloading + tiled MLP) beside the plain baseline
-# With the install (~30 s): 530 s.
+#   eval         30  scripts/bench_eval.py: ft eval's batched generation beside a one-row generate loop
+# With the install (~30 s): 540 s.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-check}
@@ -67,9 +68,10 @@ if [ "$mode" = --suite ]; then
   exit $status
 fi
 
-stage tests 140 env FT_TEST_GPU=1 $PY -m pytest -q -p no:cacheprovider -rs "${TESTS_ARGS[@]}" tests/test_gpu.py
+stage tests 130 env FT_TEST_GPU=1 $PY -m pytest -q -p no:cacheprovider -rs "${TESTS_ARGS[@]}" tests/test_gpu.py
 stage 1b 90 $PY scripts/bench_gpu.py --sizes "${SIZES_1B[@]}" --rows $ROWS --out "$OUT/1b.json"
 stage 8b 150 $PY scripts/bench_gpu.py --sizes "${SIZES_8B[@]}" --rows $ROWS --out "$OUT/8b.json"
-stage context 120 $PY scripts/bench_context.py "${CONTEXT_ARGS[@]}" --out "$OUT/context.json"
+stage context 110 $PY scripts/bench_context.py "${CONTEXT_ARGS[@]}" --out "$OUT/context.json"
+stage eval 30 $PY scripts/bench_eval.py --rows 64 --batch 16
 say "all stages ended (exit $status)"
 exit $status
