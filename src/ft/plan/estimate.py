@@ -120,16 +120,18 @@ def estimate(cfg: Any, shape: Shape, gpus: int = 1, longest_batch: Optional[int]
 
     # activations and logits
     layer_in = tokens * shape.hidden * compute
-    one_layer = _layer_activations(cfg, shape, tokens, compute)
+    saved, tile = _layer_activations(cfg, shape, tokens, compute)
     if t.gradient_checkpointing:
         inputs = layer_in * (shape.layers + 1)  # each layer's input, and the final norm's
         if t.activation_offloading:
             plan.host["offloaded layer inputs (pinned)"] = inputs
             inputs = 2 * layer_in  # the copy in flight and the one coming back
         plan.parts["checkpointed layer inputs"] = inputs
-        plan.parts["one layer recomputed"] = one_layer
+        plan.parts["one layer recomputed"] = saved + tile
     else:
-        plan.parts["activations"] = one_layer * shape.layers
+        plan.parts["activations"] = saved * shape.layers
+        if tile:
+            plan.parts["one MLP tile recomputed"] = tile
     chunked = t.chunked_cross_entropy and not (stage >= 3)
     chunk = max(64, CHUNK_BYTES // (4 * shape.vocab))
     # the plain loss keeps the fp32 log-softmax for the backward pass; at its peak the logits in the compute
@@ -153,14 +155,14 @@ def _stage(d: Any, gpus: int) -> int:
     return 0
 
 
-def _layer_activations(cfg: Any, shape: Shape, tokens: int, compute: int) -> int:
-    """Bytes one decoder layer saves for its backward pass: the norms' inputs and outputs, q, k and v and the
-    attention's output (flash/sdpa keep no score matrix; o_proj reads a view of it), the MLP's gate, activation, up and
-    product (one tile of them with tiled_mlp), fp32 norm statistics and the attention's log-sum-exp, and LoRA
-    dropout's outputs."""
+def _layer_activations(cfg: Any, shape: Shape, tokens: int, compute: int) -> tuple[int, int]:
+    """(bytes one decoder layer saves for its backward pass, bytes of one MLP tile recomputed in the backward
+    pass with tiled_mlp, else 0). Saved: the norms' inputs and outputs, q, k and v and the attention's output
+    (flash/sdpa keep no score matrix; o_proj reads a view of it), the MLP's gate, activation, up and product
+    (none with tiled_mlp: each tile recomputes them), fp32 norm statistics and the attention's log-sum-exp, and
+    LoRA dropout's outputs."""
     t, a = cfg.training, cfg.adapter
     h, q, kv, i = shape.hidden, shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim, shape.intermediate
-    mlp_tokens = min(tokens, t.tiled_mlp_tokens) if t.tiled_mlp else tokens
     norms = 4 if shape.model_type == "gemma2" else 2
     per_token = (norms * 2 * h + q + 2 * kv + q) * compute + (norms + shape.heads) * 4
     per_mlp_token = 4 * i * compute
@@ -168,4 +170,6 @@ def _layer_activations(cfg: Any, shape: Shape, tokens: int, compute: int) -> int
     if a.adapter and a.lora_dropout > 0:
         inputs = {shape.linears()[n][0] for n in lora_targets(cfg, shape)}
         dropout = sum(inputs) * (compute + 1)  # each distinct input's dropout output and mask
-    return tokens * (per_token + dropout) + mlp_tokens * per_mlp_token
+    if t.tiled_mlp:
+        return tokens * (per_token + dropout), min(tokens, t.tiled_mlp_tokens) * per_mlp_token
+    return tokens * (per_token + dropout + per_mlp_token), 0
