@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from compare import relative_difference
-from conftest import DATA, SHARED, run_ft
+from conftest import DATA, SHARED
 from train_helpers import make_config
 
 TESTS = Path(__file__).resolve().parent

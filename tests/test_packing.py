@@ -285,7 +285,7 @@ def test_padding_free_batches_train_like_padded_ones(tmp_path: Path, tiny_model_
 
 def test_padding_free_is_the_gpu_default():
     from ft.config.data import DataConfig
-    from ft.train.batches import batch_layout
+    from ft.data.packing import batch_layout
 
     d = DataConfig(datasets=[{"path": "x"}])
     assert batch_layout(d, False, on_gpu=True) == "padding-free"

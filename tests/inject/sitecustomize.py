@@ -30,7 +30,6 @@ if spec:
     def patch_trainer(module):
         import json
         import signal
-        import time
 
         original = module.FtTrainer.training_step
 

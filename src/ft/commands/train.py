@@ -38,7 +38,8 @@ def build_run(cfg: FtConfig, world: int) -> Run:
     from ft.data.prepare import report
     from ft.tokenizer.load import load_tokenizer
     from ft.train.args import training_arguments
-    from ft.train.batches import batch_layout, training_sets
+    from ft.data.packing import batch_layout
+    from ft.train.batches import training_sets
     from ft.train.trainer import build_trainer
 
     d, t = cfg.data, cfg.training
@@ -99,7 +100,7 @@ def model_for_training(cfg: FtConfig, tokenizer: Any, layout: str) -> tuple[Any,
     from ft.model.adapter import apply_adapter
     from ft.model.load import load_model, prepare_for_training, use_packed_attention
     from ft.model.precision import describe_training_precision, keep_trainable_in_fp32, master_weights, resolve_dtype
-    from ft.train.batches import PADDED
+    from ft.data.packing import PADDED
 
     m, q, a, t = cfg.model, cfg.quantization, cfg.adapter, cfg.training
     fsdp = bool(cfg.distributed.fsdp)

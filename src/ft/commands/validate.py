@@ -32,7 +32,7 @@ def derived(cfg: FtConfig, world_size: int = 1) -> dict[str, str]:
 
 
 def batches(cfg: FtConfig, attention: str | None) -> str:
-    """How rows become batches, and the attention flattened batches run through (ft.train.batches.batch_layout
+    """How rows become batches, and the attention flattened batches run through (ft.data.packing.batch_layout
     decides it at train time; this says it without torch, so both GPU and CPU cases are named)."""
     d, t = cfg.data, cfg.training
     if attention and attention.startswith("flash"):

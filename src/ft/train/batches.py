@@ -8,7 +8,7 @@ from typing import Any, Optional
 
 from ft.config.data import DataConfig
 from ft.data.labels import IGNORE, without_first
-from ft.data.packing import PACKED, PADDED, PADDING_FREE, batch_layout, efficiency, pack  # noqa: F401 (batch_layout: re-exported)
+from ft.data.packing import PACKED, PADDED, efficiency, pack
 from ft.model.packed_attention import boundaries
 
 log = logging.getLogger("ft")
