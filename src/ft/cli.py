@@ -201,25 +201,53 @@ def config_schema() -> None:
     typer.echo(reference_markdown())
 
 
-def setup_logging() -> None:
-    """ft's own messages on stderr; under a launcher only rank 0 speaks, other ranks only warn."""
+def setup_logging(debug: bool = False) -> None:
+    """ft's own messages on stderr; under a launcher only rank 0 speaks, the other ranks only to report a
+    problem, prefixed with their rank. Without --debug, library messages that ask nothing of the user go."""
+    rank = os.environ.get("RANK", "0")
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("ft: %(message)s"))
+    handler.setFormatter(logging.Formatter("ft: %(message)s" if rank == "0" else f"ft[rank {rank}]: %(message)s"))
     logger = logging.getLogger("ft")
     logger.handlers[:] = [handler]
     logger.propagate = False
-    logger.setLevel(logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING)
-    quiet_third_parties()
+    logger.setLevel(logging.INFO if rank == "0" else logging.WARNING)
+    if not debug:
+        quiet_third_parties()
+
+
+class _Drop(logging.Filter):
+    def __init__(self, words: str) -> None:
+        super().__init__()
+        self.words = words
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.words not in record.getMessage()
+
+
+# Library messages that ask nothing of a user of ft: (logger, words of the message, why it goes). `--debug`
+# shows them all.
+QUIET = (
+    ("DeepSpeed", "Setting accelerator to CPU",
+     "deepspeed says it at import whenever it is installed and no GPU is seen, also in runs that do not use it"),
+    ("bitsandbytes.backends.cpu.ops", "",
+     "bitsandbytes, on CPUs with AVX512-BF16, suggests an optional kernel package at import"),
+)
 
 
 def quiet_third_parties() -> None:
-    """Hide library messages that ask nothing of a user of ft (no imports happen here)."""
+    """Hide library messages that ask nothing of a user of ft (no library is imported here)."""
     import warnings
+
+    from ft.launch.backend import quiet_progress_bars
 
     # peft asks transformers a deprecated question on every model it wraps
     warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
-    # bitsandbytes, on CPUs with AVX512-BF16, suggests an optional kernel package at import
-    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    for name, words, _why in QUIET:
+        if words:
+            logging.getLogger(name).addFilter(_Drop(words))
+        else:
+            logging.getLogger(name).setLevel(logging.ERROR)
+    quiet_progress_bars()
 
 
 def main(argv: Optional[List[str]] = None) -> None:
@@ -227,7 +255,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     args = [a for a in args if a != "--debug"]
-    setup_logging()
+    setup_logging(debug)
     try:
         code = app(args=args, prog_name="ft", standalone_mode=False, obj={"debug": debug})
         if isinstance(code, int) and code:

@@ -38,6 +38,13 @@ def build_trainer(model: Any, tokenizer: Any, args: Any, sets: TrainingSets, ear
         callbacks=callbacks,
     )
     trainer.chunked_loss, trainer.offload, trainer.keep_checkpoints = chunked_loss, offload, keep_checkpoints
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    from ft.train.console import Console
+
+    trainer.remove_callback(ProgressCallback)  # its bars and dicts of quoted numbers: ft.train.console instead
+    trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(Console())
     return trainer, metrics
 
 
