@@ -68,7 +68,11 @@ def run_eval(cfg: FtConfig, data_file: Optional[str], limit: Optional[int], whic
     done = done_ids(path)
     started, generated = time.perf_counter(), 0
     size = cfg.training.eval_batch_size or max(cfg.training.micro_batch_size, 8)
-    for batch in batches([r for r in rows if r.id not in done], size):
+    pending = [r for r in rows if r.id not in done]
+    from ft.progress import Progress
+
+    progress = Progress(len(pending), "ft eval: rows answered")
+    for batch in batches(pending, size):
         answers = generate_batch(model, tokenizer, batch, e)
         losses = reference_loss(model, batch)
         records = []
@@ -84,6 +88,8 @@ def run_eval(cfg: FtConfig, data_file: Optional[str], limit: Optional[int], whic
                             "reference": r.reference, "loss": loss, "tokens": n, "scores": scores})
         append_lines(path, records)
         generated += len(batch)
+        progress.advance(len(batch))
+    progress.close()
     seconds = time.perf_counter() - started
     written = sorted((json.loads(line) for line in path.read_text().splitlines() if line.strip()), key=lambda x: x["id"])
     predictions, references = [w["prediction"] for w in written], [w["reference"] for w in written]

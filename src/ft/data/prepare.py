@@ -29,7 +29,10 @@ from ft.data.labels import count_trained
 from ft.data.sources import load_rows, source_fingerprint
 from ft.data.tokenize import Counts, RowTokenizer, Tokenized
 from ft.errors import DataError
+from ft.progress import Progress
 from ft.tokenizer.load import adds_bos, load_tokenizer, tokenizer_fingerprint
+
+PROGRESS_ROWS = 50_000  # datasets from this many rows show their tokenizing progress
 
 # Bump when the tokenized output of the same inputs changes, so old caches are not reused.
 PIPELINE_VERSION = 1
@@ -140,7 +143,11 @@ def _tokenize_all(entries: tuple[DatasetConfig, ...], d: DataConfig, tokenizer: 
         rows = load_rows(ds)
         if not rows:
             raise DataError(f"dataset `{ds.path}` (split {ds.split}) has no rows")
-        part = RowTokenizer(ds, d, tokenizer, bos)(rows)
+        # a progress line (a bar on a terminal) where tokenizing takes a while: a large dataset
+        progress = Progress(len(rows), f"tokenizing {ds.path}") if len(rows) >= PROGRESS_ROWS else None
+        part = RowTokenizer(ds, d, tokenizer, bos)(rows, progress=progress)
+        if progress is not None:
+            progress.close()
         if not part.input_ids:
             raise DataError(
                 f"dataset `{ds.path}`: all {part.counts.rows} rows were dropped "

@@ -81,7 +81,8 @@ class RowTokenizer:
     def where(self, index: int, row: Mapping[str, Any]) -> str:
         return f"dataset `{self.ds.path}` row {index} (columns: {', '.join(map(str, row)) or 'none'})"
 
-    def __call__(self, rows: list[dict[str, Any]], first_index: int = 0) -> Tokenized:
+    def __call__(self, rows: list[dict[str, Any]], first_index: int = 0, progress: Any = None) -> Tokenized:
+        """`progress` (ft.progress.Progress), when given, advances by each batch of rows done."""
         out = Tokenized()
         if self.fmt is None:
             for i, row in enumerate(rows):
@@ -103,9 +104,13 @@ class RowTokenizer:
                     encoding = pool.submit(self.backend.encode_batch, texts, add_special_tokens=False)
                     if pending is not None:
                         self._finish(*pending, out)
+                        if progress is not None:
+                            progress.advance(len(pending[3]))
                     pending = (encoding, ranges, ends, batch, first_index + start)
                 if pending is not None:
                     self._finish(*pending, out)
+                    if progress is not None:
+                        progress.advance(len(pending[3]))
         finally:
             if gc_was_on:
                 gc.enable()
