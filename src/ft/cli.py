@@ -238,7 +238,7 @@ def quiet_third_parties() -> None:
     """Hide library messages that ask nothing of a user of ft (no library is imported here)."""
     import warnings
 
-    from ft.launch.backend import quiet_progress_bars
+    from ft.launch.environment import quiet_progress_bars
 
     # peft asks transformers a deprecated question on every model it wraps
     warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)

@@ -27,13 +27,6 @@ def keep_caches_in(output_dir: str) -> None:
         os.environ.setdefault(variable, str(root / name))
 
 
-def quiet_progress_bars() -> None:
-    """The libraries' own progress bars (transformers' "Loading weights", "Writing model shards"; datasets')
-    redraw into logs and say nothing ft does not say; a choice the user made stays theirs."""
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
-
-
 def world_size() -> int:
     """Processes in this run, as accelerate launch and torchrun tell each of them (1 under plain python)."""
     return int(os.environ.get("WORLD_SIZE", "1"))
