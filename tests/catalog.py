@@ -26,6 +26,8 @@ BASE = (
 )
 ROWS = [{"instruction": "Reverse the words.", "input": f"cat dog {i}", "output": f"{i} dog cat"} for i in range(12)]
 CHAT = BASE.replace("    type: alpaca\n", "    type: chat_template\n").replace("data.jsonl", "chat.jsonl")
+PAIRS = BASE.replace("    type: alpaca\n", "    type: preference\n").replace("data.jsonl", "pairs.jsonl") + "rl: dpo\nadapter: lora\n"
+PAIR = {"prompt": "Say yes.", "chosen": " yes", "rejected": " no"}
 
 
 @dataclass
@@ -80,7 +82,7 @@ CASES = [
     Case("a val_set_size between counts", BASE + "val_set_size: 1.5\n", ("`val_set_size` is a fraction below 1 or a whole row count",)),
     # names
     Case("an unknown dataset type", BASE.replace("type: alpaca", "type: alpacca"),
-         ("cfg.yml:4", "unknown dataset type `alpacca`", "did you mean `alpaca`", "chat_template, completion")),
+         ("cfg.yml:4", "unknown dataset type `alpacca`", "did you mean `alpaca`", "chat_template, chat_template.default, completion")),
     Case("user_defined as a name", BASE.replace("type: alpaca", "type: user_defined"), ("write a user-defined format as a mapping",)),
     Case("an unknown optimizer", BASE + "optimizer: adam_w\n", ("cfg.yml:10", "unknown optimizer `adam_w`", "adamw_torch")),
     Case("an unknown scheduler", BASE + "lr_scheduler: cosin\n", ("unknown lr_scheduler `cosin`", "did you mean `cosine`")),
@@ -163,6 +165,17 @@ CASES = [
          ("all 12 rows were dropped", "12 longer than sequence_len 8"), args=("preprocess", "cfg.yml")),
     Case("a prompt longer than sequence_len, truncated", BASE.replace("sequence_len: 128", "sequence_len: 8") + "excess_length_strategy: truncate\n",
          ("the prompt alone is longer than sequence_len (8 tokens)", "raise sequence_len"), args=("preprocess", "cfg.yml")),
+    Case("a preference row without its rejected answer", PAIRS, ("row 1", "missing column `rejected`"),
+         args=("preprocess", "cfg.yml"), files={"pairs.jsonl": jsonl([PAIR, {"prompt": "Say yes.", "chosen": " yes"}])}),
+    Case("a preference row with an empty answer", PAIRS, ("row 0", "the chosen answer (`chosen`) is empty"),
+         args=("preprocess", "cfg.yml"), files={"pairs.jsonl": jsonl([{**PAIR, "chosen": " "}])}),
+    Case("a preference prompt longer than sequence_len", PAIRS.replace("sequence_len: 128", "sequence_len: 16"),
+         ("row 0", "the prompt alone is", "no room for an answer within sequence_len (16)"), args=("preprocess", "cfg.yml"),
+         files={"pairs.jsonl": jsonl([{**PAIR, "prompt": "Say yes to the cat and the dog and the red sun and the blue moon."}])}),
+    Case("preference pairs without rl", PAIRS.replace("rl: dpo\n", ""), ("holds preference pairs", "set `rl: dpo`"),
+         files={"pairs.jsonl": jsonl([PAIR])}),
+    Case("rl on supervised rows", BASE + "rl: dpo\nadapter: lora\n", ("`rl: dpo` trains on pairs of answers", "type: alpaca",
+                                                                      "preference type")),
     Case("val_set_size taking every row", BASE + "val_set_size: 12\n", ("takes all 12 usable rows",), args=("preprocess", "cfg.yml")),
     Case("rows without a type or input_ids", BASE.replace("    type: alpaca\n", ""), ("no `type:` is set", "input_ids"),
          args=("preprocess", "cfg.yml")),

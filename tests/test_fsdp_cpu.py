@@ -24,10 +24,10 @@ LORA = {"adapter": "lora", "lora_r": 4, "lora_alpha": 8, "lora_target_linear": T
 STEPS = {"max_steps": 4, "learning_rate": 0.01, "optimizer": "adamw_torch", "save_steps": 2}
 
 
-def _run(folder: Path, processes: int, *args: str, fsdp_cpu: bool = True) -> subprocess.CompletedProcess:
+def _run(folder: Path, processes: int, *args: str, fsdp_cpu: bool = True, inject: str = "") -> subprocess.CompletedProcess:
     (folder / "record").mkdir(exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "FT_TEST_RECORD": str(folder / "record"),
-           "FT_TEST_INJECT": ("fsdp_cpu:0:0," if fsdp_cpu else "") + "record:0:0",
+           "FT_TEST_INJECT": ("fsdp_cpu:0:0," if fsdp_cpu else "") + inject + "record:0:0",
            "PYTHONPATH": os.pathsep.join([str(TESTS / "inject"), os.environ.get("PYTHONPATH", "")])}
     launch = ("--num-processes", str(processes)) if processes > 1 else ()
     result = subprocess.run([sys.executable, "-m", "ft", "train", "cfg.yml", *launch, *args], cwd=folder, env=env,
@@ -98,3 +98,66 @@ def test_fsdp2_full_fine_tuning_saves_a_loadable_model_and_resumes(tmp_path: Pat
     result = _run(again, 2, "--max-steps", "4")
     assert "resuming from" in result.stderr and "checkpoint-2" in result.stderr, result.stderr[-3000:]
     assert relative_difference(_weights(again / "out", "model.safetensors"), full) < 1e-5
+
+
+def test_fsdp2_qlora_each_process_loads_only_its_share_and_trains_as_one_process(tmp_path: Path):
+    """The 70B FSDP + QLoRA recipe's loading path, on a 24-layer model: rank 1 builds the model on the meta
+    device and reads and quantizes only its share of the checkpoint, one tensor at a time. Measured from
+    outside ft (tests/inject: every live tensor's storage, sampled from the process's start to its first step),
+    what rank 1 held while loading stays under its share plus one decoder layer as stored in the checkpoint,
+    where holding the whole 4-bit model would not. The run equals one process with the same global batch."""
+    from safetensors import safe_open
+
+    from ft.tiny import make_tiny_model
+
+    model = make_tiny_model(tmp_path / "model", "llama", hidden_size=128, intermediate_size=512, num_hidden_layers=24)
+    qlora = {"adapter": "qlora", "load_in_4bit": True, "lora_r": 4, "lora_alpha": 8, "lora_target_linear": True}
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir()
+    two.mkdir()
+    make_config(one, model, micro_batch_size=4, **STEPS, **qlora)
+    make_config(two, model, micro_batch_size=2, fsdp=["full_shard", "auto_wrap"],
+                fsdp_config={"transformer_layer_cls_to_wrap": "LlamaDecoderLayer", "fsdp_cpu_ram_efficient_loading": True}, **STEPS, **qlora)
+    _run(one, 1, fsdp_cpu=False)
+    result = _run(two, 2, inject="load_peak:1:0,")
+    assert "read its share of" in result.stderr, result.stderr[-3000:]
+    a, b = _losses(one / "out"), _losses(two / "out")
+    assert len(a) == len(b) == 4 and all(abs(x - y) <= 1e-4 * abs(x) for x, y in zip(a, b)), (a, b)
+    adapter = _weights(two / "out", "adapter_model.safetensors")
+    # AdamW's first steps move a weight by about the learning rate whatever its gradient's size, so a gradient
+    # near zero that differs in its last bits (a sum in another order) moves one entry in a thousand by more
+    assert relative_difference(adapter, _weights(one / "out", "adapter_model.safetensors")) < 1e-2
+
+    ranks = [_record(two, r) for r in (0, 1)]
+    share = ranks[1]["param_bytes"]  # rank 1's parameters as trained: half of the packed 4-bit model and the rest
+    whole = ranks[0]["param_bytes"] + ranks[1]["param_bytes"]
+    with safe_open(str(model / "model.safetensors"), "pt") as f:
+        layer = sum(f.get_tensor(k).nbytes for k in f.keys() if k.startswith("model.layers.0."))
+    loading = json.loads((two / "record/load-rank-1.json").read_text())
+    assert loading["samples"] >= 5  # each looks at every live object: a few per second
+    assert whole > share + layer  # holding the whole model would fail the bound below
+    assert 0.9 * share <= loading["peak_bytes"] <= share + layer, (loading, share, layer, whole)
+
+
+def test_fsdp2_qlora_share_loading_with_tied_embeddings_biases_and_fully_trained_weights(tmp_path: Path):
+    """Qwen2 with tied embeddings (the head is saved under the embeddings' name) and biased 4-bit projections;
+    and a Llama training its embeddings and head in full beside LoRA (read whole before FSDP shards them): each
+    trains as one process does."""
+    from ft.tiny import make_tiny_model
+
+    cases = [(make_tiny_model(tmp_path / "qwen2", "qwen2", tie_word_embeddings=True), "Qwen2DecoderLayer", {}),
+             (make_tiny_model(tmp_path / "llama", "llama"), "LlamaDecoderLayer",
+              {"lora_modules_to_save": ["embed_tokens", "lm_head"]})]
+    for i, (model, layer, extra) in enumerate(cases):
+        keys = {"adapter": "qlora", "load_in_4bit": True, "lora_r": 4, "lora_alpha": 8, "lora_target_linear": True,
+                **STEPS, **extra}
+        one, two = tmp_path / f"one-{i}", tmp_path / f"two-{i}"
+        one.mkdir()
+        two.mkdir()
+        make_config(one, model, micro_batch_size=4, **keys)
+        make_config(two, model, micro_batch_size=2, fsdp=["full_shard", "auto_wrap"],
+                    fsdp_config={"transformer_layer_cls_to_wrap": layer}, **keys)
+        _run(one, 1, fsdp_cpu=False)
+        assert "read its share of" in _run(two, 2).stderr
+        a, b = _losses(one / "out"), _losses(two / "out")
+        assert len(a) == len(b) == 4 and all(abs(x - y) <= 1e-4 * abs(x) for x, y in zip(a, b)), (model, a, b)

@@ -10,7 +10,12 @@ FT_TEST_INJECT holds comma-separated KIND:RANK:STEP items; that rank, at that st
   FSDP, in its shared state and PartialState's alike; torch's FSDP2 itself runs on CPU over gloo (FSDP1 does
   not: torch 2.13's FullyShardedDataParallel needs an accelerator device);
 - record (rank, step ignored): in its second step each rank writes to $FT_TEST_RECORD/rank-N.json how many
-  parameter and optimizer-state elements it holds (a sharded tensor counts its local shard).
+  parameter and optimizer-state elements it holds (a sharded tensor counts its local shard), and the bytes of
+  its parameters;
+- load_peak (rank, step ignored): a timer samples, every few milliseconds from the import of ft's model loader to its
+  first training step, the bytes of all tensor storage the process holds (every live tensor found by the
+  garbage collector, storages counted once, meta tensors none), and writes the largest to
+  $FT_TEST_RECORD/load-rank-N.json: what the process materialised while loading, whoever allocated it.
 """
 
 import os
@@ -27,6 +32,42 @@ if spec:
     def local_numel(t):
         return t.to_local().numel() if hasattr(t, "to_local") else t.numel()
 
+    loading = {"peak": 0, "samples": 0}
+    if any(kind == "load_peak" and rank == rank_here for kind, rank, _ in items) and "LOCAL_RANK" in os.environ:
+        # Sampled in the main thread, from a timer signal, so that no object is looked at while the interpreter
+        # builds it (the garbage collector's list, read from another thread, can hold a tuple being resized).
+        import gc
+        import signal
+        import time
+
+        def held_bytes():
+            import torch
+
+            seen = {}
+            for obj in gc.get_objects():
+                if isinstance(obj, torch.Tensor) and not obj.is_meta:
+                    try:
+                        storage = obj.untyped_storage()
+                        seen[storage.data_ptr()] = storage.nbytes()
+                    except (RuntimeError, NotImplementedError, TypeError):
+                        continue  # a wrapper subclass (DTensor: its local tensor is found on its own), a freed storage
+            return sum(seen.values())
+
+        def sample(signum, frame):
+            if loading.get("done"):
+                return
+            started = time.perf_counter()
+            loading["peak"] = max(loading["peak"], held_bytes())
+            loading["samples"] += 1
+            # the next sample after as long as this one took: loading runs at least half of the time
+            signal.setitimer(signal.ITIMER_REAL, max(0.005, time.perf_counter() - started))
+
+        def start_sampling(module):  # once ft's model loader is imported, before it loads anything
+            signal.signal(signal.SIGALRM, sample)
+            signal.setitimer(signal.ITIMER_REAL, 0.005)
+
+        loading["start"], loading["sample"] = start_sampling, sample
+
     def patch_trainer(module):
         import json
         import signal
@@ -35,6 +76,11 @@ if spec:
 
         def training_step(self, *args, **kwargs):
             step = self.state.global_step + 1
+            if step == 1 and "start" in loading and "done" not in loading:
+                loading["sample"](None, None)  # the last state of loading too
+                loading["done"] = True
+                with open(os.path.join(os.environ["FT_TEST_RECORD"], f"load-rank-{rank_here}.json"), "w") as f:
+                    json.dump({"peak_bytes": loading["peak"], "samples": loading["samples"]}, f)
             for kind, rank, at in items:
                 if kind in ("raise", "config", "kill", "freeze") and rank == rank_here and step == int(at):
                     if kind == "raise":
@@ -48,7 +94,8 @@ if spec:
             if step == 2 and any(kind == "record" for kind, _, _ in items):  # after the first optimizer step
                 params = [p for p in self.model_wrapped.parameters()]
                 state = [v for s in self.optimizer.state.values() for v in s.values() if hasattr(v, "numel") and v.dim() > 0]
-                record = {"params": sum(local_numel(p) for p in params), "trainable": sum(local_numel(p) for p in params if p.requires_grad),
+                record = {"params": sum(local_numel(p) for p in params),
+                          "param_bytes": sum(local_numel(p) * p.element_size() for p in params), "trainable": sum(local_numel(p) for p in params if p.requires_grad),
                           "optimizer_state": sum(local_numel(v) for v in state), "sharded": any(hasattr(p, "to_local") for p in params),
                           "fsdp": bool(self.is_fsdp_enabled)}
                 with open(os.path.join(os.environ["FT_TEST_RECORD"], f"rank-{rank_here}.json"), "w") as f:
@@ -83,8 +130,10 @@ if spec:
 
     kinds = {kind for kind, _, _ in items}
     PATCHES = {}
-    if kinds & {"raise", "config", "kill", "freeze", "record"}:
+    if kinds & {"raise", "config", "kill", "freeze", "record", "load_peak"}:
         PATCHES["ft.train.trainer"] = patch_trainer
+    if "start" in loading:
+        PATCHES["ft.model.load"] = loading["start"]
     if "slow_prepare" in kinds:
         PATCHES["ft.data.prepare"] = patch_prepare
     if "fsdp_cpu" in kinds:

@@ -22,6 +22,7 @@ def validation_context() -> ValidationContext:
     return ValidationContext(
         formats=FORMATS,
         format_reads={name: FORMATS.get(name).reads for name in FORMATS.names()},
+        pair_formats=frozenset(name for name in FORMATS.names() if getattr(FORMATS.get(name), "pairs", False)),
         chat_templates=CHAT_TEMPLATES,
         optimizers=OPTIMIZERS,
         schedulers=SCHEDULERS,

@@ -38,8 +38,8 @@ def build_run(cfg: FtConfig, world: int) -> Run:
     from ft.data.prepare import report
     from ft.tokenizer.load import load_tokenizer
     from ft.train.args import training_arguments
-    from ft.data.packing import batch_layout
-    from ft.train.batches import training_sets
+    from ft.data.packing import PADDING_FREE, batch_layout
+    from ft.train.batches import pair_sets, training_sets
     from ft.train.trainer import build_trainer
 
     d, t = cfg.data, cfg.training
@@ -48,7 +48,8 @@ def build_run(cfg: FtConfig, world: int) -> Run:
         raise UserError("`tiled_mlp` is not supported with DeepSpeed ZeRO-3 (its per-tile recompute aborts inside "
                         "ZeRO-3's parameter gathering); use ZeRO-2, or gradient_checkpointing with activation_offloading")
     on_gpu = torch.cuda.is_available()
-    layout = batch_layout(d, t.group_by_length, on_gpu)
+    pairs = cfg.preference.rl is not None
+    layout = PADDING_FREE if pairs else batch_layout(d, t.group_by_length, on_gpu)  # a pair's answers end to end
     torch.manual_seed(t.seed)
 
     # data
@@ -57,10 +58,13 @@ def build_run(cfg: FtConfig, world: int) -> Run:
     log.info(report(prepared, d.sequence_len))
 
     # model
-    model, layout, attention = model_for_training(cfg, tokenizer, layout)
+    model, layout, attention = model_for_training(cfg, tokenizer, layout, world)
 
     # trainer
-    sets = training_sets(d, layout, t.micro_batch_size, prepared, tokenizer.pad_token_id, on_gpu)
+    if pairs:
+        sets = pair_sets(layout, prepared, tokenizer.pad_token_id)
+    else:
+        sets = training_sets(d, layout, t.micro_batch_size, prepared, tokenizer.pad_token_id, on_gpu)
     args = training_arguments(t, cfg.logging, cfg.model, len(sets.train), sets.eval is not None, world,
                               trainer_arguments(cfg.distributed, world))
     chunked = t.chunked_cross_entropy and uses_chunked_loss(model, sharding)
@@ -69,11 +73,52 @@ def build_run(cfg: FtConfig, world: int) -> Run:
         from ft.train.offload import ActivationOffload
 
         offload = ActivationOffload()
-    trainer, metrics = build_trainer(model, tokenizer, args, sets, t.early_stopping_patience, chunked_loss=chunked,
-                                     offload=offload, keep_checkpoints=t.save_total_limit)
+    extra: dict[str, Any] = {}
+    if pairs:
+        from ft.train.preference import PreferenceTrainer
+
+        extra["trainer_class"] = PreferenceTrainer
+        reference = reference_copy(cfg, model, sharding)
+    trainer, metrics = build_trainer(model, tokenizer, args, sets, t.early_stopping_patience, chunked_loss=chunked and not pairs,
+                                     offload=offload, keep_checkpoints=t.save_total_limit, **extra)
+    if pairs:
+        trainer.preference, trainer.reference_model, trainer.logits_from_model = cfg.preference, reference, not chunked
+        log.info(describe_preference(cfg, reference is not None))
+    if any(p.is_meta for p in model.parameters()):
+        from ft.model.sharded import load_shards
+
+        trainer.after_sharding = lambda sharded, offload: load_shards(sharded, cfg.model.base_model, offload)
     if cfg.evaluation.do_causal_lm_eval and prepared.eval is not None:
         trainer.eval_extras = generation_during_training(cfg, prepared, tokenizer, sharding)
     return Run(tokenizer, prepared, model, trainer, metrics, layout, attention)
+
+
+def reference_copy(cfg: FtConfig, model: Any, sharding: str) -> Any:
+    """The frozen reference of a preference loss that has one, when it is not the model with its adapter off:
+    a copy of the model being fully fine-tuned (None otherwise)."""
+    import copy
+
+    if not cfg.preference.reference or cfg.adapter.adapter:
+        return None
+    if sharding:
+        raise UserError(f"`rl: {cfg.preference.rl}` with full fine-tuning keeps a frozen copy of the model as its reference, "
+                        f"which ft cannot shard with {sharding} yet; train an adapter (`adapter: lora`), whose reference is "
+                        "the model with the adapter off")
+    reference = copy.deepcopy(model).eval()
+    for p in reference.parameters():
+        p.requires_grad_(False)
+    return reference
+
+
+def describe_preference(cfg: FtConfig, copied: bool) -> str:
+    p = cfg.preference
+    if not p.reference:
+        against = "no reference model"
+    elif copied:
+        against = "reference: a frozen copy of the model"
+    else:
+        against = "reference: the same model with the adapter off"
+    return f"preference training: {p.rl}, β {p.rl_beta:g}, {against}; each pair's answers laid end to end"
 
 
 def generation_during_training(cfg: FtConfig, prepared: Any, tokenizer: Any, sharding: str) -> Any:
@@ -93,27 +138,33 @@ def generation_during_training(cfg: FtConfig, prepared: Any, tokenizer: Any, sha
     return lambda model: generation_metrics(model, tokenizer, rows, e, size)
 
 
-def model_for_training(cfg: FtConfig, tokenizer: Any, layout: str) -> tuple[Any, str, str]:
+def model_for_training(cfg: FtConfig, tokenizer: Any, layout: str, world: int = 1) -> tuple[Any, str, str]:
     """The base model, its attention switched for flattened (packed or padding-free) batches, checkpointing
     on, quantized layers prepared and the adapter applied: what the Trainer gets; the batch layout (padded
-    when the model cannot take flattened batches); and the attention kernel in words."""
+    when the model cannot take flattened batches); and the attention kernel in words. A 4-bit base under
+    FSDP2 on several processes stays on the meta device until FSDP has sharded it (ft.model.sharded)."""
     from ft.model.adapter import apply_adapter
     from ft.model.load import load_model, prepare_for_training, use_packed_attention
     from ft.model.precision import describe_training_precision, keep_trainable_in_fp32, master_weights, resolve_dtype
     from ft.data.packing import PADDED
 
     m, q, a, t = cfg.model, cfg.quantization, cfg.adapter, cfg.training
+    from ft.model.sharded import load_trainable, shards_at_load
+
     fsdp = bool(cfg.distributed.fsdp)
-    model, grew = load_model(m, q, tokenizer, full=a.adapter is None, fsdp=fsdp)
+    on_meta = shards_at_load(fsdp, cfg.distributed.fsdp_config.fsdp_version, q.bits, world)
+    model, grew = load_model(m, q, tokenizer, full=a.adapter is None, fsdp=fsdp, on_meta=on_meta)
     check_fsdp_wrap(cfg.distributed, model)
-    layout, attention = use_packed_attention(model, layout) if layout != PADDED else (layout, "")
+    layout, attention = use_packed_attention(model, layout, probe=not on_meta) if layout != PADDED else (layout, "")
     if t.tiled_mlp:
         from ft.model.tiled_mlp import tile_mlps
 
         tile_mlps(model, t.tiled_mlp_tokens)
     model = prepare_for_training(model, q, checkpointing=t.gradient_checkpointing, adapter=bool(a.adapter))
     if a.adapter:
-        model = apply_adapter(a, model, grew)
+        model = apply_adapter(a, model, grew, t.seed, on_meta)
+    if on_meta:
+        load_trainable(model, m.base_model)
     dtype = resolve_dtype(m)
     masters = master_weights(m, dtype)
     if masters:

@@ -29,6 +29,7 @@ class ValidationContext:
     schedulers: NameTable
     check_deepspeed: Callable[[Any], None]  # a path or an inline mapping; ValueError when it is wrong
     metrics: Optional[NameTable] = None
+    pair_formats: frozenset[str] = frozenset()  # formats whose rows are preference pairs (chosen, rejected)
 
 
 def context_of(info: ValidationInfo) -> Optional[ValidationContext]:

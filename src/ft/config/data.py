@@ -94,6 +94,10 @@ class DatasetConfig(Section):
     message_field_content: Optional[str] = Field(
         None, description="`chat_template`: the key of a turn's text (default: content, or value in ShareGPT rows)."
     )
+    field_chosen: Optional[str] = Field(None, description="Preference rows (`rl:`): the column of the chosen answer "
+                                        "(default `chosen`).")
+    field_rejected: Optional[str] = Field(None, description="Preference rows (`rl:`): the column of the rejected answer "
+                                          "(default `rejected`).")
     roles_to_train: tuple[str, ...] = Field(("assistant",), description="`chat_template`: roles whose turns are trained.")
     train_on_eos: Literal["turn", "last", "all", "none"] = Field(
         "turn",
@@ -142,7 +146,7 @@ class DatasetConfig(Section):
 
 # The keys of a `datasets:` entry that only some formats read (each format declares its own in `reads`).
 FORMAT_KEYS = ("field", "field_messages", "message_field_role", "message_field_content", "roles_to_train",
-               "train_on_eos", "chat_template", "chat_template_jinja")
+               "train_on_eos", "chat_template", "chat_template_jinja", "field_chosen", "field_rejected")
 
 
 class DataConfig(Section):

@@ -32,8 +32,6 @@ ALIASES = {"sequence_length": "sequence_len", "max_seq_length": "sequence_len", 
 IGNORED = {"strict": "ft always rejects unknown keys", "debug": "use `ft --debug` for tracebacks"}
 # Keys of the peers (Axolotl's) that ft does not offer yet: said so, instead of a did-you-mean to an unrelated key.
 NOT_SUPPORTED_YET = {
-    "rl": "preference training (`rl: dpo` ...) is not supported yet",
-    "rl_beta": "preference training is not supported yet",
     "loraplus_lr_ratio": "LoRA+ is not supported yet",
     "relora_steps": "ReLoRA is not supported yet",
     "unsloth_lora_mlp": "Unsloth's kernels are not part of ft",

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
 
 from ft.config.adapter import AdapterConfig
 from ft.config.base import Contradiction
+from ft.config.context import context_of
 from ft.config.data import DataConfig
 from ft.config.distributed import DistributedConfig
 from ft.config.evaluation import EvaluationConfig
 from ft.config.logs import LoggingConfig
 from ft.config.model import ModelConfig, QuantizationConfig
+from ft.config.preference import PreferenceConfig
 from ft.config.training import TrainingConfig
 
 
@@ -29,11 +31,16 @@ class FtConfig(BaseModel):
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    preference: PreferenceConfig = Field(default_factory=PreferenceConfig)
 
     @model_validator(mode="after")
-    def _no_contradictions(self) -> "FtConfig":
+    def _no_contradictions(self, info: ValidationInfo) -> "FtConfig":
         for contradiction in contradictions(self):
             raise contradiction
+        context = context_of(info)
+        if context is not None:
+            for contradiction in pair_contradictions(self, context.pair_formats):
+                raise contradiction
         return self
 
     def effective_batch_size(self, world_size: int = 1) -> int:
@@ -115,3 +122,25 @@ def contradictions(cfg: FtConfig) -> list[Contradiction]:
     if t.early_stopping_patience and not cfg.has_eval_data:
         add("early_stopping_patience", "early stopping needs evaluation data: set `val_set_size` or `test_datasets`")
     return found
+
+
+def pair_contradictions(cfg: FtConfig, pair_formats: frozenset[str]) -> list[Contradiction]:
+    """Preference training (`rl:`) reads pairs, supervised training reads single texts: every dataset's
+    `type:` must be of the kind the run reads."""
+    p, found = cfg.preference, []
+    for ds in (*cfg.data.datasets, *cfg.data.test_datasets):
+        pairs = isinstance(ds.type, str) and ds.type in pair_formats
+        if p.rl and not pairs:
+            kinds = ", ".join(sorted(pair_formats))
+            found.append(Contradiction("rl", f"`rl: {p.rl}` trains on pairs of answers, and the dataset `{ds.path}` has "
+                                       f"`type: {ds.type}`; give it a preference type ({kinds})"))
+        elif pairs and not p.rl:
+            found.append(Contradiction("rl", f"the dataset `{ds.path}` holds preference pairs (`type: {ds.type}`): set "
+                                       "`rl: dpo` (or ipo, orpo, simpo) to train on them"))
+    if p.rl and cfg.data.sample_packing:
+        found.append(Contradiction("sample_packing", f"`rl: {p.rl}` lays each pair's answers end to end without padding "
+                                   "already; remove `sample_packing`"))
+    if p.rl and cfg.evaluation.do_causal_lm_eval:
+        found.append(Contradiction("do_causal_lm_eval", "`do_causal_lm_eval` is not supported with `rl:` yet; run "
+                                   "`ft eval` on an SFT test set after training"))
+    return found[:1]

@@ -27,6 +27,7 @@ from ft.config.data import DataConfig, DatasetConfig
 from ft.config.model import ModelConfig
 from ft.data.labels import count_trained
 from ft.data.sources import load_rows, source_fingerprint
+from ft.data.pairs import PairTokenizer, is_pair_format
 from ft.data.tokenize import Counts, RowTokenizer, Tokenized
 from ft.errors import DataError
 from ft.progress import Progress
@@ -120,16 +121,18 @@ def build(d: DataConfig, seed: int, tokenizer: Any) -> tuple[Tokenized, Tokenize
     bos = adds_bos(tokenizer)
     train = _tokenize_all(d.datasets, d, tokenizer, bos)
     evaluation = _tokenize_all(d.test_datasets, d, tokenizer, bos) if d.test_datasets else None
-    order = list(range(len(train.input_ids)))
+    # preference pairs are rows 2k and 2k+1 (ft.data.pairs): shuffled and split as pairs
+    width = 2 if any(map(is_pair_format, d.datasets)) else 1
+    order = list(range(len(train.input_ids) // width))
     if d.shuffle_merged_datasets:
         random.Random(seed).shuffle(order)
     if d.val_set_size:
         n_eval = int(d.val_set_size) if d.val_set_size >= 1 else max(1, math.floor(len(order) * d.val_set_size))
         if n_eval >= len(order):
             raise DataError(f"val_set_size {d.val_set_size:g} takes all {len(order)} usable rows; nothing is left to train on")
-        evaluation = _subset(train, order[:n_eval])
+        evaluation = _subset(train, _rows(order[:n_eval], width))
         order = order[n_eval:]
-    train = _subset(train, order)
+    train = _subset(train, _rows(order, width))
     if not train.input_ids:
         raise DataError("no training rows are left after filtering; see the counts above (sequence_len too small?)")
     stats = {"train": _split_stats(train), "eval": _split_stats(evaluation) if evaluation else None,
@@ -145,7 +148,8 @@ def _tokenize_all(entries: tuple[DatasetConfig, ...], d: DataConfig, tokenizer: 
             raise DataError(f"dataset `{ds.path}` (split {ds.split}) has no rows")
         # a progress line (a bar on a terminal) where tokenizing takes a while: a large dataset
         progress = Progress(len(rows), f"tokenizing {ds.path}") if len(rows) >= PROGRESS_ROWS else None
-        part = RowTokenizer(ds, d, tokenizer, bos)(rows, progress=progress)
+        tokenize = PairTokenizer if is_pair_format(ds) else RowTokenizer
+        part = tokenize(ds, d, tokenizer, bos)(rows, progress=progress)
         if progress is not None:
             progress.close()
         if not part.input_ids:
@@ -158,6 +162,11 @@ def _tokenize_all(entries: tuple[DatasetConfig, ...], d: DataConfig, tokenizer: 
         merged.labels += part.labels
         merged.counts.add(part.counts)
     return merged
+
+
+def _rows(order: list[int], width: int) -> list[int]:
+    """The rows of the items (rows, or pairs of rows) in `order`."""
+    return [item * width + k for item in order for k in range(width)]
 
 
 def _subset(t: Tokenized, order: list[int]) -> Tokenized:

@@ -52,10 +52,16 @@ def lora_config(a: AdapterConfig, targets: Optional[list[str]], modules_to_save:
     )
 
 
-def apply_adapter(a: AdapterConfig, model: Any, new_tokens: bool) -> Any:
-    """Wrap the model with LoRA (or load `lora_model_dir` to continue training it); print the counts."""
+def apply_adapter(a: AdapterConfig, model: Any, new_tokens: bool, seed: int, on_meta: bool = False) -> Any:
+    """Wrap the model with LoRA (or load `lora_model_dir` to continue training it); print the counts. New LoRA
+    weights are initialised from `seed` and their names (`seed_lora_weights`). `on_meta`: the base is on the
+    meta device (ft.model.sharded), the LoRA weights are made real on the CPU."""
     from peft import PeftModel, get_peft_model
 
+    if on_meta and (a.lora_model_dir or a.peft_use_dora):
+        key = "lora_model_dir" if a.lora_model_dir else "peft_use_dora"
+        raise ConfigError(f"`{key}` is not supported yet with a 4-bit base under FSDP on several processes (each loads "
+                          f"only its share of the base); remove `{key}`, or train on one process")
     if a.lora_model_dir:
         check_adapter_base(Path(a.lora_model_dir), model)
         try:
@@ -72,9 +78,39 @@ def apply_adapter(a: AdapterConfig, model: Any, new_tokens: bool) -> Any:
         if new_tokens:
             to_save |= set(embedding_module_names(model))
         model = get_peft_model(model, lora_config(a, sorted(targets) or None, sorted(to_save) or None))
+        seed_lora_weights(model, seed)
     trainable, total = count_parameters(model)
     log.info("trainable parameters: %s of %s (%.2f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / max(total, 1))
     return model
+
+
+def seed_lora_weights(model: Any, seed: int) -> int:
+    """Initialise every new LoRA pair as PEFT does (A uniform in ±1/sqrt(fan_in), B zero), A drawn from a
+    generator seeded by the run's seed and the module's name: the same in every process and whatever the
+    loading path drew from torch's generator before, so a base loaded a share per process (ft.model.sharded,
+    where PEFT's own values are lost on the meta device) starts where a single process does. Returns how many."""
+    import math
+    import zlib
+
+    import torch
+
+    count = 0
+    for name, module in model.named_modules():
+        pairs = getattr(module, "lora_A", None)
+        if not isinstance(pairs, torch.nn.ModuleDict):
+            continue
+        for adapter, down in pairs.items():
+            up = module.lora_B[adapter]
+            shape = tuple(down.weight.shape)
+            generator = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
+            bound = 1 / math.sqrt(shape[1])
+            values = (torch.rand(shape, generator=generator, dtype=torch.float32) * 2 - 1) * bound
+            for layer, value in ((down, values), (up, torch.zeros(tuple(up.weight.shape)))):
+                w = layer.weight
+                place = torch.device("cpu") if w.is_meta else w.device
+                layer.weight = torch.nn.Parameter(value.to(place, w.dtype), requires_grad=w.requires_grad)
+            count += 1
+    return count
 
 
 def check_targets(targets: tuple[str, ...], model: Any) -> None:
@@ -113,7 +149,8 @@ def check_adapter_base(folder: Path, model: Any) -> None:
 def count_parameters(model: Any) -> tuple[int, int]:
     trainable = total = 0
     for p in model.parameters():
-        n = p.numel() * (2 if p.__class__.__name__ == "Params4bit" else 1)  # 4-bit params pack 2 per byte
+        # a 4-bit weight packs two values per byte of its storage, whatever the storage dtype
+        n = p.numel() * p.element_size() * 2 if p.__class__.__name__ == "Params4bit" else p.numel()
         total += n
         trainable += n if p.requires_grad else 0
     return trainable, total

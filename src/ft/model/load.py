@@ -16,9 +16,11 @@ from ft.tokenizer.load import check_model_folder
 log = logging.getLogger("ft")
 
 
-def load_model(m: ModelConfig, q: QuantizationConfig, tokenizer: Any, *, full: bool, fsdp: bool) -> tuple[Any, bool]:
+def load_model(m: ModelConfig, q: QuantizationConfig, tokenizer: Any, *, full: bool, fsdp: bool,
+               on_meta: bool = False) -> tuple[Any, bool]:
     """The base model in the training dtype (quantized when asked) with its vocabulary sized to the
-    tokenizer, and whether the vocabulary grew. `full`: every weight will train; `fsdp`: FSDP will shard it."""
+    tokenizer, and whether the vocabulary grew. `full`: every weight will train; `fsdp`: FSDP will shard it;
+    `on_meta`: built on the meta device, each process to read its share after FSDP shards it (ft.model.sharded)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -41,7 +43,12 @@ def load_model(m: ModelConfig, q: QuantizationConfig, tokenizer: Any, *, full: b
     # Full fine-tuning keeps fp32 master weights (autocast does the bf16/fp16 math), unless `bf16: full`
     load_dtype = torch.float32 if (full and master_weights(m, dtype)) else dtype
     try:
-        model = AutoModelForCausalLM.from_pretrained(m.base_model, dtype=load_dtype, **kwargs)
+        if on_meta:
+            from ft.model.sharded import meta_model
+
+            model = meta_model(m.base_model, load_dtype, kwargs)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(m.base_model, dtype=load_dtype, **kwargs)
     except OSError as exc:
         raise ConfigError(f"cannot load the model `{m.base_model}`: {str(exc).splitlines()[0]}") from None
     except ValueError as exc:
@@ -53,6 +60,10 @@ def load_model(m: ModelConfig, q: QuantizationConfig, tokenizer: Any, *, full: b
         kwargs["attn_implementation"] = "eager"
         model = AutoModelForCausalLM.from_pretrained(m.base_model, dtype=load_dtype, **kwargs)
     grew = len(tokenizer) > model.get_input_embeddings().weight.shape[0]
+    if grew and on_meta:
+        raise ConfigError(f"the tokenizer has {len(tokenizer)} tokens, the model's embeddings {model.get_input_embeddings().weight.shape[0]}: "
+                          "adding tokens is not supported yet with a 4-bit base under FSDP on several processes; use tokens "
+                          "the model has (e.g. an existing token as pad_token)")
     if grew:
         model.resize_token_embeddings(len(tokenizer))
         log.info("vocabulary grew to %d tokens: embeddings resized and trained", len(tokenizer))
@@ -84,10 +95,12 @@ def prepare_for_training(model: Any, q: QuantizationConfig, *, checkpointing: bo
     return model
 
 
-def use_packed_attention(model: Any, layout: str) -> tuple[str, str]:
+def use_packed_attention(model: Any, layout: str, probe: bool = True) -> tuple[str, str]:
     """Switch the model to an attention that keeps the rows of a flattened batch apart and costs what each
     row costs alone. Returns (the batch layout to train with, the kernel it runs in words): padded batches
-    (and no kernel) when an unpacked run's model does not take the attention; an error for packing."""
+    (and no kernel) when an unpacked run's model does not take the attention; an error for packing.
+    `probe`: check with a forward that the model takes it (not on the meta device, where only transformers'
+    own architectures are loaded, and they do)."""
     import torch
 
     from ft.model.packed_attention import describe_kernel, modifies_scores, packed_implementation, register, takes_its_attention
@@ -97,7 +110,7 @@ def use_packed_attention(model: Any, layout: str) -> tuple[str, str]:
     chosen = packed_implementation(current, bool(getattr(model, "_supports_sdpa", True)), modifies_scores(model.config))
     if chosen != current:
         model.set_attn_implementation(chosen)  # for a model outside AttentionInterface this only warns
-    if not takes_its_attention(model):
+    if probe and not takes_its_attention(model):
         if chosen != current:
             model.set_attn_implementation(current)
         name = type(model).__name__

@@ -142,6 +142,27 @@ def training_sets(d: DataConfig, layout: str, micro_batch_size: int, prepared: A
     return TrainingSets(train, evaluation, Switch(PackedCollator(pad_id, pad_to), PadCollator(pad_id)))
 
 
+def pair_sets(layout: str, prepared: Any, pad_id: int) -> TrainingSets:
+    """Preference pairs (rows 2k and 2k+1 of the prepared table, ft.data.pairs): an item is a pair, a micro batch
+    of pairs is their answers end to end without padding (or padded rows, for a model that cannot take them)."""
+
+    def pairs(table: Any) -> PackedBins:
+        rows = TokenizedRows(table)
+        return PackedBins(rows, [[k, k + 1] for k in range(0, len(rows), 2)])
+
+    train = pairs(prepared.train)
+    evaluation = pairs(prepared.eval) if prepared.eval is not None else None
+    collator = PackedCollator(pad_id) if layout != PADDED else PairPadCollator(pad_id)
+    return TrainingSets(train, evaluation, collator)
+
+
+class PairPadCollator(PadCollator):
+    """The rows of a batch's pairs as padded rows, in order (chosen, rejected, chosen, ...)."""
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        return super().__call__([row for item in rows for row in item["rows"]])
+
+
 def one_row_bins(rows: TokenizedRows) -> PackedBins:
     """Each row its own bin: a micro batch of them is its rows end to end, no padding (padding-free)."""
     return PackedBins(rows, [[i] for i in range(len(rows))])

@@ -46,16 +46,16 @@ class MetricsLog(TrainerCallback):
         for key in ("loss", "learning_rate", "grad_norm", "eval_loss", "train_loss"):
             if key in logs:
                 record[key] = logs[key]
-        for key, value in logs.items():  # generation metrics of evaluations during training
-            if key.startswith("eval_") and key not in record and isinstance(value, (int, float)) and not key.endswith(
-                    ("_runtime", "_per_second")):
+        for key, value in logs.items():  # generation metrics of evaluations, preference metrics (rewards/, logps/)
+            wanted = key.startswith(("eval_", "rewards/", "logps/")) and not key.endswith(("_runtime", "_per_second"))
+            if wanted and key not in record and isinstance(value, (int, float)):
                 record[key] = value
         if "loss" in logs:
             now, tokens = time.perf_counter(), state.num_input_tokens_seen
             record["tokens_per_s"] = round((tokens - self.last_tokens) / max(now - self.last_time, 1e-9), 1)
             self.last_time, self.last_tokens = now, tokens
             record["memory_mb"] = round(peak_memory_mb(), 1)
-        if "eval_loss" in logs:
+        if "eval_loss" in logs and "eval_rewards/accuracies" not in logs:  # a preference loss is no cross-entropy
             record["perplexity"] = math.exp(min(logs["eval_loss"], 50))
         for key in ("loss", "eval_loss"):
             if key in record and not math.isfinite(record[key]):

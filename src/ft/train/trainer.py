@@ -18,9 +18,11 @@ log = logging.getLogger("ft")
 
 
 def build_trainer(model: Any, tokenizer: Any, args: Any, sets: TrainingSets, early_stopping_patience: Optional[int], *,
-                  chunked_loss: bool = False, offload: Any = None, keep_checkpoints: Optional[int] = None) -> tuple[Any, MetricsLog]:
-    """The Trainer over `sets` with ft's callbacks (the metrics log and, when asked, early stopping), the
-    chunked loss (ft.train.loss) when `chunked_loss`, and `offload` (ft.train.offload) around each step."""
+                  chunked_loss: bool = False, offload: Any = None, keep_checkpoints: Optional[int] = None,
+                  trainer_class: Any = None) -> tuple[Any, MetricsLog]:
+    """The Trainer (`trainer_class`, FtTrainer by default) over `sets` with ft's callbacks (the metrics log and,
+    when asked, early stopping), the chunked loss (ft.train.loss) when `chunked_loss`, and `offload`
+    (ft.train.offload) around each step."""
     from transformers import EarlyStoppingCallback
 
     Path(args.output_dir).mkdir(parents=True, exist_ok=True)
@@ -28,7 +30,7 @@ def build_trainer(model: Any, tokenizer: Any, args: Any, sets: TrainingSets, ear
     callbacks: list[Any] = [metrics]
     if early_stopping_patience and sets.eval is not None:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=early_stopping_patience))
-    trainer = FtTrainer(
+    trainer = (trainer_class or FtTrainer)(
         model=model,
         args=args,
         data_collator=sets.collator,
@@ -59,6 +61,18 @@ class FtTrainer(Trainer):
     offload: Any = None
     keep_checkpoints: Optional[int] = None
     eval_extras: Any = None  # model → {metric: value}, added to each evaluation's logs (generation metrics)
+    after_sharding: Any = None  # (model, offloaded) → None: fills what FSDP sharded on the meta device (ft.model.sharded)
+
+    def create_scheduler(self, num_training_steps: int, optimizer: Any = None) -> Any:
+        """The Trainer's scheduler. Under FSDP2 this is the first point after accelerate has sharded the model and
+        before a checkpoint is loaded into it or a step runs: where a base built on the meta device gets each
+        process's share of its weights."""
+        if self.after_sharding is not None:
+            from torch.distributed.fsdp import CPUOffloadPolicy
+
+            fill, self.after_sharding = self.after_sharding, None
+            fill(self.model, isinstance(self.accelerator.state.fsdp_plugin.cpu_offload, CPUOffloadPolicy))
+        return super().create_scheduler(num_training_steps, optimizer)
 
     def log(self, logs: dict[str, float], start_time: Optional[float] = None) -> None:
         """The Trainer's log; an evaluation's logs gain the extra metrics first, so metrics.jsonl, tensorboard and

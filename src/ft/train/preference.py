@@ -1,0 +1,195 @@
+"""Preference training (`rl:`): DPO, IPO, ORPO and SimPO on padding-free pair batches.
+
+A micro batch of B pairs is one sequence of 2B rows laid end to end (chosen, rejected, chosen, ...), each row
+attending only to itself (ft.model.packed_attention), as packed supervised batches are. Each answer's
+log-probability is summed from the decoder's final hidden states a chunk of positions at a time (the chunk's
+logits recomputed in the backward pass), so the batch's logits never exist whole. The prompt carries no weight:
+its labels are ignored. The reference (dpo, ipo) is the same model with its adapter switched off (LoRA,
+QLoRA: no second copy in memory), or a frozen copy for full fine-tuning.
+
+The losses, per pair, from the summed log-probabilities π of the trained model and ρ of the reference, and
+the averages per answer token (π̄):
+- dpo: −(1−ε)·log σ(β·((π_c−ρ_c) − (π_r−ρ_r))) − ε·log σ(−β·(...)), ε = dpo_label_smoothing (Rafailov et al.)
+- ipo: ((π̄_c−ρ̄_c) − (π̄_r−ρ̄_r) − 1/(2β))² (Azar et al.; averages per token, as TRL's)
+- simpo: −log σ(β·(π̄_c − π̄_r) − γ) (Meng et al.)
+- orpo: −π̄_c − λ·log σ(log odds(π̄_c) − log odds(π̄_r)), odds(p) = p/(1−p) (Hong et al.)
+Rewards: β·(π−ρ) with a reference, β·π̄ without; accuracy is the share of pairs whose chosen reward is higher.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Any, Optional
+
+from ft.config.preference import PreferenceConfig
+from ft.data.labels import IGNORE
+from ft.train.batches import REAL_TOKENS
+from ft.train.trainer import FtTrainer
+
+METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen", "logps/rejected")
+
+
+def _chunk_logps(hidden: Any, targets: Any, head: Any, softcap: Optional[float]) -> Any:
+    import torch
+
+    logits = head(hidden).float()
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    return torch.log_softmax(logits, dim=-1).gather(-1, targets[:, None]).squeeze(-1)
+
+
+def sequence_index(inputs: dict[str, Any], labels: Any) -> tuple[Any, int]:
+    """For each position of the batch, the sequence (answer) it belongs to, and how many there are: from the
+    row edges of a flattened batch, else one sequence per row of a padded batch."""
+    import torch
+
+    cu = inputs.get("cu_seq_lens_q")
+    if cu is not None and labels.shape[0] == 1:
+        lengths = (cu[1:] - cu[:-1]).to(labels.device)
+        index = torch.repeat_interleave(torch.arange(len(lengths), device=labels.device), lengths)
+        return index[None, : labels.shape[1]], len(lengths)
+    rows = labels.shape[0]
+    return torch.arange(rows, device=labels.device)[:, None].expand_as(labels), rows
+
+
+def answer_logps(labels: Any, index: Any, count: int, *, hidden: Any = None, head: Any = None, logits: Any = None,
+                 softcap: Optional[float] = None, chunk: int = 1024) -> tuple[Any, Any]:
+    """(sum of log-probabilities, trained tokens) of each sequence's labels, from the final hidden states and
+    the head (a chunk at a time, recomputed in the backward pass) or from whole logits."""
+    import torch
+    from torch.utils.checkpoint import checkpoint
+
+    targets = labels[:, 1:].reshape(-1)
+    owner = index[:, 1:].reshape(-1)
+    trained = targets != IGNORE
+    targets, owner = targets[trained], owner[trained]
+    if logits is not None:
+        states = logits[:, :-1].reshape(-1, logits.shape[-1])[trained].float()
+        token = torch.log_softmax(states, dim=-1).gather(-1, targets[:, None]).squeeze(-1)
+    else:
+        states = hidden[:, :-1].reshape(-1, hidden.shape[-1])[trained]
+        pieces = [checkpoint(_chunk_logps, states[a:a + chunk], targets[a:a + chunk], head, softcap, use_reentrant=False)
+                  for a in range(0, targets.shape[0], chunk)]
+        token = torch.cat(pieces) if pieces else states.new_zeros(0, dtype=torch.float32)
+    sums = token.new_zeros(count).index_add(0, owner, token)
+    tokens = torch.bincount(owner, minlength=count).to(sums.dtype)
+    return sums, tokens
+
+
+def preference_loss(p: PreferenceConfig, policy: tuple[Any, Any], reference: Optional[tuple[Any, Any]]) -> tuple[Any, dict[str, Any]]:
+    """The mean loss over the batch's pairs and the metrics (means over pairs), from (sums, tokens) of the
+    answers in batch order: chosen at even places, rejected at odd."""
+    import torch
+    import torch.nn.functional as F
+
+    sums, tokens = policy
+    mean = sums / tokens.clamp(min=1)
+    chosen, rejected = sums[0::2], sums[1::2]
+    chosen_mean, rejected_mean = mean[0::2], mean[1::2]
+    beta = p.rl_beta
+    if p.rl in ("dpo", "ipo"):
+        assert reference is not None
+        ref_sums, ref_tokens = reference
+        ref_mean = ref_sums / ref_tokens.clamp(min=1)
+        if p.rl == "dpo":
+            logits = beta * ((chosen - ref_sums[0::2]) - (rejected - ref_sums[1::2]))
+            eps = p.dpo_label_smoothing
+            losses = -(1 - eps) * F.logsigmoid(logits) - eps * F.logsigmoid(-logits)
+        else:
+            h = (chosen_mean - ref_mean[0::2]) - (rejected_mean - ref_mean[1::2])
+            losses = (h - 1 / (2 * beta)) ** 2
+        reward_c, reward_r = beta * (chosen - ref_sums[0::2]).detach(), beta * (rejected - ref_sums[1::2]).detach()
+    elif p.rl == "simpo":
+        losses = -F.logsigmoid(beta * (chosen_mean - rejected_mean) - p.simpo_gamma)
+        reward_c, reward_r = beta * chosen_mean.detach(), beta * rejected_mean.detach()
+    else:  # orpo
+        def log_odds(m: Any) -> Any:
+            return m - torch.log1p(-torch.exp(m).clamp(max=1 - 1e-7))
+
+        losses = -chosen_mean - p.orpo_alpha * F.logsigmoid(log_odds(chosen_mean) - log_odds(rejected_mean))
+        reward_c, reward_r = beta * chosen_mean.detach(), beta * rejected_mean.detach()
+    metrics = {"rewards/chosen": reward_c.mean(), "rewards/rejected": reward_r.mean(),
+               "rewards/margins": (reward_c - reward_r).mean(), "rewards/accuracies": (reward_c > reward_r).float().mean(),
+               "logps/chosen": chosen.detach().mean(), "logps/rejected": rejected.detach().mean()}
+    return losses.mean(), metrics
+
+
+class PreferenceTrainer(FtTrainer):
+    """FtTrainer whose loss compares each pair's answers (module docstring). `reference_model`: a frozen copy
+    for full fine-tuning; with an adapter the reference is the model with the adapter off."""
+
+    preference: PreferenceConfig
+    reference_model: Any = None
+    logits_from_model = False  # the whole logits instead of the chunked head (FSDP, ZeRO-3: the head is gathered only inside the forward)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # the loss is a mean over pairs: the Trainer averages micro batches over gradient accumulation
+        self.model_accepts_loss_kwargs = False
+        self._sums: dict[str, dict[str, float]] = {"train": {}, "eval": {}}
+
+    def _answers(self, model: Any, inputs: dict[str, Any]) -> tuple[Any, Any]:
+        from ft.train.loss import catch_hidden_states, causal_lm_of, chunk_size
+
+        labels = inputs["labels"]
+        rest = {k: v for k, v in inputs.items() if k not in ("labels", REAL_TOKENS)}
+        causal_lm = causal_lm_of(self.accelerator.unwrap_model(model))
+        text = causal_lm.config.get_text_config()
+        softcap = getattr(text, "final_logit_softcapping", None)
+        index, count = sequence_index(inputs, labels)
+        if self.logits_from_model:
+            logits = model(**rest).logits
+            return answer_logps(labels, index, count, logits=logits, softcap=None)
+        with catch_hidden_states(causal_lm) as hidden:
+            model(**rest, logits_to_keep=1)
+        return answer_logps(labels, index, count, hidden=hidden.value, head=causal_lm.get_output_embeddings(),
+                            softcap=softcap, chunk=chunk_size(text.vocab_size))
+
+    def _reference(self, model: Any, inputs: dict[str, Any]) -> Optional[tuple[Any, Any]]:
+        import torch
+
+        if not self.preference.reference:
+            return None
+        with torch.no_grad():
+            if self.reference_model is not None:
+                return self._answers(self.reference_model, inputs)
+            unwrapped = self.accelerator.unwrap_model(model)
+            with unwrapped.disable_adapter() if hasattr(unwrapped, "disable_adapter") else nullcontext():
+                return self._answers(model, inputs)
+
+    def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None) -> Any:
+        reference = self._reference(model, inputs)
+        loss, metrics = preference_loss(self.preference, self._answers(model, inputs), reference)
+        self._keep("train" if model.training else "eval", metrics)
+        return (loss, {"loss": loss}) if return_outputs else loss
+
+    def prediction_step(self, model: Any, inputs: dict[str, Any], prediction_loss_only: bool, ignore_keys: Any = None) -> Any:
+        import torch
+
+        inputs = self._prepare_inputs(inputs)
+        inputs.pop(REAL_TOKENS, None)
+        with torch.no_grad():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+    def _keep(self, split: str, metrics: dict[str, Any]) -> None:
+        sums = self._sums[split]
+        for name, value in metrics.items():
+            sums[name] = sums.get(name, 0.0) + float(value)
+        sums["_batches"] = sums.get("_batches", 0.0) + 1
+
+    def log(self, logs: dict[str, float], start_time: Optional[float] = None) -> None:
+        """The Trainer's log, with the means of the pair metrics since the last log (averaged over processes):
+        rewards of the chosen and rejected answers, their margin, the accuracy, the log-probabilities."""
+        split = "eval" if "eval_loss" in logs else "train" if "loss" in logs else None
+        if split is not None and self._sums[split].get("_batches"):
+            import torch
+
+            sums = self._sums[split]
+            values = torch.tensor([sums[name] / sums["_batches"] for name in METRICS], device=self.args.device)
+            values = self.accelerator.reduce(values, reduction="mean")
+            prefix = "eval_" if split == "eval" else ""
+            logs.update({prefix + name: round(float(v), 6) for name, v in zip(METRICS, values)})
+            self._sums[split] = {}
+        super().log(logs, start_time)
+

@@ -1,0 +1,189 @@
+"""Preference training (`rl:`): the pair data, the padding-free answer log-probabilities, the losses against
+the papers' formulas, the first step's exact values, and a short run that learns a preference."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+
+import pytest
+
+from compare import relative_difference
+from conftest import run_ft
+from train_helpers import WORDS, build
+
+LORA = {"adapter": "lora", "lora_r": 4, "lora_alpha": 8, "lora_target_linear": True}
+
+
+def preference_rows(n: int = 32, seed: int = 0) -> list[dict]:
+    """Pairs whose chosen answers follow a rule: words of the first half of WORDS, never the second."""
+    rng = random.Random(seed)
+    return [{"prompt": "Name three things: " + " ".join(rng.sample(WORDS, 3)) + "\nAnswer:",
+             "chosen": " " + " ".join(rng.sample(WORDS[:8], 3)), "rejected": " " + " ".join(rng.sample(WORDS[8:], 3))}
+            for _ in range(n)]
+
+
+def pair_config(tmp: Path, model_dir: Path, rows: list[dict] | None = None, **keys):
+    from train_helpers import make_config
+
+    data = tmp / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in (rows or preference_rows())))
+    body = {"datasets": [{"path": str(data), "type": "preference"}], "rl": "dpo", "sequence_len": 64,
+            "micro_batch_size": 4, **LORA, **keys}
+    return make_config(tmp, model_dir, **body)
+
+
+def run_training(cfg) -> Path:
+    """`ft train` on the config, in a process of its own, as a user runs it; its output folder."""
+    out = Path(cfg.training.output_dir)
+    result = run_ft("train", "cfg.yml", cwd=out.parent)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+def _plain_logp(model, ids: list[int], labels: list[int]) -> float:
+    """An answer's log-probability from a plain forward of its prompt and answer alone."""
+    import torch
+
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([ids])).logits[0].float()
+    logps = torch.log_softmax(logits[:-1], dim=-1)
+    return sum(float(logps[t - 1, labels[t]]) for t in range(1, len(ids)) if labels[t] != -100)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma2", "phi3"])
+def test_answer_log_probabilities_from_the_padding_free_batch_equal_a_plain_forward(tmp_path: Path, tiny_model_dir, arch):
+    import torch
+
+    trainer, model, _ = build(pair_config(tmp_path, tiny_model_dir(arch), padding_free=True))
+    batch = trainer.data_collator([trainer.train_dataset[k] for k in range(3)])
+    assert batch["input_ids"].shape[0] == 1 and len(batch["cu_seq_lens_q"]) == 7  # 3 pairs, 6 answers, one row
+    model.eval()
+    with torch.no_grad():
+        sums, tokens = trainer._answers(model, batch)
+    rows = [row for k in range(3) for row in trainer.train_dataset[k]["rows"]]
+    for i, row in enumerate(rows):
+        plain = _plain_logp(model, row["input_ids"], row["labels"])
+        assert abs(float(sums[i]) - plain) <= 1e-5 * abs(plain), (i, float(sums[i]), plain)
+        answer = [label for label in row["labels"][1:] if label != -100]
+        assert int(tokens[i]) == len(answer) and len(answer) < len(row["input_ids"]) - 3  # the prompt carries no weight
+
+
+def test_loss_and_lora_gradients_equal_the_dpo_formula_computed_pair_by_pair(tmp_path: Path, tiny_model_dir):
+    import torch
+    import torch.nn.functional as F
+
+    trainer, model, _ = build(pair_config(tmp_path, tiny_model_dir("llama"), padding_free=True, rl_beta=0.3))
+    torch.manual_seed(1)
+    with torch.no_grad():  # move the policy away from the reference (LoRA's B starts at zero)
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    items = [trainer.train_dataset[k] for k in range(4)]
+    model.train()
+    loss = trainer.compute_loss(model, trainer.data_collator(items))
+    loss.backward()
+    ours = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+
+    def logp(ids, labels, reference):  # the log-probability of the answer, from a plain forward of the one row
+        inputs = torch.tensor([ids])
+        if reference:
+            with torch.no_grad(), model.disable_adapter():
+                logits = model(input_ids=inputs).logits[0]
+        else:
+            logits = model(input_ids=inputs).logits[0]
+        target = torch.tensor(labels[1:])
+        keep = target != -100
+        return torch.log_softmax(logits[:-1].float(), -1)[keep].gather(-1, target[keep][:, None]).sum()
+
+    losses = []
+    for item in items:
+        (c, r) = item["rows"]
+        margin = (logp(c["input_ids"], c["labels"], False) - logp(c["input_ids"], c["labels"], True)) - (
+            logp(r["input_ids"], r["labels"], False) - logp(r["input_ids"], r["labels"], True))
+        losses.append(-F.logsigmoid(0.3 * margin))  # Rafailov et al. (2023), eq. 7
+    reference = torch.stack(losses).mean()
+    reference.backward()
+    theirs = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    assert abs(float(loss) - float(reference)) <= 1e-5 * float(reference)
+    assert 0.1 < float(reference) and abs(float(reference) - math.log(2)) > 1e-3  # the policy moved: not the trivial value
+    assert set(ours) == set(theirs) and relative_difference(ours, theirs) < 1e-4
+
+
+@pytest.mark.parametrize("rl, expected", [("dpo", math.log(2)), ("ipo", 1 / (4 * 0.1 ** 2))])
+def test_the_first_logged_loss_is_the_formula_value_while_the_model_equals_its_reference(tmp_path: Path, tiny_model_dir, rl, expected):
+    """LoRA's B starts at zero, so at the first step the policy is its reference: the DPO loss of every pair is
+    log 2, IPO's is 1/(4β²), every reward 0."""
+    out = run_training(pair_config(tmp_path, tiny_model_dir("llama"), rl=rl, max_steps=1))
+    first = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert abs(first["loss"] - expected) <= 1e-6 * expected, first
+    assert first["rewards/chosen"] == first["rewards/rejected"] == first["rewards/margins"] == 0.0
+
+
+@pytest.mark.parametrize("rl", ["dpo", "ipo", "simpo", "orpo"])
+def test_a_short_run_learns_the_preference(tmp_path: Path, tiny_model_dir, rl):
+    """Chosen answers use the first half of the words: reward accuracy rises well above chance and the chosen
+    answers gain log-probability on the rejected ones, on held-out pairs too."""
+    keys = {"rl_beta": 0.5} if rl in ("dpo", "ipo") else {"rl_beta": 2.0} if rl == "simpo" else {}
+    out = run_training(pair_config(tmp_path, tiny_model_dir("llama"), rows=preference_rows(72), rl=rl, max_steps=30,
+                                   learning_rate=0.02, val_set_size=8, eval_steps=30, **keys))
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    evaluation = [r for r in records if "eval_loss" in r][-1]
+    assert evaluation["eval_rewards/accuracies"] >= 0.85, evaluation
+    assert evaluation["eval_rewards/margins"] > 0
+    assert "perplexity" not in evaluation
+    first, last = records[0], [r for r in records if "loss" in r][-1]
+    gap = lambda r: r["logps/chosen"] - r["logps/rejected"]  # noqa: E731
+    assert gap(last) > gap(first) + 1.0, (first, last)
+
+
+def test_chat_template_pairs_render_the_prompt_once_and_train_only_the_answer(tmp_path: Path, tiny_model_dir):
+    """Axolotl's chat-template preference type: the prompt's turns rendered by the template, each answer an
+    assistant turn; special tokens exactly once, the prompt never trained, the same cache as SFT."""
+    from ft.data.labels import IGNORE
+    from ft.tokenizer.load import load_tokenizer
+
+    rows = [{"conversation": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Cat or dog?"}],
+             "good": {"role": "assistant", "content": "cat"}, "bad": "dog"}]
+    data = tmp_path / "pairs.jsonl"
+    data.write_text(json.dumps(rows[0]) + "\n")
+    from train_helpers import make_config
+
+    cfg = make_config(tmp_path, tiny_model_dir("llama"), datasets=[{
+        "path": str(data), "type": "chat_template.default", "field_messages": "conversation", "field_chosen": "good",
+        "field_rejected": "bad"}], rl="dpo", **LORA)
+    from ft.commands.preprocess import prepare_data
+
+    tokenizer = load_tokenizer(cfg.model)
+    prepared = prepare_data(cfg, tokenizer)
+    ids = prepared.train.column("input_ids").to_pylist()
+    labels = prepared.train.column("labels").to_pylist()
+    assert len(ids) == 2  # one pair: chosen, then rejected
+    for row, label, answer in zip(ids, labels, ("cat", "dog")):
+        text = tokenizer.decode(row)
+        assert text.count("<|im_start|>") == 3 and text.count("Be brief.") == 1
+        trained = tokenizer.decode([t for t in label if t != IGNORE])
+        assert trained.startswith(answer) and trained.rstrip().endswith("<|im_end|>") and "Cat or dog" not in trained
+    prompt = [t for t, label in zip(ids[0], labels[0]) if label == IGNORE]
+    assert prompt == [t for t, label in zip(ids[1], labels[1]) if label == IGNORE]  # the same prompt, untrained
+    again = prepare_data(cfg, tokenizer)
+    assert again.hit  # the prepared-data cache, as for SFT
+
+
+def test_pairs_are_shuffled_and_split_as_pairs(tmp_path: Path, tiny_model_dir):
+    from ft.commands.preprocess import prepare_data
+    from ft.tokenizer.load import load_tokenizer
+
+    cfg = pair_config(tmp_path, tiny_model_dir("llama"), val_set_size=5)
+    tokenizer = load_tokenizer(cfg.model)
+    prepared = prepare_data(cfg, tokenizer)
+    for table, pairs in ((prepared.train, 27), (prepared.eval, 5)):
+        texts = [tokenizer.decode(ids, skip_special_tokens=True) for ids in table.column("input_ids").to_pylist()]
+        assert len(texts) == 2 * pairs
+        for chosen, rejected in zip(texts[0::2], texts[1::2]):
+            assert chosen.split("Answer:")[0] == rejected.split("Answer:")[0]  # the two answers of one prompt
+            assert set(chosen.split("Answer:")[1].split()) <= set(WORDS[:8])
+            assert set(rejected.split("Answer:")[1].split()) <= set(WORDS[8:])
