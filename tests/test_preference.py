@@ -25,11 +25,13 @@ def preference_rows(n: int = 32, seed: int = 0) -> list[dict]:
             for _ in range(n)]
 
 
-def pair_config(tmp: Path, model_dir: Path, rows: list[dict] | None = None, **keys):
+def pair_config(tmp: Path, model_dir: Path, rows: list[dict] | None = None, data: Path | None = None, **keys):
+    """A preference config in `tmp`, its pairs written to tmp/pairs.jsonl (or read from `data`)."""
     from train_helpers import make_config
 
-    data = tmp / "pairs.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in (rows or preference_rows())))
+    if data is None:
+        data = tmp / "pairs.jsonl"
+        data.write_text("".join(json.dumps(r) + "\n" for r in (rows or preference_rows())))
     body = {"datasets": [{"path": str(data), "type": "preference"}], "rl": "dpo", "sequence_len": 64,
             "micro_batch_size": 4, **LORA, **keys}
     return make_config(tmp, model_dir, **body)
@@ -187,3 +189,120 @@ def test_pairs_are_shuffled_and_split_as_pairs(tmp_path: Path, tiny_model_dir):
             assert chosen.split("Answer:")[0] == rejected.split("Answer:")[0]  # the two answers of one prompt
             assert set(chosen.split("Answer:")[1].split()) <= set(WORDS[:8])
             assert set(rejected.split("Answer:")[1].split()) <= set(WORDS[8:])
+
+
+def _records(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def _losses(out: Path) -> list[float]:
+    return [r["loss"] for r in _records(out) if "loss" in r]
+
+
+def test_the_reference_of_a_continued_adapter_is_that_adapter_and_full_fine_tuning_copies_the_model(tmp_path: Path, tiny_model_dir):
+    """With lora_model_dir the reference is the continued adapter, frozen: the first loss is log 2 again (the base
+    alone, the adapter switched off, would not give it). Full fine-tuning keeps a frozen copy: log 2 as well."""
+    first = tmp_path / "first"
+    first.mkdir()
+    run_training(pair_config(first, tiny_model_dir("llama"), max_steps=6, learning_rate=0.02, rl_beta=0.5))
+    again = tmp_path / "again"
+    again.mkdir()
+    out = run_training(pair_config(again, tiny_model_dir("llama"), max_steps=2, rl_beta=0.5, lora_model_dir=str(first / "out")))
+    start = _records(out)[0]
+    assert abs(start["loss"] - math.log(2)) <= 1e-6, start
+    assert _records(first / "out")[-2]["rewards/margins"] != 0  # the continued adapter moved away from the base
+    full = tmp_path / "full"
+    full.mkdir()
+    cfg = pair_config(full, tiny_model_dir("llama"), max_steps=2, learning_rate=1e-4)
+    text = (full / "cfg.yml").read_text()
+    for key in ("adapter: lora", "lora_r: 4", "lora_alpha: 8", "lora_target_linear: true"):
+        text = text.replace(key + "\n", "")
+    (full / "cfg.yml").write_text(text)
+    result = run_ft("train", "cfg.yml", cwd=full)
+    assert result.returncode == 0 and "reference: a frozen copy of the model" in result.stderr, result.stderr[-2000:]
+    assert abs(_records(Path(cfg.training.output_dir))[0]["loss"] - math.log(2)) <= 1e-6
+
+
+def test_a_stopped_preference_run_resumes_to_the_same_adapter_and_merges(tmp_path: Path, tiny_model_dir):
+    """Stopped after its step-2 checkpoint and started again, a run ends where an uninterrupted one does; the
+    adapter merges into a model that loads, and ft inference answers with it."""
+    from safetensors.torch import load_file
+
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    straight.mkdir()
+    stopped.mkdir()
+    keys = {"max_steps": 4, "save_steps": 2, "learning_rate": 0.01}
+    run_training(pair_config(straight, tiny_model_dir("llama"), **keys))
+    pair_config(stopped, tiny_model_dir("llama"), **{**keys, "max_steps": 2})
+    assert run_ft("train", "cfg.yml", cwd=stopped).returncode == 0
+    result = run_ft("train", "cfg.yml", "--max-steps", "4", cwd=stopped)
+    assert result.returncode == 0 and "resuming from" in result.stderr, result.stderr[-2000:]
+    a, b = _losses(straight / "out"), _losses(stopped / "out")
+    assert len(a) == len(b) == 4 and all(abs(x - y) <= 1e-5 * abs(x) for x, y in zip(a, b)), (a, b)
+    assert relative_difference(load_file(str(straight / "out/adapter_model.safetensors")),
+                               load_file(str(stopped / "out/adapter_model.safetensors"))) < 1e-5
+    merged = run_ft("merge-lora", "cfg.yml", cwd=stopped)
+    assert merged.returncode == 0, merged.stderr[-2000:]
+    answer = run_ft("inference", "cfg.yml", "--prompt", "Name three things: cat dog sun\nAnswer:", "--max-new-tokens", "4",
+                    cwd=stopped)
+    assert answer.returncode == 0 and answer.stdout.strip(), answer.stderr[-2000:]
+
+
+@pytest.mark.parametrize("backend", ["ddp", "zero2"])
+def test_two_processes_train_pairs_as_one_process_does(tmp_path: Path, tiny_model_dir, backend):
+    """Two processes of two pairs each average the same loss as one process of four pairs."""
+    from conftest import ROOT
+
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir()
+    two.mkdir()
+    extra = {"deepspeed": str(ROOT / "deepspeed_configs/zero2.json")} if backend == "zero2" else {}
+    run_training(pair_config(one, tiny_model_dir("llama"), max_steps=3, micro_batch_size=4, optimizer="adamw_torch", **extra))
+    pair_config(two, tiny_model_dir("llama"), max_steps=3, micro_batch_size=2, optimizer="adamw_torch", **extra)
+    result = run_ft("train", "cfg.yml", "--num-processes", "2", cwd=two, env={"OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    a, b = _losses(one / "out"), _losses(two / "out")
+    assert len(a) == len(b) == 3 and all(abs(x - y) <= 1e-4 * abs(x) for x, y in zip(a, b)), (a, b)
+    accuracy = [r["rewards/accuracies"] for r in _records(two / "out") if "loss" in r]
+    assert accuracy == [r["rewards/accuracies"] for r in _records(one / "out") if "loss" in r]  # averaged over processes
+
+
+def test_precomputed_reference_log_probabilities_equal_the_live_reference_and_are_never_served_for_another_model(
+        tmp_path: Path, tiny_model_dir):
+    """precompute_ref_log_probs: the same losses as a reference forward per step; the values are cached beside
+    the prepared data and found again by a run of the same data and model, not by one of another model; full
+    fine-tuning needs no frozen copy with them."""
+    shared = tmp_path / "prepared"
+    live, first, second, other = (tmp_path / name for name in ("live", "first", "second", "other"))
+    for folder in (live, first, second, other):
+        folder.mkdir()
+    keys = {"max_steps": 3, "learning_rate": 0.01, "val_set_size": 4, "eval_steps": 3, "dataset_prepared_path": str(shared),
+            "data": live / "pairs.jsonl"}
+    (live / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in preference_rows()))
+    run_training(pair_config(live, tiny_model_dir("llama"), **keys))
+    pair_config(first, tiny_model_dir("llama"), precompute_ref_log_probs=True, **keys)
+    made = run_ft("train", "cfg.yml", cwd=first)
+    assert made.returncode == 0 and "reference log-probabilities of 56 train answers computed" in made.stderr, made.stderr[-2000:]
+    a, b = _records(live / "out"), _records(first / "out")
+    for x, y in zip(a, b):
+        for key in ("loss", "eval_loss", "rewards/margins"):
+            assert (key in x) == (key in y) and abs(x.get(key, 0) - y.get(key, 0)) <= 1e-5 * max(1.0, abs(x.get(key, 0))), (x, y)
+    pair_config(second, tiny_model_dir("llama"), precompute_ref_log_probs=True, **keys)
+    found = run_ft("train", "cfg.yml", cwd=second)
+    assert "reference log-probabilities of 56 train answers found" in found.stderr, found.stderr[-2000:]
+    assert _losses(second / "out") == _losses(first / "out")
+    pair_config(other, tiny_model_dir("qwen2"), precompute_ref_log_probs=True, **keys)
+    elsewhere = run_ft("train", "cfg.yml", cwd=other)  # the same tokenizer and data, another model
+    assert "reference log-probabilities of 56 train answers computed" in elsewhere.stderr, elsewhere.stderr[-2000:]
+    assert len(list(shared.rglob("reference-*-train.npy"))) == 2
+
+    full = tmp_path / "full"
+    full.mkdir()
+    pair_config(full, tiny_model_dir("llama"), max_steps=2, learning_rate=1e-4, precompute_ref_log_probs=True)
+    text = (full / "cfg.yml").read_text()
+    for key in ("adapter: lora", "lora_r: 4", "lora_alpha: 8", "lora_target_linear: true"):
+        text = text.replace(key + "\n", "")
+    (full / "cfg.yml").write_text(text)
+    result = run_ft("train", "cfg.yml", cwd=full)
+    assert result.returncode == 0 and "computed once and cached" in result.stderr, result.stderr[-2000:]
+    assert abs(_losses(full / "out")[0] - math.log(2)) <= 1e-6

@@ -83,6 +83,10 @@ def build_run(cfg: FtConfig, world: int) -> Run:
                                      offload=offload, keep_checkpoints=t.save_total_limit, **extra)
     if pairs:
         trainer.preference, trainer.reference_model, trainer.logits_from_model = cfg.preference, reference, not chunked
+        if cfg.preference.precompute_ref_log_probs and cfg.preference.reference:
+            from ft.train.reference import ReferenceStore, reference_key
+
+            trainer.reference_store = ReferenceStore(prepared.path, reference_key(cfg, prepared.path.name))
         log.info(describe_preference(cfg, reference is not None))
     if any(p.is_meta for p in model.parameters()):
         from ft.model.sharded import load_shards
@@ -98,7 +102,7 @@ def reference_copy(cfg: FtConfig, model: Any, sharding: str) -> Any:
     a copy of the model being fully fine-tuned (None otherwise)."""
     import copy
 
-    if not cfg.preference.reference or cfg.adapter.adapter:
+    if not cfg.preference.reference or cfg.adapter.adapter or cfg.preference.precompute_ref_log_probs:
         return None
     if sharding:
         raise UserError(f"`rl: {cfg.preference.rl}` with full fine-tuning keeps a frozen copy of the model as its reference, "
@@ -114,6 +118,8 @@ def describe_preference(cfg: FtConfig, copied: bool) -> str:
     p = cfg.preference
     if not p.reference:
         against = "no reference model"
+    elif p.precompute_ref_log_probs:
+        against = "reference log-probabilities computed once and cached beside the prepared data"
     elif copied:
         against = "reference: a frozen copy of the model"
     else:
@@ -162,7 +168,7 @@ def model_for_training(cfg: FtConfig, tokenizer: Any, layout: str, world: int = 
         tile_mlps(model, t.tiled_mlp_tokens)
     model = prepare_for_training(model, q, checkpointing=t.gradient_checkpointing, adapter=bool(a.adapter))
     if a.adapter:
-        model = apply_adapter(a, model, grew, t.seed, on_meta)
+        model = apply_adapter(a, model, grew, t.seed, on_meta, frozen_copy=cfg.preference.reference)
     if on_meta:
         load_trainable(model, m.base_model)
     dtype = resolve_dtype(m)

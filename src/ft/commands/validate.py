@@ -26,7 +26,15 @@ def derived(cfg: FtConfig, world_size: int = 1) -> dict[str, str]:
         out["distributed"] = f"{d.backend}; run with `accelerate launch -m ft train ...` (batch size × processes)"
     else:
         out["distributed"] = d.backend or "none"
-    out["batches"] = batches(cfg, attention)
+    p = cfg.preference
+    if p.rl:
+        against = ("the model with the adapter off" if a.adapter and not a.lora_model_dir else
+                   "the adapter of lora_model_dir, frozen" if a.adapter else "a frozen copy of the model")
+        out["preference"] = f"{p.rl}, β {p.rl_beta:g}, " + (f"reference: {against}" if p.reference else "no reference model")
+        out["batches"] = (f"pairs: {t.micro_batch_size} pair(s) per micro batch, their answers end to end without padding; "
+                          f"attention per row")
+    else:
+        out["batches"] = batches(cfg, attention)
     out["evaluation"] = "on held-out data" if cfg.has_eval_data else "none (set val_set_size or test_datasets)"
     return out
 

@@ -25,6 +25,11 @@ class PreferenceConfig(Section):
     orpo_alpha: float = Field(0.1, gt=0, description="`rl: orpo`: λ, the weight of the odds-ratio term beside the "
                               "chosen answers' loss.")
     simpo_gamma: float = Field(0.5, ge=0, description="`rl: simpo`: the target reward margin γ.")
+    precompute_ref_log_probs: bool = Field(
+        False, description="dpo, ipo: compute the reference's log-probabilities of every answer once, before the first "
+        "step, and keep them beside the prepared data (keyed by the data, model, adapter and precision): no reference "
+        "forward per step, and no frozen copy for full fine-tuning.",
+    )
     dpo_label_smoothing: float = Field(
         0.0, ge=0, lt=0.5, description="`rl: dpo`: the share of pairs assumed mislabelled (conservative DPO).",
     )

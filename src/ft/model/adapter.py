@@ -52,10 +52,15 @@ def lora_config(a: AdapterConfig, targets: Optional[list[str]], modules_to_save:
     )
 
 
-def apply_adapter(a: AdapterConfig, model: Any, new_tokens: bool, seed: int, on_meta: bool = False) -> Any:
+REFERENCE = "reference"  # the frozen copy of a continued adapter, a preference loss's reference
+
+
+def apply_adapter(a: AdapterConfig, model: Any, new_tokens: bool, seed: int, on_meta: bool = False,
+                  frozen_copy: bool = False) -> Any:
     """Wrap the model with LoRA (or load `lora_model_dir` to continue training it); print the counts. New LoRA
     weights are initialised from `seed` and their names (`seed_lora_weights`). `on_meta`: the base is on the
-    meta device (ft.model.sharded), the LoRA weights are made real on the CPU."""
+    meta device (ft.model.sharded), the LoRA weights are made real on the CPU. `frozen_copy`: the continued
+    adapter is also loaded frozen, as REFERENCE (a preference loss's reference)."""
     from peft import PeftModel, get_peft_model
 
     if on_meta and (a.lora_model_dir or a.peft_use_dora):
@@ -66,6 +71,8 @@ def apply_adapter(a: AdapterConfig, model: Any, new_tokens: bool, seed: int, on_
         check_adapter_base(Path(a.lora_model_dir), model)
         try:
             model = PeftModel.from_pretrained(model, a.lora_model_dir, is_trainable=True)
+            if frozen_copy:
+                model.load_adapter(a.lora_model_dir, adapter_name=REFERENCE, is_trainable=False)
         except (RuntimeError, ValueError, KeyError) as exc:
             raise ConfigError(f"`lora_model_dir`: the adapter in {a.lora_model_dir} does not fit base_model "
                               f"{model.config._name_or_path}: {str(exc).splitlines()[0][:300]}") from None

@@ -146,14 +146,35 @@ def pair_sets(layout: str, prepared: Any, pad_id: int) -> TrainingSets:
     """Preference pairs (rows 2k and 2k+1 of the prepared table, ft.data.pairs): an item is a pair, a micro batch
     of pairs is their answers end to end without padding (or padded rows, for a model that cannot take them)."""
 
-    def pairs(table: Any) -> PackedBins:
+    def pairs(table: Any) -> PairBins:
         rows = TokenizedRows(table)
-        return PackedBins(rows, [[k, k + 1] for k in range(0, len(rows), 2)])
+        return PairBins(rows, [[k, k + 1] for k in range(0, len(rows), 2)])
 
     train = pairs(prepared.train)
     evaluation = pairs(prepared.eval) if prepared.eval is not None else None
-    collator = PackedCollator(pad_id) if layout != PADDED else PairPadCollator(pad_id)
-    return TrainingSets(train, evaluation, collator)
+    return TrainingSets(train, evaluation, PairCollator(PackedCollator(pad_id) if layout != PADDED else PairPadCollator(pad_id)))
+
+
+PAIRS = "ft_pairs"  # the batch key of its pairs' places in the prepared table (for precomputed reference values)
+
+
+class PairBins(PackedBins):
+    """A pair per item (its two rows), with its place."""
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {**super().__getitem__(i), "pair": i}
+
+
+class PairCollator:
+    """A pair collator's batch, with the places of its pairs under PAIRS."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        return {**self.inner(items), PAIRS: torch.tensor([item["pair"] for item in items])}
 
 
 class PairPadCollator(PadCollator):

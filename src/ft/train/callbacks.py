@@ -86,7 +86,7 @@ def read_history(path: Path) -> list[dict[str, Any]]:
 
 def plot_losses(records: list[dict[str, Any]], path: Path) -> None:
     """loss.png: the train loss, and the eval loss where there is one, against the step; generation metrics of
-    evaluations during training (do_causal_lm_eval) on a second axis beside them."""
+    evaluations during training (do_causal_lm_eval), or a preference run's reward accuracy, on a second axis."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -99,14 +99,19 @@ def plot_losses(records: list[dict[str, Any]], path: Path) -> None:
             ax.plot(*zip(*points), label=label, marker="o" if key == "eval_loss" else None)
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
-    scores = sorted({k for r in records for k in r if k.startswith("eval_") and k != "eval_loss"})
+    preference = any("rewards/accuracies" in r for r in records)
+    if preference:  # the reward accuracy, train and held out
+        scores = [k for k in ("rewards/accuracies", "eval_rewards/accuracies") if any(k in r for r in records)]
+    else:
+        scores = sorted({k for r in records for k in r if k.startswith("eval_") and k != "eval_loss"})
     handles, labels = ax.get_legend_handles_labels()
     if scores:
         right = ax.twinx()
         for i, key in enumerate(scores):
             points = [(r["step"], r[key]) for r in records if key in r]
-            right.plot(*zip(*points), label=key.removeprefix("eval_"), marker="s", linestyle="--", color=f"C{2 + i}")
-        right.set_ylabel("generation metrics")
+            right.plot(*zip(*points), label=key.removeprefix("eval_") if not preference else key.replace("rewards/", "reward "),
+                       marker="s" if key.startswith("eval_") else None, linestyle="--", color=f"C{2 + i}")
+        right.set_ylabel("reward accuracy" if preference else "generation metrics")
         more_handles, more_labels = right.get_legend_handles_labels()
         handles, labels = handles + more_handles, labels + more_labels
     ax.legend(handles, labels)

@@ -5,7 +5,8 @@ attending only to itself (ft.model.packed_attention), as packed supervised batch
 log-probability is summed from the decoder's final hidden states a chunk of positions at a time (the chunk's
 logits recomputed in the backward pass), so the batch's logits never exist whole. The prompt carries no weight:
 its labels are ignored. The reference (dpo, ipo) is the same model with its adapter switched off (LoRA,
-QLoRA: no second copy in memory), or a frozen copy for full fine-tuning.
+QLoRA: no second copy in memory), the continued adapter's frozen copy when training continues one
+(`lora_model_dir`), or a frozen copy of the model for full fine-tuning.
 
 The losses, per pair, from the summed log-probabilities π of the trained model and ρ of the reference, and
 the averages per answer token (π̄):
@@ -23,7 +24,8 @@ from typing import Any, Optional
 
 from ft.config.preference import PreferenceConfig
 from ft.data.labels import IGNORE
-from ft.train.batches import REAL_TOKENS
+from ft.model.adapter import REFERENCE
+from ft.train.batches import PAIRS, REAL_TOKENS
 from ft.train.trainer import FtTrainer
 
 METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen", "logps/rejected")
@@ -120,6 +122,7 @@ class PreferenceTrainer(FtTrainer):
 
     preference: PreferenceConfig
     reference_model: Any = None
+    reference_store: Any = None  # ft.train.reference.ReferenceStore when precompute_ref_log_probs
     logits_from_model = False  # the whole logits instead of the chunked head (FSDP, ZeRO-3: the head is gathered only inside the forward)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -127,12 +130,13 @@ class PreferenceTrainer(FtTrainer):
         # the loss is a mean over pairs: the Trainer averages micro batches over gradient accumulation
         self.model_accepts_loss_kwargs = False
         self._sums: dict[str, dict[str, float]] = {"train": {}, "eval": {}}
+        self._precomputed: dict[str, Any] = {}
 
     def _answers(self, model: Any, inputs: dict[str, Any]) -> tuple[Any, Any]:
         from ft.train.loss import catch_hidden_states, causal_lm_of, chunk_size
 
         labels = inputs["labels"]
-        rest = {k: v for k, v in inputs.items() if k not in ("labels", REAL_TOKENS)}
+        rest = {k: v for k, v in inputs.items() if k not in ("labels", REAL_TOKENS, PAIRS)}
         causal_lm = causal_lm_of(self.accelerator.unwrap_model(model))
         text = causal_lm.config.get_text_config()
         softcap = getattr(text, "final_logit_softcapping", None)
@@ -145,22 +149,89 @@ class PreferenceTrainer(FtTrainer):
         return answer_logps(labels, index, count, hidden=hidden.value, head=causal_lm.get_output_embeddings(),
                             softcap=softcap, chunk=chunk_size(text.vocab_size))
 
-    def _reference(self, model: Any, inputs: dict[str, Any]) -> Optional[tuple[Any, Any]]:
+    def _reference(self, model: Any, inputs: dict[str, Any], live: bool = False) -> Optional[tuple[Any, Any]]:
         import torch
 
         if not self.preference.reference:
             return None
+        if live and self.reference_model is None and not self._has_adapter(model):
+            with torch.no_grad():  # full fine-tuning before its first step: the model is its own reference
+                return self._answers(model, inputs)
         with torch.no_grad():
             if self.reference_model is not None:
                 return self._answers(self.reference_model, inputs)
             unwrapped = self.accelerator.unwrap_model(model)
+            if REFERENCE in getattr(unwrapped, "peft_config", {}):  # a continued adapter: its frozen copy
+                active = unwrapped.active_adapter
+                unwrapped.set_adapter(REFERENCE, inference_mode=True)
+                try:
+                    return self._answers(model, inputs)
+                finally:
+                    unwrapped.set_adapter(active)  # trainable again, the copy frozen
             with unwrapped.disable_adapter() if hasattr(unwrapped, "disable_adapter") else nullcontext():
                 return self._answers(model, inputs)
 
+    def _precomputed_reference(self, model: Any, inputs: dict[str, Any], split: str) -> tuple[Any, Any]:
+        """The reference values of this batch's answers from the values computed once for the whole split."""
+        import torch
+
+        if split not in self._precomputed:
+            import logging
+            import time
+
+            values = self.reference_store.load(split)
+            where = self.reference_store.path(split)
+            if values is None:
+                started = time.perf_counter()
+                values = self._compute_reference(model, split)
+                logging.getLogger("ft").info("reference log-probabilities of %d %s answers computed in %.1f s, kept in %s",
+                                             len(values), split, time.perf_counter() - started, where)
+            else:
+                logging.getLogger("ft").info("reference log-probabilities of %d %s answers found in %s", len(values), split, where)
+            self._precomputed[split] = torch.as_tensor(values)
+        values = self._precomputed[split]
+        rows = torch.stack([2 * inputs[PAIRS], 2 * inputs[PAIRS] + 1], dim=1).reshape(-1).cpu()
+        picked = values[rows].to(inputs["labels"].device, torch.float32)
+        return picked[:, 0], picked[:, 1]
+
+    def _compute_reference(self, model: Any, split: str) -> Any:
+        """The reference's (log-probability, tokens) of every answer of a split, in table order: every process
+        runs every batch (under ZeRO-3 or FSDP each forward is a collective), the first one keeps the file."""
+        import numpy as np
+
+        from ft.errors import UserError
+
+        if self.state.global_step > 0 and self.reference_model is None and not self._has_adapter(model):
+            raise UserError("the precomputed reference log-probabilities of this run are not in the cache, and the model has "
+                            "trained since it was the reference; start the run again from the beginning (or set "
+                            "precompute_ref_log_probs: false)")
+        dataset = self.train_dataset if split == "train" else self.eval_dataset
+        values = np.zeros((2 * len(dataset), 2))
+        size = self.args.per_device_train_batch_size
+        was_training = model.training
+        model.eval()
+        for start in range(0, len(dataset), size):
+            batch = self._prepare_inputs(self.data_collator([dataset[i] for i in range(start, min(start + size, len(dataset)))]))
+            batch.pop(REAL_TOKENS, None)
+            sums, tokens = self._reference(model, batch, live=True)
+            values[2 * start: 2 * start + len(sums), 0] = sums.float().cpu().numpy()
+            values[2 * start: 2 * start + len(sums), 1] = tokens.float().cpu().numpy()
+        model.train(was_training)
+        if self.args.should_save:
+            self.reference_store.save(split, values)
+        return values
+
+    def _has_adapter(self, model: Any) -> bool:
+        return hasattr(self.accelerator.unwrap_model(model), "peft_config")
+
     def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None) -> Any:
-        reference = self._reference(model, inputs)
+        split = "train" if model.training else "eval"
+        if self.reference_store is not None and self.preference.reference:
+            reference = self._precomputed_reference(model, inputs, split)
+        else:
+            reference = self._reference(model, inputs)
         loss, metrics = preference_loss(self.preference, self._answers(model, inputs), reference)
-        self._keep("train" if model.training else "eval", metrics)
+        self._keep(split, metrics)
         return (loss, {"loss": loss}) if return_outputs else loss
 
     def prediction_step(self, model: Any, inputs: dict[str, Any], prediction_loss_only: bool, ignore_keys: Any = None) -> Any:

@@ -191,9 +191,12 @@ def save_outputs(trainer: Any, tokenizer: Any, metrics: MetricsLog, result: Any,
         **facts,
     }
     if trainer.eval_dataset is not None:
-        eval_loss = trainer.evaluate()["eval_loss"]
-        summary["eval_loss"] = round(eval_loss, 4)
-        summary["perplexity"] = round(math.exp(min(eval_loss, 50)), 3)
+        evaluation = trainer.evaluate()
+        summary["eval_loss"] = round(evaluation["eval_loss"], 4)
+        if "eval_rewards/accuracies" in evaluation:  # a preference loss is no cross-entropy
+            summary["eval_reward_accuracy"] = round(evaluation["eval_rewards/accuracies"], 4)
+        else:
+            summary["perplexity"] = round(math.exp(min(evaluation["eval_loss"], 50)), 3)
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(out)
         plot_losses(history, out / "loss.png")
@@ -207,7 +210,9 @@ def save_outputs(trainer: Any, tokenizer: Any, metrics: MetricsLog, result: Any,
         log.info(
             "done: %d steps in %.0f s, train loss %.4f%s, %s, peak memory %.0f MB → %s",
             summary["steps"], seconds, summary["train_loss"],
-            f", eval loss {summary['eval_loss']} (perplexity {summary['perplexity']})" if "eval_loss" in summary else "",
+            (f", eval loss {summary['eval_loss']} (" + (f"perplexity {summary['perplexity']})" if "perplexity" in summary else
+                                                     f"reward accuracy {summary['eval_reward_accuracy']})"))
+            if "eval_loss" in summary else "",
             speed, summary["peak_memory_mb"], out,
         )
     return summary
