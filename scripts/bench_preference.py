@@ -142,6 +142,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=24)
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--contenders", nargs="+", choices=["ft", "trl"], default=["ft", "trl"],
+                        help="ft alone where TRL is not installed (the GPU check's CPU smoke mode)")
     parser.add_argument("--run", choices=["ft", "trl"], help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
     parser.add_argument("--out", help="also write the figures to this JSON file")
@@ -159,15 +161,18 @@ def main() -> None:
     rows = pairs(args.pairs)
     (work / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     figures = {}
-    for name in ("ft", "trl"):
+    for name in args.contenders:
         result = contender(name, work, args)
         figures[name] = result
         print(f"{name:4s} {result['real_tokens_per_s']:10.0f} real tokens/s   {result['real_tokens']:8d} real tokens in "
               f"{result['seconds']:7.2f} s ({args.steps} steps)   peak {result['peak_mb']:8.0f} MB", flush=True)
-    ratio = figures["ft"]["real_tokens_per_s"] / figures["trl"]["real_tokens_per_s"]
-    print(f"ft / TRL: {ratio:.2f}× real tokens per second; peak memory {figures['ft']['peak_mb'] / figures['trl']['peak_mb']:.2f}×")
-    if args.out:
-        Path(args.out).write_text(json.dumps({**figures, "ratio": ratio}, indent=1))
+        if args.out:  # saved after every contender
+            Path(args.out).write_text(json.dumps(figures, indent=1))
+    if len(figures) == 2:
+        ratio = figures["ft"]["real_tokens_per_s"] / figures["trl"]["real_tokens_per_s"]
+        print(f"ft / TRL: {ratio:.2f}× real tokens per second; peak memory {figures['ft']['peak_mb'] / figures['trl']['peak_mb']:.2f}×")
+        if args.out:
+            Path(args.out).write_text(json.dumps({**figures, "ratio": ratio}, indent=1))
 
 
 if __name__ == "__main__":
