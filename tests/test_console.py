@@ -73,3 +73,36 @@ def test_a_terminal_gets_one_progress_bar(tmp_path: Path, tiny_model_dir):
     assert bars and "12/12" in text and "loss " in text and "tok/s" in text, text[-2000:]
     assert "train  step " not in text  # the plain lines are for logs, not terminals
     _check_common(text, tmp_path / "out")
+
+
+def test_several_processes_say_each_thing_once(tmp_path: Path, tiny_model_dir):
+    """Two processes (DDP, LoRA, gradient checkpointing): the libraries' warnings come from the first process
+    only, none of them about ft's own calls (a deprecated checkpointing name, a DDP search for unused weights
+    that LoRA never leaves), and no line of ft's is said twice."""
+    make_config(tmp_path, tiny_model_dir("llama"), adapter="lora", lora_r=4, lora_alpha=8, lora_target_linear=True,
+                gradient_checkpointing=True, micro_batch_size=2, max_steps=3)
+    result = subprocess.run([sys.executable, "-m", "ft", "train", "cfg.yml", "--num-processes", "2"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+    assert not [line for line in lines if "Warning" in line or "warnings.warn" in line or re.match(r"\[rank\d\]", line)], lines
+    assert not [line for line in lines if line.startswith("ft[rank")], lines  # the other process had nothing to report
+    said = [line for line in lines if line.startswith("ft: ")]
+    assert len(said) == len(set(said)), said
+    assert said[-1].startswith("ft: done: 3 steps")
+
+
+def test_merge_lora_says_what_it_does_and_how_far_it_is(tmp_path: Path, tiny_model_dir):
+    """In a log: loading the base, the adapter's layers folded in (a plain progress line, no redraw), writing."""
+    make_config(tmp_path, tiny_model_dir("llama"), adapter="lora", lora_r=4, lora_alpha=8, lora_target_linear=True, max_steps=1)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    assert subprocess.run([sys.executable, "-m", "ft", "train", "cfg.yml"], cwd=tmp_path, capture_output=True, env=env).returncode == 0
+    result = subprocess.run([sys.executable, "-m", "ft", "merge-lora", "cfg.yml"], cwd=tmp_path, capture_output=True,
+                            text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert "\r" not in result.stderr and "\x1b[" not in result.stderr
+    steps = [next(i for i, line in enumerate(lines) if words in line) for words in (
+        "merge-lora: loading the base model", "merge-lora: folding the adapter's layers: 14/14 (100%)",
+        "merge-lora: writing the merged model", "merged ")]
+    assert steps == sorted(steps), lines

@@ -105,7 +105,8 @@ def test_fsdp2_qlora_each_process_loads_only_its_share_and_trains_as_one_process
     device and reads and quantizes only its share of the checkpoint, one tensor at a time. Measured from
     outside ft (tests/inject: every live tensor's storage, sampled from the process's start to its first step),
     what rank 1 held while loading stays under its share plus one decoder layer as stored in the checkpoint,
-    where holding the whole 4-bit model would not. The run equals one process with the same global batch."""
+    where holding the whole 4-bit model would not. The run equals one process with the same global batch, and
+    resumes from its checkpoint to the same adapter."""
     from safetensors import safe_open
 
     from ft.tiny import make_tiny_model
@@ -137,6 +138,16 @@ def test_fsdp2_qlora_each_process_loads_only_its_share_and_trains_as_one_process
     assert loading["samples"] >= 5  # each looks at every live object: a few per second
     assert whole > share + layer  # holding the whole model would fail the bound below
     assert 0.9 * share <= loading["peak_bytes"] <= share + layer, (loading, share, layer, whole)
+
+    # resume: stopped after its step-2 checkpoint and started again, it ends where the uninterrupted run did
+    again = tmp_path / "again"
+    again.mkdir()
+    make_config(again, model, micro_batch_size=2, fsdp=["full_shard", "auto_wrap"],
+                fsdp_config={"transformer_layer_cls_to_wrap": "LlamaDecoderLayer"}, **{**STEPS, "max_steps": 2}, **qlora)
+    _run(again, 2)
+    result = _run(again, 2, "--max-steps", "4")
+    assert "resuming from" in result.stderr and "read its share of" in result.stderr, result.stderr[-3000:]
+    assert relative_difference(_weights(again / "out", "adapter_model.safetensors"), adapter) < 1e-5
 
 
 def test_fsdp2_qlora_share_loading_with_tied_embeddings_biases_and_fully_trained_weights(tmp_path: Path):

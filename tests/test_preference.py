@@ -55,7 +55,7 @@ def _plain_logp(model, ids: list[int], labels: list[int]) -> float:
     return sum(float(logps[t - 1, labels[t]]) for t in range(1, len(ids)) if labels[t] != -100)
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma2", "phi3"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral", "gemma2", "phi3"])
 def test_answer_log_probabilities_from_the_padding_free_batch_equal_a_plain_forward(tmp_path: Path, tiny_model_dir, arch):
     import torch
 
@@ -306,3 +306,54 @@ def test_precomputed_reference_log_probabilities_equal_the_live_reference_and_ar
     result = run_ft("train", "cfg.yml", cwd=full)
     assert result.returncode == 0 and "computed once and cached" in result.stderr, result.stderr[-2000:]
     assert abs(_losses(full / "out")[0] - math.log(2)) <= 1e-6
+
+
+def test_plan_and_validate_describe_a_preference_run(tmp_path: Path, tiny_model_dir):
+    """ft plan counts a pair's two sequences per micro batch item and a full fine-tuning run's frozen copy;
+    ft validate says what the run does."""
+    from ft.plan.estimate import estimate
+    from ft.plan.shapes import read_shape
+    from train_helpers import make_config
+
+    model = tiny_model_dir("llama")
+    pairs = pair_config(tmp_path, model)
+    (tmp_path / "sft").mkdir()
+    plain = make_config(tmp_path / "sft", model, sequence_len=64, micro_batch_size=4, **LORA)
+    shape = read_shape(str(model))
+    assert estimate(pairs, shape).tokens == 2 * estimate(plain, shape).tokens == 2 * 4 * 64
+    full = pairs.model_copy(update={"adapter": pairs.adapter.model_copy(update={"adapter": None})})
+    assert estimate(full, shape).parts["frozen reference copy"] == shape.total_params() * 4
+    validate = run_ft("validate", "cfg.yml", cwd=tmp_path)
+    assert validate.returncode == 0 and "# preference: dpo, β 0.1, reference: the model with the adapter off" in validate.stdout
+    assert "pairs: 4 pair(s) per micro batch" in validate.stdout
+
+
+def test_sigkill_at_random_moments_of_a_preference_run_loses_nothing(tmp_path: Path, tiny_model_dir):
+    """The crash harness (tests/crash_harness.py) on a DPO run with checkpoints and evaluation: SIGKILLs at random
+    moments (start, steps, checkpoint writes, the final save), then the same command to the end, twice; the
+    adapter equals the uninterrupted run's to fp32 round-off, and a finished run is left alone."""
+    import crash_harness as harness
+
+    keys = {"max_steps": 8, "save_steps": 2, "save_total_limit": 2, "val_set_size": 4, "eval_steps": 4,
+            "micro_batch_size": 2, "learning_rate": 0.005, "output_dir": "out"}
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in preference_rows(40)))
+    folders = []
+    for name in ("reference", "trial-0", "trial-1"):
+        (tmp_path / name).mkdir()
+        pair_config(tmp_path / name, tiny_model_dir("llama"), data=data, **keys)
+        folders.append(tmp_path / name)
+    done = harness.subprocess.run(harness.ft("train", "cfg.yml"), cwd=folders[0], env=harness.env(), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        trials = list(pool.map(lambda fs: harness.trial(fs[0], fs[1], 3), [(folders[1], 7), (folders[2], 8)]))
+    want = harness.adapter(folders[0])
+    assert sum(k.killed for t in trials for k in t.kills) >= 3, [t.kills for t in trials]
+    for folder, t in zip(folders[1:], trials):
+        assert not t.final, f"kills {t.kills}: the run after the kills failed:\n{t.final}"
+        assert harness.difference(harness.adapter(folder), want) < 1e-6, t.kills
+        assert harness.summary_of(folder)["steps"] == 8
+    again = harness.subprocess.run(harness.ft("train", "cfg.yml"), cwd=folders[0], env=harness.env(), capture_output=True, text=True)
+    assert again.returncode == 0 and "finished already" in again.stderr, again.stderr[-2000:]

@@ -213,6 +213,13 @@ def setup_logging(debug: bool = False) -> None:
     logger.setLevel(logging.INFO if rank == "0" else logging.WARNING)
     if not debug:
         quiet_third_parties()
+        if rank != "0":  # what the libraries warn of, every process would say: the first one says it
+            import warnings
+
+            from ft.launch.environment import quiet_other_ranks
+
+            warnings.simplefilter("ignore")
+            quiet_other_ranks()
 
 
 class _Drop(logging.Filter):

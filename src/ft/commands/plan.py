@@ -54,6 +54,10 @@ def real_longest_batch(cfg: FtConfig) -> Optional[int]:
         return None
     lengths = [int(n) for n in prepared.train.column("input_ids").combine_chunks().value_lengths().to_numpy()]
     layout = batch_layout(cfg.data, cfg.training.group_by_length, on_gpu=True)
+    if cfg.preference.rl:  # a pair (rows 2k, 2k+1) is one item; its answers lie end to end without padding
+        from ft.data.packing import PADDING_FREE
+
+        lengths, layout = [a + b for a, b in zip(lengths[0::2], lengths[1::2])], PADDING_FREE
     return longest_batch(lengths, layout, cfg.training.micro_batch_size, cfg.data.sequence_len, cfg.data.pad_to_sequence_len)
 
 

@@ -65,8 +65,11 @@ def build_run(cfg: FtConfig, world: int) -> Run:
         sets = pair_sets(layout, prepared, tokenizer.pad_token_id)
     else:
         sets = training_sets(d, layout, t.micro_batch_size, prepared, tokenizer.pad_token_id, on_gpu)
-    args = training_arguments(t, cfg.logging, cfg.model, len(sets.train), sets.eval is not None, world,
-                              trainer_arguments(cfg.distributed, world))
+    distributed = trainer_arguments(cfg.distributed, world)
+    if distributed["ddp_find_unused_parameters"] is None and cfg.adapter.adapter and not has_experts(model):
+        # every LoRA weight takes part in every forward: DDP need not search the graph for unused ones each step
+        distributed["ddp_find_unused_parameters"] = False
+    args = training_arguments(t, cfg.logging, cfg.model, len(sets.train), sets.eval is not None, world, distributed)
     chunked = t.chunked_cross_entropy and uses_chunked_loss(model, sharding)
     offload = None
     if t.activation_offloading:
@@ -95,6 +98,12 @@ def build_run(cfg: FtConfig, world: int) -> Run:
     if cfg.evaluation.do_causal_lm_eval and prepared.eval is not None:
         trainer.eval_extras = generation_during_training(cfg, prepared, tokenizer, sharding)
     return Run(tokenizer, prepared, model, trainer, metrics, layout, attention)
+
+
+def has_experts(model: Any) -> bool:
+    """Whether the model routes tokens to some of its experts (weights a step may leave unused)."""
+    config = model.config.get_text_config()
+    return bool(getattr(config, "num_local_experts", None) or getattr(config, "num_experts", None))
 
 
 def reference_copy(cfg: FtConfig, model: Any, sharding: str) -> Any:

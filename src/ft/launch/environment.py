@@ -11,3 +11,10 @@ def quiet_progress_bars() -> None:
     redraw into logs and say nothing ft does not say; a choice the user made stays theirs."""
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+
+
+def quiet_other_ranks() -> None:
+    """On every process but the first, the libraries' warnings (transformers', datasets') are said once, by the
+    first process: the others show errors only."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DATASETS_VERBOSITY", "error")

@@ -89,7 +89,11 @@ def prepare_for_training(model: Any, q: QuantizationConfig, *, checkpointing: bo
         for p in model.parameters():
             p.requires_grad_(False)
     if checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable = getattr(model, "activation_checkpointing_enable", None)  # transformers ≥ 5.2x's name for it
+        if enable is not None:
+            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if adapter:
             model.enable_input_require_grads()  # frozen embeddings: checkpointed blocks still need a grad path
     return model

@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 import shutil
 from pathlib import Path
+from typing import Any
 
 from ft.config.model import ModelConfig
 from ft.errors import ConfigError
 from ft.model.precision import resolve_dtype
 from ft.files import fsync_path
+from ft.progress import Progress
 from ft.tokenizer.load import load_tokenizer
 
 log = logging.getLogger("ft")
@@ -28,13 +30,15 @@ def merge_lora(m: ModelConfig, adapter: Path, out: Path) -> Path:
         tokenizer = AutoTokenizer.from_pretrained(adapter)  # the one saved with the adapter (added tokens)
     else:
         tokenizer = load_tokenizer(m)
+    log.info("merge-lora: loading the base model %s", m.base_model)
     base = AutoModelForCausalLM.from_pretrained(
         # the training precision (fp32 on CPU), never quantized: the adapter merges into full weights
         m.base_model, dtype=resolve_dtype(m), trust_remote_code=m.trust_remote_code, revision=m.revision_of_model,
     )
     if len(tokenizer) != base.get_input_embeddings().weight.shape[0]:
         base.resize_token_embeddings(len(tokenizer))
-    merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
+    merged = fold(PeftModel.from_pretrained(base, str(adapter)))
+    log.info("merge-lora: writing the merged model")
     # written beside `out` and renamed into place: a merge cut off midway leaves no `out` to be trusted
     staging = out.with_name(f".{out.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
@@ -47,3 +51,17 @@ def merge_lora(m: ModelConfig, adapter: Path, out: Path) -> Path:
     fsync_path(out.parent)
     log.info("merged %s into %s → %s", adapter, m.base_model, out)
     return out
+
+
+def fold(model: Any) -> Any:
+    """The adapter's layers merged into their base weights one by one (a progress line where it takes long: a
+    70B model has 560 of them), then the wrappers taken away: the plain model."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    layers = [module for module in model.modules() if isinstance(module, BaseTunerLayer)]
+    progress = Progress(len(layers), "merge-lora: folding the adapter's layers")
+    for layer in layers:
+        layer.merge()
+        progress.advance(1)
+    progress.close()
+    return model.unload()

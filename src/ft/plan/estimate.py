@@ -64,7 +64,8 @@ def estimate(cfg: Any, shape: Shape, gpus: int = 1, longest_batch: Optional[int]
     says so, else the worst case (micro_batch_size × sequence_len)."""
     m, q, a, t, d = cfg.model, cfg.quantization, cfg.adapter, cfg.training, cfg.distributed
     compute = 4 if m.precision == "fp32" else 2  # `auto` plans for a GPU: bf16
-    tokens = longest_batch or t.micro_batch_size * cfg.data.sequence_len
+    pairs = cfg.preference.rl is not None  # a micro batch of pairs holds two sequences a pair
+    tokens = longest_batch or t.micro_batch_size * cfg.data.sequence_len * (2 if pairs else 1)
     plan = Plan({}, gpus=gpus, tokens=tokens)
     linear, embed, head, other = shape.linear_params(), shape.embedding_params(), shape.head_params(), shape.other_params()
 
@@ -113,6 +114,8 @@ def estimate(cfg: Any, shape: Shape, gpus: int = 1, longest_batch: Optional[int]
         unit *= 2  # the unit in flight and the next one, prefetched
     plan.parts["base weights"] = base
     plan.parts["trainable weights (fp32)" if a.adapter else "master weights"] = trainable_bytes
+    if pairs and cfg.preference.reference and not a.adapter and not cfg.preference.precompute_ref_log_probs:
+        plan.parts["frozen reference copy"] = shape.total_params() * (4 if masters else compute)
     plan.parts["gradients"] = grads
     plan.parts[f"optimizer states ({t.optimizer})"] = states
     if unit:
