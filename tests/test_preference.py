@@ -119,10 +119,16 @@ def test_loss_and_lora_gradients_equal_the_dpo_formula_computed_pair_by_pair(tmp
 def test_the_first_logged_loss_is_the_formula_value_while_the_model_equals_its_reference(tmp_path: Path, tiny_model_dir, rl, expected):
     """LoRA's B starts at zero, so at the first step the policy is its reference: the DPO loss of every pair is
     log 2, IPO's is 1/(4β²), every reward 0."""
-    out = run_training(pair_config(tmp_path, tiny_model_dir("llama"), rl=rl, max_steps=1))
+    out = run_training(pair_config(tmp_path, tiny_model_dir("llama"), rl=rl, max_steps=1, use_tensorboard=True))
     first = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
     assert abs(first["loss"] - expected) <= 1e-6 * expected, first
     assert first["rewards/chosen"] == first["rewards/rejected"] == first["rewards/margins"] == 0.0
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(next(out.rglob("events.out.tfevents*")).parent))
+    events.Reload()
+    assert {"train/loss", "train/rewards/accuracies", "train/rewards/margins"} <= set(events.Tags()["scalars"])
+    assert (out / "loss.png").is_file()
 
 
 @pytest.mark.parametrize("rl", ["dpo", "ipo", "simpo", "orpo"])
@@ -183,7 +189,10 @@ def test_pairs_are_shuffled_and_split_as_pairs(tmp_path: Path, tiny_model_dir):
     tokenizer = load_tokenizer(cfg.model)
     prepared = prepare_data(cfg, tokenizer)
     for table, pairs in ((prepared.train, 27), (prepared.eval, 5)):
-        texts = [tokenizer.decode(ids, skip_special_tokens=True) for ids in table.column("input_ids").to_pylist()]
+        rows = table.column("input_ids").to_pylist()
+        assert all(ids[0] == tokenizer.bos_token_id and ids.count(tokenizer.bos_token_id) == 1 for ids in rows)  # BOS once
+        assert all(ids[-1] == tokenizer.eos_token_id and ids.count(tokenizer.eos_token_id) == 1 for ids in rows)
+        texts = [tokenizer.decode(ids, skip_special_tokens=True) for ids in rows]
         assert len(texts) == 2 * pairs
         for chosen, rejected in zip(texts[0::2], texts[1::2]):
             assert chosen.split("Answer:")[0] == rejected.split("Answer:")[0]  # the two answers of one prompt
