@@ -103,6 +103,6 @@ def test_merge_lora_says_what_it_does_and_how_far_it_is(tmp_path: Path, tiny_mod
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert "\r" not in result.stderr and "\x1b[" not in result.stderr
     steps = [next(i for i, line in enumerate(lines) if words in line) for words in (
-        "merge-lora: loading the base model", "merge-lora: folding the adapter's layers: 14/14 (100%)",
-        "merge-lora: writing the merged model", "merged ")]
+        "ft: loading the base model", "ft merge-lora: folding the adapter's layers: 14/14 (100%)",
+        "ft: writing the merged model", "ft: merged ")]
     assert steps == sorted(steps), lines

@@ -30,7 +30,7 @@ def merge_lora(m: ModelConfig, adapter: Path, out: Path) -> Path:
         tokenizer = AutoTokenizer.from_pretrained(adapter)  # the one saved with the adapter (added tokens)
     else:
         tokenizer = load_tokenizer(m)
-    log.info("merge-lora: loading the base model %s", m.base_model)
+    log.info("loading the base model %s", m.base_model)
     base = AutoModelForCausalLM.from_pretrained(
         # the training precision (fp32 on CPU), never quantized: the adapter merges into full weights
         m.base_model, dtype=resolve_dtype(m), trust_remote_code=m.trust_remote_code, revision=m.revision_of_model,
@@ -38,7 +38,7 @@ def merge_lora(m: ModelConfig, adapter: Path, out: Path) -> Path:
     if len(tokenizer) != base.get_input_embeddings().weight.shape[0]:
         base.resize_token_embeddings(len(tokenizer))
     merged = fold(PeftModel.from_pretrained(base, str(adapter)))
-    log.info("merge-lora: writing the merged model")
+    log.info("writing the merged model")
     # written beside `out` and renamed into place: a merge cut off midway leaves no `out` to be trusted
     staging = out.with_name(f".{out.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
@@ -59,7 +59,7 @@ def fold(model: Any) -> Any:
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     layers = [module for module in model.modules() if isinstance(module, BaseTunerLayer)]
-    progress = Progress(len(layers), "merge-lora: folding the adapter's layers")
+    progress = Progress(len(layers), "ft merge-lora: folding the adapter's layers")
     for layer in layers:
         layer.merge()
         progress.advance(1)

@@ -191,7 +191,12 @@ def save_outputs(trainer: Any, tokenizer: Any, metrics: MetricsLog, result: Any,
         **facts,
     }
     if trainer.eval_dataset is not None:
-        evaluation = trainer.evaluate()
+        # every process keeps the same log history, so all of them take the same branch (evaluate is collective)
+        last = next((r for r in reversed(trainer.state.log_history) if "eval_loss" in r), None)
+        if last is not None and last.get("step") == trainer.state.global_step and not trainer.args.load_best_model_at_end:
+            evaluation = last  # the run's last step was just evaluated: the same model, the same numbers
+        else:
+            evaluation = trainer.evaluate()
         summary["eval_loss"] = round(evaluation["eval_loss"], 4)
         if "eval_rewards/accuracies" in evaluation:  # a preference loss is no cross-entropy
             summary["eval_reward_accuracy"] = round(evaluation["eval_rewards/accuracies"], 4)
