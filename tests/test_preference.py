@@ -25,15 +25,17 @@ def preference_rows(n: int = 32, seed: int = 0) -> list[dict]:
             for _ in range(n)]
 
 
-def pair_config(tmp: Path, model_dir: Path, rows: list[dict] | None = None, data: Path | None = None, **keys):
-    """A preference config in `tmp`, its pairs written to tmp/pairs.jsonl (or read from `data`)."""
+def pair_config(tmp: Path, model_dir: Path, rows: list[dict] | None = None, data: Path | None = None, lora: bool = True,
+                **keys):
+    """A preference config in `tmp` (LoRA, or full fine-tuning), its pairs written to tmp/pairs.jsonl (or read
+    from `data`)."""
     from train_helpers import make_config
 
     if data is None:
         data = tmp / "pairs.jsonl"
         data.write_text("".join(json.dumps(r) + "\n" for r in (rows or preference_rows())))
     body = {"datasets": [{"path": str(data), "type": "preference"}], "rl": "dpo", "sequence_len": 64,
-            "micro_batch_size": 4, **LORA, **keys}
+            "micro_batch_size": 4, **(LORA if lora else {}), **keys}
     return make_config(tmp, model_dir, **body)
 
 
@@ -222,11 +224,7 @@ def test_the_reference_of_a_continued_adapter_is_that_adapter_and_full_fine_tuni
     assert _records(first / "out")[-2]["rewards/margins"] != 0  # the continued adapter moved away from the base
     full = tmp_path / "full"
     full.mkdir()
-    cfg = pair_config(full, tiny_model_dir("llama"), max_steps=2, learning_rate=1e-4)
-    text = (full / "cfg.yml").read_text()
-    for key in ("adapter: lora", "lora_r: 4", "lora_alpha: 8", "lora_target_linear: true"):
-        text = text.replace(key + "\n", "")
-    (full / "cfg.yml").write_text(text)
+    cfg = pair_config(full, tiny_model_dir("llama"), lora=False, max_steps=2, learning_rate=1e-4)
     result = run_ft("train", "cfg.yml", cwd=full)
     assert result.returncode == 0 and "reference: a frozen copy of the model" in result.stderr, result.stderr[-2000:]
     assert abs(_records(Path(cfg.training.output_dir))[0]["loss"] - math.log(2)) <= 1e-6
@@ -307,11 +305,7 @@ def test_precomputed_reference_log_probabilities_equal_the_live_reference_and_ar
 
     full = tmp_path / "full"
     full.mkdir()
-    pair_config(full, tiny_model_dir("llama"), max_steps=2, learning_rate=1e-4, precompute_ref_log_probs=True)
-    text = (full / "cfg.yml").read_text()
-    for key in ("adapter: lora", "lora_r: 4", "lora_alpha: 8", "lora_target_linear: true"):
-        text = text.replace(key + "\n", "")
-    (full / "cfg.yml").write_text(text)
+    pair_config(full, tiny_model_dir("llama"), lora=False, max_steps=2, learning_rate=1e-4, precompute_ref_log_probs=True)
     result = run_ft("train", "cfg.yml", cwd=full)
     assert result.returncode == 0 and "computed once and cached" in result.stderr, result.stderr[-2000:]
     assert abs(_losses(full / "out")[0] - math.log(2)) <= 1e-6

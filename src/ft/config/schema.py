@@ -143,4 +143,4 @@ def pair_contradictions(cfg: FtConfig, pair_formats: frozenset[str]) -> list[Con
     if p.rl and cfg.evaluation.do_causal_lm_eval:
         found.append(Contradiction("do_causal_lm_eval", "`do_causal_lm_eval` is not supported with `rl:` yet; run "
                                    "`ft eval` on an SFT test set after training"))
-    return found[:1]
+    return found
