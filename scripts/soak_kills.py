@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -28,6 +29,7 @@ def main() -> None:
     parser.add_argument("--kills", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    os.environ.update(harness.env())  # the runs' environment, so that they fork from one server (tests/ftproc.py)
 
     from ft.tiny import make_tiny_model
     from train_helpers import alpaca_rows
@@ -37,7 +39,7 @@ def main() -> None:
     data = root / "train.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in alpaca_rows(48)))
     reference = harness.project(root / "reference", model, data)
-    harness.subprocess.run(harness.ft("train", "cfg.yml"), cwd=reference, env=harness.env(), check=True, capture_output=True)
+    assert harness.run(reference, "train", "cfg.yml").returncode == 0
     want = harness.adapter(reference)
     total = 0
     for n in range(args.trials):

@@ -12,10 +12,11 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
+
+import ftproc
 
 BASE = (
     "base_model: model\n"
@@ -257,7 +258,7 @@ def run_case(case: Case, root: Path, tiny: Path) -> subprocess.CompletedProcess:
     if case.setup:
         prepare_setup(root, tiny, case.setup)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    return subprocess.run([sys.executable, "-m", "ft", *case.args], cwd=root, capture_output=True, text=True, env=env, timeout=300)
+    return ftproc.run(list(case.args), root, env, timeout=300)  # a process of its own (tests/ftproc.py)
 
 
 def message(result: subprocess.CompletedProcess, root: Path) -> str:

@@ -29,15 +29,25 @@ DATA = Path(__file__).resolve().parent / "data"
 
 
 def run_ft(*args: str, cwd: Path | str | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run the real CLI in a fresh process, as a user would."""
-    return subprocess.run(
-        [sys.executable, "-m", "ft", *map(str, args)],
-        capture_output=True,
-        text=True,
-        cwd=cwd or ROOT,
-        env={**os.environ, **(env or {})},
-        timeout=600,
-    )
+    """Run the real CLI in a process of its own, as a user would (tests/ftproc.py: forked from a server that
+    has the libraries imported, or a fresh interpreter where that could make a difference)."""
+    import ftproc
+
+    return ftproc.run([str(a) for a in args], cwd=cwd or ROOT, env={**os.environ, **(env or {})}, timeout=600)
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """The slow tests first, so that the two workers (-n 2) share them out instead of one ending on a long one
+    while the other idles (every worker collects the same order; the sort is stable)."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+def pytest_sessionstart(session) -> None:
+    """Each worker's fork server for ft runs starts now and imports the libraries while the first tests run."""
+    if hasattr(session.config, "workerinput"):  # an xdist worker (elsewhere the server starts on first use)
+        import ftproc
+
+        ftproc.start_server()
 
 
 @pytest.fixture(scope="session")

@@ -21,6 +21,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import ftproc  # noqa: E402
+
 PHASES = ("start", "step", "checkpoint", "final")
 CONFIG = """base_model: {model}
 datasets:
@@ -46,6 +49,11 @@ use_tensorboard: false
 
 def ft(*args: str) -> list[str]:
     return [sys.executable, "-m", "ft", *args]
+
+
+def run(folder: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`ft ARGS` in `folder` to its end, in a process of its own (tests/ftproc.py)."""
+    return ftproc.run(list(args), folder, env(), timeout)
 
 
 def env() -> dict[str, str]:
@@ -81,10 +89,11 @@ class Kill:
 
 def run_and_kill(folder: Path, args: list[str], phase: str, rng: random.Random, timeout: float = 120) -> Kill:
     """Start `ft args` in `folder`, wait for `phase` and a random moment more, SIGKILL it."""
-    proc = subprocess.Popen(ft(*args), cwd=folder, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = ftproc.FtProcess(args, folder, env())
     started = time.monotonic()
     steps = rng.randint(1, 6)
-    delay = rng.uniform(0.0, 4.0) if phase == "start" else rng.uniform(0.0, 0.3)
+    # start: imports (in a fresh interpreter; a forked one has them), data preparation, model loading
+    delay = rng.uniform(0.0, 4.0 if not proc.forked else 1.0) if phase == "start" else rng.uniform(0.0, 0.3)
     try:
         while proc.poll() is None and not _reached(folder, phase, rng, steps):
             if time.monotonic() - started > timeout:
@@ -101,6 +110,8 @@ def run_and_kill(folder: Path, args: list[str], phase: str, rng: random.Random, 
     finally:
         if proc.poll() is None:
             proc.kill()
+            proc.wait()
+        proc.output()
 
 
 @dataclass
@@ -129,13 +140,13 @@ def trial(folder: Path, seed: int, kills: int, merge: bool = False) -> Trial:
     result = Trial(seed)
     for _ in range(kills):
         result.kills.append(run_and_kill(folder, ["train", "cfg.yml"], rng.choice(PHASES), rng))
-    done = subprocess.run(ft("train", "cfg.yml"), cwd=folder, env=env(), capture_output=True, text=True, timeout=300)
+    done = run(folder, "train", "cfg.yml")
     if done.returncode != 0:
         result.final = done.stderr[-3000:]
         return result
     if merge:
         result.kills.append(run_and_kill(folder, ["merge-lora", "cfg.yml"], "start", rng))
-        done = subprocess.run(ft("merge-lora", "cfg.yml"), cwd=folder, env=env(), capture_output=True, text=True, timeout=300)
+        done = run(folder, "merge-lora", "cfg.yml")
         if done.returncode != 0:
             result.final = done.stderr[-3000:]
     return result

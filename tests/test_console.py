@@ -14,6 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from train_helpers import make_config
 
 KEYS = dict(max_steps=12, val_set_size=4, eval_steps=4, logging_steps=1)
@@ -75,6 +77,7 @@ def test_a_terminal_gets_one_progress_bar(tmp_path: Path, tiny_model_dir):
     _check_common(text, tmp_path / "out")
 
 
+@pytest.mark.slow
 def test_several_processes_say_each_thing_once(tmp_path: Path, tiny_model_dir):
     """Two processes (DDP, LoRA, gradient checkpointing): the libraries' warnings come from the first process
     only, none of them about ft's own calls (a deprecated checkpointing name, a DDP search for unused weights
@@ -92,6 +95,7 @@ def test_several_processes_say_each_thing_once(tmp_path: Path, tiny_model_dir):
     assert said[-1].startswith("ft: done: 3 steps")
 
 
+@pytest.mark.slow
 def test_merge_lora_says_what_it_does_and_how_far_it_is(tmp_path: Path, tiny_model_dir):
     """In a log: loading the base, the adapter's layers folded in (a plain progress line, no redraw), writing."""
     make_config(tmp_path, tiny_model_dir("llama"), adapter="lora", lora_r=4, lora_alpha=8, lora_target_linear=True, max_steps=1)

@@ -16,6 +16,8 @@ import pytest
 
 import crash_harness as harness
 
+pytestmark = pytest.mark.slow  # several processes, or many runs (the fast tier leaves it out)
+
 KILLS, WANTED, MOST_TRIALS = 3, 50, 40
 
 
@@ -28,9 +30,9 @@ def reference(tmp_path_factory, tiny_model_dir):
     data.write_text("".join(json.dumps(r) + "\n" for r in alpaca_rows(48)))
     model = tiny_model_dir("llama")
     folder = harness.project(root / "reference", model, data)
-    result = harness.subprocess.run(harness.ft("train", "cfg.yml"), cwd=folder, env=harness.env(), capture_output=True, text=True)
+    result = harness.run(folder, "train", "cfg.yml")
     assert result.returncode == 0, result.stderr[-3000:]
-    merged = harness.subprocess.run(harness.ft("merge-lora", "cfg.yml"), cwd=folder, env=harness.env(), capture_output=True, text=True)
+    merged = harness.run(folder, "merge-lora", "cfg.yml")
     assert merged.returncode == 0, merged.stderr[-3000:]
     return root, model, data, folder
 
@@ -70,7 +72,7 @@ def test_preprocess_killed_midway_leaves_nothing_trusted(reference):
         for entry in (folder / "out/prepared").glob("*") if (folder / "out/prepared").exists() else ():
             if entry.is_dir() and not entry.name.startswith("."):  # a key folder is only ever renamed in whole
                 assert (entry / "meta.json").is_file() and (entry / "train.arrow").is_file()
-    result = harness.subprocess.run(harness.ft("preprocess", "cfg.yml"), cwd=folder, env=harness.env(), capture_output=True, text=True)
+    result = harness.run(folder, "preprocess", "cfg.yml")
     assert result.returncode == 0, result.stderr[-3000:]
     mine = sorted(p.name for p in (folder / "out/prepared").iterdir() if p.is_dir() and not p.name.startswith("."))
     theirs = sorted(p.name for p in (ref / "out/prepared").iterdir() if p.is_dir() and not p.name.startswith("."))

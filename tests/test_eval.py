@@ -6,13 +6,12 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
+import ftproc
 from conftest import DATA, run_ft
 
 ALPACA = DATA / "alpaca.jsonl"
@@ -84,6 +83,7 @@ def test_scores_equal_the_libraries_and_a_hand_table():
     assert METRICS.get("rouge").corpus(["überall grün"], ["überall grün"])["rouge1"] == 100.0
 
 
+@pytest.mark.slow
 def test_a_killed_eval_resumes_to_a_byte_identical_predictions_file(tmp_path: Path, tiny_model_dir):
     model = tiny_model_dir("llama")
     whole, cut = tmp_path / "whole", tmp_path / "cut"
@@ -92,15 +92,14 @@ def test_a_killed_eval_resumes_to_a_byte_identical_predictions_file(tmp_path: Pa
         _config(folder, model, "eval_batch_size: 2\n", new_tokens=48)
     assert run_ft("eval", "cfg.yml", "--data", ALPACA, "--base-only", cwd=whole).returncode == 0
     want = (whole / "out/eval-base/predictions.jsonl").read_bytes()
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "ft", "eval", "cfg.yml", "--data", str(ALPACA), "--base-only"], cwd=cut, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = ftproc.FtProcess(["eval", "cfg.yml", "--data", str(ALPACA), "--base-only"], cut, {**os.environ, "OMP_NUM_THREADS": "1"})
     path = cut / "out/eval-base/predictions.jsonl"
     deadline = time.monotonic() + 120
     while (not path.is_file() or path.read_bytes().count(b"\n") < 2) and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL  # killed mid-run, not finished
+    proc.output()
     assert path.read_bytes().count(b"\n") < want.count(b"\n")
     with open(path, "ab") as f:
         f.write(b'{"id": 999, "predic')  # a line cut off mid-write
@@ -165,6 +164,7 @@ def test_generation_metrics_during_training_keep_the_best_checkpoint(tmp_path: P
     assert final.keys() == saved.keys() and all((final[k] == saved[k]).all() for k in final)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["ddp", "zero2", "zero3"])
 def test_generation_metrics_on_two_processes(backend, tmp_path: Path, tiny_model_dir):
     """Under DDP and ZeRO-2 every process answers the same rows (no collective) and the metric is logged; under

@@ -16,8 +16,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from compare import relative_difference
 from train_helpers import make_config
+
+pytestmark = pytest.mark.slow  # several processes, or many runs (the fast tier leaves it out)
 
 TESTS = Path(__file__).resolve().parent
 LORA = {"adapter": "lora", "lora_r": 4, "lora_alpha": 8, "lora_target_linear": True}

@@ -9,7 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from conftest import ROOT
+
+pytestmark = pytest.mark.slow  # several processes, or many runs (the fast tier leaves it out)
 
 
 def test_the_gpu_check_runs_every_stage_in_smoke_mode(tmp_path: Path):

@@ -24,6 +24,7 @@ def run_dir(tmp_path: Path, tiny_model_dir) -> Path:
     return harness.project(tmp_path / "run", tiny_model_dir("llama"), data)
 
 
+@pytest.mark.slow
 def test_a_finished_run_is_left_as_it_is(run_dir: Path):
     assert run_ft("train", "cfg.yml", cwd=run_dir).returncode == 0
     out = run_dir / "out"
@@ -41,17 +42,19 @@ def test_a_finished_run_is_left_as_it_is(run_dir: Path):
     assert json.loads((out / "summary.json").read_text())["steps"] == 10
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_finishes_the_step_saves_and_says_how_to_resume(signum, run_dir: Path, tmp_path: Path):
     cfg = run_dir / "cfg.yml"
     cfg.write_text(cfg.read_text().replace("max_steps: 8", "max_steps: 400").replace("save_steps: 2", "save_steps: 1000"))
-    proc = subprocess.Popen(harness.ft("train", "cfg.yml"), cwd=run_dir, env=harness.env(), stderr=subprocess.PIPE, text=True)
+    proc = harness.ftproc.FtProcess(["train", "cfg.yml"], run_dir, harness.env())
     metrics = run_dir / "out/metrics.jsonl"
     deadline = time.monotonic() + 120
     while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 3) and time.monotonic() < deadline:
         time.sleep(0.01)
     proc.send_signal(signum)
-    _, err = proc.communicate(timeout=120)
+    proc.wait(timeout=120)
+    _, err = proc.output()
     assert proc.returncode == 128 + signum, err[-3000:]
     assert f"stopped by {signal.Signals(signum).name} at step" in err and "Run the same command to resume" in err, err[-2000:]
     assert "Traceback" not in err
@@ -68,6 +71,7 @@ def _can_mount() -> bool:
     return os.geteuid() == 0 and subprocess.run(["which", "mount"], capture_output=True).returncode == 0
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not _can_mount(), reason="needs root to mount a small tmpfs")
 def test_a_full_disk_is_one_clear_error_and_the_last_checkpoint_stays(run_dir: Path, tmp_path: Path):
     """output_dir on a tmpfs with room for about one checkpoint: the second one runs out of space."""

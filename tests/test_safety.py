@@ -26,6 +26,7 @@ def project(tmp_path: Path, tiny_model_dir) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_a_run_writes_only_in_output_dir(project: Path, tmp_path: Path):
     home, tmp = tmp_path / "home", tmp_path / "tmp"
     home.mkdir()

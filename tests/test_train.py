@@ -87,6 +87,7 @@ def test_other_architectures_train_with_lora(arch, tmp_path: Path, tiny_model_di
     assert loss_on(model, batch) < before
 
 
+@pytest.mark.slow
 def test_output_dir_means_the_run_folder_on_every_command(tmp_path: Path, tiny_model_dir):
     """`--output-dir` overrides the config key on merge-lora too; the merged model's place is --merged-dir."""
     make_config(tmp_path, tiny_model_dir("llama"), max_steps=2, **METHODS["lora"])
