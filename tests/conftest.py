@@ -37,9 +37,15 @@ def run_ft(*args: str, cwd: Path | str | None = None, env: dict | None = None) -
 
 
 def pytest_collection_modifyitems(config, items) -> None:
-    """The slow tests first, so that the two workers (-n 2) share them out instead of one ending on a long one
-    while the other idles (every worker collects the same order; the sort is stable)."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    """The slow tests first, longest first (`pytest.mark.slow(seconds=N)`, 10 s unless said), so that the two
+    workers (-n 2 --dist worksteal) share them out instead of one ending on a long one while the other idles.
+    Every worker collects the same order (the sort is stable)."""
+
+    def weight(item) -> float:
+        slow = item.get_closest_marker("slow")
+        return 0.0 if slow is None else float(slow.kwargs.get("seconds", 10))
+
+    items.sort(key=lambda item: -weight(item))
 
 
 def pytest_sessionstart(session) -> None:

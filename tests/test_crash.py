@@ -16,7 +16,7 @@ import pytest
 
 import crash_harness as harness
 
-pytestmark = pytest.mark.slow  # several processes, or many runs (the fast tier leaves it out)
+pytestmark = pytest.mark.slow(seconds=45)  # several processes or many runs; its tests take about this long each
 
 KILLS, WANTED, MOST_TRIALS = 3, 50, 40
 

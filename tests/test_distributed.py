@@ -14,7 +14,7 @@ import pytest
 import torch
 from train_helpers import make_config
 
-pytestmark = pytest.mark.slow  # several processes, or many runs (the fast tier leaves it out)
+pytestmark = pytest.mark.slow(seconds=30)  # several processes or many runs; its tests take about this long each
 
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,7 +13,7 @@ import pytest
 
 from conftest import ROOT
 
-pytestmark = pytest.mark.slow  # several processes, or many runs (the fast tier leaves it out)
+pytestmark = pytest.mark.slow(seconds=80)  # several processes or many runs; its tests take about this long each
 
 
 def test_the_gpu_check_runs_every_stage_in_smoke_mode(tmp_path: Path):

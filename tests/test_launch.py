@@ -18,7 +18,7 @@ from compare import relative_difference
 from conftest import DATA, SHARED
 from train_helpers import make_config
 
-pytestmark = pytest.mark.slow  # several processes, or many runs (the fast tier leaves it out)
+pytestmark = pytest.mark.slow(seconds=20)  # several processes or many runs; its tests take about this long each
 
 TESTS = Path(__file__).resolve().parent
 LORA = {"adapter": "lora", "lora_r": 4, "lora_alpha": 8, "lora_target_linear": True}
