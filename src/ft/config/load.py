@@ -7,11 +7,12 @@ Every mistake becomes a `ConfigError` naming the file, line, key and, where one 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence, get_args
 
 import yaml
 from pydantic import ValidationError
 
+from ft.config import axolotl
 from ft.config.base import Contradiction
 from ft.config.context import ValidationContext
 from ft.config.schema import FtConfig
@@ -26,17 +27,21 @@ SECTION_KEYS: dict[str, tuple[str, ...]] = {
 KEY_SECTION: dict[str, str] = {key: section for section, keys in SECTION_KEYS.items() for key in keys}
 assert len(KEY_SECTION) == sum(len(k) for k in SECTION_KEYS.values()), "a YAML key is owned by two sections"
 
+# ft's keys that take null as a value; for the others, `key:` with nothing after it means "not set".
+NULLABLE = frozenset(
+    key for section in FtConfig.model_fields.values() for key, field in section.annotation.model_fields.items()  # type: ignore[union-attr]
+    if field.annotation is Any or type(None) in get_args(field.annotation)
+)
+
 # Other spellings of a key → its ft name.
 ALIASES = {"sequence_length": "sequence_len", "max_seq_length": "sequence_len", "max_packed_sequence_len": "sequence_len"}
 # Keys found in Axolotl configs that ft accepts and ignores, with the reason shown as a warning.
 IGNORED = {"strict": "ft always rejects unknown keys", "debug": "use `ft --debug` for tracebacks"}
-# Keys of the peers (Axolotl's) that ft does not offer yet: said so, instead of a did-you-mean to an unrelated key.
+# Keys of the peers that ft does not offer yet, beyond Axolotl's vocabulary (config/axolotl.py answers those):
+# said so, instead of a did-you-mean to an unrelated key.
 NOT_SUPPORTED_YET = {
-    "loraplus_lr_ratio": "LoRA+ is not supported yet",
     "relora_steps": "ReLoRA is not supported yet",
     "unsloth_lora_mlp": "Unsloth's kernels are not part of ft",
-    "sequence_parallel_degree": "sequence parallelism is not supported yet",
-    "lisa_n_layers": "LISA is not supported yet",
 }
 # `bnb_config_kwargs:` (Axolotl) holds keys that ft takes at the top level.
 NESTED_FLAT = ("bnb_config_kwargs",)
@@ -189,6 +194,7 @@ def normalize(
     for block in NESTED_FLAT:
         if block in raw and isinstance(raw[block], dict):
             items = [(k, v) for k, v in items if k != block] + [(k, v) for k, v in raw[block].items()]
+    empty: list[str] = []
     for key, value in items:
         where = _where(path, lines, origins, (key,))
         if not isinstance(key, str):
@@ -199,13 +205,44 @@ def normalize(
         name = ALIASES.get(key, key)
         if name in NOT_SUPPORTED_YET:
             raise ConfigError(f"{where}: `{key}`: {NOT_SUPPORTED_YET[name]}")
+        if name not in KEY_SECTION and axolotl.answer(name) is not None:
+            try:
+                mapped, said = axolotl.translate(name, value)
+            except ValueError as exc:
+                raise ConfigError(f"{where}: {exc}") from None
+            if said:
+                warn(f"{where}: from Axolotl: {said}")
+            else:
+                empty.append(key)
+            for ft_key, ft_value in mapped.items():
+                _put(flat, written, ft_key, ft_value, key, where)
+            continue
         if name not in KEY_SECTION:
             raise ConfigError(f"{where}: unknown key `{key}`{did_you_mean(key, all_keys())}")
-        if name in flat:
-            raise ConfigError(f"{where}: `{key}` and `{written[name]}` mean the same thing; keep one")
-        flat[name] = value
-        written[name] = key
+        if value is None and name not in NULLABLE:  # `key:` with nothing after it: not set, as Axolotl reads it
+            empty.append(key)
+            continue
+        _put(flat, written, name, value, key, where)
+    if empty:
+        warn(f"{path}: left empty, so not set: {', '.join(f'`{k}`' for k in empty)}")
     return flat, {name: key for name, key in written.items() if name != key}
+
+
+def _put(flat: dict[str, Any], written: dict[str, str], name: str, value: Any, key: str, where: str) -> None:
+    """flat[name] = value, once; a mapping merges into one given by another key (fsdp_version → fsdp_config)."""
+    if name in flat and flat[name] is None:
+        del flat[name]
+    if name in flat and isinstance(flat[name], dict) and isinstance(value, dict):
+        clash = set(flat[name]) & set(value)
+        if not clash:
+            flat[name] = {**flat[name], **value}
+            return
+    if name in flat and flat[name] == value and type(flat[name]) is type(value):
+        return  # said twice alike (`fp16: true` and Axolotl's `float16: true`)
+    if name in flat:
+        raise ConfigError(f"{where}: `{key}` and `{written[name]}` mean the same thing; keep one")
+    flat[name] = value
+    written[name] = key
 
 
 def explain(exc: ValidationError, path: Path, lines: dict[Path_, int], renamed: dict[str, str], origins: dict[str, str]) -> str:

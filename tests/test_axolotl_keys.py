@@ -1,0 +1,137 @@
+"""Axolotl's vocabulary (src/ft/config/axolotl.py): every key of Axolotl's schema that ft's own schema lacks,
+set to a value and left empty, gets one of ft's answers (mapped, no-op, refused by name); none ends in "unknown
+key", a did-you-mean or a traceback. Plugins are answered entry by entry."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ft.commands.config import load
+from ft.config import axolotl
+from ft.errors import ConfigError
+
+BASE = "base_model: ./model\ndatasets:\n  - path: data.jsonl\n    type: alpaca\n"
+
+
+def _load(tmp_path: Path, extra: str):
+    said: list[str] = []
+    (tmp_path / "cfg.yml").write_text(BASE + extra)
+    from ft.config import load_config
+    from ft.commands.config import validation_context
+
+    return load_config(tmp_path / "cfg.yml", context=validation_context(), warn=said.append), said
+
+
+def _a_value(answer: axolotl.Answer):
+    """A value that is not empty and not what ft does anyway."""
+    return next(v for v in ("a value", 7, True, {"some": "thing"}) if not any(v == s and type(v) is type(s) for s in answer.same))
+
+
+def test_every_key_left_empty_is_not_set(tmp_path: Path):
+    keys = sorted(axolotl.VOCABULARY)
+    cfg, said = _load(tmp_path, "".join(f"{k}:\n" for k in keys) + "fsdp_config:\nspecial_tokens:\nstrict:\n")
+    assert cfg.training.learning_rate > 0
+    line = next(s for s in said if "left empty, so not set" in s)
+    assert all(f"`{k}`" in line for k in keys + ["fsdp_config", "special_tokens"])
+
+
+@pytest.mark.parametrize("key", sorted(axolotl.VOCABULARY))
+def test_every_key_set_is_answered_by_name(key: str, tmp_path: Path):
+    answer = axolotl.answer(key)
+    assert answer is not None and answer.kind in (axolotl.MAPPED, axolotl.NOOP, axolotl.REFUSED)
+    if key == "plugins" or answer.kind == axolotl.MAPPED:
+        return  # below, with values that mean something
+    value = _a_value(answer)
+    try:
+        _, said = _load(tmp_path, f"{key}: {value!r}\n" if isinstance(value, str) else f"{key}: {value}\n".replace("'", ""))
+    except ConfigError as exc:
+        message = str(exc)
+        assert answer.kind == axolotl.REFUSED, message
+        assert f"Axolotl's `{key}` ({answer.feature}) is not supported by ft yet" in message, message
+        assert "unknown key" not in message and "did you mean" not in message and "\n" not in message
+        return
+    assert answer.kind == axolotl.NOOP, key
+    assert any(f"`{key}` ignored ({answer.feature})" in s for s in said), said
+
+
+@pytest.mark.parametrize("extra, section, key, want", [
+    ("cut_cross_entropy: true\n", "training", "chunked_cross_entropy", True),
+    ("liger_fused_linear_cross_entropy: true\n", "training", "chunked_cross_entropy", True),
+    ("liger_cross_entropy: true\n", "training", "chunked_cross_entropy", True),
+    ("rl: dpo\ndpo_beta: 0.3\ndatasets:\n  - path: p.jsonl\n    type: preference\n", "preference", "rl_beta", 0.3),
+    ("bfloat16: true\n", "model", "bf16", "full"),
+    ("float16: true\n", "model", "fp16", True),
+])
+def test_mapped_keys_become_fts_own(extra, section, key, want, tmp_path: Path):
+    body = extra if "datasets:" not in extra else extra
+    said: list[str] = []
+    (tmp_path / "cfg.yml").write_text((BASE if "datasets:" not in extra else "base_model: ./model\n") + body)
+    from ft.commands.config import validation_context
+    from ft.config import load_config
+
+    cfg = load_config(tmp_path / "cfg.yml", context=validation_context(), warn=said.append)
+    assert getattr(getattr(cfg, section), key) == want
+    assert any("from Axolotl:" in s and "→" in s for s in said), said
+
+
+def test_fsdp_version_merges_into_fsdp_config(tmp_path: Path):
+    extra = "fsdp_version: 2\nfsdp: [full_shard, auto_wrap]\nfsdp_config:\n  transformer_layer_cls_to_wrap: LlamaDecoderLayer\n"
+    cfg, said = _load(tmp_path, extra)
+    assert cfg.distributed.fsdp_config.fsdp_version == 2
+    assert cfg.distributed.fsdp_config.fsdp_transformer_layer_cls_to_wrap == "LlamaDecoderLayer"
+    with pytest.raises(ConfigError, match="mean the same thing"):
+        _load(tmp_path, extra.replace("LlamaDecoderLayer\n", "LlamaDecoderLayer\n  fsdp_version: 1\n"))
+
+
+def test_what_ft_does_anyway_is_accepted_and_anything_else_refused(tmp_path: Path):
+    _, said = _load(tmp_path, "save_strategy: steps\nxformers_attention: false\ngradient_checkpointing_kwargs:\n  use_reentrant: true\n")
+    assert any("`save_strategy: steps` ignored" in s for s in said), said
+    assert any("`xformers_attention: false` ignored" in s for s in said), said
+    assert any("`gradient_checkpointing_kwargs` ignored (gradient checkpointing arguments)" in s for s in said), said
+    with pytest.raises(ConfigError, match=r"Axolotl's `save_strategy` \(the checkpoint schedule\) is not supported by ft yet"):
+        _load(tmp_path, "save_strategy: 'no'\n")
+
+
+def test_a_key_said_twice_alike_is_taken_once(tmp_path: Path):
+    cfg, _ = _load(tmp_path, "fp16: true\nfloat16: true\ncut_cross_entropy: true\nplugins:\n"
+                             "  - axolotl.integrations.cut_cross_entropy.CutCrossEntropyPlugin\n")
+    assert cfg.model.fp16 is True and cfg.training.chunked_cross_entropy is True
+    with pytest.raises(ConfigError, match="`bfloat16` and `bf16` mean the same thing; keep one"):
+        _load(tmp_path, "bf16: true\nbfloat16: true\n")
+
+
+@pytest.mark.parametrize("entry, outcome", [
+    ("axolotl.integrations.cut_cross_entropy.CutCrossEntropyPlugin", "chunked_cross_entropy"),
+    ("axolotl.integrations.liger.LigerPlugin", "ignored"),
+    ("axolotl.integrations.liger.plugin.LigerPlugin", "ignored"),
+    ("axolotl.integrations.kd.KDPlugin", "Axolotl's plugin `axolotl.integrations.kd.KDPlugin` (knowledge distillation"),
+    ("my_company.plugins.Secret", "the plugin `my_company.plugins.Secret` is not one ft knows"),
+])
+def test_plugins_are_answered_entry_by_entry(entry: str, outcome: str, tmp_path: Path):
+    try:
+        cfg, said = _load(tmp_path, f"plugins:\n  - {entry}\n")
+    except ConfigError as exc:
+        assert outcome in str(exc) and "did you mean" not in str(exc), str(exc)
+        return
+    if outcome == "chunked_cross_entropy":
+        assert cfg.training.chunked_cross_entropy is True
+    assert any(entry in s and ("→" in s or outcome in s) for s in said), said
+
+
+def test_a_key_in_neither_vocabulary_keeps_its_did_you_mean(tmp_path: Path):
+    with pytest.raises(ConfigError, match="unknown key `lerning_rate`.*did you mean `learning_rate`"):
+        _load(tmp_path, "lerning_rate: 0.1\n")
+
+
+def test_ft_validate_says_what_was_mapped_and_ignored(tmp_path: Path):
+    from conftest import run_ft
+
+    (tmp_path / "cfg.yml").write_text(BASE + "plugins:\n  - axolotl.integrations.cut_cross_entropy.CutCrossEntropyPlugin\n"
+                                      "liger_rms_norm: true\nspecial_tokens:\nlocal_rank:\n")
+    result = run_ft("validate", "cfg.yml", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "from Axolotl: plugin `axolotl.integrations.cut_cross_entropy.CutCrossEntropyPlugin` (Cut Cross-Entropy) → `chunked_cross_entropy: true`" in result.stderr
+    assert "from Axolotl: `liger_rms_norm` ignored (Liger kernels)" in result.stderr
+    assert "left empty, so not set: `special_tokens`, `local_rank`" in result.stderr
