@@ -75,3 +75,33 @@ def test_early_stopping_and_group_by_length_run(tmp_path: Path, tiny_model_dir):
     assert trainer.args.load_best_model_at_end and trainer.args.save_steps == 1
     trainer.train()
     assert trainer.state.global_step < 20  # the eval loss stopped improving and training stopped
+
+
+def test_cosine_min_lr_ratio_floors_the_cosine_schedule(tmp_path: Path, tiny_model_dir):
+    """Axolotl's cosine_min_lr_ratio: after warmup the cosine falls from learning_rate to ratio × learning_rate
+    (lr_t = lr · (r + (1 − r) · ½(1 + cos(π t / T)))), read off the scheduler the Trainer builds."""
+    import math
+
+    cfg = make_config(tmp_path, tiny_model_dir("llama"), lr_scheduler="cosine", cosine_min_lr_ratio=0.1, max_steps=10,
+                      learning_rate=0.01, **LORA)
+    trainer, _, _ = build(cfg)
+    trainer.create_optimizer_and_scheduler(num_training_steps=10)
+    rates = []
+    for _ in range(11):
+        rates.append(trainer.lr_scheduler.get_last_lr()[0])
+        trainer.optimizer.step()
+        trainer.lr_scheduler.step()
+    want = [0.01 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t / 10))) for t in range(11)]
+    assert all(abs(a - b) <= 1e-9 for a, b in zip(rates, want)), (rates, want)
+
+
+def test_the_loss_watchdog_stops_a_run_whose_loss_stays_high(tmp_path: Path, tiny_model_dir):
+    from conftest import run_ft
+
+    make_config(tmp_path, tiny_model_dir("llama"), max_steps=6, loss_watchdog_threshold=0.5, loss_watchdog_patience=2, **LORA)
+    result = run_ft("train", "cfg.yml", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "the training loss stayed above loss_watchdog_threshold 0.5 for 2 logged steps (step 2:" in result.stderr
+    assert "Traceback" not in result.stderr
+    make_config(tmp_path, tiny_model_dir("llama"), max_steps=3, loss_watchdog_threshold=100.0, output_dir=str(tmp_path / "calm"), **LORA)
+    assert run_ft("train", "cfg.yml", cwd=tmp_path).returncode == 0  # a loss under the threshold trains on

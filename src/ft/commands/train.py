@@ -83,7 +83,9 @@ def build_run(cfg: FtConfig, world: int) -> Run:
         extra["trainer_class"] = PreferenceTrainer
         reference = reference_copy(cfg, model, sharding)
     trainer, metrics = build_trainer(model, tokenizer, args, sets, t.early_stopping_patience, chunked_loss=chunked and not pairs,
-                                     offload=offload, keep_checkpoints=t.save_total_limit, **extra)
+                                     offload=offload, keep_checkpoints=t.save_total_limit,
+                                     watchdog=(t.loss_watchdog_threshold, t.loss_watchdog_patience) if t.loss_watchdog_threshold else None,
+                                     **extra)
     if pairs:
         trainer.preference, trainer.reference_model, trainer.logits_from_model = cfg.preference, reference, not chunked
         if cfg.preference.precompute_ref_log_probs and cfg.preference.reference:

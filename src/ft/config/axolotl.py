@@ -181,15 +181,16 @@ KEYS: dict[str, Answer] = {
     "use_comet": _noop("Comet logging", LOGGER, False),
     "use_trackio": _noop("Trackio logging", LOGGER, False),
     "use_otel_metrics": _noop("OpenTelemetry metrics", LOGGER, False),
+    "use_swanlab": _noop("SwanLab logging", LOGGER, False),
+    "use_mora": _refused("MoRA", False),
+    "gptq_groupsize": _refused("GPTQ models"),
+    "gptq_model_v1": _refused("GPTQ models", False),
     "peft": _refused("PEFT settings under `peft:` (LoftQ)"),
     "unfrozen_parameters": _refused("training chosen parameters by name"),
     "loraplus_lr_ratio": _refused("LoRA+"),
     "loraplus_lr_embedding": _refused("LoRA+"),
     "lora_on_cpu": _refused("LoRA merged on the CPU", False),
     "eot_tokens": _refused("end-of-turn tokens"),
-    "loss_watchdog_threshold": _refused("the loss watchdog"),
-    "loss_watchdog_patience": _refused("the loss watchdog"),
-    "cosine_min_lr_ratio": _refused("a cosine floor (cosine_min_lr_ratio)"),
     "cosine_constant_lr_ratio": _refused("a constant phase in the cosine schedule"),
     "lr_quadratic_warmup": _refused("quadratic warmup", False),
     "lr_div_factor": _refused("the one-cycle schedule's divisor"),
@@ -334,6 +335,9 @@ def is_empty(value: Any) -> bool:
     return value is None or value == "" or value == [] or value == {}
 
 
+# Keys of Axolotl's older schema that its archived examples still hold (Axolotl itself no longer reads them).
+RETIRED = frozenset({"gptq_groupsize", "gptq_model_v1"})
+
 # Every key of Axolotl's schema that ft's own schema does not have (its input config and mixins, the
 # integrations' args), July 2026.
 VOCABULARY = frozenset("""
@@ -341,7 +345,7 @@ accelerator_config adam_beta3 adam_epsilon2 added_tokens_overrides auto_find_bat
 batch_flattening batch_size bench_dataset bench_split bfloat16 center_rewards_coefficient
 chat_template_kwargs chunked_cross_entropy_num_chunks cls_model_config comet_api_key comet_experiment_config
 comet_experiment_key comet_mode comet_online comet_project_name comet_workspace context_parallel_size
-cosine_constant_lr_ratio cosine_min_lr_ratio cpo_alpha curriculum_sampling cut_cross_entropy
+cosine_constant_lr_ratio cpo_alpha curriculum_sampling cut_cross_entropy
 dataloader_drop_last dataloader_num_workers dataloader_pin_memory dataloader_prefetch_factor
 dataset_exact_deduplication dataset_keep_in_memory dataset_num_proc dataset_shard_idx
 dataset_shard_num ddp ddp_broadcast_buffers ddp_bucket_cap_mb deepcompile
@@ -370,8 +374,8 @@ liger_fused_linear_cross_entropy liger_glu_activation liger_layer_norm liger_rms
 liger_rope liger_swiglu liger_use_token_scaling lisa_layers_attribute lisa_n_layers lisa_step_interval
 llama4_linearized_experts llmcompressor lm_eval_batch_size lm_eval_model lm_eval_post_train lm_eval_tasks
 local_rank lora_alpha_pattern lora_embedding_kernel lora_mlp_kernel lora_o_kernel lora_on_cpu lora_qkv_kernel
-lora_rank_pattern lora_target_parameters loraplus_lr_embedding loraplus_lr_ratio loss_watchdog_patience
-loss_watchdog_threshold low_cpu_mem_usage lr_div_factor lr_groups lr_quadratic_warmup lr_scheduler_kwargs
+lora_rank_pattern lora_target_parameters loraplus_lr_embedding loraplus_lr_ratio
+low_cpu_mem_usage lr_div_factor lr_groups lr_quadratic_warmup lr_scheduler_kwargs
 max_memory max_prompt_len mean_resizing_embeddings merge_lora merge_method min_sample_len mlflow_experiment_name
 mlflow_run_name mlflow_tracking_uri model_config model_kwargs model_quantization_config
 model_quantization_config_kwargs model_revision moe_bnb_fast moe_dequant_chunk_size moe_grouped_backend mora
@@ -392,17 +396,19 @@ relora_prune_ratio remove_unused_columns resize_token_embeddings_to_32x resource
 ring_attn_func role_boundaries rope_scaling rpo_alpha s2_attention sage_attention sample_packing_bin_size
 sample_packing_eff_est sample_packing_group_size sample_packing_mp_start_method sample_packing_sequentially
 save_compressed save_first_step save_only_model save_safetensors save_strategy scaling_softmax
-scaling_softmax_bias scaling_softmax_factor  sdpa_varlen selective_checkpointing
+scaling_softmax_bias scaling_softmax_factor sdpa_varlen selective_checkpointing
 sequence_parallel_degree shrink_embeddings shuffle_before_merging_datasets skip_prepare_dataset
 spectrum_model_name spectrum_top_fraction streaming streaming_multipack_buffer_size tensor_parallel_size
-tiled_mlp_num_shards tiled_mlp_use_original_mlp tokenizer_legacy tokenizer_save_jinja_files 
+tiled_mlp_num_shards tiled_mlp_use_original_mlp tokenizer_legacy tokenizer_save_jinja_files
 tokenizer_use_mistral_common torch_compile_backend torch_compile_mode torch_compile_options
 torch_empty_cache_steps torchdistx_path total_num_tokens total_supervised_tokens trackio_project_name
 trackio_run_name trackio_space_id trainer_cls trl unfrozen_parameters use_comet use_dsv4_kernels use_eaft
 use_glm_dsa_kernels use_kernels use_mlflow use_onebitllms use_otel_metrics use_pose use_ray use_scattermoe
-use_sonicmoe  use_trackio use_wandb vllm    
-   world_size xformers_attention
-""".split())
+use_sonicmoe use_trackio use_wandb vllm world_size xformers_attention use_mora use_swanlab swanlab_api_host
+swanlab_api_key swanlab_completion_log_interval swanlab_completion_max_buffer swanlab_description
+swanlab_experiment_name swanlab_lark_secret swanlab_lark_webhook_url swanlab_log_completions swanlab_log_model
+swanlab_mode swanlab_project swanlab_web_host swanlab_workspace
+""".split()) | RETIRED
 
 
 def translate(key: str, value: Any) -> tuple[dict[str, Any], str]:

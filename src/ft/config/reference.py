@@ -79,4 +79,33 @@ def reference_markdown() -> str:
         out += [f"## {section}", "", *_table(model), ""]  # type: ignore[arg-type]
     for title, model in NESTED.items():
         out += [f"## {title}", "", *_table(model), ""]
-    return "\n".join(out)
+    return "\n".join(out + _axolotl_table())
+
+
+def _axolotl_table() -> list[str]:
+    """Axolotl's keys that ft's schema does not have, with ft's answer to each (src/ft/config/axolotl.py)."""
+    from ft.config import axolotl
+
+    rows = [
+        "## Axolotl's other keys",
+        "",
+        "Every key of Axolotl's schema is implemented above (the same name and meaning) or answered here. Left",
+        "empty, any key is not set. Set to a value: *mapped* becomes ft's key (said when the config loads); *no-op*",
+        "is accepted and ignored (a speed kernel, a logging service, or what ft does anyway), and `ft validate`",
+        "says so; *refused* ends with one sentence naming the feature, unless the value is one listed (what ft",
+        "does anyway). `plugins:` entries are answered one by one (last table).",
+        "",
+        "| key | answer | feature | accepted values, or why it changes nothing |",
+        "| --- | --- | --- | --- |",
+    ]
+
+    def row(name: str, a: "axolotl.Answer") -> str:
+        same = ", ".join(f"`{json.dumps(v)}`" for v in a.same)
+        note = "; ".join(x for x in (same, a.why) if x)
+        return f"| `{name}` | {a.kind} | {a.feature} | {note} |"
+
+    for key in sorted(axolotl.VOCABULARY):
+        rows.append(row(key, axolotl.answer(key) or axolotl.FALLBACK))
+    rows += ["", "| plugin | answer | feature | why |", "| --- | --- | --- | --- |"]
+    rows += [row(name, a) for name, a in sorted(axolotl.PLUGINS.items())]
+    return rows + [""]

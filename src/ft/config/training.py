@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from ft.config.base import Section
+from ft.config.base import Contradiction, Section
 from ft.config.context import canonical
 
 
@@ -20,6 +20,9 @@ class TrainingConfig(Section):
     optimizer: str = Field("adamw_torch", description="Optimizer name; see the optimizer list in the docs.")
     learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate.")
     lr_scheduler: str = Field("cosine", description="Learning-rate schedule after warmup.")
+    cosine_min_lr_ratio: Optional[float] = Field(
+        None, ge=0, lt=1, description="With the cosine schedule: decay to this share of learning_rate instead of 0 "
+        "(Axolotl's key; transformers' cosine_with_min_lr).")
     warmup_steps: Optional[int] = Field(None, ge=0, description="Linear warmup steps.")
     warmup_ratio: Optional[float] = Field(None, ge=0, lt=1, description="Warmup as a share of all steps.")
     weight_decay: float = Field(0.0, ge=0, description="Decoupled weight decay.")
@@ -39,6 +42,10 @@ class TrainingConfig(Section):
     auto_resume_from_checkpoints: bool = Field(
         True, description="Resume from the newest complete checkpoint in output_dir when there is one."
     )
+    loss_watchdog_threshold: Optional[float] = Field(
+        None, gt=0, description="Stop the run with an error when the training loss stays above this value for "
+        "loss_watchdog_patience logged steps in a row (Axolotl's key).")
+    loss_watchdog_patience: int = Field(3, ge=1, description="Logged steps in a row above loss_watchdog_threshold that stop the run.")
     early_stopping_patience: Optional[int] = Field(
         None, ge=1, description="Stop after this many evaluations without a better eval loss."
     )
@@ -79,6 +86,13 @@ class TrainingConfig(Section):
     @classmethod
     def _registered_scheduler(cls, v: str, info: ValidationInfo) -> str:
         return canonical(info, "schedulers", v)
+
+    @model_validator(mode="after")
+    def _cosine_floor_needs_cosine(self) -> "TrainingConfig":
+        if self.cosine_min_lr_ratio is not None and self.lr_scheduler not in ("cosine", "cosine_with_min_lr"):
+            raise Contradiction("cosine_min_lr_ratio", f"`cosine_min_lr_ratio` shapes the cosine schedule; it does nothing with "
+                             f"`lr_scheduler: {self.lr_scheduler}`: set `lr_scheduler: cosine` or remove it")
+        return self
 
     @field_validator("resume_from_checkpoint", mode="before")
     @classmethod

@@ -56,7 +56,7 @@ def training_arguments(
         num_train_epochs=t.num_epochs,
         max_steps=t.max_steps or -1,
         learning_rate=t.learning_rate,
-        lr_scheduler_type=SCHEDULERS.get(t.lr_scheduler),
+        lr_scheduler_type=SCHEDULERS.get(t.lr_scheduler) if t.cosine_min_lr_ratio is None else "cosine_with_min_lr",
         warmup_steps=warmup,
         optim=OPTIMIZERS.get(t.optimizer).hf_name,
         weight_decay=t.weight_decay,
@@ -89,6 +89,8 @@ def training_arguments(
         dataloader_num_workers=0,
     )
     kwargs.update(launch)
+    if t.cosine_min_lr_ratio is not None:
+        kwargs["lr_scheduler_kwargs"] = {"min_lr_rate": t.cosine_min_lr_ratio}
     for key in ("adam_beta1", "adam_beta2", "adam_epsilon"):
         if getattr(t, key) is not None:
             kwargs[key] = getattr(t, key)

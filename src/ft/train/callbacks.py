@@ -1,4 +1,4 @@
-"""Trainer callbacks: the metrics log, the NaN guard, and the loss plot."""
+"""Trainer callbacks: the metrics log, the NaN guard, the loss watchdog, and the loss plot."""
 
 from __future__ import annotations
 
@@ -66,6 +66,25 @@ class MetricsLog(TrainerCallback):
         if state.is_world_process_zero:
             with open(self.path, "a") as f:
                 f.write(json.dumps(record) + "\n")
+
+
+class LossWatchdog(TrainerCallback):
+    """Stops the run when the training loss stays above `threshold` for `patience` logged steps in a row
+    (Axolotl's loss_watchdog_threshold / loss_watchdog_patience): a run that diverged without a NaN."""
+
+    def __init__(self, threshold: float, patience: int) -> None:
+        self.threshold, self.patience, self.above = threshold, patience, 0
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
+        loss = (logs or {}).get("loss")
+        if loss is None:
+            return
+        self.above = self.above + 1 if loss > self.threshold else 0
+        if self.above >= self.patience:
+            raise TrainingDiverged(
+                f"the training loss stayed above loss_watchdog_threshold {self.threshold:g} for {self.patience} logged "
+                f"steps (step {state.global_step}: {loss:.4g}); lower learning_rate, or raise the threshold"
+            )
 
 
 def read_history(path: Path) -> list[dict[str, Any]]:

@@ -11,7 +11,7 @@ from typing import Any, Optional
 from transformers import Trainer
 
 from ft.train.batches import REAL_TOKENS, TrainingSets
-from ft.train.callbacks import MetricsLog, peak_memory_mb, plot_losses, read_history
+from ft.train.callbacks import LossWatchdog, MetricsLog, peak_memory_mb, plot_losses, read_history
 from ft.files import atomic_write_text, fsync_path
 
 log = logging.getLogger("ft")
@@ -19,15 +19,15 @@ log = logging.getLogger("ft")
 
 def build_trainer(model: Any, tokenizer: Any, args: Any, sets: TrainingSets, early_stopping_patience: Optional[int], *,
                   chunked_loss: bool = False, offload: Any = None, keep_checkpoints: Optional[int] = None,
-                  trainer_class: Any = None) -> tuple[Any, MetricsLog]:
+                  trainer_class: Any = None, watchdog: Optional[tuple[float, int]] = None) -> tuple[Any, MetricsLog]:
     """The Trainer (`trainer_class`, FtTrainer by default) over `sets` with ft's callbacks (the metrics log and,
     when asked, early stopping), the chunked loss (ft.train.loss) when `chunked_loss`, and `offload`
-    (ft.train.offload) around each step."""
+    (ft.train.offload) around each step, and the loss watchdog when asked (`watchdog`: threshold, patience)."""
     from transformers import EarlyStoppingCallback
 
     Path(args.output_dir).mkdir(parents=True, exist_ok=True)
     metrics = MetricsLog(Path(args.output_dir) / "metrics.jsonl")
-    callbacks: list[Any] = [metrics]
+    callbacks: list[Any] = [metrics] + ([LossWatchdog(*watchdog)] if watchdog else [])
     if early_stopping_patience and sets.eval is not None:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=early_stopping_patience))
     trainer = (trainer_class or FtTrainer)(
