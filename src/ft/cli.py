@@ -5,6 +5,8 @@ Nothing heavy is imported at module level: `ft --help` and `ft validate` never i
 
 from __future__ import annotations
 
+import atexit
+import gc
 import logging
 import os
 import sys
@@ -259,6 +261,10 @@ def quiet_third_parties() -> None:
 
 def main(argv: Optional[List[str]] = None) -> None:
     """Entry point: runs the app and turns a UserError into one line on stderr and exit code 2."""
+    # At exit, the interpreter's last garbage collections walk every object torch, transformers and peft made:
+    # 1.2 s of a tiny run's 7 s, after its work is done and saved. Frozen objects are skipped by those passes
+    # (and still freed as their modules go).
+    atexit.register(gc.freeze)
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     args = [a for a in args if a != "--debug"]
