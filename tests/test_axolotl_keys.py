@@ -135,3 +135,14 @@ def test_ft_validate_says_what_was_mapped_and_ignored(tmp_path: Path):
     assert "from Axolotl: plugin `axolotl.integrations.cut_cross_entropy.CutCrossEntropyPlugin` (Cut Cross-Entropy) → `chunked_cross_entropy: true`" in result.stderr
     assert "from Axolotl: `liger_rms_norm` ignored (Liger kernels)" in result.stderr
     assert "left empty, so not set: `special_tokens`, `local_rank`" in result.stderr
+
+
+def test_batch_size_sets_the_accumulation_as_axolotl_does(tmp_path: Path):
+    cfg, _ = _load(tmp_path, "batch_size: 8\nmicro_batch_size: 2\n")
+    assert cfg.training.gradient_accumulation_steps == 4 and cfg.effective_batch_size(1) == 8
+    cfg, _ = _load(tmp_path, "batch_size: 8\nmicro_batch_size: 2\ngradient_accumulation_steps: 4\n")
+    assert cfg.training.gradient_accumulation_steps == 4
+    with pytest.raises(ConfigError, match=r"cfg.yml:5: `batch_size`: 8 is not micro_batch_size × gradient_accumulation_steps \(2 × 2\)"):
+        _load(tmp_path, "batch_size: 8\nmicro_batch_size: 2\ngradient_accumulation_steps: 2\n")
+    with pytest.raises(ConfigError, match="cfg.yml:5: `batch_size`: 6 is not a multiple of `micro_batch_size: 4`"):
+        _load(tmp_path, "batch_size: 6\nmicro_batch_size: 4\n")

@@ -105,3 +105,13 @@ def test_the_loss_watchdog_stops_a_run_whose_loss_stays_high(tmp_path: Path, tin
     assert "Traceback" not in result.stderr
     make_config(tmp_path, tiny_model_dir("llama"), max_steps=3, loss_watchdog_threshold=100.0, output_dir=str(tmp_path / "calm"), **LORA)
     assert run_ft("train", "cfg.yml", cwd=tmp_path).returncode == 0  # a loss under the threshold trains on
+
+
+def test_cosine_min_lr_ratio_needs_the_cosine_schedule(tmp_path: Path, tiny_model_dir):
+    import pytest
+
+    from ft.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"cfg.yml:\d+: `cosine_min_lr_ratio`: it shapes the cosine schedule and does "
+                                          r"nothing with `lr_scheduler: linear`"):
+        make_config(tmp_path, tiny_model_dir("llama"), lr_scheduler="linear", cosine_min_lr_ratio=0.1)

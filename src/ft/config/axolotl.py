@@ -278,7 +278,6 @@ KEYS: dict[str, Answer] = {
     "resources_per_worker": _refused("training on Ray"),
     "accelerator_config": _refused("accelerate's accelerator settings"),
     "auto_find_batch_size": _refused("automatic batch-size search (ft plan says what fits)", False),
-    "batch_size": _refused("Axolotl's old batch_size (set micro_batch_size and gradient_accumulation_steps)"),
     "pad_to_multiple_of": _refused("padding to a multiple"),
     "adam_beta3": _refused("a third Adam beta"),
     "adam_epsilon2": _refused("a second Adam epsilon"),
@@ -342,7 +341,7 @@ RETIRED = frozenset({"gptq_groupsize", "gptq_model_v1"})
 # integrations' args), July 2026.
 VOCABULARY = frozenset("""
 accelerator_config adam_beta3 adam_epsilon2 added_tokens_overrides auto_find_batch_size axolotl_config_path
-batch_flattening batch_size bench_dataset bench_split bfloat16 center_rewards_coefficient
+batch_flattening bench_dataset bench_split bfloat16 center_rewards_coefficient
 chat_template_kwargs chunked_cross_entropy_num_chunks cls_model_config comet_api_key comet_experiment_config
 comet_experiment_key comet_mode comet_online comet_project_name comet_workspace context_parallel_size
 cosine_constant_lr_ratio cpo_alpha curriculum_sampling cut_cross_entropy

@@ -15,6 +15,9 @@ class TrainingConfig(Section):
     micro_batch_size: int = Field(1, ge=1, description="Sequences per device per forward pass.")
     eval_batch_size: Optional[int] = Field(None, ge=1, description="Sequences per device when evaluating (default: micro_batch_size).")
     gradient_accumulation_steps: int = Field(1, ge=1, description="Micro batches per optimizer step.")
+    batch_size: Optional[int] = Field(
+        None, ge=1, description="Axolotl's rows per optimizer step on each process: sets gradient_accumulation_steps "
+        "to batch_size / micro_batch_size when that is not written.")
     num_epochs: float = Field(1, gt=0, description="Passes over the training data.")
     max_steps: Optional[int] = Field(None, ge=1, description="Stop after this many optimizer steps (wins over num_epochs).")
     optimizer: str = Field("adamw_torch", description="Optimizer name; see the optimizer list in the docs.")
@@ -87,10 +90,28 @@ class TrainingConfig(Section):
     def _registered_scheduler(cls, v: str, info: ValidationInfo) -> str:
         return canonical(info, "schedulers", v)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _accumulation_from_batch_size(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not isinstance(data.get("batch_size"), int) or isinstance(data["batch_size"], bool):
+            return data
+        micro = data.get("micro_batch_size", 1)
+        if not isinstance(micro, int) or micro < 1:
+            return data  # the field's own check says what is wrong
+        size = data["batch_size"]
+        if size % micro:
+            raise Contradiction("batch_size", f"{size} is not a multiple of `micro_batch_size: {micro}`")
+        if "gradient_accumulation_steps" not in data:
+            return {**data, "gradient_accumulation_steps": size // micro}
+        if data["gradient_accumulation_steps"] * micro != size:
+            raise Contradiction("batch_size", f"{size} is not micro_batch_size × gradient_accumulation_steps "
+                                f"({micro} × {data['gradient_accumulation_steps']}); keep one of them")
+        return data
+
     @model_validator(mode="after")
     def _cosine_floor_needs_cosine(self) -> "TrainingConfig":
         if self.cosine_min_lr_ratio is not None and self.lr_scheduler not in ("cosine", "cosine_with_min_lr"):
-            raise Contradiction("cosine_min_lr_ratio", f"`cosine_min_lr_ratio` shapes the cosine schedule; it does nothing with "
+            raise Contradiction("cosine_min_lr_ratio", f"it shapes the cosine schedule and does nothing with "
                              f"`lr_scheduler: {self.lr_scheduler}`: set `lr_scheduler: cosine` or remove it")
         return self
 
