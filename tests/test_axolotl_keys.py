@@ -123,6 +123,9 @@ def test_plugins_are_answered_entry_by_entry(entry: str, outcome: str, tmp_path:
 def test_a_key_in_neither_vocabulary_keeps_its_did_you_mean(tmp_path: Path):
     with pytest.raises(ConfigError, match="unknown key `lerning_rate`.*did you mean `learning_rate`"):
         _load(tmp_path, "lerning_rate: 0.1\n")
+    # a misspelt Axolotl key is pointed at Axolotl's spelling (then answered as that key is)
+    with pytest.raises(ConfigError, match="unknown key `context_parapllel_size`.*did you mean `context_parallel_size`"):
+        _load(tmp_path, "context_parapllel_size: 2\n")
 
 
 def test_ft_validate_says_what_was_mapped_and_ignored(tmp_path: Path):

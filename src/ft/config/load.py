@@ -218,7 +218,7 @@ def normalize(
                 _put(flat, written, ft_key, ft_value, key, where)
             continue
         if name not in KEY_SECTION:
-            raise ConfigError(f"{where}: unknown key `{key}`{did_you_mean(key, all_keys())}")
+            raise ConfigError(f"{where}: unknown key `{key}`{did_you_mean(key, all_keys() + sorted(axolotl.VOCABULARY))}")
         if value is None and name not in NULLABLE:  # `key:` with nothing after it: not set, as Axolotl reads it
             empty.append(key)
             continue
