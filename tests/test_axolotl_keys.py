@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from ft.commands.config import load
-from ft.config import axolotl
+from ft.commands.config import validation_context
+from ft.config import axolotl, load_config
 from ft.errors import ConfigError
 
 BASE = "base_model: ./model\ndatasets:\n  - path: data.jsonl\n    type: alpaca\n"
@@ -18,9 +18,6 @@ BASE = "base_model: ./model\ndatasets:\n  - path: data.jsonl\n    type: alpaca\n
 def _load(tmp_path: Path, extra: str):
     said: list[str] = []
     (tmp_path / "cfg.yml").write_text(BASE + extra)
-    from ft.config import load_config
-    from ft.commands.config import validation_context
-
     return load_config(tmp_path / "cfg.yml", context=validation_context(), warn=said.append), said
 
 
@@ -65,12 +62,8 @@ def test_every_key_set_is_answered_by_name(key: str, tmp_path: Path):
     ("float16: true\n", "model", "fp16", True),
 ])
 def test_mapped_keys_become_fts_own(extra, section, key, want, tmp_path: Path):
-    body = extra if "datasets:" not in extra else extra
     said: list[str] = []
-    (tmp_path / "cfg.yml").write_text((BASE if "datasets:" not in extra else "base_model: ./model\n") + body)
-    from ft.commands.config import validation_context
-    from ft.config import load_config
-
+    (tmp_path / "cfg.yml").write_text((BASE if "datasets:" not in extra else "base_model: ./model\n") + extra)
     cfg = load_config(tmp_path / "cfg.yml", context=validation_context(), warn=said.append)
     assert getattr(getattr(cfg, section), key) == want
     assert any("from Axolotl:" in s and "→" in s for s in said), said
