@@ -116,7 +116,8 @@ def for_cpu(body: dict, folder: Path) -> dict:
             rows.write_text(ALPACA.read_text())
         else:
             messages = d.get("field_messages", "messages")
-            roles = {"role": "role", "content": "content", **(d.get("message_property_mappings") or {})}
+            roles = {"role": d.get("message_field_role") or "role", "content": d.get("message_field_content") or "content",
+                     **(d.get("message_property_mappings") or {})}
             turns = [("system", "Reverse the words."), ("user", "cat dog sun"), ("assistant", "sun dog cat")]
             row = {messages: [{roles["role"]: r, roles["content"]: c} for r, c in turns]}
             rows.write_text("".join(json.dumps(row) + "\n" for _ in range(16)))

@@ -92,7 +92,7 @@ def test_a_key_said_twice_alike_is_taken_once(tmp_path: Path):
                              "  - axolotl.integrations.cut_cross_entropy.CutCrossEntropyPlugin\n")
     assert cfg.model.fp16 is True and cfg.training.chunked_cross_entropy is True
     with pytest.raises(ConfigError, match="`bfloat16` and `bf16` mean the same thing; keep one"):
-        _load(tmp_path, "bf16: true\nbfloat16: true\n")
+        _load(tmp_path, "bf16: auto\nbfloat16: true\n")
 
 
 @pytest.mark.parametrize("entry, outcome", [

@@ -50,8 +50,9 @@ def test_fsdp1_is_still_selectable_with_its_own_keys(tmp_path: Path):
 
 
 @pytest.mark.parametrize("extra, words", [
-    ("fsdp_config:\n  sync_module_states: true\n", ("`fsdp_sync_module_states` is read only by FSDP1", "fsdp_cpu_ram_efficient_loading")),
-    ("fsdp_config:\n  backward_prefetch: BACKWARD_PRE\n", ("`fsdp_backward_prefetch` is read only by FSDP1",)),
+    ("fsdp_config:\n  version: 2\n  sync_module_states: true\n", ("`fsdp_sync_module_states` is read only by FSDP1",
+                                                                  "fsdp_cpu_ram_efficient_loading")),
+    ("fsdp_version: 2\nfsdp_config:\n  backward_prefetch: BACKWARD_PRE\n", ("`fsdp_backward_prefetch` is read only by FSDP1",)),
     ("fsdp_config:\n  offload_param: true\n", ("unknown key", "did you mean `fsdp_offload_params`")),
     ("adapter: qlora\nload_in_4bit: true\nbnb_4bit_quant_storage: uint8\n", ("stored as uint8", "remove `bnb_4bit_quant_storage`")),
 ], ids=["sync_module_states", "backward_prefetch", "a misspelt key", "uint8 storage"])

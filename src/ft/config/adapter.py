@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
+
+from ft.config.base import Contradiction
 
 from ft.config.base import Section
 
@@ -17,8 +19,13 @@ class AdapterConfig(Section):
     lora_alpha: float = Field(16, gt=0, description="LoRA scaling numerator: the update is scaled by alpha / r.")
     lora_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
     lora_target_modules: Optional[tuple[str, ...]] = Field(
-        None, description="Module names (or suffixes) to adapt, e.g. [q_proj, v_proj]."
+        None, description="Module names (or suffixes) to adapt, e.g. [q_proj, v_proj]; or one regular expression "
+        "that whole module names must match, e.g. 'model.layers.[\\d]+.(mlp|self_attn).(up|down|q|v)_proj' (as PEFT "
+        "reads a single string)."
     )
+    lora_target_parameters: Optional[tuple[str, ...]] = Field(
+        None, description="Parameter names (or suffixes) to adapt directly, for weights that are not linear layers, "
+        "e.g. mixture-of-experts weights stored as one tensor ([mlp.experts.gate_up_proj, mlp.experts.down_proj]).")
     lora_target_linear: bool = Field(False, description="Adapt every linear layer except the output head.")
     lora_modules_to_save: Optional[tuple[str, ...]] = Field(
         None, description="Modules trained in full and saved with the adapter (e.g. embed_tokens, lm_head)."
@@ -27,8 +34,65 @@ class AdapterConfig(Section):
     lora_fan_in_fan_out: bool = Field(False, description="Set for models whose linear weights are stored transposed.")
     peft_use_rslora: bool = Field(False, description="Rank-stabilised LoRA: scale by alpha / sqrt(r).")
     peft_use_dora: bool = Field(False, description="DoRA: weight-decomposed LoRA.")
+    unfrozen_parameters: Optional[tuple[str, ...]] = Field(
+        None, description="Full fine-tuning: train only the parameters whose names match one of these patterns "
+        "(Python regular expressions matched from the start of the name, a `.` literal unless followed by `+`, "
+        "as Axolotl reads them); every other weight is frozen.")
 
-    @field_validator("lora_target_modules", "lora_modules_to_save", mode="before")
+    @field_validator("lora_target_modules", "lora_modules_to_save", "lora_target_parameters", "unfrozen_parameters",
+                     mode="before")
     @classmethod
     def _one_name_is_a_list(cls, v: object) -> object:
         return [v] if isinstance(v, str) else v
+
+    @field_validator("lora_target_modules")
+    @classmethod
+    def _one_regex_alone(cls, v: Optional[tuple[str, ...]]) -> Optional[tuple[str, ...]]:
+        import re
+
+        if v and any(map(is_regex, v)):
+            if len(v) > 1:
+                raise ValueError("a regular expression is given alone, as one string (PEFT's form); list module "
+                                 "names, or write one expression with `|` between the alternatives")
+            try:
+                re.compile(v[0])
+            except re.error as exc:
+                raise ValueError(f"`{v[0]}` is not a regular expression ({exc})") from None
+        return v
+
+    @field_validator("unfrozen_parameters")
+    @classmethod
+    def _patterns(cls, v: Optional[tuple[str, ...]]) -> Optional[tuple[str, ...]]:
+        import re
+
+        for pattern in v or ():
+            try:
+                re.compile(parameter_regex(pattern))
+            except re.error as exc:
+                raise ValueError(f"`{pattern}` is not a regular expression ({exc})") from None
+        return v
+
+    @model_validator(mode="after")
+    def _unfrozen_is_full_fine_tuning(self) -> "AdapterConfig":
+        if self.unfrozen_parameters and self.adapter:
+            raise Contradiction("unfrozen_parameters", f"it picks the weights a full fine-tune trains; with `adapter: "
+                                f"{self.adapter}` only the adapter trains: remove it, or name whole modules in "
+                                "lora_modules_to_save")
+        if self.lora_target_parameters and not self.adapter:
+            raise Contradiction("lora_target_parameters", "it adds LoRA to parameters, and this run has no `adapter:`")
+        return self
+
+
+REGEX_CHARACTERS = set("\\[](|)*+?^$")
+
+
+def is_regex(name: str) -> bool:
+    """A lora_target_modules entry written as a regular expression (PEFT's single-string form), not a name."""
+    return bool(REGEX_CHARACTERS & set(name))
+
+
+def parameter_regex(pattern: str) -> str:
+    """An unfrozen_parameters pattern as a Python regex: `.` is literal unless it is `.+` (Axolotl's reading)."""
+    import re
+
+    return re.sub(r"\.(?!\+)", r"\\.", pattern)

@@ -89,7 +89,7 @@ GROUPS: tuple[tuple[str, Answer], ...] = (
     ("dpo_", _refused("this DPO setting")),
     ("kto_", _refused("KTO")),
     ("ray_", _refused("training on Ray")),
-    ("torch_compile_", _refused("torch.compile")),
+    ("torch_compile_", _refused("this torch.compile setting")),
     ("profiler_", _refused("the torch profiler")),
     ("hub_", _refused("pushing to the Hugging Face Hub")),
     ("peft_", _refused("this PEFT setting")),
@@ -158,7 +158,10 @@ KEYS: dict[str, Answer] = {
     "num_dataset_shards_to_save": _noop("sharded prepared data", "ft saves one prepared table"),
     "shuffle_before_merging_datasets": _noop("shuffling", "ft shuffles the merged rows by seed", False),
     "fix_untrained_tokens": _refused("resetting untrained token embeddings"),
-    "tokenizer_use_mistral_common": _refused("mistral-common tokenizers", False),
+    "tokenizer_use_mistral_common": _noop("mistral-common tokenizers", "ft tokenizes with the Hugging Face tokenizer "
+                                          "files the model ships", False),
+    "use_scattermoe": _noop("ScatterMoE kernels", KERNEL, False),
+    "use_sonicmoe": _noop("SonicMoE kernels", KERNEL, False),
     # refused by name, with the feature in words
     "processor_type": _refused("multimodal models"),
     "processor_kwargs": _refused("multimodal models"),
@@ -173,7 +176,6 @@ KEYS: dict[str, Answer] = {
     "ring_attn_func": _refused("ring attention"),
     "heads_k_stride": _refused("ring attention"),
     "quantize_moe_experts": _refused("quantized mixture-of-experts weights", False),
-    "lora_target_parameters": _refused("LoRA on experts' parameters"),
     "lora_rank_pattern": _refused("per-module LoRA ranks"),
     "lora_alpha_pattern": _refused("per-module LoRA alphas"),
     "use_wandb": _noop("Weights & Biases logging", "ft logs to W&B when wandb_project is set", False),
@@ -186,11 +188,11 @@ KEYS: dict[str, Answer] = {
     "gptq_groupsize": _refused("GPTQ models"),
     "gptq_model_v1": _refused("GPTQ models", False),
     "peft": _refused("PEFT settings under `peft:` (LoftQ)"),
-    "unfrozen_parameters": _refused("training chosen parameters by name"),
     "loraplus_lr_ratio": _refused("LoRA+"),
     "loraplus_lr_embedding": _refused("LoRA+"),
     "lora_on_cpu": _refused("LoRA merged on the CPU", False),
-    "eot_tokens": _refused("end-of-turn tokens"),
+    "eot_tokens": _noop("end-of-turn tokens", "ft trains each trained turn's end-of-turn text as the chat template "
+                        "writes it (train_on_eos), whichever tokens those are"),
     "cosine_constant_lr_ratio": _refused("a constant phase in the cosine schedule"),
     "lr_quadratic_warmup": _refused("quadratic warmup", False),
     "lr_div_factor": _refused("the one-cycle schedule's divisor"),
@@ -202,7 +204,6 @@ KEYS: dict[str, Answer] = {
     "optim_target_modules": _refused("GaLore's target modules"),
     "save_only_model": _refused("checkpoints without optimizer state", False),
     "save_compressed": _refused("compressed checkpoints", False),
-    "dataset_exact_deduplication": _refused("exact deduplication of the datasets", False),
     "dataset_shard_num": _refused("training on a shard of the data"),
     "dataset_shard_idx": _refused("training on a shard of the data"),
     "curriculum_sampling": _refused("curriculum sampling (rows in file order)", False),
@@ -224,12 +225,10 @@ KEYS: dict[str, Answer] = {
     "noisy_embedding_alpha": _refused("NEFTune"),
     "mean_resizing_embeddings": _refused("mean-initialised new embeddings", False),
     "shrink_embeddings": _refused("shrinking the embeddings", False),
-    "resize_token_embeddings_to_32x": _refused("embeddings padded to a multiple of 32", False),
     "added_tokens_overrides": _refused("overriding the tokenizer's added tokens"),
     "chat_template_kwargs": _refused("chat template arguments"),
     "default_system_message": _refused("a default system message"),
     "role_boundaries": _refused("role boundaries for chat masking"),
-    "model_config": _refused("model config overrides"),
     "cls_model_config": _refused("model config overrides"),
     "model_kwargs": _refused("model loading arguments"),
     "model_revision": _refused("a model revision (use revision_of_model)"),
@@ -247,7 +246,6 @@ KEYS: dict[str, Answer] = {
     "flex_attn_compile_kwargs": _refused("flex attention"),
     "large_head_attention": _refused("large-head attention kernels", False),
     "flash_attn_d512": _refused("flash attention for head size 512", False),
-    "experts_implementation": _refused("a chosen experts implementation"),
     "expert_backend": _refused("a chosen experts implementation"),
     "llama4_linearized_experts": _refused("linearized Llama 4 experts", False),
     "nonexpert_quantization": _refused("quantizing the non-expert weights"),
@@ -287,6 +285,9 @@ KEYS: dict[str, Answer] = {
     "merge_lora": _refused("merging at the end of training (run ft merge-lora)", False),
     "merge_method": _refused("merge methods"),
     "tiled_mlp_use_original_mlp": _refused("this tiled-MLP setting"),
+    "base_model_ignore_patterns": _noop("files skipped when downloading", "ft reads the files the model folder has"),
+    "sample_packing_seq_len_multiplier": _noop("Axolotl's older packing setting", "ft packs best-fit decreasing "
+                                               "into bins of sequence_len"),
     "torchdistx_path": _noop("torchdistx", "ft loads weights straight into the model"),
 }
 
@@ -335,52 +336,49 @@ def is_empty(value: Any) -> bool:
 
 
 # Keys of Axolotl's older schema that its archived examples still hold (Axolotl itself no longer reads them).
-RETIRED = frozenset({"gptq_groupsize", "gptq_model_v1"})
+RETIRED = frozenset({"gptq_groupsize", "gptq_model_v1", "base_model_ignore_patterns", "sample_packing_seq_len_multiplier"})
 
 # Every key of Axolotl's schema that ft's own schema does not have (its input config and mixins, the
 # integrations' args), July 2026.
 VOCABULARY = frozenset("""
 accelerator_config adam_beta3 adam_epsilon2 added_tokens_overrides auto_find_batch_size axolotl_config_path
-batch_flattening bench_dataset bench_split bfloat16 center_rewards_coefficient
-chat_template_kwargs chunked_cross_entropy_num_chunks cls_model_config comet_api_key comet_experiment_config
-comet_experiment_key comet_mode comet_online comet_project_name comet_workspace context_parallel_size
-cosine_constant_lr_ratio cpo_alpha curriculum_sampling cut_cross_entropy
-dataloader_drop_last dataloader_num_workers dataloader_pin_memory dataloader_prefetch_factor
-dataset_exact_deduplication dataset_keep_in_memory dataset_num_proc dataset_shard_idx
-dataset_shard_num ddp ddp_broadcast_buffers ddp_bucket_cap_mb deepcompile
-default_system_message dense_mixer device device_map diffusion dion_lr dion_momentum dion_rank_fraction
-dion_rank_multiple_of do_bench_eval dp_replicate_size dp_shard_size dpo_beta dpo_generate_during_eval
-dpo_loss_type dpo_loss_weights dpo_norm_loss dpo_padding_free dpo_use_liger_kernel dpo_use_logits_to_keep
-dpo_use_weighting dsv4_bf16_all dsv4_fp4_grouped_mode dsv4_fp8_lora_kernel dsv4_fp8_nonexpert_mode
-dsv4_shared_mlp_lora_kernel dynamic_checkpoint eaft_alpha eaft_k ebft embedding_lr embedding_lr_scale
-embeddings_skip_upcast eot_tokens eval_sequence_len eval_strategy eval_table_size evaluation_strategy
-experimental_skip_move_to_device expert_backend expert_parallel_backend expert_parallel_fallback_on_unsupported
-expert_parallel_num_nvl_bytes expert_parallel_num_rdma_bytes expert_parallel_size expert_parallel_token_capacity
-experts_implementation fix_untrained_tokens flash_attn_cross_entropy flash_attn_d512 flash_attn_fuse_mlp
-flash_attn_rms_norm flash_optimum flex_attention flex_attn_compile_kwargs float16 float32 fp32_norm_classes
-fp32_norms fp8 fp8_enable_fsdp_float8_all_gather freeze_mm_modules fsdp_final_state_dict_type fsdp_version
-fused_attn_kernel gc_collect_steps gc_steps gemma4_fp8_nonexpert gemma4_hybrid_attn_impl gemma4_nf4_nonexpert
-generate_samples generation_do_sample generation_max_new_tokens generation_prompt_ratio generation_temperature
-generation_top_k generation_top_p gptq gpu_memory_limit gradient_checkpointing_kwargs gradio_max_new_tokens
-gradio_server_name gradio_server_port gradio_share gradio_temperature gradio_title grokfast_alpha grokfast_lamb
-hatchery heads_k_stride hf_mlflow_log_artifacts hf_use_auth_token hub_model_id hub_revision hub_strategy
-image_resize_algorithm image_size include_tkps include_tokens_per_second is_falcon_derived_model
-is_llama_derived_model is_mistral_derived_model is_preprocess is_qwen_derived_model jagged_restart_anneal_steps
-jagged_restart_steps jagged_restart_warmup_steps kd_alpha kd_beta kd_ce_alpha kd_normalize_topk kd_online_server
-kd_online_server_base_url kd_online_timeout kd_online_topk kd_temperature kd_temperature_min kd_trainer
-kto_desirable_weight kto_undesirable_weight large_head_attention layer_offloading liger_cross_entropy
-liger_fused_linear_cross_entropy liger_glu_activation liger_layer_norm liger_rms_norm liger_rms_norm_gated
-liger_rope liger_swiglu liger_use_token_scaling lisa_layers_attribute lisa_n_layers lisa_step_interval
-llama4_linearized_experts llmcompressor lm_eval_batch_size lm_eval_model lm_eval_post_train lm_eval_tasks
-local_rank lora_alpha_pattern lora_embedding_kernel lora_mlp_kernel lora_o_kernel lora_on_cpu lora_qkv_kernel
-lora_rank_pattern lora_target_parameters loraplus_lr_embedding loraplus_lr_ratio
-low_cpu_mem_usage lr_div_factor lr_groups lr_quadratic_warmup lr_scheduler_kwargs
-max_memory max_prompt_len mean_resizing_embeddings merge_lora merge_method min_sample_len mlflow_experiment_name
-mlflow_run_name mlflow_tracking_uri model_config model_kwargs model_quantization_config
+batch_flattening bench_dataset bench_split bfloat16 center_rewards_coefficient chat_template_kwargs
+chunked_cross_entropy_num_chunks cls_model_config comet_api_key comet_experiment_config comet_experiment_key
+comet_mode comet_online comet_project_name comet_workspace context_parallel_size cosine_constant_lr_ratio cpo_alpha
+curriculum_sampling cut_cross_entropy dataloader_drop_last dataloader_num_workers dataloader_pin_memory
+dataloader_prefetch_factor dataset_keep_in_memory dataset_num_proc dataset_shard_idx dataset_shard_num ddp
+ddp_broadcast_buffers ddp_bucket_cap_mb deepcompile default_system_message dense_mixer device device_map diffusion
+dion_lr dion_momentum dion_rank_fraction dion_rank_multiple_of do_bench_eval dp_replicate_size dp_shard_size
+dpo_beta dpo_generate_during_eval dpo_loss_type dpo_loss_weights dpo_norm_loss dpo_padding_free
+dpo_use_liger_kernel dpo_use_logits_to_keep dpo_use_weighting dsv4_bf16_all dsv4_fp4_grouped_mode
+dsv4_fp8_lora_kernel dsv4_fp8_nonexpert_mode dsv4_shared_mlp_lora_kernel dynamic_checkpoint eaft_alpha eaft_k ebft
+embedding_lr embedding_lr_scale embeddings_skip_upcast eot_tokens eval_sequence_len eval_strategy eval_table_size
+evaluation_strategy experimental_skip_move_to_device expert_backend expert_parallel_backend
+expert_parallel_fallback_on_unsupported expert_parallel_num_nvl_bytes expert_parallel_num_rdma_bytes
+expert_parallel_size expert_parallel_token_capacity fix_untrained_tokens flash_attn_cross_entropy flash_attn_d512
+flash_attn_fuse_mlp flash_attn_rms_norm flash_optimum flex_attention flex_attn_compile_kwargs float16 float32
+fp32_norm_classes fp32_norms fp8 fp8_enable_fsdp_float8_all_gather freeze_mm_modules fsdp_final_state_dict_type
+fsdp_version fused_attn_kernel gc_collect_steps gc_steps gemma4_fp8_nonexpert gemma4_hybrid_attn_impl
+gemma4_nf4_nonexpert generate_samples generation_do_sample generation_max_new_tokens generation_prompt_ratio
+generation_temperature generation_top_k generation_top_p gptq gpu_memory_limit gradient_checkpointing_kwargs
+gradio_max_new_tokens gradio_server_name gradio_server_port gradio_share gradio_temperature gradio_title
+grokfast_alpha grokfast_lamb hatchery heads_k_stride hf_mlflow_log_artifacts hf_use_auth_token hub_model_id
+hub_revision hub_strategy image_resize_algorithm image_size include_tkps include_tokens_per_second
+is_falcon_derived_model is_llama_derived_model is_mistral_derived_model is_preprocess is_qwen_derived_model
+jagged_restart_anneal_steps jagged_restart_steps jagged_restart_warmup_steps kd_alpha kd_beta kd_ce_alpha
+kd_normalize_topk kd_online_server kd_online_server_base_url kd_online_timeout kd_online_topk kd_temperature
+kd_temperature_min kd_trainer kto_desirable_weight kto_undesirable_weight large_head_attention layer_offloading
+liger_cross_entropy liger_fused_linear_cross_entropy liger_glu_activation liger_layer_norm liger_rms_norm
+liger_rms_norm_gated liger_rope liger_swiglu liger_use_token_scaling lisa_layers_attribute lisa_n_layers
+lisa_step_interval llama4_linearized_experts llmcompressor lm_eval_batch_size lm_eval_model lm_eval_post_train
+lm_eval_tasks local_rank lora_alpha_pattern lora_embedding_kernel lora_mlp_kernel lora_o_kernel lora_on_cpu
+lora_qkv_kernel lora_rank_pattern loraplus_lr_embedding loraplus_lr_ratio low_cpu_mem_usage lr_div_factor lr_groups
+lr_quadratic_warmup lr_scheduler_kwargs max_memory max_prompt_len mean_resizing_embeddings merge_lora merge_method
+min_sample_len mlflow_experiment_name mlflow_run_name mlflow_tracking_uri model_kwargs model_quantization_config
 model_quantization_config_kwargs model_revision moe_bnb_fast moe_dequant_chunk_size moe_grouped_backend mora
-multipack_real_batches nemo_gym_auto_clone nemo_gym_auto_start nemo_gym_config_paths nemo_gym_datasets
-nemo_gym_dir nemo_gym_enabled nemo_gym_head_port nemo_gym_max_turns nemo_gym_model_name nemo_gym_multi_turn
-nemo_gym_run_timeout nemo_gym_server_timeout nemo_gym_verify_timeout noisy_embedding_alpha nonexpert_quantization
+multipack_real_batches nemo_gym_auto_clone nemo_gym_auto_start nemo_gym_config_paths nemo_gym_datasets nemo_gym_dir
+nemo_gym_enabled nemo_gym_head_port nemo_gym_max_turns nemo_gym_model_name nemo_gym_multi_turn nemo_gym_run_timeout
+nemo_gym_server_timeout nemo_gym_verify_timeout noisy_embedding_alpha nonexpert_quantization
 num_dataset_shards_to_save num_generation_samples num_labels nvfp4_merge_aware nvfp4_merge_aware_start_step
 optim_args optim_target_modules otel_metrics_host otel_metrics_port pad_to_multiple_of peft
 peft_autocast_adapter_dtype peft_ensure_weight_tying peft_init_lora_weights peft_layer_replication
@@ -389,24 +387,22 @@ pose_num_chunks pose_split_on_token_ids preprocess_iterable pretrain_multipack_a
 pretraining_dataset pretraining_sample_concatenation process_reward_model processor_kwargs processor_type
 profiler_steps profiler_steps_start push_dataset_to_hub qat qgalore_cos_threshold qgalore_gamma_proj
 qgalore_proj_bits qgalore_proj_group_size qgalore_proj_quant qgalore_proj_type qgalore_queue_size qgalore_rank
-qgalore_scale qgalore_update_proj_gap qlora_sharded_model_loading quantization quantize_moe_experts
-ray_num_workers ray_run_name recipe reinit_weights relora relora_cpu_offload relora_prune_method
-relora_prune_ratio remove_unused_columns resize_token_embeddings_to_32x resources_per_worker reward_model
-ring_attn_func role_boundaries rope_scaling rpo_alpha s2_attention sage_attention sample_packing_bin_size
-sample_packing_eff_est sample_packing_group_size sample_packing_mp_start_method sample_packing_sequentially
-save_compressed save_first_step save_only_model save_safetensors save_strategy scaling_softmax
-scaling_softmax_bias scaling_softmax_factor sdpa_varlen selective_checkpointing
-sequence_parallel_degree shrink_embeddings shuffle_before_merging_datasets skip_prepare_dataset
-spectrum_model_name spectrum_top_fraction streaming streaming_multipack_buffer_size tensor_parallel_size
-tiled_mlp_num_shards tiled_mlp_use_original_mlp tokenizer_legacy tokenizer_save_jinja_files
-tokenizer_use_mistral_common torch_compile_backend torch_compile_mode torch_compile_options
-torch_empty_cache_steps torchdistx_path total_num_tokens total_supervised_tokens trackio_project_name
-trackio_run_name trackio_space_id trainer_cls trl unfrozen_parameters use_comet use_dsv4_kernels use_eaft
-use_glm_dsa_kernels use_kernels use_mlflow use_onebitllms use_otel_metrics use_pose use_ray use_scattermoe
-use_sonicmoe use_trackio use_wandb vllm world_size xformers_attention use_mora use_swanlab swanlab_api_host
-swanlab_api_key swanlab_completion_log_interval swanlab_completion_max_buffer swanlab_description
-swanlab_experiment_name swanlab_lark_secret swanlab_lark_webhook_url swanlab_log_completions swanlab_log_model
-swanlab_mode swanlab_project swanlab_web_host swanlab_workspace
+qgalore_scale qgalore_update_proj_gap qlora_sharded_model_loading quantization quantize_moe_experts ray_num_workers
+ray_run_name recipe reinit_weights relora relora_cpu_offload relora_prune_method relora_prune_ratio
+remove_unused_columns resources_per_worker reward_model ring_attn_func role_boundaries rope_scaling rpo_alpha
+s2_attention sage_attention sample_packing_bin_size sample_packing_eff_est sample_packing_group_size
+sample_packing_mp_start_method sample_packing_sequentially save_compressed save_first_step save_only_model
+save_safetensors save_strategy scaling_softmax scaling_softmax_bias scaling_softmax_factor sdpa_varlen
+selective_checkpointing sequence_parallel_degree shrink_embeddings shuffle_before_merging_datasets
+skip_prepare_dataset spectrum_model_name spectrum_top_fraction streaming streaming_multipack_buffer_size
+tensor_parallel_size tiled_mlp_num_shards tiled_mlp_use_original_mlp tokenizer_legacy tokenizer_save_jinja_files
+tokenizer_use_mistral_common torch_compile_backend torch_compile_options torch_empty_cache_steps torchdistx_path
+total_num_tokens total_supervised_tokens trackio_project_name trackio_run_name trackio_space_id trainer_cls trl
+use_comet use_dsv4_kernels use_eaft use_glm_dsa_kernels use_kernels use_mlflow use_onebitllms use_otel_metrics
+use_pose use_ray use_scattermoe use_sonicmoe use_trackio use_wandb vllm world_size xformers_attention use_mora
+use_swanlab swanlab_api_host swanlab_api_key swanlab_completion_log_interval swanlab_completion_max_buffer
+swanlab_description swanlab_experiment_name swanlab_lark_secret swanlab_lark_webhook_url swanlab_log_completions
+swanlab_log_model swanlab_mode swanlab_project swanlab_web_host swanlab_workspace
 """.split()) | RETIRED
 
 

@@ -94,6 +94,10 @@ class DatasetConfig(Section):
     message_field_content: Optional[str] = Field(
         None, description="`chat_template`: the key of a turn's text (default: content, or value in ShareGPT rows)."
     )
+    roles: Optional[dict[str, tuple[str, ...]]] = Field(
+        None, description="`chat_template`: the role names of the rows for each role of the template, e.g. {user: "
+        "[human, user], assistant: [gpt, assistant]}; a role not listed is kept as written.")
+    drop_system_message: bool = Field(False, description="`chat_template`: leave the rows' system turns out.")
     field_chosen: Optional[str] = Field(None, description="Preference rows (`rl:`): the column of the chosen answer "
                                         "(default `chosen`).")
     field_rejected: Optional[str] = Field(None, description="Preference rows (`rl:`): the column of the rejected answer "
@@ -111,6 +115,22 @@ class DatasetConfig(Section):
     @classmethod
     def _one_is_a_list(cls, v: object) -> object:
         return [v] if isinstance(v, str) else v
+
+    @field_validator("roles", mode="before")
+    @classmethod
+    def _one_name_is_a_list(cls, v: object) -> object:
+        return {k: [n] if isinstance(n, str) else n for k, n in v.items()} if isinstance(v, dict) else v
+
+    @field_validator("roles")
+    @classmethod
+    def _each_name_once(cls, v: Optional[dict[str, tuple[str, ...]]]) -> Optional[dict[str, tuple[str, ...]]]:
+        seen: dict[str, str] = {}
+        for role, names in (v or {}).items():
+            for name in names:
+                if name in seen and seen[name] != role:
+                    raise ValueError(f"`{name}` is listed under both `{seen[name]}` and `{role}`; keep one")
+                seen[name] = role
+        return v
 
     @field_validator("type")
     @classmethod
@@ -145,7 +165,8 @@ class DatasetConfig(Section):
 
 
 # The keys of a `datasets:` entry that only some formats read (each format declares its own in `reads`).
-FORMAT_KEYS = ("field", "field_messages", "message_field_role", "message_field_content", "roles_to_train",
+FORMAT_KEYS = ("field", "field_messages", "message_field_role", "message_field_content", "roles_to_train", "roles",
+               "drop_system_message",
                "train_on_eos", "chat_template", "chat_template_jinja", "field_chosen", "field_rejected")
 
 
@@ -174,6 +195,9 @@ class DataConfig(Section):
         "only to itself. Default: on with a CUDA GPU (no compute spent on padding), off on CPU.",
     )
     shuffle_merged_datasets: bool = Field(True, description="Shuffle the concatenated datasets with the seed.")
+    dataset_exact_deduplication: bool = Field(
+        False, description="Keep one of each set of identical rows (the same tokens and labels; a preference pair as "
+        "a whole), and leave out test rows that are also training rows.")
     dataset_processes: Optional[int] = Field(None, ge=1, description="Worker processes for tokenization.")
 
     @model_validator(mode="after")

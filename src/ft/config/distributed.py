@@ -15,6 +15,7 @@ FSDP1_KEYS = {
     "fsdp_use_orig_params": "always keeps the original parameters",
     "fsdp_backward_prefetch": "prefetches on its own",
     "fsdp_forward_prefetch": "prefetches on its own",
+    "fsdp_limit_all_gathers": "bounds its all-gathers on its own",
 }
 FSDP_OPTIONS = ("full_shard", "shard_grad_op", "hybrid_shard", "hybrid_shard_zero2", "no_shard", "offload", "auto_wrap")
 
@@ -23,7 +24,8 @@ class FsdpConfig(Section):
     """`fsdp_config:`. Keys may be written with or without the `fsdp_` prefix (both spellings exist in the wild)."""
 
     fsdp_version: Literal[1, 2] = Field(
-        2, description="2: fully_shard, per-parameter sharding (transformers' default); 1: FullyShardedDataParallel (deprecated there).")
+        2, description="2: fully_shard, per-parameter sharding (transformers' default); 1: FullyShardedDataParallel "
+        "(deprecated there). Not written, with a key only FSDP1 reads set (an Axolotl config's): 1, as Axolotl reads it.")
     fsdp_offload_params: bool = Field(False, description="Keep parameters and gradients in CPU memory (transformers' `cpu_offload`).")
     fsdp_cpu_ram_efficient_loading: bool = Field(
         False, description="Load weights on rank 0 only and broadcast them (needs sync_module_states)."
@@ -44,6 +46,7 @@ class FsdpConfig(Section):
         None, description="When to fetch the next unit's weights in the backward pass."
     )
     fsdp_forward_prefetch: Optional[bool] = Field(None, description="Fetch the next unit's weights early in the forward pass.")
+    fsdp_limit_all_gathers: Optional[bool] = Field(None, description="FSDP1: rate-limit all-gathers (less memory).")
     fsdp_activation_checkpointing: bool = Field(False, description="Checkpoint activations through FSDP.")
     fsdp_reshard_after_forward: Optional[bool] = Field(None, description="FSDP2: free gathered weights after forward.")
     fsdp_sharding_strategy: Optional[Literal["FULL_SHARD", "SHARD_GRAD_OP", "HYBRID_SHARD", "HYBRID_SHARD_ZERO2", "NO_SHARD",
@@ -55,6 +58,8 @@ class FsdpConfig(Section):
     def _prefix(cls, data: Any) -> Any:
         if isinstance(data, dict):
             data = {(k if str(k).startswith("fsdp_") else f"fsdp_{k}"): v for k, v in data.items()}
+            if "fsdp_version" not in data and any(data.get(k) is not None for k in FSDP1_KEYS):
+                data["fsdp_version"] = 1  # Axolotl's default version, which its FSDP1 keys assume
         return data
 
     @model_validator(mode="after")

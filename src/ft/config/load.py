@@ -12,7 +12,7 @@ from typing import Any, Iterable, Optional, Sequence, get_args
 import yaml
 from pydantic import ValidationError
 
-from ft.config import axolotl
+from ft.config import axolotl, axolotl_values
 from ft.config.base import Contradiction
 from ft.config.context import ValidationContext
 from ft.config.schema import FtConfig
@@ -34,7 +34,10 @@ NULLABLE = frozenset(
 )
 
 # Other spellings of a key → its ft name.
-ALIASES = {"sequence_length": "sequence_len", "max_seq_length": "sequence_len", "max_packed_sequence_len": "sequence_len"}
+ALIASES = {"sequence_length": "sequence_len", "max_seq_length": "sequence_len", "max_packed_sequence_len": "sequence_len",
+           "model_config": "model_config_overrides"}
+# Axolotl's pure-precision keys refine ft's mixed-precision ones: `bf16: true` with `bfloat16: true` is pure bf16.
+REFINES = ("bfloat16", "float16")
 # Keys found in Axolotl configs that ft accepts and ignores, with the reason shown as a warning.
 IGNORED = {"strict": "ft always rejects unknown keys", "debug": "use `ft --debug` for tracebacks"}
 # Keys of the peers that ft does not offer yet, beyond Axolotl's vocabulary (config/axolotl.py answers those):
@@ -205,33 +208,50 @@ def normalize(
         name = ALIASES.get(key, key)
         if name in NOT_SUPPORTED_YET:
             raise ConfigError(f"{where}: `{key}`: {NOT_SUPPORTED_YET[name]}")
-        if name not in KEY_SECTION and axolotl.answer(name) is not None:
-            try:
-                mapped, said = axolotl.translate(name, value)
-            except ValueError as exc:
-                raise ConfigError(f"{where}: {exc}") from None
-            if said:
-                warn(f"{where}: from Axolotl: {said}")
-            else:
-                empty.append(key)
-            for ft_key, ft_value in mapped.items():
-                _put(flat, written, ft_key, ft_value, key, where)
-            continue
-        if name not in KEY_SECTION:
+        axolotl_key = name not in KEY_SECTION and axolotl.answer(name) is not None
+        if not axolotl_key and name not in KEY_SECTION:
             raise ConfigError(f"{where}: unknown key `{key}`{did_you_mean(key, all_keys() + sorted(axolotl.VOCABULARY))}")
-        if value is None and name not in NULLABLE:  # `key:` with nothing after it: not set, as Axolotl reads it
+        if not axolotl_key and value is None and name not in NULLABLE:  # `key:` alone: not set, as Axolotl reads it
             empty.append(key)
             continue
-        _put(flat, written, name, value, key, where)
+        if name in ("datasets", "test_datasets") and isinstance(value, list):
+            value = [_dataset_entry(entry, path, lines, origins, (key, i), warn) for i, entry in enumerate(value)]
+        try:  # Axolotl's key (config/axolotl.py), or Axolotl's value of a key ft has (config/axolotl_values.py)
+            mapped, said = axolotl.translate(name, value) if axolotl_key else axolotl_values.top_level(name, value)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        if said:
+            warn(f"{where}: from Axolotl: {said}")
+        elif axolotl_key:
+            empty.append(key)
+        for ft_key, ft_value in mapped.items():
+            _put(flat, written, ft_key, ft_value, key, where)
     if empty:
         warn(f"{path}: left empty, so not set: {', '.join(f'`{k}`' for k in empty)}")
     return flat, {name: key for name, key in written.items() if name != key}
+
+
+def _dataset_entry(entry: Any, path: Path, lines: dict[Path_, int], origins: dict[str, str], loc: Path_, warn: Any) -> Any:
+    if not isinstance(entry, dict):
+        return entry
+    try:
+        entry, said = axolotl_values.dataset_entry(entry)
+    except ValueError as exc:
+        raise ConfigError(f"{_where(path, lines, origins, loc)}: {exc}") from None
+    for words in said:
+        warn(f"{_where(path, lines, origins, loc)}: from Axolotl: {words}")
+    return entry
 
 
 def _put(flat: dict[str, Any], written: dict[str, str], name: str, value: Any, key: str, where: str) -> None:
     """flat[name] = value, once; a mapping merges into one given by another key (fsdp_version → fsdp_config)."""
     if name in flat and flat[name] is None:
         del flat[name]
+    if name in flat and isinstance(flat[name], bool) and key in REFINES:
+        flat[name], written[name] = value, key  # `bf16: true` + Axolotl's `bfloat16: true`: pure bf16
+        return
+    if name in flat and isinstance(value, bool) and written.get(name) in REFINES:
+        return
     if name in flat and isinstance(flat[name], dict) and isinstance(value, dict):
         clash = set(flat[name]) & set(value)
         if not clash:

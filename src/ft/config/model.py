@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
 from pydantic import Field, ValidationInfo, field_validator
 
@@ -72,6 +72,15 @@ class ModelConfig(Section):
     attn_implementation: Optional[str] = Field(
         None, description="An explicit transformers attn_implementation; wins over the three switches above."
     )
+    experts_implementation: Optional[Literal["eager", "grouped_mm", "batched_mm"]] = Field(
+        None, description="Mixture-of-experts models: how transformers runs the experts (one grouped matmul, "
+        "batched matmuls, or a loop over experts). Default: grouped_mm where the model supports it.")
+    model_config_overrides: Optional[dict[str, Any]] = Field(
+        None, description="Values set on the model's config before it is built, e.g. {output_router_logits: true} "
+        "(Axolotl's `model_config`, also accepted as that name).")
+    resize_token_embeddings_to_32x: bool = Field(
+        False, description="Pad the embeddings (and head) to a multiple of 32 rows: faster matmuls on GPUs; the "
+        "padding rows are never produced by the tokenizer.")
 
     @field_validator("tokens", mode="before")
     @classmethod

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
@@ -24,7 +24,7 @@ class TrainingConfig(Section):
     learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate.")
     lr_scheduler: str = Field("cosine", description="Learning-rate schedule after warmup.")
     cosine_min_lr_ratio: Optional[float] = Field(
-        None, ge=0, lt=1, description="With the cosine schedule: decay to this share of learning_rate instead of 0 "
+        None, ge=0, le=1, description="With the cosine schedule: decay to this share of learning_rate instead of 0 "
         "(Axolotl's key; transformers' cosine_with_min_lr).")
     warmup_steps: Optional[int] = Field(None, ge=0, description="Linear warmup steps.")
     warmup_ratio: Optional[float] = Field(None, ge=0, lt=1, description="Warmup as a share of all steps.")
@@ -63,6 +63,8 @@ class TrainingConfig(Section):
     group_by_length: bool = Field(False, description="Batch rows of similar length together (less padding).")
     seed: int = Field(42, description="Seed for shuffling, splits and initialisation.")
     torch_compile: bool = Field(False, description="Compile the model with torch.compile.")
+    torch_compile_mode: Optional[Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]] = Field(
+        None, description="torch.compile's mode; setting it compiles the model (torch_compile: true).")
     chunked_cross_entropy: bool = Field(
         True,
         description="Take the training loss a chunk of positions at a time from the final hidden states, never "

@@ -59,6 +59,7 @@ def cache_inputs(d: DataConfig, m: ModelConfig, seed: int) -> dict[str, Any]:
         "excess_length_strategy": d.excess_length_strategy,
         "val_set_size": d.val_set_size,
         "shuffle": d.shuffle_merged_datasets,
+        "deduplicate": d.dataset_exact_deduplication,
         "seed": seed,
         "tokenizer": tokenizer_fingerprint(m),
     }
@@ -124,6 +125,9 @@ def build(d: DataConfig, seed: int, tokenizer: Any) -> tuple[Tokenized, Tokenize
     # preference pairs are rows 2k and 2k+1 (ft.data.pairs): shuffled and split as pairs
     width = 2 if any(map(is_pair_format, d.datasets)) else 1
     order = list(range(len(train.input_ids) // width))
+    duplicates = 0
+    if d.dataset_exact_deduplication:
+        order, evaluation, duplicates = _deduplicate(order, train, evaluation, width)
     if d.shuffle_merged_datasets:
         random.Random(seed).shuffle(order)
     if d.val_set_size:
@@ -137,7 +141,31 @@ def build(d: DataConfig, seed: int, tokenizer: Any) -> tuple[Tokenized, Tokenize
         raise DataError("no training rows are left after filtering; see the counts above (sequence_len too small?)")
     stats = {"train": _split_stats(train), "eval": _split_stats(evaluation) if evaluation else None,
              "read": asdict(_counts(d, train, evaluation))}
+    if d.dataset_exact_deduplication:
+        stats["duplicates"] = duplicates
     return train, evaluation, stats
+
+
+def _deduplicate(order: list[int], train: Tokenized, evaluation: Tokenized | None,
+                 width: int) -> tuple[list[int], Tokenized | None, int]:
+    """dataset_exact_deduplication: the first of each set of identical items (a row's tokens and labels, or a
+    pair's), and the test rows that are not training items; with how many were left out."""
+    def item(t: Tokenized, i: int) -> tuple[tuple[int, ...], ...]:
+        return tuple(tuple(seq) for k in range(width) for seq in (t.input_ids[i * width + k], t.labels[i * width + k]))
+
+    seen: set[tuple[tuple[int, ...], ...]] = set()
+    kept = []
+    for i in order:
+        key = item(train, i)
+        if key not in seen:
+            seen.add(key)
+            kept.append(i)
+    dropped = len(order) - len(kept)
+    if evaluation is not None:
+        tests = [i for i in range(len(evaluation.input_ids) // width) if item(evaluation, i) not in seen]
+        dropped += len(evaluation.input_ids) // width - len(tests)
+        evaluation = _subset(evaluation, _rows(tests, width))
+    return kept, evaluation, dropped
 
 
 def _tokenize_all(entries: tuple[DatasetConfig, ...], d: DataConfig, tokenizer: Any, bos: bool) -> Tokenized:
@@ -229,6 +257,8 @@ def report(p: Prepared, sequence_len: int) -> str:
         f"sequence_len {sequence_len}, truncated {read['truncated']:,}, split into chunks {read['chunked']:,}, "
         f"dropped with nothing to train on {read['dropped_no_target']:,}",
     ]
+    if "duplicates" in s:
+        lines.append(f"  exact duplicates left out (dataset_exact_deduplication): {s['duplicates']:,}")
     for split in ("train", "eval"):
         if s.get(split):
             x = s[split]

@@ -47,7 +47,7 @@ def _stage(data: dict[str, Any]) -> Any:
 def read_json(path: str) -> dict[str, Any]:
     file = Path(path)
     if not file.is_file():
-        raise ValueError(f"DeepSpeed file `{path}` not found; ft ships zero1/zero2/zero3/zero3_offload.json in deepspeed_configs/")
+        raise ValueError(f"DeepSpeed file `{path}` not found; ft ships zero1/zero2/zero3/zero3_offload/zero3_offload_params.json in deepspeed_configs/")
     try:
         data = json.loads(file.read_text())
     except json.JSONDecodeError as e:

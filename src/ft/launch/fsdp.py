@@ -32,6 +32,7 @@ FSDP1_ONLY = {
     "fsdp_use_orig_params": "use_orig_params",
     "fsdp_backward_prefetch": "backward_prefetch",
     "fsdp_forward_prefetch": "forward_prefetch",
+    "fsdp_limit_all_gathers": "limit_all_gathers",
 }
 
 

@@ -44,6 +44,7 @@ def lora_config(a: AdapterConfig, targets: Optional[list[str]], modules_to_save:
         lora_alpha=a.lora_alpha,
         lora_dropout=a.lora_dropout,
         target_modules=targets,
+        target_parameters=list(a.lora_target_parameters) if a.lora_target_parameters else None,
         modules_to_save=modules_to_save,
         fan_in_fan_out=a.lora_fan_in_fan_out,
         use_rslora=a.peft_use_rslora,
@@ -77,14 +78,20 @@ def apply_adapter(a: AdapterConfig, model: Any, new_tokens: bool, seed: int, on_
             raise ConfigError(f"`lora_model_dir`: the adapter in {a.lora_model_dir} does not fit base_model "
                               f"{model.config._name_or_path}: {str(exc).splitlines()[0][:300]}") from None
     else:
-        targets = set(a.lora_target_modules or ())
-        check_targets(a.lora_target_modules or (), model)
+        from ft.config.adapter import is_regex
+
+        written = a.lora_target_modules or ()
+        check_targets(written, model)
+        targets = set(regex_targets(written[0], model)) if any(map(is_regex, written)) else set(written)
         if a.lora_target_linear:
             targets |= set(linear_module_names(model))
         to_save = set(a.lora_modules_to_save or ())
         if new_tokens:
             to_save |= set(embedding_module_names(model))
-        model = get_peft_model(model, lora_config(a, sorted(targets) or None, sorted(to_save) or None))
+        if a.lora_target_parameters:
+            check_parameters(a.lora_target_parameters, model)
+        model = get_peft_model(model, lora_config(a, sorted(targets) or ([] if a.lora_target_parameters else None),
+                                                  sorted(to_save) or None))
         seed_lora_weights(model, seed)
     trainable, total = count_parameters(model)
     log.info("trainable parameters: %s of %s (%.2f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / max(total, 1))
@@ -120,15 +127,45 @@ def seed_lora_weights(model: Any, seed: int) -> int:
     return count
 
 
+def regex_targets(pattern: str, model: Any) -> list[str]:
+    """The whole names of the modules a lora_target_modules regular expression matches (as PEFT matches one)."""
+    import re
+
+    matched = [name for name, _ in model.named_modules() if name and re.fullmatch(pattern, name)]
+    if not matched:
+        example = next((n for n in (linear_names_in_full(model)) if ".layers." in n), "")
+        raise ConfigError(f"`lora_target_modules`: `{pattern}` matches no module of this model; its module names "
+                          f"look like {example}")
+    return matched
+
+
+def linear_names_in_full(model: Any) -> list[str]:
+    short = set(linear_module_names(model))
+    return [name for name, _ in model.named_modules() if name.split(".")[-1] in short]
+
+
 def check_targets(targets: tuple[str, ...], model: Any) -> None:
     """Every name in lora_target_modules names modules of this model (peft matches the end of a module's
     dotted name); otherwise say which linear layers it has."""
+    from ft.config.adapter import is_regex
+
+    if any(map(is_regex, targets)):
+        return
     names = [name for name, _ in model.named_modules()]
     missing = [t for t in targets if not any(n == t or n.endswith(f".{t}") for n in names)]
     if missing:
         have = ", ".join(linear_module_names(model))
         raise ConfigError(f"`lora_target_modules`: {', '.join(f'`{m}`' for m in missing)} is not a module of this model; "
                           f"its linear layers are {have} (or set lora_target_linear: true for all of them)")
+
+
+def check_parameters(targets: tuple[str, ...], model: Any) -> None:
+    """Every name in lora_target_parameters names parameters of this model (peft matches the end of the name)."""
+    names = [name for name, _ in model.named_parameters()]
+    missing = [t for t in targets if not any(n == t or n.endswith(f".{t}") for n in names)]
+    if missing:
+        raise ConfigError(f"`lora_target_parameters`: {', '.join(f'`{m}`' for m in missing)} is not a parameter of this "
+                          f"model; its parameters are named like {names[len(names) // 2]}")
 
 
 # What must agree between an adapter's base and the model it is loaded into.

@@ -34,8 +34,10 @@ def load_model(m: ModelConfig, q: QuantizationConfig, tokenizer: Any, *, full: b
     kwargs: dict[str, Any] = {"trust_remote_code": m.trust_remote_code, "revision": m.revision_of_model}
     if attention:
         kwargs["attn_implementation"] = attention
-    if m.base_model_config:
-        kwargs["config"] = AutoConfig.from_pretrained(m.base_model_config, trust_remote_code=m.trust_remote_code)
+    if m.experts_implementation:
+        kwargs["experts_implementation"] = m.experts_implementation
+    if m.base_model_config or m.model_config_overrides:
+        kwargs["config"] = model_config(m)
     quant = bnb_config(q, dtype, fsdp=fsdp)
     if quant is not None:
         kwargs["quantization_config"] = quant
@@ -59,14 +61,19 @@ def load_model(m: ModelConfig, q: QuantizationConfig, tokenizer: Any, *, full: b
         log.warning("this architecture has no sdpa attention: using eager attention")
         kwargs["attn_implementation"] = "eager"
         model = AutoModelForCausalLM.from_pretrained(m.base_model, dtype=load_dtype, **kwargs)
-    grew = len(tokenizer) > model.get_input_embeddings().weight.shape[0]
+    rows = model.get_input_embeddings().weight.shape[0]
+    grew = len(tokenizer) > rows
     if grew and on_meta:
         raise ConfigError(f"the tokenizer has {len(tokenizer)} tokens, the model's embeddings {model.get_input_embeddings().weight.shape[0]}: "
                           "adding tokens is not supported yet with a 4-bit base under FSDP on several processes; use tokens "
                           "the model has (e.g. an existing token as pad_token)")
     if grew:
-        model.resize_token_embeddings(len(tokenizer))
+        model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=32 if m.resize_token_embeddings_to_32x else None)
         log.info("vocabulary grew to %d tokens: embeddings resized and trained", len(tokenizer))
+    elif m.resize_token_embeddings_to_32x and rows % 32:
+        model.resize_token_embeddings(rows, pad_to_multiple_of=32)
+        log.info("embeddings padded from %d to %d rows (resize_token_embeddings_to_32x)", rows,
+                 model.get_input_embeddings().weight.shape[0])
     model.config.use_cache = False
     if model.config._attn_implementation == "sdpa" and modifies_scores(model.config):
         # transformers before 5.2x loads Gemma-2 with sdpa, which ignores its attention logit soft-capping
@@ -75,6 +82,43 @@ def load_model(m: ModelConfig, q: QuantizationConfig, tokenizer: Any, *, full: b
     if q.bits == 4 and not torch.cuda.is_available():
         guard_cpu_4bit(model)
     return model, grew
+
+
+def model_config(m: ModelConfig) -> Any:
+    """The model's config (from base_model_config when given) with model_config_overrides set on it; an override
+    naming no setting of this model's config is refused (transformers would keep it and change nothing)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(m.base_model_config or m.base_model, trust_remote_code=m.trust_remote_code,
+                                        revision=m.revision_of_model)
+    for key, value in (m.model_config_overrides or {}).items():
+        target = config if hasattr(config, key) else config.get_text_config()
+        if not hasattr(target, key):
+            raise ConfigError(f"`model_config`: `{key}` is not a setting of {type(config).__name__}; see the model's "
+                              "config.json for the names it has")
+        setattr(target, key, value)
+    return config
+
+
+def unfreeze_only(model: Any, patterns: tuple[str, ...]) -> int:
+    """Full fine-tuning with unfrozen_parameters: only parameters whose name matches a pattern train. Returns how
+    many tensors train; none matching is a mistake said with the model's own names."""
+    import re
+
+    from ft.config.adapter import parameter_regex
+
+    compiled = [re.compile(parameter_regex(p)) for p in patterns]
+    count = 0
+    for name, p in model.named_parameters():
+        p.requires_grad_(any(c.match(name) for c in compiled))
+        count += p.requires_grad
+    if not count:
+        names = [n for n, _ in model.named_parameters()]
+        raise ConfigError(f"`unfrozen_parameters` matches no parameter of this model, so nothing would train; its "
+                          f"names look like {names[0]}, {names[len(names) // 2]}, {names[-1]}")
+    if not model.get_input_embeddings().weight.requires_grad:
+        model.enable_input_require_grads()  # checkpointed blocks after frozen embeddings still need a grad path
+    return count
 
 
 def prepare_for_training(model: Any, q: QuantizationConfig, *, checkpointing: bool, adapter: bool) -> Any:

@@ -12,9 +12,11 @@ ZeRO-1/2/3 and FSDP, with CPU offload. The constants below are the parts no form
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from ft.config.adapter import is_regex
 from ft.plan.shapes import DEFAULT_TARGETS, Shape
 
 GiB = 1 << 30
@@ -56,6 +58,9 @@ def lora_targets(cfg: Any, shape: Shape) -> list[str]:
     if a.lora_target_linear:
         return sorted(names)
     wanted = a.lora_target_modules or DEFAULT_TARGETS.get(shape.model_type, ())
+    if any(map(is_regex, wanted)):  # a regular expression over whole names: tried on a layer's usual paths
+        paths = [f"model.{middle}layers.0.{block}." for middle in ("", "language_model.") for block in ("self_attn", "mlp")]
+        return sorted(n for n in names if any(re.fullmatch(wanted[0], p + n) for p in paths))
     return sorted(n for n in names if any(n == w or n.endswith(w) for w in wanted))
 
 

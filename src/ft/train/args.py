@@ -80,7 +80,7 @@ def training_arguments(
         seed=t.seed,
         data_seed=t.seed,
         neftune_noise_alpha=t.neftune_noise_alpha,
-        torch_compile=t.torch_compile,
+        torch_compile=t.torch_compile or t.torch_compile_mode is not None,
         train_sampling_strategy="group_by_length" if t.group_by_length else "random",
         remove_unused_columns=False,
         prediction_loss_only=True,  # evaluation keeps no logits: ft computes no metrics from them
@@ -89,6 +89,8 @@ def training_arguments(
         dataloader_num_workers=0,
     )
     kwargs.update(launch)
+    if t.torch_compile_mode is not None:
+        kwargs["torch_compile_mode"] = t.torch_compile_mode
     if t.cosine_min_lr_ratio is not None:
         kwargs["lr_scheduler_kwargs"] = {"min_lr_rate": t.cosine_min_lr_ratio}
     for key in ("adam_beta1", "adam_beta2", "adam_epsilon"):

@@ -35,3 +35,36 @@ class Alpaca(Format):
 
     def segments(self, row: Mapping[str, Any]) -> list[Segment]:
         return [Segment(self.prompt(row), False), Segment(text_field(row, "output"), True)]
+
+
+class AlpacaStyle(Alpaca):
+    """Alpaca's rows and system texts in another turn layout (Axolotl's `alpaca:<style>` types)."""
+
+    system = ""  # how the system text renders; {system}
+    with_input = ""  # the turn; {instruction}, {input}
+    no_input = ""  # the turn without an input; {instruction}
+
+    def prompt(self, row: Mapping[str, Any]) -> str:
+        instruction = text_field(row, "instruction")
+        extra = text_field(row, "input", optional=True)
+        if extra.strip():
+            return self.system.format(system=SYSTEM_WITH_INPUT) + self.with_input.format(instruction=instruction, input=extra)
+        return self.system.format(system=SYSTEM_NO_INPUT) + self.no_input.format(instruction=instruction)
+
+
+SYSTEM_WITH_INPUT = WITH_INPUT.split("\n\n")[0]
+SYSTEM_NO_INPUT = NO_INPUT.split("\n\n")[0]
+
+
+@FORMATS.register("alpaca:chat", aliases=("alpaca_chat",))
+class AlpacaChat(AlpacaStyle):
+    system = "SYSTEM: {system}\n"
+    with_input = "USER: {instruction}\n{input}\nASSISTANT:"
+    no_input = "USER: {instruction}\nASSISTANT:"
+
+
+@FORMATS.register("alpaca:phi", aliases=("alpaca_phi",))
+class AlpacaPhi(AlpacaStyle):
+    system = "<|system|>\n{system}<|end|>\n"
+    with_input = "<|user|>\n{instruction}<|end|>{input}<|assistant|>"
+    no_input = "<|user|>\n{instruction}<|end|>\n<|assistant|>\n"

@@ -23,11 +23,12 @@ SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "system": "system", "user
 class ChatTemplate(Format):
     append_eos = False
     reads = ("field_messages", "message_field_role", "message_field_content", "roles_to_train", "train_on_eos",
-             "chat_template", "chat_template_jinja")
+             "chat_template", "chat_template_jinja", "roles", "drop_system_message")
 
     def __init__(self, ds: Any, tokenizer: Any = None) -> None:
         super().__init__(ds, tokenizer)
         self.template = ds.chat_template_jinja or (CHAT_TEMPLATES.get(ds.chat_template) if ds.chat_template else None)
+        self.role_of = {name: role for role, names in (ds.roles or {}).items() for name in names}
 
     def required_columns(self) -> tuple[str, ...]:
         return (self.ds.field_messages,) if self.ds.field_messages else ()
@@ -49,7 +50,14 @@ class ChatTemplate(Format):
             role, content = turn.get(role_key), turn.get(content_key)
             if not isinstance(role, str) or not isinstance(content, str):
                 raise DataError(f"{column}[{i}] needs text under `{role_key}` and `{content_key}`")
-            out.append({"role": SHAREGPT_ROLES.get(role, role) if sharegpt else role, "content": content})
+            if self.role_of:
+                role = self.role_of.get(role, role)
+            elif sharegpt:
+                role = SHAREGPT_ROLES.get(role, role)
+            if not (self.ds.drop_system_message and role == "system"):
+                out.append({"role": role, "content": content})
+        if not out:
+            raise DataError(f"column `{column}` holds only system turns, and drop_system_message leaves them out")
         return out
 
     def render(self, messages: list[dict[str, str]], generation_prompt: bool = False) -> str:

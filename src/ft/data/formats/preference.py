@@ -65,7 +65,7 @@ class Preference(PairFormat):
 class ChatPreference(PairFormat):
     append_eos = False
     reads = ("field_messages", "field_chosen", "field_rejected", "message_field_role", "message_field_content",
-             "chat_template", "chat_template_jinja")
+             "chat_template", "chat_template_jinja", "roles", "drop_system_message")
 
     def __init__(self, ds: Any, tokenizer: Any = None) -> None:
         super().__init__(ds, tokenizer)

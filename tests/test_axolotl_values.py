@@ -1,0 +1,234 @@
+"""Axolotl's values for keys ft shares with it (config/axolotl_values.py), its dataset-entry keys, and the keys
+ft took from it (roles, drop_system_message, alpaca:chat, dataset_exact_deduplication, unfrozen_parameters,
+lora_target_parameters, model_config, resize_token_embeddings_to_32x): each read as Axolotl reads it, or refused
+in one sentence naming the feature."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ft.commands.config import validation_context
+from ft.config import load_config
+from ft.errors import ConfigError
+from helpers import dataset, render, tokenize, trained_text
+
+REPO = Path(__file__).resolve().parents[1]
+BASE = "base_model: ./model\ndatasets:\n  - path: data.jsonl\n    type: alpaca\n"
+CHAT = "base_model: ./model\ndatasets:\n  - path: data.jsonl\n    type: chat_template\n"
+
+
+def _load(tmp_path: Path, text: str):
+    said: list[str] = []
+    (tmp_path / "cfg.yml").write_text(text)
+    return load_config(tmp_path / "cfg.yml", context=validation_context(), warn=said.append), said
+
+
+def _refused(tmp_path: Path, text: str) -> str:
+    with pytest.raises(ConfigError) as info:
+        _load(tmp_path, text)
+    message = str(info.value)
+    assert "\n" not in message and "did you mean" not in message and "unknown key" not in message, message
+    return message
+
+
+@pytest.mark.parametrize("name, ft_name", [("qwen3", "tokenizer_default"), ("falcon_h1", "tokenizer_default"),
+                                           ("gemma3", "tokenizer_default"), ("phi_3", "phi3"), ("chatml", "chatml")])
+def test_named_chat_templates(name: str, ft_name: str, tmp_path: Path):
+    cfg, said = _load(tmp_path, f"{CHAT}    chat_template: {name}\nchat_template: {name}\n")
+    assert cfg.model.chat_template == ft_name and cfg.data.datasets[0].chat_template == ft_name
+    assert (sum(f"`chat_template: {name}`" in s for s in said) == 2) is (name != ft_name), said
+
+
+def test_chat_templates_ft_cannot_honour_are_refused(tmp_path: Path):
+    assert "(multimodal models)" in _refused(tmp_path, f"{BASE}chat_template: llava\n")
+    assert "Axolotl's own alpaca conversation format" in _refused(tmp_path, f"{BASE}chat_template: alpaca\n")
+    cfg, _ = _load(tmp_path, f"{BASE}chat_template: jinja\nchat_template_jinja: '{{{{ messages }}}}'\n")
+    assert cfg.model.chat_template is None and cfg.model.chat_template_jinja == "{{ messages }}"
+
+
+@pytest.mark.parametrize("value", ["adamw_torch_8bit", "adamw_torch_4bit", "ao_adamw_8bit"])
+def test_torchao_optimizers_become_bitsandbytes_8bit(value: str, tmp_path: Path):
+    cfg, said = _load(tmp_path, f"{BASE}optimizer: {value}\n")
+    assert cfg.training.optimizer == "adamw_bnb_8bit"
+    assert any(f"`optimizer: {value}`" in s and "bitsandbytes' 8-bit AdamW" in s for s in said), said
+    assert ("instead of 1" in " ".join(said)) is ("4bit" in value)
+
+
+def test_axolotl_only_optimizers_and_rl_methods_are_refused_by_name(tmp_path: Path):
+    assert "Axolotl's optimizer `muon` is not supported by ft yet" in _refused(tmp_path, f"{BASE}optimizer: muon\n")
+    assert "Axolotl's `rl: kto` (KTO)" in _refused(tmp_path, f"{BASE}rl: kto\n")
+
+
+@pytest.mark.parametrize("axolotl_file, ft_file, offloads", [
+    ("zero3_bf16.json", "zero3.json", set()),
+    ("zero3_bf16_cpuoffload_all.json", "zero3_offload.json", {"offload_param", "offload_optimizer"}),
+    ("zero3_bf16_cpuoffload_params.json", "zero3_offload_params.json", {"offload_param"}),
+    ("zero2_torch_compile.json", "zero2.json", set()),
+])
+def test_axolotl_deepspeed_files(axolotl_file: str, ft_file: str, offloads: set, tmp_path: Path):
+    cfg, said = _load(tmp_path, f"{BASE}deepspeed: {REPO}/deepspeed_configs/{axolotl_file}\n")
+    assert cfg.distributed.deepspeed == f"{REPO}/deepspeed_configs/{ft_file}"
+    zero = json.loads(Path(cfg.distributed.deepspeed).read_text())["zero_optimization"]
+    assert {k for k in zero if k.startswith("offload_")} == offloads
+    assert zero["stage"] == int(axolotl_file[4])
+
+
+def test_values_axolotl_reads_its_own_way(tmp_path: Path):
+    cfg, said = _load(tmp_path, f"{BASE}gradient_checkpointing: offload\nevals_per_epoch: 0\nwarmup_steps: 0.1\n"
+                                "tokens:\n  pad_token: <pad>\ncosine_min_lr_ratio: 1.0\n")
+    t = cfg.training
+    assert t.gradient_checkpointing is True and t.activation_offloading is True
+    assert t.evals_per_epoch is None and t.warmup_steps is None and t.warmup_ratio == 0.1
+    assert cfg.model.special_tokens.pad_token == "<pad>" and cfg.model.tokens == ()
+    assert t.cosine_min_lr_ratio == 1.0
+    assert len([s for s in said if "from Axolotl" in s]) == 4, said
+    cfg, _ = _load(tmp_path, f"{BASE}activation_offloading: legacy\ngradient_checkpointing: true\n")
+    assert cfg.training.activation_offloading is True
+
+
+def test_pure_precision_keys_refine_the_mixed_ones(tmp_path: Path):
+    assert _load(tmp_path, f"{BASE}bf16: true\nbfloat16: true\n")[0].model.bf16 == "full"
+    assert _load(tmp_path, f"{BASE}bfloat16: true\nbf16: true\n")[0].model.bf16 == "full"
+    assert _load(tmp_path, f"{BASE}fp16: false\nfloat16: true\n")[0].model.fp16 is True
+
+
+def test_dataset_entry_keys(tmp_path: Path):
+    cfg, said = _load(tmp_path, f"{CHAT}    message_property_mappings:\n      role: from\n      content: value\n"
+                                "    train_on_eot: last\n    trust_remote_code: false\n")
+    ds = cfg.data.datasets[0]
+    assert (ds.message_field_role, ds.message_field_content, ds.train_on_eos) == ("from", "value", "last")
+    assert any("`message_property_mappings` → `message_field_role: from`" in s for s in said), said
+    cfg, _ = _load(tmp_path, f"{CHAT}    message_property_mappings:\n      role: role\n      content: content\n")
+    assert cfg.data.datasets[0].message_field_role is None
+    assert "entry `thinking`" in _refused(tmp_path, f"{CHAT}    message_property_mappings:\n      thinking: t\n")
+    assert "Axolotl's dataset key `field_thinking` (reasoning text" in _refused(tmp_path, f"{CHAT}    field_thinking: t\n")
+    assert "keep one" in _refused(tmp_path, f"{CHAT}    train_on_eot: all\n    train_on_eos: turn\n")
+
+
+def test_fsdp1_keys_without_a_version_mean_fsdp1_as_axolotl_reads_them(tmp_path: Path):
+    from ft.launch.fsdp import library_fsdp_config
+
+    fsdp = "fsdp:\n  - full_shard\n  - auto_wrap\nfsdp_config:\n  fsdp_limit_all_gathers: true\n  fsdp_sync_module_states: true\n"
+    cfg, _ = _load(tmp_path, BASE + fsdp)
+    assert cfg.distributed.fsdp_config.fsdp_version == 1
+    library = library_fsdp_config(cfg.distributed)
+    assert library["version"] == 1 and library["limit_all_gathers"] is True and library["sync_module_states"] is True
+    message = str(pytest.raises(ConfigError, _load, tmp_path, BASE + fsdp + "fsdp_version: 2\n").value)
+    assert "is read only by FSDP1" in message
+
+
+ROLE_ROWS = [{"messages": [{"role": "system", "content": "Be terse."}, {"role": "human", "content": "Say hi."},
+                           {"role": "bot", "content": "hi"}]}]
+
+
+def test_roles_map_the_rows_role_names_and_system_turns_can_be_dropped(tiny_tokenizer):
+    roles = {"user": ["human"], "assistant": ["bot", "gpt"]}
+    kept = tokenize(ROLE_ROWS, tiny_tokenizer, "chat_template", {"roles": roles}, sequence_len=512)
+    expected = tiny_tokenizer.apply_chat_template([{"role": "system", "content": "Be terse."}, {"role": "user", "content": "Say hi."},
+                                                   {"role": "assistant", "content": "hi"}], tokenize=True)
+    assert kept.input_ids[0] == list(expected["input_ids"] if hasattr(expected, "keys") else expected)
+    assert trained_text(kept.input_ids[0], kept.labels[0], tiny_tokenizer) == "hi<|im_end|>"
+    dropped = tokenize(ROLE_ROWS, tiny_tokenizer, "chat_template", {"roles": roles, "drop_system_message": True}, sequence_len=512)
+    text = tiny_tokenizer.decode(dropped.input_ids[0])
+    assert "Be terse." not in text and "Say hi." in text and len(dropped.input_ids[0]) < len(kept.input_ids[0])
+    with pytest.raises(ValueError, match="listed under both"):
+        dataset("chat_template", roles={"user": ["human"], "assistant": ["human"]})
+
+
+@pytest.mark.parametrize("type_, prompt", [
+    ("alpaca:chat", "SYSTEM: Below is an instruction that describes a task, paired with an input that provides further "
+     "context. Write a response that appropriately completes the request.\nUSER: Add.\n2 3\nASSISTANT:"),
+    ("alpaca:phi", "<|system|>\nBelow is an instruction that describes a task, paired with an input that provides "
+     "further context. Write a response that appropriately completes the request.<|end|>\n<|user|>\nAdd.<|end|>2 3<|assistant|>"),
+])
+def test_alpaca_styles(type_: str, prompt: str, tiny_tokenizer):
+    segments = render([{"instruction": "Add.", "input": "2 3", "output": "5"}], tiny_tokenizer, type_)[0]
+    assert [(s.text, s.train) for s in segments] == [(prompt, False), ("5", True)]
+    no_input = render([{"instruction": "Add.", "output": "5"}], tiny_tokenizer, type_)[0][0].text
+    assert "paired with an input" not in no_input and "Add." in no_input
+
+
+def test_exact_deduplication(tiny_tokenizer):
+    from ft.config.data import DataConfig
+    from ft.data.prepare import build
+
+    rows = [{"instruction": f"say {w}", "output": w} for w in ("a", "b", "a", "c", "b", "a")]
+    source = Path(__file__).parent / "data" / "dups.jsonl"
+    ds = {"path": str(source), "type": "alpaca"}
+    try:
+        source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        plain = build(DataConfig.model_validate({"datasets": [ds]}), 0, tiny_tokenizer)
+        train, _, stats = build(DataConfig.model_validate({"datasets": [ds], "dataset_exact_deduplication": True}), 0, tiny_tokenizer)
+        held = build(DataConfig.model_validate({"datasets": [ds], "test_datasets": [ds], "dataset_exact_deduplication": True}),
+                     0, tiny_tokenizer)
+    finally:
+        source.unlink()
+    assert len(plain[0].input_ids) == 6 and len(train.input_ids) == 3 and stats["duplicates"] == 3
+    assert sorted(map(tuple, train.input_ids)) == sorted(set(map(tuple, plain[0].input_ids)))
+    assert held[1].input_ids == [] and held[2]["duplicates"] == 3 + 6  # every test row is a training row
+
+
+def test_unfrozen_parameters_are_for_full_fine_tuning(tmp_path: Path):
+    cfg, _ = _load(tmp_path, f"{BASE}unfrozen_parameters:\n  - ^lm_head.*\n  - model.layers.1.mlp\n")
+    assert cfg.adapter.unfrozen_parameters == ("^lm_head.*", "model.layers.1.mlp")
+    assert "only the adapter trains" in _refused(tmp_path, f"{BASE}adapter: lora\nunfrozen_parameters: [lm_head]\n")
+    assert "not a regular expression" in _refused(tmp_path, f"{BASE}unfrozen_parameters: ['lm_head[']\n")
+    assert "a regular expression is given alone" in _refused(tmp_path, f"{BASE}adapter: lora\nlora_target_modules: "
+                                                                        "['q_proj', 'layers.[0-9]+.v_proj']\n")
+    assert "has no `adapter:`" in _refused(tmp_path, f"{BASE}lora_target_parameters: [mlp.experts.down_proj]\n")
+
+
+def test_model_side_keys_on_a_real_model(tiny_model_dir):
+    import torch
+
+    from ft.config.adapter import AdapterConfig
+    from ft.config.model import ModelConfig
+    from ft.model.adapter import apply_adapter
+    from ft.model.load import model_config, unfreeze_only
+    from transformers import AutoModelForCausalLM
+
+    folder = str(tiny_model_dir("llama"))
+    config = model_config(ModelConfig(base_model=folder, model_config_overrides={"rms_norm_eps": 0.125}))
+    assert config.rms_norm_eps == 0.125
+    with pytest.raises(ConfigError, match="`no_such_setting` is not a setting of LlamaConfig"):
+        model_config(ModelConfig(base_model=folder, model_config_overrides={"no_such_setting": 1}))
+
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    trained = unfreeze_only(model, ("model.layers.1.mlp",))
+    assert trained == 3 and all(p.requires_grad == n.startswith("model.layers.1.mlp.") for n, p in model.named_parameters())
+    with pytest.raises(ConfigError, match="matches no parameter"):
+        unfreeze_only(model, ("model.language_model.*",))
+
+    lora = apply_adapter(AdapterConfig(adapter="lora", lora_target_parameters=("mlp.down_proj.weight",)), model, False, 1)
+    names = [n for n, p in lora.named_parameters() if p.requires_grad]
+    assert names and all("mlp.down_proj.lora_" in n for n in names)
+    x = torch.arange(1, 9).unsqueeze(0)
+    lora(input_ids=x, labels=x).loss.backward()
+    assert all(p.grad is not None for p in lora.parameters() if p.requires_grad)
+    regex = apply_adapter(AdapterConfig(adapter="lora", lora_target_modules=r"model.layers.[\d]+.self_attn.(q|v)_proj"),
+                          AutoModelForCausalLM.from_pretrained(folder), False, 1)
+    adapted = {n.split(".lora_")[0].split(".")[-1] for n, p in regex.named_parameters() if p.requires_grad}
+    assert adapted == {"q_proj", "v_proj"}
+    with pytest.raises(ConfigError, match="matches no module of this model; its module names look like model.layers"):
+        apply_adapter(AdapterConfig(adapter="lora", lora_target_modules=r"model.language_model.layers.[\d]+.mlp.up_proj"),
+                      AutoModelForCausalLM.from_pretrained(folder), False, 1)
+    with pytest.raises(ConfigError, match="`mlp.experts.down_proj` is not a parameter of this model"):
+        apply_adapter(AdapterConfig(adapter="lora", lora_target_parameters=("mlp.experts.down_proj",)),
+                      AutoModelForCausalLM.from_pretrained(folder), False, 1)
+
+
+def test_embeddings_padded_to_a_multiple_of_32(tiny_model_dir):
+    from ft.config.model import ModelConfig, QuantizationConfig
+    from ft.model.load import load_model
+    from ft.tokenizer.load import load_tokenizer
+
+    m = ModelConfig(base_model=str(tiny_model_dir("llama")), tokens=("<new_a>", "<new_b>", "<new_c>"),
+                    resize_token_embeddings_to_32x=True)
+    tokenizer = load_tokenizer(m)
+    model, grew = load_model(m, QuantizationConfig(), tokenizer, full=True, fsdp=False)
+    rows = model.get_input_embeddings().weight.shape[0]
+    assert grew and rows % 32 == 0 and len(tokenizer) <= rows < len(tokenizer) + 32
+    assert model.get_output_embeddings().weight.shape[0] == rows
