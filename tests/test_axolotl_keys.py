@@ -99,7 +99,8 @@ def test_a_key_said_twice_alike_is_taken_once(tmp_path: Path):
     ("axolotl.integrations.cut_cross_entropy.CutCrossEntropyPlugin", "chunked_cross_entropy"),
     ("axolotl.integrations.liger.LigerPlugin", "ignored"),
     ("axolotl.integrations.liger.plugin.LigerPlugin", "ignored"),
-    ("axolotl.integrations.kd.KDPlugin", "Axolotl's plugin `axolotl.integrations.kd.KDPlugin` (knowledge distillation"),
+    ("axolotl.integrations.kd.KDPlugin", "ignored"),
+    ("axolotl.integrations.spectrum.SpectrumPlugin", "Axolotl's plugin `axolotl.integrations.spectrum.SpectrumPlugin` (Spectrum"),
     ("my_company.plugins.Secret", "the plugin `my_company.plugins.Secret` is not one ft knows"),
 ])
 def test_plugins_are_answered_entry_by_entry(entry: str, outcome: str, tmp_path: Path):

@@ -122,3 +122,33 @@ def test_deepspeed_zero_full_fine_tuning_saves_and_resumes(stage: int, tmp_path:
     assert any(not torch.equal(whole[k], base[k]) for k in base)  # the weights trained
     assert relative_difference(load_file(str(tmp_path / "resumed/out/model.safetensors")), whole) < 1e-5
     AutoModelForCausalLM.from_pretrained(tmp_path / "whole/out")
+
+
+@pytest.mark.parametrize("backend", ["ddp", "zero2"])
+def test_distillation_on_two_ranks_trains_like_one_process(backend: str, tmp_path: Path, tiny_model_dir):
+    """One SGD step of 2 ranks × micro batch 2 gives the adapter of one process × micro batch 4 (the same rows): the
+    loss is normalised over the global batch's trained tokens, across processes too."""
+    from safetensors.torch import load_file
+
+    from ft.tiny import build_tokenizer, make_tiny_model
+
+    teacher = make_tiny_model(tmp_path / "teacher", weights_seed=7, hidden_size=96, intermediate_size=160,
+                              vocab_size=len(build_tokenizer()) + 16)
+    keys = dict(teacher_model=str(teacher), kd_alpha=0.7, kd_temperature=2.0, max_steps=1, optimizer="sgd",
+                learning_rate=0.05, max_grad_norm=0, shuffle_merged_datasets=False, **LORA)
+    if backend == "zero2":
+        keys["deepspeed"] = str(ROOT / "deepspeed_configs/zero2.json")
+    adapters = []
+    for name, micro in (("one", 4), ("two", 2)):
+        (tmp_path / name).mkdir()
+        make_config(tmp_path / name, tiny_model_dir("llama"), micro_batch_size=micro, **keys)
+        if name == "two":
+            result = _two_ranks(tmp_path / name)
+            assert "distillation from" in result.stderr, result.stderr[-4000:]
+        else:
+            subprocess.run([sys.executable, "-m", "ft", "train", "cfg.yml"], cwd=tmp_path / name, check=True,
+                           capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        adapters.append(load_file(tmp_path / name / "out/adapter_model.safetensors"))
+    moved = [n for n in adapters[0] if "lora_B" in n]
+    worst = max(float((adapters[0][n] - adapters[1][n]).abs().max() / adapters[0][n].abs().max()) for n in moved)
+    assert worst < 1e-4, worst

@@ -8,7 +8,7 @@ for a seed. `scripts/make_tiny_model.py` is the command-line face of this module
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from ft.data.formats.alpaca import NO_INPUT, WITH_INPUT
 from ft.tokenizer.chat_templates import CHAT_TEMPLATES
@@ -115,11 +115,13 @@ def build_model(arch: str, tokenizer: Any, seed: int = 0, **overrides: Any) -> A
     return AutoModelForCausalLM.from_config(model_config(arch, tokenizer, **overrides), dtype=torch.float32)
 
 
-def make_tiny_model(out_dir: str | Path, arch: str = "llama", seed: int = 0, **overrides: Any) -> Path:
-    """Build and save a tiny model and its tokenizer to `out_dir` (loadable with from_pretrained)."""
+def make_tiny_model(out_dir: str | Path, arch: str = "llama", seed: int = 0, weights_seed: Optional[int] = None,
+                    **overrides: Any) -> Path:
+    """Build and save a tiny model and its tokenizer to `out_dir` (loadable with from_pretrained). `weights_seed`:
+    other weights with the same tokenizer (a distillation teacher for the model of `seed`)."""
     out = Path(out_dir)
     tokenizer = build_tokenizer(seed=seed)
-    model = build_model(arch, tokenizer, seed=seed, **overrides)
+    model = build_model(arch, tokenizer, seed=seed if weights_seed is None else weights_seed, **overrides)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out

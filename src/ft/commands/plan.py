@@ -3,6 +3,7 @@ config.json only: no weights, no torch; it answers in well under 2 seconds."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -65,6 +66,9 @@ def plan_report(cfg: FtConfig, memory: int, gpus: int, real_lengths: bool = True
     """Everything `ft plan` says, as data: the worst case (every row at sequence_len), and with the prepared
     data's real lengths when they are at hand."""
     shape = read_shape(cfg.model.base_model_config or cfg.model.base_model)
+    k = cfg.distillation
+    if k.on and not k.kd_cache:
+        shape = dataclasses.replace(shape, teacher=read_shape(k.teacher_model))
     plan = estimate(cfg, shape, gpus)
     report: dict[str, Any] = {
         "model": f"{shape.model_type}, {shape.total_params() / 1e9:.2f}B parameters", "gpus": gpus, "gpu_memory": memory,

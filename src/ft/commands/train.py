@@ -54,6 +54,14 @@ def build_run(cfg: FtConfig, world: int) -> Run:
 
     # data
     tokenizer = load_tokenizer(cfg.model)
+    k = cfg.distillation
+    if k.on:
+        from ft.config.schema import DISTILL_SHARDED
+        from ft.model.teacher import check_teacher_vocabulary
+
+        if sharding:
+            raise UserError(DISTILL_SHARDED.format(sharding))
+        vocab = check_teacher_vocabulary(k, tokenizer, cfg.model.trust_remote_code)  # before any model loads
     prepared = prepare_data(cfg, tokenizer)
     log.info(report(prepared, d.sequence_len))
 
@@ -77,6 +85,11 @@ def build_run(cfg: FtConfig, world: int) -> Run:
 
         offload = ActivationOffload()
     extra: dict[str, Any] = {}
+    if k.on:
+        from ft.train.distill_trainer import DistillTrainer
+
+        extra["trainer_class"] = DistillTrainer
+        teacher = teacher_for_training(cfg, model, layout, vocab)
     if pairs:
         from ft.train.preference import PreferenceTrainer
 
@@ -93,6 +106,9 @@ def build_run(cfg: FtConfig, world: int) -> Run:
 
             trainer.reference_store = ReferenceStore(prepared.path, reference_key(cfg, prepared.path.name))
         log.info(describe_preference(cfg, reference is not None))
+    if k.on:
+        trainer.distillation, trainer.teacher, trainer.vocab = k, teacher, vocab
+        log.info("distillation %s", k.describe())
     if any(p.is_meta for p in model.parameters()):
         from ft.model.sharded import load_shards
 
@@ -123,6 +139,29 @@ def reference_copy(cfg: FtConfig, model: Any, sharding: str) -> Any:
     for p in reference.parameters():
         p.requires_grad_(False)
     return reference
+
+
+def teacher_for_training(cfg: FtConfig, model: Any, layout: str, vocab: int) -> Any:
+    """The frozen teacher, taking the batches the model takes (its attention switched for flattened batches)."""
+    from ft.data.packing import PADDED
+    from ft.model.load import use_packed_attention
+    from ft.model.precision import resolve_dtype
+    from ft.model.teacher import load_teacher
+    from ft.train.loss import causal_lm_of, chunked_loss_refusal
+
+    why = chunked_loss_refusal(causal_lm_of(model).config.model_type, "")
+    if why:
+        raise UserError(f"distillation takes both models' losses a chunk of positions at a time, and {why}")
+    teacher = load_teacher(cfg.distillation, cfg.model, resolve_dtype(cfg.model), vocab)
+    why = chunked_loss_refusal(teacher.config.model_type, "")
+    if why:
+        raise UserError(f"`teacher_model`: {why}")
+    if layout != PADDED:
+        taken, _ = use_packed_attention(teacher, layout)
+        if taken != layout:
+            raise UserError("the teacher cannot take flattened batches (packed or padding-free); set `padding_free: false` "
+                            "and `sample_packing: false`")
+    return teacher
 
 
 def describe_preference(cfg: FtConfig, copied: bool) -> str:

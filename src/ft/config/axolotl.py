@@ -67,7 +67,7 @@ GROUPS: tuple[tuple[str, Answer], ...] = (
     ("pretrain_multipack_", _refused("streaming pretraining datasets")),
     ("dataloader_", _noop("data loader settings", LOADER)),
     ("ddp_", _noop("DDP settings", "ft sets DDP up itself (no search for unused weights under LoRA)")),
-    ("kd_", _refused("knowledge distillation (the kd plugin)")),
+    ("kd_", _refused("this setting of Axolotl's kd plugin (ft distills from `teacher_model`)")),
     ("qgalore_", _refused("Q-GaLore")),
     ("relora", _refused("ReLoRA")),
     ("lisa_", _refused("LISA")),
@@ -297,7 +297,8 @@ PLUGINS: dict[str, Answer] = {
                                                       lambda _: {"chunked_cross_entropy": True}),
     "liger.LigerPlugin": _noop("Liger kernels", KERNEL),
     "kernels.KernelsPlugin": _noop("Hugging Face kernels", KERNEL),
-    "kd.KDPlugin": _refused("knowledge distillation (the kd plugin)"),
+    "kd.KDPlugin": _noop("knowledge distillation (the kd plugin)", "ft distills when `teacher_model` is set, with "
+                         "the kd_* keys"),
     "lm_eval.LMEvalPlugin": _refused("lm-evaluation-harness after training (the lm_eval plugin)"),
     "spectrum.SpectrumPlugin": _refused("Spectrum (layer selection by signal-to-noise)"),
     "grokfast.GrokfastPlugin": _refused("Grokfast"),
@@ -365,16 +366,16 @@ gradio_max_new_tokens gradio_server_name gradio_server_port gradio_share gradio_
 grokfast_alpha grokfast_lamb hatchery heads_k_stride hf_mlflow_log_artifacts hf_use_auth_token hub_model_id
 hub_revision hub_strategy image_resize_algorithm image_size include_tkps include_tokens_per_second
 is_falcon_derived_model is_llama_derived_model is_mistral_derived_model is_preprocess is_qwen_derived_model
-jagged_restart_anneal_steps jagged_restart_steps jagged_restart_warmup_steps kd_alpha kd_beta kd_ce_alpha
-kd_normalize_topk kd_online_server kd_online_server_base_url kd_online_timeout kd_online_topk kd_temperature
-kd_temperature_min kd_trainer kto_desirable_weight kto_undesirable_weight large_head_attention layer_offloading
-liger_cross_entropy liger_fused_linear_cross_entropy liger_glu_activation liger_layer_norm liger_rms_norm
-liger_rms_norm_gated liger_rope liger_swiglu liger_use_token_scaling lisa_layers_attribute lisa_n_layers
-lisa_step_interval llama4_linearized_experts llmcompressor lm_eval_batch_size lm_eval_model lm_eval_post_train
-lm_eval_tasks local_rank lora_alpha_pattern lora_embedding_kernel lora_mlp_kernel lora_o_kernel lora_on_cpu
-lora_qkv_kernel lora_rank_pattern loraplus_lr_embedding loraplus_lr_ratio low_cpu_mem_usage lr_div_factor lr_groups
-lr_quadratic_warmup lr_scheduler_kwargs max_memory max_prompt_len mean_resizing_embeddings merge_lora merge_method
-min_sample_len mlflow_experiment_name mlflow_run_name mlflow_tracking_uri model_kwargs model_quantization_config
+jagged_restart_anneal_steps jagged_restart_steps jagged_restart_warmup_steps kd_normalize_topk kd_online_server
+kd_online_server_base_url kd_online_timeout kd_online_topk kd_temperature_min kd_trainer kto_desirable_weight
+kto_undesirable_weight large_head_attention layer_offloading liger_cross_entropy liger_fused_linear_cross_entropy
+liger_glu_activation liger_layer_norm liger_rms_norm liger_rms_norm_gated liger_rope liger_swiglu
+liger_use_token_scaling lisa_layers_attribute lisa_n_layers lisa_step_interval llama4_linearized_experts
+llmcompressor lm_eval_batch_size lm_eval_model lm_eval_post_train lm_eval_tasks local_rank lora_alpha_pattern
+lora_embedding_kernel lora_mlp_kernel lora_o_kernel lora_on_cpu lora_qkv_kernel lora_rank_pattern
+loraplus_lr_embedding loraplus_lr_ratio low_cpu_mem_usage lr_div_factor lr_groups lr_quadratic_warmup
+lr_scheduler_kwargs max_memory max_prompt_len mean_resizing_embeddings merge_lora merge_method min_sample_len
+mlflow_experiment_name mlflow_run_name mlflow_tracking_uri model_kwargs model_quantization_config
 model_quantization_config_kwargs model_revision moe_bnb_fast moe_dequant_chunk_size moe_grouped_backend mora
 multipack_real_batches nemo_gym_auto_clone nemo_gym_auto_start nemo_gym_config_paths nemo_gym_datasets nemo_gym_dir
 nemo_gym_enabled nemo_gym_head_port nemo_gym_max_turns nemo_gym_model_name nemo_gym_multi_turn nemo_gym_run_timeout

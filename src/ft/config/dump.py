@@ -17,6 +17,9 @@ def to_flat_dict(cfg: FtConfig) -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for name in SECTION_KEYS:
         section: BaseModel = getattr(cfg, name)
+        if name == "distillation" and not cfg.distillation.on:
+            flat["teacher_model"] = None  # its other keys, read back without a teacher, would be refused
+            continue
         flat.update(section.model_dump(mode="json"))
     for key in ("datasets", "test_datasets"):
         # a format-specific key is written only where the user wrote it: read back, a key the entry's format
@@ -31,6 +34,6 @@ def resolved_yaml(cfg: FtConfig) -> str:
     flat = to_flat_dict(cfg)
     parts = []
     for section, keys in SECTION_KEYS.items():
-        block = {k: flat[k] for k in keys}
+        block = {k: flat[k] for k in keys if k in flat}
         parts.append(f"# {section}\n" + yaml.safe_dump(block, sort_keys=False, allow_unicode=True, width=120))
     return "\n".join(parts)

@@ -10,6 +10,7 @@ from ft.config.adapter import AdapterConfig
 from ft.config.base import Contradiction
 from ft.config.context import context_of
 from ft.config.data import DataConfig
+from ft.config.distillation import DistillationConfig
 from ft.config.distributed import DistributedConfig
 from ft.config.evaluation import EvaluationConfig
 from ft.config.logs import LoggingConfig
@@ -32,6 +33,7 @@ class FtConfig(BaseModel):
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     preference: PreferenceConfig = Field(default_factory=PreferenceConfig)
+    distillation: DistillationConfig = Field(default_factory=DistillationConfig)
 
     @model_validator(mode="after")
     def _no_contradictions(self, info: ValidationInfo) -> "FtConfig":
@@ -56,6 +58,10 @@ class FtConfig(BaseModel):
     def prepared_dir(self) -> Path:
         """Where the prepared-dataset cache lives: dataset_prepared_path, else output_dir/prepared."""
         return Path(self.data.dataset_prepared_path or Path(self.training.output_dir) / "prepared")
+
+
+DISTILL_SHARDED = ("distillation is not supported with {} yet (the head's weight is whole only inside the forward, and "
+                   "the loss runs it a chunk at a time): use DDP or DeepSpeed ZeRO-1/2")
 
 
 def contradictions(cfg: FtConfig) -> list[Contradiction]:
@@ -119,6 +125,11 @@ def contradictions(cfg: FtConfig) -> list[Contradiction]:
     if e.do_causal_lm_eval and d.fsdp:
         add("do_causal_lm_eval", "`do_causal_lm_eval` is not supported with fsdp (the weights are whole only inside the "
             "forward pass); run `ft eval cfg.yml` after training")
+    k = cfg.distillation
+    if k.on and cfg.preference.rl:
+        add("teacher_model", f"distillation trains on single texts and `rl: {cfg.preference.rl}` on pairs; keep one")
+    if k.on and d.fsdp:
+        add("teacher_model", DISTILL_SHARDED.format("fsdp"))
     if t.early_stopping_patience and not cfg.has_eval_data:
         add("early_stopping_patience", "early stopping needs evaluation data: set `val_set_size` or `test_datasets`")
     return found

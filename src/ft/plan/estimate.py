@@ -72,17 +72,10 @@ def estimate(cfg: Any, shape: Shape, gpus: int = 1, longest_batch: Optional[int]
     pairs = cfg.preference.rl is not None  # a micro batch of pairs holds two sequences a pair
     tokens = longest_batch or t.micro_batch_size * cfg.data.sequence_len * (2 if pairs else 1)
     plan = Plan({}, gpus=gpus, tokens=tokens)
-    linear, embed, head, other = shape.linear_params(), shape.embedding_params(), shape.head_params(), shape.other_params()
+    embed, head = shape.embedding_params(), shape.head_params()
 
     # weights
-    if q.bits == 4:
-        scales = NF4_SCALES if q.bnb_4bit_use_double_quant else NF4_SCALES_PLAIN
-        base = int(linear * (0.5 + scales)) + (embed + head + other) * compute
-    elif q.bits == 8:
-        rows = shape.layers * sum(out for _, out in shape.linears().values())
-        base = linear + 4 * rows + (embed + head + other) * compute
-    else:
-        base = shape.total_params() * compute
+    base = weight_bytes_of(shape, q.bits, compute, q.bnb_4bit_use_double_quant)
 
     # what trains, in which dtype
     masters = (m.precision in ("bf16", "auto", "fp16") and not m.pure_bf16) or m.precision == "fp32"
@@ -140,14 +133,32 @@ def estimate(cfg: Any, shape: Shape, gpus: int = 1, longest_batch: Optional[int]
         plan.parts["activations"] = saved * shape.layers
         if tile:
             plan.parts["one MLP tile recomputed"] = tile
-    chunked = t.chunked_cross_entropy and not (stage >= 3)
+    k = cfg.distillation
+    teacher = shape.teacher if k.on and not k.kd_cache else None
+    if teacher is not None:  # frozen, beside the model: its weights, and one layer's forward at a time (no grad)
+        t_compute = {"float32": 4}.get(k.teacher_dtype or "", compute)
+        t_bits = 4 if k.teacher_load_in_4bit else 8 if k.teacher_load_in_8bit else None
+        plan.parts["teacher weights (frozen)"] = weight_bytes_of(teacher, t_bits, t_compute, True)
+        plan.parts["teacher forward (no grad)"] = tokens * t_compute * (3 * teacher.hidden + 2 * teacher.intermediate)
+    chunked = (t.chunked_cross_entropy or k.on) and not (stage >= 3)
     chunk = max(64, CHUNK_BYTES // (4 * shape.vocab))
     # the plain loss keeps the fp32 log-softmax for the backward pass; at its peak the logits in the compute
     # dtype and their fp32 upcast (none in fp32) exist beside it. The chunked loss: one chunk of fp32 logits
     # and its log-softmax at a time.
-    plan.parts["logits and loss"] = (min(tokens, chunk) * shape.vocab * 4 * 2 if chunked
+    plan.parts["logits and loss"] = (min(tokens, chunk) * shape.vocab * 4 * (5 if k.on else 2) if chunked
                                      else tokens * shape.vocab * (4 + ((compute + 4) if compute == 2 else 4)))
     return plan
+
+
+def weight_bytes_of(shape: Shape, bits: Optional[int], compute: int, double_quant: bool) -> int:
+    """A model's weights in memory: 4-bit (nf4 and its scales), 8-bit (int8 and a scale per row) or in `compute`
+    bytes; embeddings, head and norms stay in the compute dtype."""
+    rest = (shape.embedding_params() + shape.head_params() + shape.other_params()) * compute
+    if bits == 4:
+        return int(shape.linear_params() * (0.5 + (NF4_SCALES if double_quant else NF4_SCALES_PLAIN))) + rest
+    if bits == 8:
+        return shape.linear_params() + 4 * shape.layers * sum(out for _, out in shape.linears().values()) + rest
+    return shape.total_params() * compute
 
 
 def _stage(d: Any, gpus: int) -> int:

@@ -32,6 +32,7 @@ class Shape:
     vocab: int
     tied: bool
     sliding_window: Optional[int] = None
+    teacher: Optional["Shape"] = None  # a distillation run's live teacher
 
     def linears(self) -> dict[str, tuple[int, int]]:
         """Each decoder layer's linear layers: name → (in features, out features)."""

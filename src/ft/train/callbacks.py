@@ -29,7 +29,8 @@ def peak_memory_mb() -> float:
 
 
 class MetricsLog(TrainerCallback):
-    """Appends one JSON line per log to output_dir/metrics.jsonl: step, loss, lr, grad norm, tokens/s, memory."""
+    """Appends one JSON line per log to output_dir/metrics.jsonl: step, loss, lr, grad norm, tokens/s, memory (and
+    a distillation's two terms)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -43,7 +44,7 @@ class MetricsLog(TrainerCallback):
     def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
         logs = logs or {}
         record: dict[str, Any] = {"step": state.global_step, "epoch": round(state.epoch or 0, 4)}
-        for key in ("loss", "learning_rate", "grad_norm", "eval_loss", "train_loss"):
+        for key in ("loss", "learning_rate", "grad_norm", "eval_loss", "train_loss", "kd_loss", "ce_loss"):
             if key in logs:
                 record[key] = logs[key]
         for key, value in logs.items():  # generation metrics of evaluations, preference metrics (rewards/, logps/)
@@ -56,7 +57,7 @@ class MetricsLog(TrainerCallback):
             self.last_time, self.last_tokens = now, tokens
             record["memory_mb"] = round(peak_memory_mb(), 1)
         if "eval_loss" in logs and "eval_rewards/accuracies" not in logs:  # a preference loss is no cross-entropy
-            record["perplexity"] = math.exp(min(logs["eval_loss"], 50))
+            record["perplexity"] = math.exp(min(logs.get("eval_ce_loss", logs["eval_loss"]), 50))  # of the labels
         for key in ("loss", "eval_loss"):
             if key in record and not math.isfinite(record[key]):
                 raise TrainingDiverged(
@@ -112,17 +113,20 @@ def plot_losses(records: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    for key, label in (("loss", "train loss"), ("eval_loss", "eval loss")):
+    for key, label in (("loss", "train loss"), ("eval_loss", "eval loss"), ("kd_loss", "distillation term"),
+                       ("ce_loss", "cross-entropy term")):
         points = [(r["step"], r[key]) for r in records if key in r]
         if points:
-            ax.plot(*zip(*points), label=label, marker="o" if key == "eval_loss" else None)
+            ax.plot(*zip(*points), label=label, marker="o" if key == "eval_loss" else None,
+                    linestyle=":" if key in ("kd_loss", "ce_loss") else "-")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     preference = any("rewards/accuracies" in r for r in records)
     if preference:  # the reward accuracy, train and held out
         scores = [k for k in ("rewards/accuracies", "eval_rewards/accuracies") if any(k in r for r in records)]
     else:
-        scores = sorted({k for r in records for k in r if k.startswith("eval_") and k != "eval_loss"})
+        scores = sorted({k for r in records for k in r if k.startswith("eval_") and k not in ("eval_loss", "eval_kd_loss",
+                                                                                             "eval_ce_loss")})
     handles, labels = ax.get_legend_handles_labels()
     if scores:
         right = ax.twinx()

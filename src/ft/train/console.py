@@ -36,7 +36,8 @@ def eval_line(step: int, logs: dict[str, Any]) -> str:
     """'eval   step 40: loss 0.052  perplexity 1.053  chrf 42.38'."""
     parts = [f"loss {_number(logs['eval_loss'])}"]
     if "eval_rewards/accuracies" not in logs:  # a preference loss is no cross-entropy: no perplexity
-        parts.append(f"perplexity {_number(math.exp(min(logs['eval_loss'], 50)))}")
+        ce = logs.get("eval_ce_loss", logs["eval_loss"])  # distillation: the perplexity of the labels
+        parts.append(f"perplexity {_number(math.exp(min(ce, 50)))}")
     for key, value in logs.items():
         if key.startswith("eval_") and key not in SKIP_IN_EVAL_LINE and isinstance(value, (int, float)):
             parts.append(f"{key.removeprefix('eval_')} {_number(value)}")
@@ -97,6 +98,8 @@ class Console(TrainerCallback):
                        "tok/s": speed}
         if "rewards/accuracies" in logs:  # preference training: how often the chosen answer wins, and by how much
             self.latest.update({"acc": logs["rewards/accuracies"], "margin": logs["rewards/margins"]})
+        if "kd_loss" in logs:  # distillation: its two terms apart
+            self.latest.update({"kd": logs["kd_loss"], "ce": logs["ce_loss"]})
         words = "  ".join(f"{k} {_number(v)}" for k, v in self.latest.items() if not math.isnan(v))
         if self.bar is not None:
             self.bar.set_postfix_str(words, refresh=False)

@@ -26,7 +26,7 @@ from ft.config.preference import PreferenceConfig
 from ft.data.labels import IGNORE
 from ft.model.adapter import REFERENCE
 from ft.train.batches import PAIRS, REAL_TOKENS
-from ft.train.trainer import FtTrainer
+from ft.train.trainer import OwnLossTrainer
 
 METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen", "logps/rejected")
 
@@ -116,7 +116,7 @@ def preference_loss(p: PreferenceConfig, policy: tuple[Any, Any], reference: Opt
     return losses.mean(), metrics
 
 
-class PreferenceTrainer(FtTrainer):
+class PreferenceTrainer(OwnLossTrainer):
     """FtTrainer whose loss compares each pair's answers (module docstring). `reference_model`: a frozen copy
     for full fine-tuning; with an adapter the reference is the model with the adapter off."""
 
@@ -233,15 +233,6 @@ class PreferenceTrainer(FtTrainer):
         loss, metrics = preference_loss(self.preference, self._answers(model, inputs), reference)
         self._keep(split, metrics)
         return (loss, {"loss": loss}) if return_outputs else loss
-
-    def prediction_step(self, model: Any, inputs: dict[str, Any], prediction_loss_only: bool, ignore_keys: Any = None) -> Any:
-        import torch
-
-        inputs = self._prepare_inputs(inputs)
-        inputs.pop(REAL_TOKENS, None)
-        with torch.no_grad():
-            loss = self.compute_loss(model, inputs)
-        return loss.detach(), None, None
 
     def _keep(self, split: str, metrics: dict[str, Any]) -> None:
         sums = self._sums[split]

@@ -170,6 +170,20 @@ class FtTrainer(Trainer):
         return super().prediction_step(model, inputs, *args, **kwargs)
 
 
+class OwnLossTrainer(FtTrainer):
+    """An FtTrainer whose compute_loss is its own all through (preference, distillation): evaluation takes that
+    loss too, and keeps no logits."""
+
+    def prediction_step(self, model: Any, inputs: dict[str, Any], prediction_loss_only: bool, ignore_keys: Any = None) -> Any:
+        import torch
+
+        inputs = self._prepare_inputs(inputs)
+        inputs.pop(REAL_TOKENS, None)
+        with torch.no_grad():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+
 def save_outputs(trainer: Any, tokenizer: Any, metrics: MetricsLog, result: Any, seconds: float, resolved_config: str,
                  facts: dict[str, Any]) -> dict[str, Any]:
     """The adapter or model, tokenizer, resolved config (ft_config.yml), loss plot and summary (with `facts`,
@@ -201,7 +215,8 @@ def save_outputs(trainer: Any, tokenizer: Any, metrics: MetricsLog, result: Any,
         if "eval_rewards/accuracies" in evaluation:  # a preference loss is no cross-entropy
             summary["eval_reward_accuracy"] = round(evaluation["eval_rewards/accuracies"], 4)
         else:
-            summary["perplexity"] = round(math.exp(min(evaluation["eval_loss"], 50)), 3)
+            ce = evaluation.get("eval_ce_loss", evaluation["eval_loss"])  # distillation: the perplexity of the labels
+            summary["perplexity"] = round(math.exp(min(ce, 50)), 3)
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(out)
         plot_losses(history, out / "loss.png")

@@ -1,0 +1,236 @@
+"""Knowledge distillation (teacher_model, kd_*): the loss ft trains with equals the seed's formula computed row by
+row from plain forwards of both models, for the whole vocabulary and the teacher's top-k, with forward KL,
+reverse KL and a generalized JSD; a student identical to its teacher has no distillation loss; gradient
+accumulation gives the loss of one large batch; bad input is refused in one sentence."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from ft.errors import ConfigError
+from train_helpers import build, make_config
+
+ALPHA, T = 0.7, 3.0
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory):
+    """A factory: teacher_dir(arch) → a tiny model with the student's tokenizer, other weights, a wider hidden
+    size and 16 head rows of padding beyond the vocabulary (as sizes of one family differ)."""
+    from ft.tiny import build_tokenizer, make_tiny_model
+
+    built: dict[str, Path] = {}
+    rows = len(build_tokenizer())
+
+    def get(arch: str = "llama") -> Path:
+        if arch not in built:
+            extra = {"head_dim": 16} if arch == "gemma2" else {}
+            built[arch] = make_tiny_model(tmp_path_factory.mktemp(f"teacher-{arch}"), arch=arch, weights_seed=7,
+                                          hidden_size=96, intermediate_size=160, vocab_size=rows + 16, **extra)
+        return built[arch]
+
+    return get
+
+
+def _rows_of(batch: dict) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The rows of a flattened batch (its row edges), or of a padded one (its attention mask)."""
+    ids, labels = batch["input_ids"], batch["labels"]
+    if "cu_seq_lens_q" in batch:
+        cu = batch["cu_seq_lens_q"].tolist()
+        return [(ids[:, a:b], labels[:, a:b]) for a, b in zip(cu[:-1], cu[1:])]
+    return [(ids[i:i + 1, m.bool()], labels[i:i + 1, m.bool()]) for i, m in enumerate(batch["attention_mask"])]
+
+
+def divergence_reference(p_log: torch.Tensor, q_log: torch.Tensor, beta: float) -> torch.Tensor:
+    """D(p, q) summed over positions, written from the definitions with torch's kl_div."""
+    import torch.nn.functional as F
+
+    def kl(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # KL(a‖b) from log-probabilities
+        return F.kl_div(b, a, log_target=True, reduction="sum")
+
+    if beta == 0:
+        return kl(p_log, q_log)
+    if beta == 1:
+        return kl(q_log, p_log)
+    m = (beta * p_log.exp() + (1 - beta) * q_log.exp()).log()
+    return beta * kl(p_log, m) + (1 - beta) * kl(q_log, m)
+
+
+def seed_formula(student, teacher, batch: dict, vocab: int, beta: float, top_k=None) -> tuple[torch.Tensor, float, float]:
+    """(loss, KD sum, CE sum): alpha · T² · D + (1 − alpha) · CE per trained token, each row alone through plain
+    forwards of both models (their own logits, eager attention)."""
+    import torch.nn.functional as F
+
+    from ft.train.loss import causal_lm_of
+
+    kd, ce, count = 0.0, 0.0, 0
+    for model in (causal_lm_of(student), teacher):
+        model.set_attn_implementation("eager")
+    for ids, labels in _rows_of(batch):
+        targets = labels[0, 1:]
+        keep = targets != -100
+        s = student(input_ids=ids).logits[0, :-1][keep].float()
+        with torch.no_grad():
+            t = teacher(input_ids=ids).logits[0, :-1][keep].float()
+        q_log = torch.log_softmax(s[:, :vocab] / T, -1)
+        p_log = torch.log_softmax(t[:, :vocab] / T, -1)
+        if top_k:
+            ids_k = p_log.topk(top_k, -1).indices
+            p_log, q_log = (torch.cat([x.gather(-1, ids_k), torch.log(1 - x.gather(-1, ids_k).exp().sum(-1, keepdim=True))], -1)
+                            for x in (p_log, q_log))
+        kd = kd + divergence_reference(p_log, q_log, beta)
+        ce = ce + F.cross_entropy(s, targets[keep], reduction="sum")
+        count += int(keep.sum())
+    loss = (ALPHA * T * T * kd + (1 - ALPHA) * ce) / count
+    return loss, float(kd), float(ce)
+
+
+def _distill_config(tmp_path: Path, student: Path, teacher: Path, **keys):
+    body = {"teacher_model": str(teacher), "kd_alpha": ALPHA, "kd_temperature": T, "adapter": "lora",
+            "lora_target_linear": True, "sample_packing": True, "micro_batch_size": 3}
+    body.update(keys)
+    return make_config(tmp_path, student, **body)
+
+
+def _first_batch(trainer) -> dict:
+    from ft.train.batches import REAL_TOKENS
+
+    batch = next(iter(trainer.get_train_dataloader()))
+    batch.pop(REAL_TOKENS, None)
+    return batch
+
+
+def _compare(trainer, model, batch: dict, beta: float, top_k=None) -> tuple[float, float]:
+    """(relative difference of the loss, largest relative difference of a trained gradient) between ft's loss
+    on the batch and the seed's formula row by row."""
+    from ft.data.labels import IGNORE
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)  # a trained adapter: every LoRA weight gets a gradient
+    model.train()
+    items = int((batch["labels"][:, 1:] != IGNORE).sum())
+    loss = trainer.compute_loss(model, dict(batch), num_items_in_batch=items)
+    ours = torch.autograd.grad(loss, params)
+    model.eval()  # the reference: no dropout either
+    want, _, _ = seed_formula(model, trainer.teacher, batch, trainer.vocab, beta, top_k)
+    theirs = torch.autograd.grad(want, params)
+    grad = max(float((a - b).abs().max() / b.abs().max().clamp(min=1e-12)) for a, b in zip(ours, theirs))
+    return abs(float(loss - want)) / abs(float(want)), grad
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral", "gemma2", "phi3"])
+def test_forward_kl_equals_the_seed_formula_row_by_row(arch, tmp_path: Path, tiny_model_dir, teacher_dir):
+    trainer, model, _ = build(_distill_config(tmp_path, tiny_model_dir(arch), teacher_dir(arch)))
+    assert trainer.vocab == len(trainer.processing_class) < trainer.teacher.get_output_embeddings().weight.shape[0]
+    loss_diff, grad_diff = _compare(trainer, model, _first_batch(trainer), beta=0.0)
+    assert loss_diff < 1e-5 and grad_diff < 1e-5, (loss_diff, grad_diff)
+
+
+@pytest.mark.parametrize("beta, top_k, layout", [(1.0, None, "packed"), (0.4, None, "padding_free"),
+                                                 (0.0, 5, "packed"), (0.4, 5, "padded")])
+def test_reverse_kl_jsd_and_top_k_equal_the_seed_formula(beta, top_k, layout, tmp_path: Path, tiny_model_dir, teacher_dir):
+    keys = {"kd_beta": beta, "kd_top_k": top_k, "sample_packing": layout == "packed", "padding_free": layout == "padding_free"}
+    trainer, model, _ = build(_distill_config(tmp_path, tiny_model_dir("llama"), teacher_dir("llama"),
+                                              **{k: v for k, v in keys.items() if v is not None}))
+    batch = _first_batch(trainer)
+    assert ("cu_seq_lens_q" in batch) is (layout != "padded")
+    loss_diff, grad_diff = _compare(trainer, model, batch, beta=beta, top_k=top_k)
+    assert loss_diff < 1e-5 and grad_diff < 1e-5, (loss_diff, grad_diff)
+
+
+@pytest.mark.parametrize("beta", [0.0, 1.0, 0.5])
+def test_a_student_identical_to_its_teacher_has_no_distillation_loss(beta, tmp_path: Path, tiny_model_dir):
+    folder = tiny_model_dir("llama")
+    trainer, model, _ = build(_distill_config(tmp_path, folder, folder, kd_beta=beta))
+    batch = _first_batch(trainer)
+    model.train()
+    loss = float(trainer.compute_loss(model, dict(batch)))
+    kd, ce, count = trainer._sums["train"]
+    _, _, plain_ce = seed_formula(model, trainer.teacher, batch, trainer.vocab, beta)
+    assert kd <= 1e-6 * ce
+    assert abs(loss - (1 - ALPHA) * plain_ce / count) <= 1e-6 * loss
+
+
+def test_accumulation_trains_like_one_large_batch(tmp_path: Path, tiny_model_dir, teacher_dir):
+    """micro batch 1 × accumulation 4 = micro batch 4 × 1 (TRL's GKD normalised per micro batch: trl#4719)."""
+    from ft.commands.train import run_train
+
+    adapters = []
+    for micro, accumulation in ((4, 1), (1, 4)):
+        (tmp_path / f"{micro}x{accumulation}").mkdir()
+        cfg = _distill_config(tmp_path / f"{micro}x{accumulation}", tiny_model_dir("llama"), teacher_dir("llama"),
+                              sample_packing=False, micro_batch_size=micro, gradient_accumulation_steps=accumulation,
+                              max_steps=1, learning_rate=0.05, logging_steps=1, shuffle_merged_datasets=False,
+                              optimizer="sgd", max_grad_norm=0)  # the update is the gradient (Adam's first step hides its scale)
+        run_train(cfg)
+        from safetensors.torch import load_file
+
+        adapters.append(load_file(str(Path(cfg.training.output_dir) / "adapter_model.safetensors")))
+    moved = [name for name in adapters[0] if "lora_B" in name]
+    assert moved and all(float(adapters[0][n].abs().max()) > 0 for n in moved)
+    worst = max(float((adapters[0][n] - adapters[1][n]).abs().max() / adapters[0][n].abs().max()) for n in moved)
+    assert worst < 1e-5, worst
+
+
+def test_a_run_logs_both_terms(tmp_path: Path, tiny_model_dir, teacher_dir):
+    import json
+
+    from ft.commands.train import run_train
+
+    cfg = _distill_config(tmp_path, tiny_model_dir("llama"), teacher_dir("llama"), val_set_size=4, max_steps=3)
+    summary = run_train(cfg)
+    out = Path(cfg.training.output_dir)
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if "loss" in r]
+    assert len(train) == 3 and all(r["kd_loss"] > 0 and r["ce_loss"] > 0 for r in train)
+    for r in train:  # the logged loss is the weighted sum of the logged terms
+        assert math.isclose(r["loss"], ALPHA * T * T * r["kd_loss"] + (1 - ALPHA) * r["ce_loss"], rel_tol=1e-4)
+    evaluation = next(r for r in records if "eval_loss" in r)
+    assert evaluation["eval_kd_loss"] > 0 and math.isclose(summary["perplexity"], math.exp(evaluation["eval_ce_loss"]), rel_tol=1e-3)
+    assert (out / "loss.png").is_file() and not any("teacher" in p.name for p in out.iterdir())
+
+
+@pytest.mark.parametrize("student", ["full", "qlora"])
+def test_full_and_qlora_students_train_from_a_quantized_teacher(student: str, tmp_path: Path, tiny_model_dir, teacher_dir):
+    from ft.commands.train import run_train
+
+    keys = {"adapter": None, "learning_rate": 1e-3} if student == "full" else {"adapter": "qlora", "load_in_4bit": True}
+    cfg = _distill_config(tmp_path, tiny_model_dir("llama"), teacher_dir("llama"), teacher_load_in_4bit=student == "qlora",
+                          max_steps=2, **keys)
+    summary = run_train(cfg)
+    assert summary["steps"] == 2 and math.isfinite(summary["train_loss"])
+    saved = {p.name for p in Path(cfg.training.output_dir).iterdir()}
+    assert ("adapter_model.safetensors" in saved) is (student == "qlora") and ("model.safetensors" in saved) is (student == "full")
+
+
+def test_a_teacher_with_another_tokenizer_is_refused(tmp_path: Path, tiny_model_dir):
+    from ft.tiny import make_tiny_model
+
+    other = make_tiny_model(tmp_path / "other", seed=3)
+    with pytest.raises(ConfigError, match="the teacher's tokenizer .* and the model's .* differ"):
+        build(_distill_config(tmp_path, tiny_model_dir("llama"), other))
+
+
+@pytest.mark.parametrize("keys, words", [
+    ("kd_alpha: 0.5\n", "`kd_alpha` shapes distillation from a teacher, and no `teacher_model` is given"),
+    ("teacher_model: t\nkd_alpha: 1.5\n", "`kd_alpha`: Input should be less than or equal to 1"),
+    ("teacher_model: t\nkd_beta: -1\n", "`kd_beta`: Input should be greater than or equal to 0"),
+    ("teacher_model: t\nkd_cache: true\n", "set `kd_top_k`"),
+    ("teacher_model: t\nrl: dpo\n", "distillation trains on single texts"),
+    ("teacher_model: t\nfsdp: [full_shard]\n", "distillation is not supported with fsdp"),
+])
+def test_bad_settings_are_refused_in_one_sentence(keys: str, words: str, tmp_path: Path):
+    from ft.commands.config import validation_context
+    from ft.config import load_config
+
+    (tmp_path / "cfg.yml").write_text("base_model: m\ndatasets:\n  - path: d.jsonl\n    type: alpaca\n" + keys)
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / "cfg.yml", context=validation_context(), warn=lambda _: None)
+    assert words in str(info.value) and "\n" not in str(info.value), str(info.value)
