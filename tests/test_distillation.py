@@ -234,3 +234,61 @@ def test_bad_settings_are_refused_in_one_sentence(keys: str, words: str, tmp_pat
     with pytest.raises(ConfigError) as info:
         load_config(tmp_path / "cfg.yml", context=validation_context(), warn=lambda _: None)
     assert words in str(info.value) and "\n" not in str(info.value), str(info.value)
+
+
+def test_cached_top_k_equals_the_live_top_k(tmp_path: Path, tiny_model_dir, teacher_dir):
+    """The teacher's top-k computed once per row (kd_cache) gives the live top-k loss and gradients (within
+    round-off: the cache runs each row alone, the live teacher the packed batch) and the same top-k ids."""
+    from ft.train.loss import causal_lm_of
+
+    student, teacher = tiny_model_dir("llama"), teacher_dir("llama")
+    results = []
+    for cached in (False, True):
+        (tmp_path / str(cached)).mkdir()
+        trainer, model, _ = build(_distill_config(tmp_path / str(cached), student, teacher, kd_top_k=6, kd_cache=cached))
+        assert (trainer.teacher is None) is cached and (trainer.teacher_cache is None) is not cached
+        batch = _first_batch(trainer)
+        torch.manual_seed(0)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(0, 0.05)
+        model.train()
+        loss = trainer.compute_loss(model, dict(batch), num_items_in_batch=int((batch["labels"][:, 1:] != -100).sum()))
+        grads = torch.autograd.grad(loss, [p for p in model.parameters() if p.requires_grad])
+        results.append((float(loss), grads, batch))
+    (live, live_grads, batch), (cached, cached_grads, cached_batch) = results
+    assert torch.equal(batch["input_ids"], cached_batch["input_ids"]) and "ft_row_ids" in cached_batch
+    assert abs(live - cached) <= 1e-6 * abs(live), (live, cached)
+    assert max(float((a - b).abs().max() / a.abs().max()) for a, b in zip(live_grads, cached_grads)) < 1e-5
+
+
+@pytest.mark.slow(seconds=25)
+def test_a_killed_teacher_cache_build_resumes_to_the_same_cache(tmp_path: Path, tiny_model_dir, teacher_dir):
+    import json
+    import signal
+    import time
+
+    import ftproc
+    from train_helpers import alpaca_rows
+
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in alpaca_rows(2600)))
+    _distill_config(tmp_path, tiny_model_dir("llama"), teacher_dir("llama"), kd_top_k=4, kd_cache=True)
+    clean = ftproc.run(["preprocess", "cfg.yml"], cwd=tmp_path)
+    assert clean.returncode == 0, clean.stderr
+    [folder] = (tmp_path / "out/prepared").glob("*/teacher-*")
+    whole = (folder / "train.arrow").read_bytes()
+    for path in folder.iterdir():
+        path.unlink()
+    process = ftproc.FtProcess(["preprocess", "cfg.yml"], cwd=tmp_path)
+    shards = folder / ".train-shards"
+    deadline = time.monotonic() + 120
+    while not (shards.is_dir() and len(list(shards.glob("0*.arrow"))) >= 2) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait(60) == -signal.SIGKILL and not (folder / "train.arrow").exists()
+    kept = len(list(shards.glob("0*.arrow")))
+    again = ftproc.run(["preprocess", "cfg.yml"], cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert kept >= 2 and (folder / "train.arrow").read_bytes() == whole

@@ -72,7 +72,7 @@ def build_run(cfg: FtConfig, world: int) -> Run:
     if pairs:
         sets = pair_sets(layout, prepared, tokenizer.pad_token_id)
     else:
-        sets = training_sets(d, layout, t.micro_batch_size, prepared, tokenizer.pad_token_id, on_gpu)
+        sets = training_sets(d, layout, t.micro_batch_size, prepared, tokenizer.pad_token_id, on_gpu, with_rows=k.kd_cache)
     distributed = trainer_arguments(cfg.distributed, world)
     if distributed["ddp_find_unused_parameters"] is None and cfg.adapter.adapter and not has_experts(model):
         # every LoRA weight takes part in every forward: DDP need not search the graph for unused ones each step
@@ -86,10 +86,12 @@ def build_run(cfg: FtConfig, world: int) -> Run:
         offload = ActivationOffload()
     extra: dict[str, Any] = {}
     if k.on:
+        from ft.commands.preprocess import teacher_cache
         from ft.train.distill_trainer import DistillTrainer
 
         extra["trainer_class"] = DistillTrainer
-        teacher = teacher_for_training(cfg, model, layout, vocab)
+        cache = teacher_cache(cfg, prepared, tokenizer, vocab) if k.kd_cache else None
+        teacher = None if k.kd_cache else teacher_for_training(cfg, model, layout, vocab)
     if pairs:
         from ft.train.preference import PreferenceTrainer
 
@@ -107,7 +109,7 @@ def build_run(cfg: FtConfig, world: int) -> Run:
             trainer.reference_store = ReferenceStore(prepared.path, reference_key(cfg, prepared.path.name))
         log.info(describe_preference(cfg, reference is not None))
     if k.on:
-        trainer.distillation, trainer.teacher, trainer.vocab = k, teacher, vocab
+        trainer.distillation, trainer.teacher, trainer.teacher_cache, trainer.vocab = k, teacher, cache, vocab
         log.info("distillation %s", k.describe())
     if any(p.is_meta for p in model.parameters()):
         from ft.model.sharded import load_shards

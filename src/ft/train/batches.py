@@ -17,12 +17,16 @@ log = logging.getLogger("ft")
 # Python int, counted on the host by the collator: the batch's tensors go to the GPU, and reading a count back
 # from there would wait for the device every step.
 REAL_TOKENS = "ft_real_tokens"
+# A batch key of the places of its rows in the prepared table, in the order they are laid out (only when the
+# sets are built `with_rows`: values cached per row, such as a distillation teacher's).
+ROW_IDS = "ft_row_ids"
 
 
 class TokenizedRows:
     """Rows of a prepared Arrow table ({input_ids, labels}), read as Python lists on demand."""
 
-    def __init__(self, table: Any) -> None:
+    def __init__(self, table: Any, with_rows: bool = False) -> None:
+        self.with_rows = with_rows
         self.input_ids = table.column("input_ids")
         self.labels = table.column("labels")
         self.lengths = [int(n) for n in self.input_ids.combine_chunks().value_lengths().to_numpy()]
@@ -30,8 +34,9 @@ class TokenizedRows:
     def __len__(self) -> int:
         return len(self.lengths)
 
-    def __getitem__(self, i: int) -> dict[str, list[int]]:
-        return {"input_ids": self.input_ids[i].as_py(), "labels": self.labels[i].as_py()}
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        item = {"input_ids": self.input_ids[i].as_py(), "labels": self.labels[i].as_py()}
+        return {**item, "row": i} if self.with_rows else item
 
 
 class PadCollator:
@@ -57,7 +62,10 @@ class PadCollator:
             ids[i, :n] = torch.tensor(r["input_ids"])
             labels[i, :n] = torch.tensor(r["labels"])
             mask[i, :n] = 1
-        return {"input_ids": ids, "labels": labels, "attention_mask": mask, REAL_TOKENS: int(mask.sum())}
+        out = {"input_ids": ids, "labels": labels, "attention_mask": mask, REAL_TOKENS: int(mask.sum())}
+        if "row" in rows[0]:
+            out[ROW_IDS] = torch.tensor([r["row"] for r in rows])
+        return out
 
 
 class PackedBins:
@@ -106,13 +114,16 @@ class PackedCollator:
             labels += [IGNORE] * extra
             positions += range(extra)
             lengths.append(extra)
-        return {
+        out = {
             "input_ids": torch.tensor([ids]),
             "labels": torch.tensor([labels]),
             "position_ids": torch.tensor([positions]),
             **boundaries(lengths),
             REAL_TOKENS: real,
         }
+        if items and items[0]["rows"] and "row" in items[0]["rows"][0]:
+            out[ROW_IDS] = torch.tensor([row["row"] for item in items for row in item["rows"]])
+        return out
 
 
 @dataclass(frozen=True)
@@ -124,10 +135,12 @@ class TrainingSets:
     collator: Any
 
 
-def training_sets(d: DataConfig, layout: str, micro_batch_size: int, prepared: Any, pad_id: int, on_gpu: bool) -> TrainingSets:
-    """Rows, bins of rows (packed) or one-row bins (padding-free), and the collator that batches them."""
-    train: Any = TokenizedRows(prepared.train)
-    evaluation: Any = TokenizedRows(prepared.eval) if prepared.eval is not None else None
+def training_sets(d: DataConfig, layout: str, micro_batch_size: int, prepared: Any, pad_id: int, on_gpu: bool,
+                  with_rows: bool = False) -> TrainingSets:
+    """Rows, bins of rows (packed) or one-row bins (padding-free), and the collator that batches them;
+    `with_rows`: each batch names its rows (ROW_IDS)."""
+    train: Any = TokenizedRows(prepared.train, with_rows)
+    evaluation: Any = TokenizedRows(prepared.eval, with_rows) if prepared.eval is not None else None
     if layout == PADDED:
         collator = PadCollator(pad_id, pad_to=d.sequence_len if d.pad_to_sequence_len else None, multiple_of=8 if on_gpu else 1)
         return TrainingSets(train, evaluation, collator)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from ft.config.distillation import DistillationConfig
+from ft.train.batches import ROW_IDS
 from ft.train.distill import TERMS, distillation_loss
 from ft.train.trainer import OwnLossTrainer
 
@@ -38,7 +39,7 @@ class DistillTrainer(OwnLossTrainer):
             model(**rest, logits_to_keep=1)
         live: dict[str, Any] = {}
         if self.teacher_cache is not None:
-            live["cached"] = self.teacher_cache.for_batch(split, rows, labels)
+            live["cached"] = self.teacher_cache.for_batch(split, rows, labels, k.kd_top_k)
         else:
             with torch.no_grad(), catch_hidden_states(self.teacher) as teacher_hidden:
                 self.teacher(**rest, logits_to_keep=1)
@@ -70,4 +71,3 @@ class DistillTrainer(OwnLossTrainer):
         super().log(logs, start_time)
 
 
-ROW_IDS = "row_ids"  # the batch's rows by their place in the prepared table (kd_cache)
