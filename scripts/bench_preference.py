@@ -85,20 +85,26 @@ class Meter:
         return {"seconds": seconds, "real_tokens": self.tokens, "real_tokens_per_s": self.tokens / seconds, "peak_mb": peak_mb()}
 
 
-def run_ft(work: Path, args) -> dict:
+def ft_figures(work: Path, head: str, args, learning_rate: str, extra: str = "") -> dict:
+    """ft's run of the config `head` (model, data, method) + the settings both benchmarks share, measured."""
     from ft.commands.config import load
     from ft.commands.train import build_run
 
-    cfg_text = (f"base_model: {work / 'model'}\ndatasets:\n  - path: {work / 'pairs.jsonl'}\n    type: preference\n"
-                f"rl: dpo\nrl_beta: 0.1\nadapter: lora\nlora_r: 16\nlora_alpha: 32\nlora_target_linear: true\n"
-                f"sequence_len: 1024\nmicro_batch_size: {args.batch}\nmax_steps: {args.steps + 2}\nlearning_rate: 0.00005\n"
-                f"optimizer: adamw_torch\nlr_scheduler: constant\nlogging_steps: 1\nsave_steps: 100000\n"
-                f"output_dir: {work / 'ft-out'}\nuse_tensorboard: false\nshuffle_merged_datasets: false\n")
+    cfg_text = head + (f"sequence_len: 1024\nmicro_batch_size: {args.batch}\nmax_steps: {args.steps + 2}\n"
+                       f"learning_rate: {learning_rate}\noptimizer: adamw_torch\nlr_scheduler: constant\nlogging_steps: 1\n"
+                       f"save_steps: 100000\noutput_dir: {work / 'ft-out'}\nuse_tensorboard: false\n"
+                       f"shuffle_merged_datasets: false\n{extra}")
     (work / "ft.yml").write_text(cfg_text)
     run = build_run(load(work / "ft.yml"), 1)
     meter = Meter(run.trainer, 2)
     run.trainer.train()
     return meter.figures()
+
+
+def run_ft(work: Path, args) -> dict:
+    return ft_figures(work, f"base_model: {work / 'model'}\ndatasets:\n  - path: {work / 'pairs.jsonl'}\n    type: preference\n"
+                      f"rl: dpo\nrl_beta: 0.1\nadapter: lora\nlora_r: 16\nlora_alpha: 32\nlora_target_linear: true\n",
+                      args, "0.00005")
 
 
 def run_trl(work: Path, args) -> dict:
@@ -123,11 +129,12 @@ def run_trl(work: Path, args) -> dict:
     return meter.figures()
 
 
-def contender(name: str, work: Path, args) -> dict:
+def contender_process(script: str, name: str, work: Path, extra: list[str]) -> dict:
+    """Run `script --run name` in a process of its own (TRL's from TRL_SITE, or /tmp/trl-site), its figures."""
     env = dict(os.environ)
     if name == "trl":
         env["PYTHONPATH"] = os.pathsep.join([env.get("TRL_SITE", "/tmp/trl-site"), env.get("PYTHONPATH", "")])
-    command = [sys.executable, __file__, "--run", name, "--work", str(work), "--batch", str(args.batch), "--steps", str(args.steps)]
+    command = [sys.executable, script, "--run", name, "--work", str(work), *extra]
     result = subprocess.run(command, env=env, capture_output=True, text=True)
     lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
     if result.returncode != 0 or not lines:
@@ -135,11 +142,13 @@ def contender(name: str, work: Path, args) -> dict:
     return json.loads(lines[-1][len("RESULT "):])
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pairs", type=int, default=256)
+def contender_arguments(doc: str, size: str, size_default: int, steps: int) -> argparse.Namespace:
+    """The command line both benchmarks share (--<size> rows or pairs, --batch, --steps, the model's size, the
+    contenders; --run and --work for a contender's own process)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument(f"--{size}", type=int, default=size_default)
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=24)
+    parser.add_argument("--steps", type=int, default=steps)
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--contenders", nargs="+", choices=["ft", "trl"], default=["ft", "trl"],
@@ -147,7 +156,28 @@ def main() -> None:
     parser.add_argument("--run", choices=["ft", "trl"], help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
     parser.add_argument("--out", help="also write the figures to this JSON file")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def compare(script: str, work: Path, args: argparse.Namespace) -> None:
+    """Each contender in its own process, one line of figures each (saved after every one), then the ratio."""
+    figures = {}
+    for name in args.contenders:
+        result = contender_process(script, name, work, ["--batch", str(args.batch), "--steps", str(args.steps)])
+        figures[name] = result
+        print(f"{name:4s} {result['real_tokens_per_s']:10.0f} real tokens/s   {result['real_tokens']:8d} real tokens in "
+              f"{result['seconds']:7.2f} s ({args.steps} steps)   peak {result['peak_mb']:8.0f} MB", flush=True)
+        if args.out:
+            Path(args.out).write_text(json.dumps(figures, indent=1))
+    if len(figures) == 2:
+        ratio = figures["ft"]["real_tokens_per_s"] / figures["trl"]["real_tokens_per_s"]
+        print(f"ft / TRL: {ratio:.2f}× real tokens per second; peak memory {figures['ft']['peak_mb'] / figures['trl']['peak_mb']:.2f}×")
+        if args.out:
+            Path(args.out).write_text(json.dumps({**figures, "ratio": ratio}, indent=1))
+
+
+def main() -> None:
+    args = contender_arguments(__doc__, "pairs", 256, 24)
     if args.run:
         figures = (run_ft if args.run == "ft" else run_trl)(Path(args.work), args)
         print("RESULT " + json.dumps(figures))
@@ -160,19 +190,7 @@ def main() -> None:
                     num_hidden_layers=args.layers, num_attention_heads=4, num_key_value_heads=2)
     rows = pairs(args.pairs)
     (work / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    figures = {}
-    for name in args.contenders:
-        result = contender(name, work, args)
-        figures[name] = result
-        print(f"{name:4s} {result['real_tokens_per_s']:10.0f} real tokens/s   {result['real_tokens']:8d} real tokens in "
-              f"{result['seconds']:7.2f} s ({args.steps} steps)   peak {result['peak_mb']:8.0f} MB", flush=True)
-        if args.out:  # saved after every contender
-            Path(args.out).write_text(json.dumps(figures, indent=1))
-    if len(figures) == 2:
-        ratio = figures["ft"]["real_tokens_per_s"] / figures["trl"]["real_tokens_per_s"]
-        print(f"ft / TRL: {ratio:.2f}× real tokens per second; peak memory {figures['ft']['peak_mb'] / figures['trl']['peak_mb']:.2f}×")
-        if args.out:
-            Path(args.out).write_text(json.dumps({**figures, "ratio": ratio}, indent=1))
+    compare(__file__, work, args)
 
 
 if __name__ == "__main__":

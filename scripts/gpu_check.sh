@@ -3,7 +3,7 @@
 # limit, with the machine's start, fits a 15-minute lease). Here first: `bash scripts/gpu_wheels.sh` (fills
 # `.whl`, copies the seed configs to `shared/`); then, carrying `.whl` and `shared`, on the GPU machine:
 #
-#   bash scripts/gpu_check.sh           the six stages below, most important first
+#   bash scripts/gpu_check.sh           the seven stages below, most important first
 #   bash scripts/gpu_check.sh --suite   the whole test suite on the CUDA machine (a second command, if time is left)
 #   bash scripts/gpu_check.sh --smoke   every stage's code on this CPU with the tiny model and tiny sizes (the
 #                                       test suite runs this: tests/test_gpu_check.py), so no typo wastes GPU minutes
@@ -18,8 +18,9 @@
 #   context     110  scripts/bench_context.py --lengths: 8B QLoRA rows of 16k and 80k tokens under a 24 GiB
 #                    cap, ft (offloading + tiled MLP) beside the plain baseline
 #   eval         30  scripts/bench_eval.py: ft eval's batched generation beside a one-row generate loop
-#   preference   40  scripts/bench_preference.py: ft's DPO beside TRL's DPOTrainer (real tokens/s, peak memory)
-# With the install (~30 s): 550 s.
+#   preference   30  scripts/bench_preference.py: ft's DPO beside TRL's DPOTrainer (real tokens/s, peak memory)
+#   distill      30  scripts/bench_distill.py: ft's distillation beside TRL's GKDTrainer (real tokens/s, peak memory)
+# With the install (~30 s): 570 s.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-check}
@@ -35,12 +36,14 @@ if [ "$mode" = --smoke ]; then
   TESTS_ARGS=(-x); SIZES_1B=(tiny); SIZES_8B=(tiny-qlora); ROWS=120
   CONTEXT_ARGS=(--contenders ft-offload-tiled baseline --lengths 256 512 --cap-gb 24)
   PREFERENCE_ARGS=(--contenders ft --pairs 16 --batch 4 --steps 2 --hidden 64 --layers 2)
+  DISTILL_ARGS=(--contenders ft --rows 16 --batch 4 --steps 2 --hidden 64 --layers 2)
 else
   PY=python3
   SCALE=1
   TESTS_ARGS=(); SIZES_1B=(1b); SIZES_8B=(8b); ROWS=3000
   CONTEXT_ARGS=(--contenders ft-offload-tiled baseline --lengths 16384 81920 --cap-gb 24)
   PREFERENCE_ARGS=(--pairs 512 --batch 16 --steps 24 --hidden 1024 --layers 8)
+  DISTILL_ARGS=(--rows 256 --batch 16 --steps 16 --hidden 1024 --layers 4)
   # the machine's torch stays; what it lacks comes from .whl (scripts/gpu_wheels.sh); pip --target writes
   # the package to /tmp/site/ft and the console scripts (ft, lint-imports) to /tmp/site/bin
   $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
@@ -77,6 +80,7 @@ stage 1b 80 $PY scripts/bench_gpu.py --sizes "${SIZES_1B[@]}" --rows $ROWS --out
 stage 8b 130 $PY scripts/bench_gpu.py --sizes "${SIZES_8B[@]}" --rows $ROWS --out "$OUT/8b.json"
 stage context 110 $PY scripts/bench_context.py "${CONTEXT_ARGS[@]}" --out "$OUT/context.json"
 stage eval 30 $PY scripts/bench_eval.py --rows 64 --batch 16
-stage preference 40 $PY scripts/bench_preference.py "${PREFERENCE_ARGS[@]}" --out "$OUT/preference.json"
+stage preference 30 $PY scripts/bench_preference.py "${PREFERENCE_ARGS[@]}" --out "$OUT/preference.json"
+stage distill 30 $PY scripts/bench_distill.py "${DISTILL_ARGS[@]}" --out "$OUT/distill.json"
 say "all stages ended (exit $status)"
 exit $status

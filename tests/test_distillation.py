@@ -292,3 +292,29 @@ def test_a_killed_teacher_cache_build_resumes_to_the_same_cache(tmp_path: Path, 
     again = ftproc.run(["preprocess", "cfg.yml"], cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert kept >= 2 and (folder / "train.arrow").read_bytes() == whole
+
+
+def test_plan_counts_the_live_teacher(tmp_path: Path, tiny_model_dir, teacher_dir):
+    import dataclasses
+
+    from ft.commands.plan import plan_report
+    from ft.config import load_config as load_file
+    from ft.commands.config import validation_context
+    from ft.plan.estimate import estimate
+    from ft.plan.shapes import read_shape
+
+    cfg = _distill_config(tmp_path, tiny_model_dir("llama"), teacher_dir("llama"), bf16=False)
+    trainer, _, _ = build(cfg)
+    shape = dataclasses.replace(read_shape(str(tiny_model_dir("llama"))), teacher=read_shape(str(teacher_dir("llama"))))
+    plan = estimate(cfg, shape)
+    assert plan.parts["teacher weights (frozen)"] == sum(p.numel() * p.element_size() for p in trainer.teacher.parameters())
+
+    # the seed's setting (configs/), its hub names swapped for the public shapes: an 8B teacher in 4 bits fits 24 GB
+    shapes = Path(__file__).parent / "data/model_configs"
+    text = (Path(__file__).parents[1] / "configs/llama32-1b-distill-from-llama31-8b.yml").read_text()
+    text = text.replace("unsloth/Llama-3.2-1B-Instruct", str(shapes / "llama3.2-1b.json"))
+    (tmp_path / "seed.yml").write_text(text.replace("unsloth/Meta-Llama-3.1-8B-Instruct", str(shapes / "llama3-8b.json")))
+    seed = load_file(tmp_path / "seed.yml", context=validation_context(), warn=lambda _: None)
+    report = plan_report(seed, 24 << 30, 1, real_lengths=False)
+    assert report["fits"] and 5 << 30 < report["parts"]["teacher weights (frozen)"] < 6 << 30
+    assert report["peak"] < 14 << 30
