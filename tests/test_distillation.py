@@ -125,17 +125,18 @@ def _compare(trainer, model, batch: dict, beta: float, top_k=None) -> tuple[floa
     return abs(float(loss - want)) / abs(float(want)), grad
 
 
+@pytest.mark.parametrize("beta", [0.0, 1.0, 0.3], ids=["forward-kl", "reverse-kl", "jsd"])
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral", "gemma2", "phi3"])
-def test_forward_kl_equals_the_seed_formula_row_by_row(arch, tmp_path: Path, tiny_model_dir, teacher_dir):
-    trainer, model, _ = build(_distill_config(tmp_path, tiny_model_dir(arch), teacher_dir(arch)))
+def test_the_loss_equals_the_seed_formula_row_by_row(arch, beta, tmp_path: Path, tiny_model_dir, teacher_dir):
+    trainer, model, _ = build(_distill_config(tmp_path, tiny_model_dir(arch), teacher_dir(arch), kd_beta=beta))
     assert trainer.vocab == len(trainer.processing_class) < trainer.teacher.get_output_embeddings().weight.shape[0]
-    loss_diff, grad_diff = _compare(trainer, model, _first_batch(trainer), beta=0.0)
+    loss_diff, grad_diff = _compare(trainer, model, _first_batch(trainer), beta=beta)
     assert loss_diff < 1e-5 and grad_diff < 1e-5, (loss_diff, grad_diff)
 
 
-@pytest.mark.parametrize("beta, top_k, layout", [(1.0, None, "packed"), (0.4, None, "padding_free"),
+@pytest.mark.parametrize("beta, top_k, layout", [(1.0, None, "padded"), (0.4, None, "padding_free"),
                                                  (0.0, 5, "packed"), (0.4, 5, "padded")])
-def test_reverse_kl_jsd_and_top_k_equal_the_seed_formula(beta, top_k, layout, tmp_path: Path, tiny_model_dir, teacher_dir):
+def test_other_layouts_and_top_k_equal_the_seed_formula(beta, top_k, layout, tmp_path: Path, tiny_model_dir, teacher_dir):
     keys = {"kd_beta": beta, "kd_top_k": top_k, "sample_packing": layout == "packed", "padding_free": layout == "padding_free"}
     trainer, model, _ = build(_distill_config(tmp_path, tiny_model_dir("llama"), teacher_dir("llama"),
                                               **{k: v for k, v in keys.items() if v is not None}))
@@ -176,6 +177,25 @@ def test_accumulation_trains_like_one_large_batch(tmp_path: Path, tiny_model_dir
     moved = [name for name in adapters[0] if "lora_B" in name]
     assert moved and all(float(adapters[0][n].abs().max()) > 0 for n in moved)
     worst = max(float((adapters[0][n] - adapters[1][n]).abs().max() / adapters[0][n].abs().max()) for n in moved)
+    assert worst < 1e-5, worst
+
+
+def test_stop_and_resume_give_the_same_adapter(tmp_path: Path, tiny_model_dir, teacher_dir):
+    """4 steps straight, or 2 steps, a checkpoint, and the same output_dir run on to 4 (auto-resume)."""
+    from safetensors.torch import load_file
+
+    from ft.commands.train import run_train
+
+    adapters = []
+    for name, stops in (("straight", [4]), ("resumed", [2, 4])):
+        (tmp_path / name).mkdir()
+        for steps in stops:
+            cfg = _distill_config(tmp_path / name, tiny_model_dir("llama"), teacher_dir("llama"), max_steps=steps, save_steps=2)
+            run_train(cfg)
+        adapters.append(load_file(str(Path(cfg.training.output_dir) / "adapter_model.safetensors")))
+    assert adapters[0].keys() == adapters[1].keys()
+    worst = max(float((adapters[0][n] - adapters[1][n]).abs().max() / adapters[0][n].abs().max().clamp(min=1e-12))
+                for n in adapters[0])
     assert worst < 1e-5, worst
 
 
