@@ -338,3 +338,76 @@ def test_plan_counts_the_live_teacher(tmp_path: Path, tiny_model_dir, teacher_di
     report = plan_report(seed, 24 << 30, 1, real_lengths=False)
     assert report["fits"] and 5 << 30 < report["parts"]["teacher weights (frozen)"] < 6 << 30
     assert report["peak"] < 14 << 30
+
+
+def _rows_with_logprobs(tmp_path: Path, student: Path, teacher: Path, entries: int = 8, temperature: float = 2.0) -> Path:
+    """Chat rows carrying the teacher's top `entries` log-probabilities per token in Axolotl's kd format (vLLM's
+    {token: 'token_id:N', logprob}), aligned to the end of the row's tokens as ft tokenizes it."""
+    import json
+
+    from transformers import AutoModelForCausalLM
+
+    from helpers import dataset, data_cfg
+    from ft.data.tokenize import RowTokenizer
+    from ft.tokenizer.load import adds_bos, load_tokenizer
+    from ft.config.model import ModelConfig
+    from train_helpers import alpaca_rows
+
+    tokenizer = load_tokenizer(ModelConfig(base_model=str(student)))
+    model = AutoModelForCausalLM.from_pretrained(teacher).eval()
+    rows = [{"messages": [{"role": "user", "content": r["input"]}, {"role": "assistant", "content": r["output"]}]}
+            for r in alpaca_rows(12, seed=3)]
+    ds = dataset("chat_template")
+    out = []
+    for row in rows:
+        ids = RowTokenizer(ds, data_cfg(ds, sequence_len=128), tokenizer, adds_bos(tokenizer))([row]).input_ids[0]
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0, :-1, :len(tokenizer)] / temperature, -1)
+        top = logp.topk(entries, -1)
+        row["teacher_logprobs"] = [[{"token": f"token_id:{int(i)}", "logprob": float(v)} for v, i in zip(vs, js)]
+                                   for vs, js in zip(top.values, top.indices)]  # for tokens 1..n-1: aligned to the end
+        out.append(row)
+    path = tmp_path / "kd_rows.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in out))
+    return path
+
+
+def test_rows_carrying_the_teachers_log_probabilities_train_like_the_live_top_k(tmp_path: Path, tiny_model_dir, teacher_dir):
+    """Axolotl's kd datasets (logprobs_field): no teacher is loaded, and the loss is the live teacher's top-k loss."""
+    student, teacher = tiny_model_dir("llama"), teacher_dir("llama")
+    rows = _rows_with_logprobs(tmp_path, student, teacher)
+    common = {"datasets": [{"path": str(rows), "type": "chat_template"}], "kd_top_k": 6, "kd_temperature": 2.0,
+              "adapter": "lora", "lora_target_linear": True, "sample_packing": True, "micro_batch_size": 3,
+              "kd_alpha": ALPHA, "shuffle_merged_datasets": False}
+    results = []
+    for name, keys in (("live", {"teacher_model": str(teacher)}),
+                       ("rows", {"datasets": [{"path": str(rows), "type": "axolotl.integrations.kd.chat_template",
+                                               "logprobs_field": "teacher_logprobs", "temperature": 2.0}]})):
+        (tmp_path / name).mkdir()
+        trainer, model, _ = build(make_config(tmp_path / name, student, **{**common, **keys}))
+        assert (trainer.teacher is None) is (name == "rows")
+        batch = _first_batch(trainer)
+        model.train()
+        loss = trainer.compute_loss(model, dict(batch), num_items_in_batch=int((batch["labels"][:, 1:] != -100).sum()))
+        results.append((float(loss), batch["input_ids"]))
+    (live, live_ids), (carried, carried_ids) = results
+    assert torch.equal(live_ids, carried_ids)
+    assert abs(live - carried) <= 1e-6 * abs(live), (live, carried)
+
+
+@pytest.mark.parametrize("keys, words", [
+    ({"teacher_model": "TEACHER", "kd_top_k": 4}, "the rows carry the teacher's log-probabilities (`logprobs_field`) and `teacher_model` is set too"),
+    ({"kd_top_k": 4, "kd_temperature": 1.0}, "were made at temperature 2, and kd_temperature is 1"),
+    ({}, "set `kd_top_k`"),
+    ({"kd_top_k": 10}, "a position has 8 teacher entries in `logprobs_field`, fewer than kd_top_k 10"),
+    ({"kd_top_k": 5000}, "`kd_top_k`: 5000 is more tokens than the vocabulary has"),
+])
+def test_bad_log_probability_rows_are_refused_in_one_sentence(keys, words, tmp_path: Path, tiny_model_dir, teacher_dir):
+    from ft.errors import UserError
+
+    rows = _rows_with_logprobs(tmp_path, tiny_model_dir("llama"), teacher_dir("llama"))
+    keys = {k: str(teacher_dir("llama")) if v == "TEACHER" else v for k, v in keys.items()}
+    entry = {"path": str(rows), "type": "chat_template", "logprobs_field": "teacher_logprobs", "temperature": 2.0}
+    with pytest.raises(UserError) as info:
+        build(make_config(tmp_path, tiny_model_dir("llama"), datasets=[entry], **{"kd_temperature": 2.0, **keys}))
+    assert words in str(info.value) and "\n" not in str(info.value), str(info.value)

@@ -31,6 +31,11 @@ def teacher_cache(cfg: FtConfig, prepared: Any, tokenizer: Any, vocab: int) -> A
     splits = [(name, table) for name, table in (("train", prepared.train), ("eval", prepared.eval)) if table is not None]
     missing = [(name, table) for name, table in splits if not cache.path(name).is_file()]
     log = logging.getLogger("ft")
+    if cfg.logprobs_datasets:  # the rows carry the teacher's entries: taken from the prepared data, no teacher
+        for name, table in missing:
+            cache.from_rows(name, table, k.kd_top_k, vocab)
+        log.info("teacher top-%d from the rows' log-probabilities (logprobs_field): %s", k.kd_top_k, cache.folder)
+        return cache
     if not missing:
         log.info("teacher top-%d found in cache: %s", k.kd_top_k, cache.folder)
         return cache
@@ -56,13 +61,12 @@ def run_preprocess(cfg: FtConfig, show: int = 0) -> None:
 
     prepared = prepare_data(cfg)
     print(report(prepared, cfg.data.sequence_len))
-    if cfg.distillation.kd_cache:
-        from ft.model.teacher import check_teacher_vocabulary
+    if cfg.distillation.kd_cache or cfg.logprobs_datasets:
+        from ft.model.teacher import shared_vocabulary
         from ft.tokenizer.load import load_tokenizer
 
         tokenizer = load_tokenizer(cfg.model)
-        cache = teacher_cache(cfg, prepared, tokenizer, check_teacher_vocabulary(cfg.distillation, tokenizer,
-                                                                                  cfg.model.trust_remote_code))
+        cache = teacher_cache(cfg, prepared, tokenizer, shared_vocabulary(cfg.distillation, tokenizer, cfg.model.trust_remote_code))
         print(f"teacher top-{cfg.distillation.kd_top_k} log-probabilities: {cache.folder}")
     if show:
         from ft.data.show import show_examples

@@ -55,13 +55,15 @@ def build_run(cfg: FtConfig, world: int) -> Run:
     # data
     tokenizer = load_tokenizer(cfg.model)
     k = cfg.distillation
-    if k.on:
+    distills, cached = cfg.distills, k.kd_cache or bool(cfg.logprobs_datasets)
+    if distills:
         from ft.config.schema import DISTILL_SHARDED
-        from ft.model.teacher import check_teacher_vocabulary
+        from ft.model.teacher import shared_vocabulary
 
         if sharding:
             raise UserError(DISTILL_SHARDED.format(sharding))
-        vocab = check_teacher_vocabulary(k, tokenizer, cfg.model.trust_remote_code)  # before any model loads
+        # before any model loads; the rows' own log-probabilities are checked against the tokenizer as they are read
+        vocab = shared_vocabulary(k, tokenizer, cfg.model.trust_remote_code)
     prepared = prepare_data(cfg, tokenizer)
     log.info(report(prepared, d.sequence_len))
 
@@ -72,7 +74,7 @@ def build_run(cfg: FtConfig, world: int) -> Run:
     if pairs:
         sets = pair_sets(layout, prepared, tokenizer.pad_token_id)
     else:
-        sets = training_sets(d, layout, t.micro_batch_size, prepared, tokenizer.pad_token_id, on_gpu, with_rows=k.kd_cache)
+        sets = training_sets(d, layout, t.micro_batch_size, prepared, tokenizer.pad_token_id, on_gpu, with_rows=distills and cached)
     distributed = trainer_arguments(cfg.distributed, world)
     if distributed["ddp_find_unused_parameters"] is None and cfg.adapter.adapter and not has_experts(model):
         # every LoRA weight takes part in every forward: DDP need not search the graph for unused ones each step
@@ -85,13 +87,13 @@ def build_run(cfg: FtConfig, world: int) -> Run:
 
         offload = ActivationOffload()
     extra: dict[str, Any] = {}
-    if k.on:
+    if distills:
         from ft.commands.preprocess import teacher_cache
         from ft.train.distill_trainer import DistillTrainer
 
         extra["trainer_class"] = DistillTrainer
-        cache = teacher_cache(cfg, prepared, tokenizer, vocab) if k.kd_cache else None
-        teacher = None if k.kd_cache else teacher_for_training(cfg, model, layout, vocab)
+        cache = teacher_cache(cfg, prepared, tokenizer, vocab) if cached else None
+        teacher = None if cached else teacher_for_training(cfg, model, layout, vocab)
     if pairs:
         from ft.train.preference import PreferenceTrainer
 
@@ -108,7 +110,7 @@ def build_run(cfg: FtConfig, world: int) -> Run:
 
             trainer.reference_store = ReferenceStore(prepared.path, reference_key(cfg, prepared.path.name))
         log.info(describe_preference(cfg, reference is not None))
-    if k.on:
+    if distills:
         trainer.distillation, trainer.teacher, trainer.teacher_cache, trainer.vocab = k, teacher, cache, vocab
         log.info("distillation %s", k.describe())
     if any(p.is_meta for p in model.parameters()):

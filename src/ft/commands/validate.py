@@ -35,7 +35,7 @@ def derived(cfg: FtConfig, world_size: int = 1) -> dict[str, str]:
                           f"attention per row")
     else:
         out["batches"] = batches(cfg, attention)
-    if cfg.distillation.on:
+    if cfg.distills:
         out["distillation"] = cfg.distillation.describe()
     out["evaluation"] = "on held-out data" if cfg.has_eval_data else "none (set val_set_size or test_datasets)"
     return out

@@ -125,8 +125,6 @@ REFUSED_DATASET_KEYS: dict[str, tuple[str, tuple[Any, ...]]] = {
     "shards": ("training on a shard of a dataset", ()),
     "shards_idx": ("training on a shard of a dataset", ()),
     "preprocess_shards": ("preparing a dataset in shards", ()),
-    "logprobs_field": ("knowledge distillation (the kd plugin)", ()),
-    "temperature": ("knowledge distillation (the kd plugin)", ()),
     "trust_remote_code": ("dataset loading scripts", (False,)),
     "step_separator": ("process reward models", ()),
     "max_completion_length": ("process reward models", ()),
@@ -163,6 +161,11 @@ def dataset_entry(entry: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
                                  "turn (`train_on_eos`): keep one")
             out.setdefault("train_on_eos", value)
             said.append(f"`train_on_eot: {value}` → `train_on_eos: {value}`")
+            continue
+        if key == "type" and value == "axolotl.integrations.kd.chat_template":
+            out[key] = "chat_template"
+            said.append("`type: axolotl.integrations.kd.chat_template` → `type: chat_template` (the rows' "
+                        "`logprobs_field` gives the teacher)")
             continue
         if key == "chat_template":
             mapped, words = _template(key, value)

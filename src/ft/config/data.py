@@ -108,6 +108,13 @@ class DatasetConfig(Section):
         description="`chat_template`: which end-of-turn tokens are trained: those of trained turns, the last "
         "one, all, or none.",
     )
+    logprobs_field: Optional[str] = Field(
+        None, description="Distillation from log-probabilities the rows carry (Axolotl's kd format): the column "
+        "holding, for each token of the row (aligned to its end), the teacher's top tokens as {token: 'token_id:N', "
+        "logprob: x}. No teacher_model is loaded; kd_top_k of them are used per position.")
+    temperature: Optional[float] = Field(
+        None, gt=0, description="With logprobs_field: the temperature the log-probabilities were made at (default 1); "
+        "it must equal kd_temperature.")
     chat_template: Optional[str] = Field(None, description="`chat_template`: a named template for this dataset.")
     chat_template_jinja: Optional[str] = Field(None, description="`chat_template`: a Jinja template for this dataset.")
 

@@ -44,16 +44,12 @@ class DistillationConfig(Section):
         "its top-k log-probabilities beside the prepared data: training then holds no teacher in memory. Needs kd_top_k.")
 
     @model_validator(mode="after")
-    def _a_teacher_for_the_keys(self) -> "DistillationConfig":
-        written = [k for k in KD_KEYS if k in self.model_fields_set]
-        if written and not self.teacher_model:
-            raise Contradiction(written[0], f"`{written[0]}` shapes distillation from a teacher, and no `teacher_model` "
-                                "is given: add one, or remove the key")
+    def _settings_that_hold_together(self) -> "DistillationConfig":
         if self.teacher_load_in_4bit and self.teacher_load_in_8bit:
             raise Contradiction("teacher_load_in_8bit", "`teacher_load_in_4bit` and `teacher_load_in_8bit` are both true; keep one")
         if self.kd_cache and self.kd_top_k is None:
             raise Contradiction("kd_cache", "the cache keeps the teacher's top-k log-probabilities: set `kd_top_k` (e.g. 64)")
-        if self.teacher_model and self.ce_weight == 0 and self.kd_alpha == 0:
+        if self.ce_weight == 0 and self.kd_alpha == 0:
             raise Contradiction("kd_alpha", "`kd_alpha` and `kd_ce_alpha` are both 0: nothing would train")
         return self
 
@@ -70,8 +66,13 @@ class DistillationConfig(Section):
         return {0.0: "forward KL(teacher‖student)", 1.0: "reverse KL(student‖teacher)"}.get(
             self.kd_beta, f"generalized JSD (β {self.kd_beta:g})")
 
+    def written(self) -> list[str]:
+        """The kd keys the config sets (they need a teacher, or rows that carry its log-probabilities)."""
+        return [k for k in KD_KEYS if k in self.model_fields_set]
+
     def describe(self) -> str:
         over = f"the teacher's top {self.kd_top_k} tokens and the rest as one bucket" if self.kd_top_k else "the whole vocabulary"
         source = "cached top-k log-probabilities" if self.kd_cache else "live"
-        return (f"from {self.teacher_model} ({source}): {self.kd_alpha:g} · T² · {self.divergence} + {self.ce_weight:g} · "
+        teacher = f"{self.teacher_model} ({source})" if self.teacher_model else "the log-probabilities the rows carry"
+        return (f"from {teacher}: {self.kd_alpha:g} · T² · {self.divergence} + {self.ce_weight:g} · "
                 f"cross-entropy, T {self.kd_temperature:g}, over {over}")

@@ -17,7 +17,7 @@ def to_flat_dict(cfg: FtConfig) -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for name in SECTION_KEYS:
         section: BaseModel = getattr(cfg, name)
-        if name == "distillation" and not cfg.distillation.on:
+        if name == "distillation" and not cfg.distills:
             flat["teacher_model"] = None  # its other keys, read back without a teacher, would be refused
             continue
         flat.update(section.model_dump(mode="json"))

@@ -51,6 +51,15 @@ class FtConfig(BaseModel):
         return t.micro_batch_size * t.gradient_accumulation_steps * world_size
 
     @property
+    def distills(self) -> bool:
+        """Whether the run distills: from `teacher_model`, or from the teacher's log-probabilities the rows carry."""
+        return self.distillation.on or bool(self.logprobs_datasets)
+
+    @property
+    def logprobs_datasets(self) -> list[str]:
+        return [ds.path for ds in (*self.data.datasets, *self.data.test_datasets) if ds.logprobs_field]
+
+    @property
     def has_eval_data(self) -> bool:
         return bool(self.data.val_set_size or self.data.test_datasets)
 
@@ -126,12 +135,42 @@ def contradictions(cfg: FtConfig) -> list[Contradiction]:
         add("do_causal_lm_eval", "`do_causal_lm_eval` is not supported with fsdp (the weights are whole only inside the "
             "forward pass); run `ft eval cfg.yml` after training")
     k = cfg.distillation
-    if k.on and cfg.preference.rl:
+    found += distillation_contradictions(cfg)
+    if cfg.distills and cfg.preference.rl:
         add("teacher_model", f"distillation trains on single texts and `rl: {cfg.preference.rl}` on pairs; keep one")
-    if k.on and d.fsdp:
+    if cfg.distills and d.fsdp:
         add("teacher_model", DISTILL_SHARDED.format("fsdp"))
     if t.early_stopping_patience and not cfg.has_eval_data:
         add("early_stopping_patience", "early stopping needs evaluation data: set `val_set_size` or `test_datasets`")
+    return found
+
+
+def distillation_contradictions(cfg: FtConfig) -> list[Contradiction]:
+    """A teacher, or rows carrying its log-probabilities (logprobs_field), and the kd settings that go with them."""
+    k, found = cfg.distillation, []
+    entries = (*cfg.data.datasets, *cfg.data.test_datasets)
+    carried = cfg.logprobs_datasets
+    written = k.written()
+    if written and not k.teacher_model and not carried:
+        found.append(Contradiction(written[0], f"`{written[0]}` shapes distillation from a teacher, and no `teacher_model` "
+                                   "is given (nor a dataset `logprobs_field`): add one, or remove the key"))
+    for ds in entries:
+        if ds.temperature is not None and not ds.logprobs_field:
+            found.append(Contradiction("temperature", f"the dataset `{ds.path}` sets `temperature`, which only goes with "
+                                       "`logprobs_field`; remove it"))
+        elif ds.logprobs_field and (ds.temperature or 1.0) != k.kd_temperature:
+            found.append(Contradiction("kd_temperature", f"the log-probabilities of `{ds.path}` were made at temperature "
+                                       f"{ds.temperature or 1.0:g}, and kd_temperature is {k.kd_temperature:g}; make them equal"))
+    if carried:
+        if k.teacher_model:
+            found.append(Contradiction("teacher_model", "the rows carry the teacher's log-probabilities (`logprobs_field`) "
+                                       "and `teacher_model` is set too; keep one"))
+        elif len(carried) != len(entries):
+            found.append(Contradiction("logprobs_field", "some datasets carry the teacher's log-probabilities "
+                                       "(`logprobs_field`) and some do not; give every dataset one, or none"))
+        elif k.kd_top_k is None:
+            found.append(Contradiction("kd_top_k", "the rows carry the teacher's top tokens only (`logprobs_field`): set "
+                                       "`kd_top_k` to how many of them to use per position"))
     return found
 
 

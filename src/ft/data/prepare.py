@@ -189,6 +189,8 @@ def _tokenize_all(entries: tuple[DatasetConfig, ...], d: DataConfig, tokenizer: 
         merged.input_ids += part.input_ids
         merged.labels += part.labels
         merged.counts.add(part.counts)
+        if part.teacher is not None:  # a teacher's log-probabilities carried by the rows (every entry has them)
+            merged.teacher = (merged.teacher or []) + part.teacher
     return merged
 
 
@@ -198,7 +200,8 @@ def _rows(order: list[int], width: int) -> list[int]:
 
 
 def _subset(t: Tokenized, order: list[int]) -> Tokenized:
-    return Tokenized([t.input_ids[i] for i in order], [t.labels[i] for i in order], t.counts)
+    teacher = [t.teacher[i] for i in order] if t.teacher is not None else None
+    return Tokenized([t.input_ids[i] for i in order], [t.labels[i] for i in order], t.counts, teacher)
 
 
 def _counts(d: DataConfig, train: Tokenized, evaluation: Tokenized | None) -> Counts:
@@ -231,7 +234,12 @@ def _write(path: Path, t: Tokenized) -> None:
         offset_array = pa.Array.from_buffers(pa.int32(), len(offsets), [None, pa.py_buffer(offsets)])
         return pa.ListArray.from_arrays(offset_array, values)
 
-    table = pa.table({"input_ids": column(t.input_ids), "labels": column(t.labels)})
+    columns = {"input_ids": column(t.input_ids), "labels": column(t.labels)}
+    if t.teacher is not None:  # logprobs_field: the teacher's entries per trained position (ft.data.teacher_logprobs)
+        columns["teacher_counts"] = column([c for c, _, _ in t.teacher])
+        columns["teacher_ids"] = column([i for _, i, _ in t.teacher])
+        columns["teacher_logp"] = pa.array([lp for _, _, lp in t.teacher], type=pa.list_(pa.float32()))
+    table = pa.table(columns)
     with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
         writer.write_table(table)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 from ft.config.data import DataConfig, DatasetConfig
 from ft.data.formats import Format, Segment, build_format
@@ -41,6 +41,9 @@ class Tokenized:
     input_ids: list[list[int]] = field(default_factory=list)
     labels: list[list[int]] = field(default_factory=list)
     counts: Counts = field(default_factory=Counts)
+    # rows with a logprobs_field (ft.data.teacher_logprobs): per row, for each trained position in order, how many
+    # teacher entries it has, and their ids and log-probabilities laid end to end (most likely first)
+    teacher: Optional[list[tuple[list[int], list[int], list[float]]]] = None
 
 
 def trained_ranges(segments: Sequence[Segment], train_on_inputs: bool) -> tuple[str, list[tuple[int, int]]]:
@@ -140,7 +143,15 @@ class RowTokenizer:
                 ids, labels = [bos_id] + ids, [IGNORE] + labels
             if self.fmt.append_eos and eos_id is not None:
                 ids, labels = ids + [eos_id], labels + [eos_id if eos_trained else IGNORE]
-            self._fit(first + i, batch[i], ids, labels, out)
+            targets = None
+            if self.ds.logprobs_field:
+                from ft.data.teacher_logprobs import position_targets
+
+                try:
+                    targets = position_targets(batch[i], self.ds.logprobs_field, ids, labels)
+                except DataError as exc:
+                    raise DataError(f"{self.where(first + i, batch[i])}: {exc}") from None
+            self._fit(first + i, batch[i], ids, labels, out, targets)
 
     def _pretokenized(self, index: int, row: dict[str, Any]) -> tuple[list[int], list[int]]:
         ids = row.get("input_ids")
@@ -154,20 +165,22 @@ class RowTokenizer:
             raise DataError(f"{self.where(index, row)}: `labels` must be a list as long as `input_ids`")
         return list(ids), list(labels)
 
-    def _fit(self, index: int, row: dict[str, Any], ids: list[int], labels: list[int], out: Tokenized) -> None:
-        """Apply sequence_len (split, drop or truncate), drop rows with nothing to learn, and count."""
+    def _fit(self, index: int, row: dict[str, Any], ids: list[int], labels: list[int], out: Tokenized,
+             targets: Optional[list[Any]] = None) -> None:
+        """Apply sequence_len (split, drop or truncate), drop rows with nothing to learn, and count. `targets`:
+        the teacher's entries per position (logprobs_field), cut as the row is."""
         limit, c = self.data.sequence_len, out.counts
         c.rows += 1
-        pieces = [(ids, labels)]
+        pieces = [(ids, labels, 0)]
         if len(ids) > limit:
             if self.fmt is not None and self.fmt.split_long:
-                pieces = [(ids[i : i + limit], labels[i : i + limit]) for i in range(0, len(ids), limit)]
+                pieces = [(ids[i : i + limit], labels[i : i + limit], i) for i in range(0, len(ids), limit)]
                 c.chunked += 1
             elif self.data.excess_length_strategy == "drop":
                 c.dropped_long += 1
                 return
             else:
-                pieces = [(ids[:limit], labels[:limit])]
+                pieces = [(ids[:limit], labels[:limit], 0)]
                 c.truncated += 1
                 if all(label == IGNORE for label in pieces[0][1]):
                     raise DataError(
@@ -175,12 +188,18 @@ class RowTokenizer:
                         "so truncating leaves nothing to train on; raise sequence_len or use excess_length_strategy: drop"
                     )
         kept = False
-        for piece_ids, piece_labels in pieces:
+        for piece_ids, piece_labels, start in pieces:
             trained = count_trained(piece_labels)
             if trained == 0:
                 continue
             out.input_ids.append(piece_ids)
             out.labels.append(piece_labels)
+            if targets is not None:
+                from ft.data.teacher_logprobs import flatten
+
+                if out.teacher is None:
+                    out.teacher = []
+                out.teacher.append(flatten(targets[start : start + len(piece_ids)], piece_labels))
             c.tokens += len(piece_ids)
             c.trained += trained
             kept = True

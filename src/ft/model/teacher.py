@@ -38,6 +38,16 @@ def check_teacher_vocabulary(k: DistillationConfig, tokenizer: Any, trust_remote
     return len(ours)
 
 
+def shared_vocabulary(k: DistillationConfig, tokenizer: Any, trust_remote_code: bool = False) -> int:
+    """The vocabulary the distillation compares over: the teacher's tokenizer checked against the model's
+    (check_teacher_vocabulary), or the model's own when the rows carry the teacher's log-probabilities; kd_top_k
+    must fit in it."""
+    vocab = check_teacher_vocabulary(k, tokenizer, trust_remote_code) if k.teacher_model else len(tokenizer)
+    if k.kd_top_k is not None and k.kd_top_k > vocab:
+        raise ConfigError(f"`kd_top_k`: {k.kd_top_k} is more tokens than the vocabulary has ({vocab:,}); lower it")
+    return vocab
+
+
 def load_teacher(k: DistillationConfig, m: ModelConfig, train_dtype: Any, vocab: int) -> Any:
     """The teacher, frozen and in eval mode, with a head of at least `vocab` rows."""
     import torch

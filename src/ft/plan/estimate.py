@@ -140,12 +140,12 @@ def estimate(cfg: Any, shape: Shape, gpus: int = 1, longest_batch: Optional[int]
         t_bits = 4 if k.teacher_load_in_4bit else 8 if k.teacher_load_in_8bit else None
         plan.parts["teacher weights (frozen)"] = weight_bytes_of(teacher, t_bits, t_compute, True)
         plan.parts["teacher forward (no grad)"] = tokens * t_compute * (3 * teacher.hidden + 2 * teacher.intermediate)
-    chunked = (t.chunked_cross_entropy or k.on) and not (stage >= 3)
+    chunked = (t.chunked_cross_entropy or cfg.distills) and not (stage >= 3)
     chunk = max(64, CHUNK_BYTES // (4 * shape.vocab))
     # the plain loss keeps the fp32 log-softmax for the backward pass; at its peak the logits in the compute
     # dtype and their fp32 upcast (none in fp32) exist beside it. The chunked loss: one chunk of fp32 logits
     # and its log-softmax at a time.
-    plan.parts["logits and loss"] = (min(tokens, chunk) * shape.vocab * 4 * (5 if k.on else 2) if chunked
+    plan.parts["logits and loss"] = (min(tokens, chunk) * shape.vocab * 4 * (5 if cfg.distills else 2) if chunked
                                      else tokens * shape.vocab * (4 + ((compute + 4) if compute == 2 else 4)))
     return plan
 

@@ -26,7 +26,8 @@ SHARD_ROWS = 256
 def cache_key(k: DistillationConfig, data_key: str, vocab: int, model_section: dict[str, Any]) -> str:
     from ft.train.reference import folder_fingerprint
 
-    inputs = {"data": data_key, "teacher_files": folder_fingerprint(k.teacher_model), "vocab": vocab,
+    inputs = {"data": data_key, "teacher_files": folder_fingerprint(k.teacher_model) if k.teacher_model else "the rows'",
+              "vocab": vocab,
               "teacher": {key: getattr(k, key) for key in ("teacher_model", "teacher_load_in_4bit", "teacher_load_in_8bit",
                                                             "teacher_dtype", "teacher_attn_implementation", "kd_top_k",
                                                             "kd_temperature")},
@@ -88,6 +89,35 @@ class TeacherCache:
                 progress.advance(min(SHARD_ROWS, len(table) - start))
         _concatenate(sorted(shards.glob("*.arrow")), self.path(split))
         shutil.rmtree(shards, ignore_errors=True)
+        return True
+
+    def from_rows(self, split: str, table: Any, top_k: int, vocab: int) -> bool:
+        """The cache of `split` from the teacher's entries the prepared rows carry (logprobs_field): the first
+        `top_k` of each trained position. True when it was written now."""
+        if self.path(split).is_file():
+            return False
+        from ft.errors import DataError
+
+        counts, ids, logp = (table.column(c).to_pylist() for c in ("teacher_counts", "teacher_ids", "teacher_logp"))
+        rows_ids, rows_logp = [], []
+        for row, (row_counts, row_ids, row_logp) in enumerate(zip(counts, ids, logp)):
+            kept_ids: list[int] = []
+            kept_logp: list[float] = []
+            at = 0
+            for n in row_counts:
+                if n < top_k:
+                    raise DataError(f"{split} row {row}: a position has {n} teacher entries in `logprobs_field`, fewer "
+                                    f"than kd_top_k {top_k}; lower kd_top_k")
+                kept_ids += row_ids[at: at + top_k]
+                kept_logp += row_logp[at: at + top_k]
+                at += n
+            if kept_ids and max(kept_ids) >= vocab:
+                raise DataError(f"{split} row {row}: `logprobs_field` names token id {max(kept_ids)}, beyond the "
+                                f"tokenizer's {vocab} tokens: the log-probabilities were made with another tokenizer")
+            rows_ids.append(kept_ids)
+            rows_logp.append(kept_logp)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        _write(self.path(split), rows_ids, rows_logp)
         return True
 
     def load(self, split: str) -> tuple[Any, Any, Any]:
