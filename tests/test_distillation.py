@@ -411,3 +411,13 @@ def test_bad_log_probability_rows_are_refused_in_one_sentence(keys, words, tmp_p
     with pytest.raises(UserError) as info:
         build(make_config(tmp_path, tiny_model_dir("llama"), datasets=[entry], **{"kd_temperature": 2.0, **keys}))
     assert words in str(info.value) and "\n" not in str(info.value), str(info.value)
+
+
+def test_zero3_is_refused_before_anything_loads(tmp_path: Path, tiny_model_dir, teacher_dir):
+    from ft.commands.train import build_run
+    from ft.errors import UserError
+
+    cfg = _distill_config(tmp_path, tiny_model_dir("llama"), teacher_dir("llama"),
+                          deepspeed=str(Path(__file__).parents[1] / "deepspeed_configs/zero3.json"))
+    with pytest.raises(UserError, match="distillation is not supported with DeepSpeed ZeRO-3 yet"):
+        build_run(cfg, 2)  # the world the launcher would give; refused before any process group is needed
