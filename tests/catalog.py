@@ -72,7 +72,7 @@ CASES = [
          ("cfg.yml:5", "unknown key `field_instructon`", "did you mean `field_instruction`")),
     Case("text where a number belongs", BASE + "lora_r: eight\n", ("cfg.yml:10", "`lora_r`", "valid integer", "'eight'")),
     Case("a word where true/false belongs", BASE + "sample_packing: maybe\n", ("cfg.yml:10", "`sample_packing`", "valid boolean")),
-    Case("an unknown adapter", BASE + "adapter: lorra\n", ("cfg.yml:10", "`adapter`", "'lora' or 'qlora'")),
+    Case("an unknown adapter", BASE + "adapter: lorra\n", ("cfg.yml:10", "`adapter`", "unknown adapter `lorra` (did you mean `lora`?)")),
     Case("base_model is missing", BASE.replace("base_model: model\n", ""), ("`base_model` is required",)),
     Case("datasets is missing", "base_model: model\n", ("`datasets` is required",)),
     Case("datasets is empty", "base_model: model\ndatasets: []\n", ("`datasets` needs at least 1 entry",)),

@@ -251,6 +251,8 @@ def quiet_third_parties() -> None:
 
     # peft asks transformers a deprecated question on every model it wraps
     warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+    # prompt tuning and prefix tuning number the virtual tokens themselves: the rows' own position ids are not needed
+    warnings.filterwarnings("ignore", message="Position ids are not supported for parameter efficient tuning")
     for name, words, _why in QUIET:
         if words:
             logging.getLogger(name).addFilter(_Drop(words))

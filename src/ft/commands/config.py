@@ -6,6 +6,7 @@ config/context.py).
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -13,6 +14,7 @@ from ft.config import FtConfig, ValidationContext, load_config
 from ft.data.formats import FORMATS
 from ft.evaluate.metrics import METRICS
 from ft.launch.deepspeed import check_deepspeed
+from ft.model.methods import METHODS
 from ft.tokenizer.chat_templates import CHAT_TEMPLATES
 from ft.train.optimizers import OPTIMIZERS
 from ft.train.schedulers import SCHEDULERS
@@ -28,6 +30,8 @@ def validation_context() -> ValidationContext:
         schedulers=SCHEDULERS,
         check_deepspeed=check_deepspeed,
         metrics=METRICS,
+        adapters=METHODS,
+        adapter_rules={name: partial(METHODS.get(name).refusal, name) for name in METHODS.names()},
     )
 
 

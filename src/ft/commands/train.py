@@ -38,7 +38,7 @@ def build_run(cfg: FtConfig, world: int) -> Run:
     from ft.data.prepare import report
     from ft.tokenizer.load import load_tokenizer
     from ft.train.args import training_arguments
-    from ft.data.packing import PADDING_FREE, batch_layout
+    from ft.data.packing import PADDED, PADDING_FREE, batch_layout
     from ft.train.batches import pair_sets, training_sets
     from ft.train.trainer import build_trainer
 
@@ -50,6 +50,12 @@ def build_run(cfg: FtConfig, world: int) -> Run:
     on_gpu = torch.cuda.is_available()
     pairs = cfg.preference.rl is not None
     layout = PADDING_FREE if pairs else batch_layout(d, t.group_by_length, on_gpu)  # a pair's answers end to end
+    prompt_learning = prompt_learning_method(cfg)
+    if prompt_learning:
+        if pairs or cfg.distills:
+            raise UserError(f"`adapter: {cfg.adapter.adapter}` puts virtual tokens before each row, which "
+                            f"{'preference training' if pairs else 'distillation'} does not take yet; use lora")
+        layout = PADDED  # its virtual tokens go before each row: rows cannot be laid end to end
     torch.manual_seed(t.seed)
 
     # data
@@ -80,7 +86,8 @@ def build_run(cfg: FtConfig, world: int) -> Run:
         # every LoRA weight takes part in every forward: DDP need not search the graph for unused ones each step
         distributed["ddp_find_unused_parameters"] = False
     args = training_arguments(t, cfg.logging, cfg.model, len(sets.train), sets.eval is not None, world, distributed)
-    chunked = t.chunked_cross_entropy and uses_chunked_loss(model, sharding)
+    # the chunked loss reads the decoder's hidden states, which prompt-learning methods lengthen by their virtual tokens
+    chunked = t.chunked_cross_entropy and not prompt_learning and uses_chunked_loss(model, sharding)
     offload = None
     if t.activation_offloading:
         from ft.train.offload import ActivationOffload
@@ -110,6 +117,8 @@ def build_run(cfg: FtConfig, world: int) -> Run:
 
             trainer.reference_store = ReferenceStore(prepared.path, reference_key(cfg, prepared.path.name))
         log.info(describe_preference(cfg, reference is not None))
+    if cfg.adapter.loraplus_lr_ratio or cfg.adapter.loraplus_lr_embedding:
+        trainer.loraplus = (cfg.adapter.loraplus_lr_ratio or 1.0, cfg.adapter.loraplus_lr_embedding)
     if distills:
         trainer.distillation, trainer.teacher, trainer.teacher_cache, trainer.vocab = k, teacher, cache, vocab
         log.info("distillation %s", k.describe())
@@ -120,6 +129,13 @@ def build_run(cfg: FtConfig, world: int) -> Run:
     if cfg.evaluation.do_causal_lm_eval and prepared.eval is not None:
         trainer.eval_extras = generation_during_training(cfg, prepared, tokenizer, sharding)
     return Run(tokenizer, prepared, model, trainer, metrics, layout, attention)
+
+
+def prompt_learning_method(cfg: FtConfig) -> bool:
+    """Whether the adapter puts virtual tokens before each row (prompt tuning, prefix tuning)."""
+    from ft.model.methods import METHODS
+
+    return bool(cfg.adapter.adapter) and METHODS.get(cfg.adapter.adapter).prompt_learning
 
 
 def has_experts(model: Any) -> bool:

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from ft.config.base import Contradiction
+from ft.config.context import canonical
 
 from ft.config.base import Section
 
 
 class AdapterConfig(Section):
-    adapter: Optional[Literal["lora", "qlora"]] = Field(
-        None, description="`lora`, `qlora` (LoRA on a 4-bit base), or unset for full fine-tuning."
+    adapter: Optional[str] = Field(
+        None, description="The parameter-efficient method: lora, qlora (LoRA on a 4-bit base), ia3, loha, lokr, vera, "
+        "prompt_tuning, prefix_tuning (docs/methods.md); unset for full fine-tuning."
     )
     lora_r: int = Field(8, ge=1, description="LoRA rank.")
     lora_alpha: float = Field(16, gt=0, description="LoRA scaling numerator: the update is scaled by alpha / r.")
@@ -34,6 +36,18 @@ class AdapterConfig(Section):
     lora_fan_in_fan_out: bool = Field(False, description="Set for models whose linear weights are stored transposed.")
     peft_use_rslora: bool = Field(False, description="Rank-stabilised LoRA: scale by alpha / sqrt(r).")
     peft_use_dora: bool = Field(False, description="DoRA: weight-decomposed LoRA.")
+    num_virtual_tokens: int = Field(20, ge=1, description="prompt_tuning, prefix_tuning: virtual tokens before each row.")
+    prompt_tuning_init_text: Optional[str] = Field(
+        None, description="prompt_tuning: start the virtual tokens from this text's embeddings (else random).")
+    prefix_projection: bool = Field(
+        False, description="prefix_tuning: make the prefix through a trained MLP (P-tuning v2's reparameterisation).")
+    prefix_encoder_hidden_size: Optional[int] = Field(
+        None, ge=1, description="prefix_tuning with prefix_projection: the MLP's width (default: the model's).")
+    loraplus_lr_ratio: Optional[float] = Field(
+        None, gt=0, description="LoRA+: the B matrices learn at this many times learning_rate (Hayou et al.; 16 is "
+        "the paper's choice).")
+    loraplus_lr_embedding: Optional[float] = Field(
+        None, gt=0, description="LoRA+: the learning rate of LoRA's embedding layers (default 1e-6, PEFT's).")
     unfrozen_parameters: Optional[tuple[str, ...]] = Field(
         None, description="Full fine-tuning: train only the parameters whose names match one of these patterns "
         "(Python regular expressions matched from the start of the name, a `.` literal unless followed by `+`, "
@@ -60,6 +74,11 @@ class AdapterConfig(Section):
                 raise ValueError(f"`{v[0]}` is not a regular expression ({exc})") from None
         return v
 
+    @field_validator("adapter")
+    @classmethod
+    def _registered_method(cls, v: Optional[str], info: ValidationInfo) -> Optional[str]:
+        return canonical(info, "adapters", v) if v is not None else v
+
     @field_validator("unfrozen_parameters")
     @classmethod
     def _patterns(cls, v: Optional[tuple[str, ...]]) -> Optional[tuple[str, ...]]:
@@ -78,8 +97,12 @@ class AdapterConfig(Section):
             raise Contradiction("unfrozen_parameters", f"it picks the weights a full fine-tune trains; with `adapter: "
                                 f"{self.adapter}` only the adapter trains: remove it, or name whole modules in "
                                 "lora_modules_to_save")
-        if self.lora_target_parameters and not self.adapter:
-            raise Contradiction("lora_target_parameters", "it adds LoRA to parameters, and this run has no `adapter:`")
+        has = f"`adapter: {self.adapter}`" if self.adapter else "no `adapter:`"
+        if self.lora_target_parameters and self.adapter not in ("lora", "qlora"):
+            raise Contradiction("lora_target_parameters", f"it adds LoRA to parameters, and this run has {has}")
+        if (self.loraplus_lr_ratio or self.loraplus_lr_embedding) and self.adapter not in ("lora", "qlora"):
+            key = "loraplus_lr_ratio" if self.loraplus_lr_ratio else "loraplus_lr_embedding"
+            raise Contradiction(key, f"LoRA+ sets the learning rates of LoRA's matrices, and this run has {has}")
         return self
 
 

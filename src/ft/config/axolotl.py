@@ -188,8 +188,6 @@ KEYS: dict[str, Answer] = {
     "gptq_groupsize": _refused("GPTQ models"),
     "gptq_model_v1": _refused("GPTQ models", False),
     "peft": _refused("PEFT settings under `peft:` (LoftQ)"),
-    "loraplus_lr_ratio": _refused("LoRA+"),
-    "loraplus_lr_embedding": _refused("LoRA+"),
     "lora_on_cpu": _refused("LoRA merged on the CPU", False),
     "eot_tokens": _noop("end-of-turn tokens", "ft trains each trained turn's end-of-turn text as the chat template "
                         "writes it (train_on_eos), whichever tokens those are"),
@@ -372,17 +370,16 @@ kto_undesirable_weight large_head_attention layer_offloading liger_cross_entropy
 liger_glu_activation liger_layer_norm liger_rms_norm liger_rms_norm_gated liger_rope liger_swiglu
 liger_use_token_scaling lisa_layers_attribute lisa_n_layers lisa_step_interval llama4_linearized_experts
 llmcompressor lm_eval_batch_size lm_eval_model lm_eval_post_train lm_eval_tasks local_rank lora_alpha_pattern
-lora_embedding_kernel lora_mlp_kernel lora_o_kernel lora_on_cpu lora_qkv_kernel lora_rank_pattern
-loraplus_lr_embedding loraplus_lr_ratio low_cpu_mem_usage lr_div_factor lr_groups lr_quadratic_warmup
-lr_scheduler_kwargs max_memory max_prompt_len mean_resizing_embeddings merge_lora merge_method min_sample_len
-mlflow_experiment_name mlflow_run_name mlflow_tracking_uri model_kwargs model_quantization_config
-model_quantization_config_kwargs model_revision moe_bnb_fast moe_dequant_chunk_size moe_grouped_backend mora
-multipack_real_batches nemo_gym_auto_clone nemo_gym_auto_start nemo_gym_config_paths nemo_gym_datasets nemo_gym_dir
-nemo_gym_enabled nemo_gym_head_port nemo_gym_max_turns nemo_gym_model_name nemo_gym_multi_turn nemo_gym_run_timeout
-nemo_gym_server_timeout nemo_gym_verify_timeout noisy_embedding_alpha nonexpert_quantization
-num_dataset_shards_to_save num_generation_samples num_labels nvfp4_merge_aware nvfp4_merge_aware_start_step
-optim_args optim_target_modules otel_metrics_host otel_metrics_port pad_to_multiple_of peft
-peft_autocast_adapter_dtype peft_ensure_weight_tying peft_init_lora_weights peft_layer_replication
+lora_embedding_kernel lora_mlp_kernel lora_o_kernel lora_on_cpu lora_qkv_kernel lora_rank_pattern low_cpu_mem_usage
+lr_div_factor lr_groups lr_quadratic_warmup lr_scheduler_kwargs max_memory max_prompt_len mean_resizing_embeddings
+merge_lora merge_method min_sample_len mlflow_experiment_name mlflow_run_name mlflow_tracking_uri model_kwargs
+model_quantization_config model_quantization_config_kwargs model_revision moe_bnb_fast moe_dequant_chunk_size
+moe_grouped_backend mora multipack_real_batches nemo_gym_auto_clone nemo_gym_auto_start nemo_gym_config_paths
+nemo_gym_datasets nemo_gym_dir nemo_gym_enabled nemo_gym_head_port nemo_gym_max_turns nemo_gym_model_name
+nemo_gym_multi_turn nemo_gym_run_timeout nemo_gym_server_timeout nemo_gym_verify_timeout noisy_embedding_alpha
+nonexpert_quantization num_dataset_shards_to_save num_generation_samples num_labels nvfp4_merge_aware
+nvfp4_merge_aware_start_step optim_args optim_target_modules otel_metrics_host otel_metrics_port pad_to_multiple_of
+peft peft_autocast_adapter_dtype peft_ensure_weight_tying peft_init_lora_weights peft_layer_replication
 peft_layers_pattern peft_layers_to_transform peft_trainable_token_indices plugins pose_max_context_len
 pose_num_chunks pose_split_on_token_ids preprocess_iterable pretrain_multipack_attn pretrain_multipack_buffer_size
 pretraining_dataset pretraining_sample_concatenation process_reward_model processor_kwargs processor_type

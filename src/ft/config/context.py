@@ -8,7 +8,7 @@ validated without one (a test building a section by hand) checks no names.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional, Protocol
 
 from pydantic import ValidationInfo
@@ -30,6 +30,9 @@ class ValidationContext:
     check_deepspeed: Callable[[Any], None]  # a path or an inline mapping; ValueError when it is wrong
     metrics: Optional[NameTable] = None
     pair_formats: frozenset[str] = frozenset()  # formats whose rows are preference pairs (chosen, rejected)
+    adapters: Optional[NameTable] = None  # the parameter-efficient methods (ft.model.methods)
+    # a method's name → what it refuses of a whole config: (key, sentence) or None
+    adapter_rules: Mapping[str, Callable[[Any], Optional[tuple[str, str]]]] = field(default_factory=dict)
 
 
 def context_of(info: ValidationInfo) -> Optional[ValidationContext]:

@@ -43,6 +43,10 @@ class FtConfig(BaseModel):
         if context is not None:
             for contradiction in pair_contradictions(self, context.pair_formats):
                 raise contradiction
+            rule = context.adapter_rules.get(self.adapter.adapter or "")
+            refused = rule(self) if rule is not None else None
+            if refused is not None:
+                raise Contradiction(*refused)
         return self
 
     def effective_batch_size(self, world_size: int = 1) -> int:

@@ -36,21 +36,10 @@ def embedding_module_names(model: Any) -> list[str]:
 
 
 def lora_config(a: AdapterConfig, targets: Optional[list[str]], modules_to_save: Optional[list[str]]) -> Any:
-    from peft import LoraConfig
+    """The PEFT config of LoRA (and QLoRA) from the adapter section (ft.model.methods.lora)."""
+    from ft.model.methods import METHODS
 
-    return LoraConfig(
-        task_type="CAUSAL_LM",
-        r=a.lora_r,
-        lora_alpha=a.lora_alpha,
-        lora_dropout=a.lora_dropout,
-        target_modules=targets,
-        target_parameters=list(a.lora_target_parameters) if a.lora_target_parameters else None,
-        modules_to_save=modules_to_save,
-        fan_in_fan_out=a.lora_fan_in_fan_out,
-        use_rslora=a.peft_use_rslora,
-        use_dora=a.peft_use_dora,
-        bias="none",
-    )
+    return METHODS.get("lora").build(a, targets, modules_to_save, "")
 
 
 REFERENCE = "reference"  # the frozen copy of a continued adapter, a preference loss's reference
@@ -90,8 +79,14 @@ def apply_adapter(a: AdapterConfig, model: Any, new_tokens: bool, seed: int, on_
             to_save |= set(embedding_module_names(model))
         if a.lora_target_parameters:
             check_parameters(a.lora_target_parameters, model)
-        model = get_peft_model(model, lora_config(a, sorted(targets) or ([] if a.lora_target_parameters else None),
-                                                  sorted(to_save) or None))
+        from ft.model.methods import METHODS
+
+        method = METHODS.get(a.adapter or "lora")
+        if not method.targets_linear:
+            targets = set()
+        config = method.build(a, sorted(targets) or ([] if a.lora_target_parameters else None), sorted(to_save) or None,
+                              str(model.config._name_or_path))
+        model = get_peft_model(model, config)
         seed_lora_weights(model, seed)
     trainable, total = count_parameters(model)
     log.info("trainable parameters: %s of %s (%.2f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / max(total, 1))

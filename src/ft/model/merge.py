@@ -24,6 +24,7 @@ def merge_lora(m: ModelConfig, adapter: Path, out: Path) -> Path:
 
     if not (adapter / "adapter_config.json").is_file():
         raise ConfigError(f"no adapter in {adapter} (adapter_config.json is missing); train first or pass --lora-model-dir")
+    check_mergeable(adapter)
     if (adapter / "tokenizer_config.json").is_file():
         from transformers import AutoTokenizer
 
@@ -51,6 +52,21 @@ def merge_lora(m: ModelConfig, adapter: Path, out: Path) -> Path:
     fsync_path(out.parent)
     log.info("merged %s into %s → %s", adapter, m.base_model, out)
     return out
+
+
+# PEFT's types that add inputs rather than change weights: there is nothing to fold them into
+SEPARATE = {"PROMPT_TUNING": "prompt tuning's virtual tokens are inputs before each row, not a change of any weight",
+            "PREFIX_TUNING": "prefix tuning's keys and values are added to every layer's attention, not to any weight",
+            "P_TUNING": "P-tuning's virtual tokens are inputs before each row, not a change of any weight"}
+
+
+def check_mergeable(adapter: Path) -> None:
+    import json
+
+    kind = json.loads((adapter / "adapter_config.json").read_text()).get("peft_type", "")
+    if kind in SEPARATE:
+        raise ConfigError(f"the adapter in {adapter} cannot be merged: {SEPARATE[kind]}; `ft inference` and `ft eval` "
+                          "load it beside the base as it is")
 
 
 def fold(model: Any) -> Any:

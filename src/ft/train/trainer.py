@@ -62,6 +62,22 @@ class FtTrainer(Trainer):
     keep_checkpoints: Optional[int] = None
     eval_extras: Any = None  # model → {metric: value}, added to each evaluation's logs (generation metrics)
     after_sharding: Any = None  # (model, offloaded) → None: fills what FSDP sharded on the meta device (ft.model.sharded)
+    loraplus: Optional[tuple[float, Optional[float]]] = None  # LoRA+: (B's learning-rate ratio, embeddings' rate)
+
+    def create_optimizer(self, model: Any = None) -> Any:
+        """The Trainer's optimizer; with LoRA+, its class and settings over PEFT's LoRA+ groups: the B matrices
+        (and the adapter's vectors) at ratio × learning_rate, the A matrices at learning_rate."""
+        if self.loraplus is None or self.optimizer is not None:
+            return super().create_optimizer(model)
+        from peft.optimizers import create_loraplus_optimizer
+
+        cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, self.model)
+        ratio, embedding = self.loraplus
+        lr = kwargs.pop("lr")
+        extra = {"loraplus_lr_embedding": embedding} if embedding else {}
+        self.optimizer = create_loraplus_optimizer(self.model, cls, lr=lr, loraplus_lr_ratio=ratio,
+                                                   loraplus_weight_decay=self.args.weight_decay, **kwargs, **extra)
+        return self.optimizer
 
     def create_scheduler(self, num_training_steps: int, optimizer: Any = None) -> Any:
         """The Trainer's scheduler. Under FSDP2 this is the first point after accelerate has sharded the model and

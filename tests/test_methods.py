@@ -1,0 +1,96 @@
+"""The parameter-efficient methods beside LoRA (ft.model.methods): each trains (its loss falls) on a small task;
+the mergeable ones merge into the base with the trained model's logits; prompt tuning and prefix tuning stay
+separate and still answer; what PEFT cannot do is refused in one sentence before anything loads; LoRA+ gives
+the B matrices ratio × the learning rate."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import run_ft
+from ft.errors import ConfigError
+from train_helpers import build, make_config
+
+METHODS = ["ia3", "loha", "lokr", "vera", "prompt_tuning", "prefix_tuning"]
+MERGEABLE = ["ia3", "loha", "lokr", "vera"]
+
+
+def _train(tmp_path: Path, model_dir: Path, method: str, **keys):
+    from ft.commands.train import run_train
+
+    cfg = make_config(tmp_path, model_dir, adapter=method, lora_target_linear=method not in ("prompt_tuning", "prefix_tuning"),
+                      max_steps=12, learning_rate=0.02 if method != "vera" else 0.05, **keys)
+    run_train(cfg)
+    return cfg
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_each_method_learns_and_the_mergeable_ones_merge_exactly(method: str, tmp_path: Path, tiny_model_dir):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from ft.model.merge import merge_lora
+
+    cfg = _train(tmp_path, tiny_model_dir("llama"), method)
+    out = Path(cfg.training.output_dir)
+    losses = [r["loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    assert len(losses) == 12 and sum(losses[-3:]) < sum(losses[:3]), losses
+    assert json.loads((out / "adapter_config.json").read_text())["peft_type"].lower().replace("_", "") == method.replace("_", "")
+    ids = torch.tensor([[5, 17, 42, 99, 7, 3, 64, 12]])
+    with torch.no_grad():
+        trained = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir("llama")), str(out)).eval()(input_ids=ids).logits
+    if method in MERGEABLE:
+        merged_dir = merge_lora(cfg.model, out, tmp_path / "merged")
+        with torch.no_grad():
+            merged = AutoModelForCausalLM.from_pretrained(merged_dir).eval()(input_ids=ids).logits
+        assert float((merged - trained).abs().max() / trained.abs().max()) < 1e-5
+    else:
+        with pytest.raises(ConfigError, match="cannot be merged: .* not (a change of |to )?any weight"):
+            merge_lora(cfg.model, out, tmp_path / "merged")
+        answer = run_ft("inference", str(tmp_path / "cfg.yml"), "--prompt", "Reverse the words.", "--input", "cat dog sun",
+                        "--max-new-tokens", "4", cwd=tmp_path)
+        assert answer.returncode == 0 and answer.stdout.strip() and "Position ids" not in answer.stderr, answer.stderr
+
+
+@pytest.mark.parametrize("keys, words", [
+    ({"adapter": "prompt_tuning", "sample_packing": True}, "set `sample_packing: false`"),
+    ({"adapter": "prefix_tuning", "padding_free": True}, "set `padding_free: false`"),
+    ({"adapter": "prefix_tuning", "gradient_checkpointing": True}, "set `gradient_checkpointing: false`"),
+    ({"adapter": "loha", "load_in_4bit": True}, "`adapter: loha` does not train on a 4-bit base"),
+    ({"adapter": "vera", "load_in_8bit": True}, "`adapter: vera` does not train on a 8-bit base"),
+    ({"adapter": "ia3", "loraplus_lr_ratio": 16}, "LoRA+ sets the learning rates of LoRA's matrices"),
+    ({"adapter": "lokr", "lora_target_parameters": ["mlp.down_proj.weight"]}, "this run has `adapter: lokr`"),
+    ({"adapter": "dora"}, "unknown adapter `dora`"),
+])
+def test_what_a_method_cannot_do_is_refused_by_validate(keys: dict, words: str, tmp_path: Path):
+    import yaml
+
+    body = {"base_model": "m", "datasets": [{"path": "d.jsonl", "type": "alpaca"}], **keys}
+    (tmp_path / "cfg.yml").write_text(yaml.safe_dump(body))
+    result = run_ft("validate", "cfg.yml", cwd=tmp_path)
+    assert result.returncode == 2 and words in result.stderr and result.stderr.count("\n") == 1, result.stderr
+
+
+def test_prompt_learning_trains_on_padded_rows_without_the_chunked_loss(tmp_path: Path, tiny_model_dir):
+    trainer, _, _ = build(make_config(tmp_path, tiny_model_dir("llama"), adapter="prompt_tuning", num_virtual_tokens=8,
+                                      prompt_tuning_init_text="Reverse the words"))
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert "attention_mask" in batch and "cu_seq_lens_q" not in batch and not trainer.chunked_loss
+
+
+def test_loraplus_gives_the_b_matrices_ratio_times_the_learning_rate(tmp_path: Path, tiny_model_dir):
+    trainer, model, _ = build(make_config(tmp_path, tiny_model_dir("llama"), adapter="lora", lora_target_linear=True,
+                                          loraplus_lr_ratio=16, learning_rate=0.001, weight_decay=0.0))
+    optimizer = trainer.create_optimizer()
+    names = {id(p): n for n, p in model.named_parameters()}
+    rate = {}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            rate[names[id(p)]] = group["lr"]
+    a = {r for n, r in rate.items() if "lora_A" in n}
+    b = {r for n, r in rate.items() if "lora_B" in n}
+    assert a == {0.001} and len(b) == 1 and b.pop() == pytest.approx(0.016), (a, b)
