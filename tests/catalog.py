@@ -209,6 +209,17 @@ CASES = [
          ("not a complete checkpoint folder",), args=("train", "cfg.yml"), files={"out/checkpoint-2/trainer_state.json": "{}"}),
     Case("merge-lora before training", BASE + "adapter: lora\n", ("no adapter in out",), args=("merge-lora", "cfg.yml")),
     Case("inference before training", BASE, ("no trained model in out", "run `ft train` first"), args=("inference", "cfg.yml", "--prompt", "hi")),
+    # what a parameter-efficient method cannot do (ft.model.methods), refused before anything loads
+    Case("prompt tuning on packed rows", BASE + "adapter: prompt_tuning\nsample_packing: true\n",
+         ("`adapter: prompt_tuning` puts virtual tokens before each row", "set `sample_packing: false`")),
+    Case("prefix tuning under gradient checkpointing", BASE + "adapter: prefix_tuning\ngradient_checkpointing: true\n",
+         ("`adapter: prefix_tuning`", "set `gradient_checkpointing: false`")),
+    Case("a method that cannot train on a 4-bit base", BASE + "adapter: lokr\nload_in_4bit: true\n",
+         ("`adapter: lokr` does not train on a 4-bit base", "remove `load_in_4bit`")),
+    Case("LoRA+ with another method", BASE + "adapter: ia3\nloraplus_lr_ratio: 16\n",
+         ("LoRA+ sets the learning rates of LoRA's matrices", "`adapter: ia3`")),
+    Case("merging prompt tuning", BASE + "adapter: prompt_tuning\n", ("cannot be merged", "virtual tokens are inputs"),
+         args=("merge-lora", "cfg.yml"), files={"out/adapter_config.json": '{"peft_type": "PROMPT_TUNING"}'}),
 ]
 
 

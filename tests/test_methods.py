@@ -94,3 +94,64 @@ def test_loraplus_gives_the_b_matrices_ratio_times_the_learning_rate(tmp_path: P
     a = {r for n, r in rate.items() if "lora_A" in n}
     b = {r for n, r in rate.items() if "lora_B" in n}
     assert a == {0.001} and len(b) == 1 and b.pop() == pytest.approx(0.016), (a, b)
+
+
+@pytest.mark.parametrize("method", MERGEABLE)
+def test_packed_rows_equal_rows_one_by_one(method: str, tiny_model_dir, tiny_tokenizer):
+    """The methods that may pack: a packed batch gives each row's loss and gradients as the row alone."""
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from ft.config.adapter import AdapterConfig
+    from ft.model.methods import METHODS as REGISTRY
+    from ft.model.packed_attention import VARLEN, register
+    from test_packing import _rows, packed_vs_single
+
+    register()
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir("llama"), dtype=torch.float32, attn_implementation=VARLEN)
+    a = AdapterConfig(adapter=method, lora_r=4, lora_alpha=8)
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    model = get_peft_model(model, REGISTRY.get(method).build(a, targets, None, "")).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.05)  # a trained adapter: every weight matters
+    loss_diff, grad_diff = packed_vs_single(model, _rows(tiny_tokenizer))
+    assert loss_diff < 1e-5 and grad_diff < 1e-5, (loss_diff, grad_diff)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_stop_and_resume_give_the_same_weights(method: str, tmp_path: Path, tiny_model_dir):
+    from safetensors.torch import load_file
+
+    from ft.commands.train import run_train
+
+    weights = []
+    for name, stops in (("straight", [4]), ("resumed", [2, 4])):
+        (tmp_path / name).mkdir()
+        for steps in stops:
+            cfg = make_config(tmp_path / name, tiny_model_dir("llama"), adapter=method, max_steps=steps, save_steps=2,
+                              lora_target_linear=method in MERGEABLE)
+            run_train(cfg)
+        weights.append(load_file(str(Path(cfg.training.output_dir) / "adapter_model.safetensors")))
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.allclose(weights[0][n], weights[1][n], rtol=1e-5, atol=1e-7) for n in weights[0])
+
+
+@pytest.mark.parametrize("keys", [
+    {"adapter": "ia3"}, {"adapter": "ia3", "lora_target_linear": True}, {"adapter": "loha", "lora_target_linear": True},
+    {"adapter": "lokr", "lora_target_linear": True}, {"adapter": "lokr", "lora_r": 64, "lora_target_linear": True},
+    {"adapter": "vera", "lora_r": 16}, {"adapter": "prompt_tuning", "num_virtual_tokens": 7},
+    {"adapter": "prefix_tuning"}, {"adapter": "prefix_tuning", "prefix_projection": True, "prefix_encoder_hidden_size": 24},
+], ids=lambda k: "-".join(f"{v}" for v in k.values()))
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_plan_counts_each_methods_parameters_exactly(keys: dict, arch: str, tmp_path: Path, tiny_model_dir):
+    from ft.plan.estimate import estimate
+    from ft.plan.shapes import read_shape
+
+    cfg = make_config(tmp_path, tiny_model_dir(arch), bf16=False, **keys)
+    trainer, model, _ = build(cfg)
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    plan = estimate(cfg, read_shape(str(tiny_model_dir(arch))))
+    assert plan.parts["trainable weights (fp32)"] == 4 * trained, (plan.parts["trainable weights (fp32)"] // 4, trained)

@@ -65,11 +65,6 @@ def real_longest_batch(cfg: FtConfig) -> Optional[int]:
 def plan_report(cfg: FtConfig, memory: int, gpus: int, real_lengths: bool = True) -> dict[str, Any]:
     """Everything `ft plan` says, as data: the worst case (every row at sequence_len), and with the prepared
     data's real lengths when they are at hand."""
-    if cfg.adapter.adapter not in (None, "lora", "qlora"):
-        from ft.errors import ConfigError
-
-        raise ConfigError(f"`ft plan` models full fine-tuning, lora and qlora; `adapter: {cfg.adapter.adapter}` is not "
-                          "modelled yet; `ft plan cfg.yml --set adapter=lora` plans LoRA at the same targets as a guide")
     shape = read_shape(cfg.model.base_model_config or cfg.model.base_model)
     k = cfg.distillation
     if k.on and not k.kd_cache:

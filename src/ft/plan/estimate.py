@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from ft.config.adapter import is_regex
-from ft.plan.shapes import DEFAULT_TARGETS, Shape
+from ft.plan.methods import trainable as method_trainable
+from ft.plan.shapes import DEFAULT_TARGETS, IA3_DEFAULT_TARGETS, Shape
 
 GiB = 1 << 30
 CUDA_CONTEXT = int(0.5 * GiB)  # the CUDA context and kernels: on the card, outside torch's allocator
@@ -57,7 +58,8 @@ def lora_targets(cfg: Any, shape: Shape) -> list[str]:
     names = set(shape.linears())
     if a.lora_target_linear:
         return sorted(names)
-    wanted = a.lora_target_modules or DEFAULT_TARGETS.get(shape.model_type, ())
+    defaults = IA3_DEFAULT_TARGETS if a.adapter == "ia3" else DEFAULT_TARGETS  # PEFT's per method
+    wanted = a.lora_target_modules or defaults.get(shape.model_type, ())
     if any(map(is_regex, wanted)):  # a regular expression over whole names: tried on a layer's usual paths
         paths = [f"model.{middle}layers.0.{block}." for middle in ("", "language_model.") for block in ("self_attn", "mlp")]
         return sorted(n for n in names if any(re.fullmatch(wanted[0], p + n) for p in paths))
@@ -80,7 +82,7 @@ def estimate(cfg: Any, shape: Shape, gpus: int = 1, longest_batch: Optional[int]
     # what trains, in which dtype
     masters = (m.precision in ("bf16", "auto", "fp16") and not m.pure_bf16) or m.precision == "fp32"
     if a.adapter:
-        trainable = sum(a.lora_r * (i + o) for n, (i, o) in shape.linears().items() if n in lora_targets(cfg, shape)) * shape.layers
+        trainable = method_trainable(cfg, shape, lora_targets(cfg, shape))
         to_save = set(a.lora_modules_to_save or ()) | ({"embed_tokens", "lm_head"} if m.tokens else set())
         full_copies = (embed if "embed_tokens" in to_save else 0) + (head or embed if "lm_head" in to_save else 0)
         trainable_bytes = 4 * trainable + (4 if masters else compute) * full_copies

@@ -18,6 +18,8 @@ MODELLED = ("llama", "mistral", "qwen2", "gemma2", "phi3")
 # peft's own default LoRA targets when the config names none (peft's TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING)
 DEFAULT_TARGETS = {"llama": ("q_proj", "v_proj"), "mistral": ("q_proj", "v_proj"), "qwen2": ("q_proj", "v_proj"),
                    "gemma2": ("q_proj", "v_proj")}  # none for phi3: peft asks for target_modules
+IA3_DEFAULT_TARGETS = {"llama": ("k_proj", "v_proj", "down_proj"), "mistral": ("k_proj", "v_proj", "down_proj"),
+                       "qwen2": ("q_proj", "v_proj", "down_proj"), "gemma2": ("q_proj", "v_proj", "down_proj")}
 
 
 @dataclass(frozen=True)
