@@ -155,3 +155,26 @@ def test_plan_counts_each_methods_parameters_exactly(keys: dict, arch: str, tmp_
     trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
     plan = estimate(cfg, read_shape(str(tiny_model_dir(arch))))
     assert plan.parts["trainable weights (fp32)"] == 4 * trained, (plan.parts["trainable weights (fp32)"] // 4, trained)
+
+
+@pytest.mark.parametrize("init", ["pissa", "olora"])
+def test_pissa_and_olora_adapters_apply_to_the_original_base(init: str, tmp_path: Path, tiny_model_dir):
+    """They start from the base weights and take that part out of them; the adapter saved at the end, on the
+    original base, gives the trained model's logits."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    cfg = make_config(tmp_path, tiny_model_dir("llama"), adapter="lora", lora_r=4, lora_target_linear=True,
+                      peft_init_lora_weights=init, max_steps=4, learning_rate=0.01)
+    trainer, model, _ = build(cfg)
+    trainer.train()
+    trainer.save_model(cfg.training.output_dir)
+    ids = torch.tensor([[5, 17, 42, 99, 7, 3, 64, 12]])
+    model.eval()
+    with torch.no_grad():
+        trained = model(input_ids=ids).logits
+        saved = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir("llama")),
+                                          cfg.training.output_dir).eval()(input_ids=ids).logits
+    config = json.loads((Path(cfg.training.output_dir) / "adapter_config.json").read_text())
+    assert config["r"] == 8 and config["init_lora_weights"] is True  # converted: a plain LoRA of rank 2r
+    assert float((saved - trained).abs().max() / trained.abs().max()) < 1e-5

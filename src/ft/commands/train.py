@@ -117,6 +117,13 @@ def build_run(cfg: FtConfig, world: int) -> Run:
 
             trainer.reference_store = ReferenceStore(prepared.path, reference_key(cfg, prepared.path.name))
         log.info(describe_preference(cfg, reference is not None))
+    if cfg.adapter.peft_init_lora_weights:
+        from ft.model.adapter import save_initial_adapter
+
+        if world > 1:
+            raise UserError("`peft_init_lora_weights` is supported on one process yet (the conversion of the adapter at "
+                            "the end runs where the whole adapter is); remove it or train on one process")
+        trainer.initial_adapter = save_initial_adapter(model, t.output_dir)
     if cfg.adapter.loraplus_lr_ratio or cfg.adapter.loraplus_lr_embedding:
         trainer.loraplus = (cfg.adapter.loraplus_lr_ratio or 1.0, cfg.adapter.loraplus_lr_embedding)
     if distills:

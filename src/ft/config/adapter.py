@@ -36,6 +36,10 @@ class AdapterConfig(Section):
     lora_fan_in_fan_out: bool = Field(False, description="Set for models whose linear weights are stored transposed.")
     peft_use_rslora: bool = Field(False, description="Rank-stabilised LoRA: scale by alpha / sqrt(r).")
     peft_use_dora: bool = Field(False, description="DoRA: weight-decomposed LoRA.")
+    peft_init_lora_weights: Optional[Literal["pissa", "olora"]] = Field(
+        None, description="LoRA's start: unset, A random and B zero; pissa: A and B from the weight's top singular "
+        "vectors (Meng et al.), olora: from its QR decomposition; both take that part out of the base weight, and "
+        "the adapter ft saves is converted (rank 2r) so that it applies to the original base (Axolotl's key).")
     num_virtual_tokens: int = Field(20, ge=1, description="prompt_tuning, prefix_tuning: virtual tokens before each row.")
     prompt_tuning_init_text: Optional[str] = Field(
         None, description="prompt_tuning: start the virtual tokens from this text's embeddings (else random).")
@@ -98,6 +102,9 @@ class AdapterConfig(Section):
                                 f"{self.adapter}` only the adapter trains: remove it, or name whole modules in "
                                 "lora_modules_to_save")
         has = f"`adapter: {self.adapter}`" if self.adapter else "no `adapter:`"
+        if self.peft_init_lora_weights and self.adapter != "lora":
+            raise Contradiction("peft_init_lora_weights", f"{self.peft_init_lora_weights} starts LoRA from the base weights "
+                                f"and changes them, which needs `adapter: lora` on a 16-bit base; this run has {has}")
         if self.lora_target_parameters and self.adapter not in ("lora", "qlora"):
             raise Contradiction("lora_target_parameters", f"it adds LoRA to parameters, and this run has {has}")
         if (self.loraplus_lr_ratio or self.loraplus_lr_embedding) and self.adapter not in ("lora", "qlora"):

@@ -43,6 +43,20 @@ def lora_config(a: AdapterConfig, targets: Optional[list[str]], modules_to_save:
 
 
 REFERENCE = "reference"  # the frozen copy of a continued adapter, a preference loss's reference
+INITIAL = "initial-adapter"  # PiSSA / OLoRA: the adapter as it started, in output_dir (for the conversion on save)
+
+
+def save_initial_adapter(model: Any, output_dir: str) -> str:
+    """PiSSA / OLoRA: keep the adapter as it starts (with `init_lora_weights` True in its config, as PEFT's
+    conversion wants), so that the final save can turn the trained one into a plain LoRA of the original base."""
+    folder = Path(output_dir) / INITIAL
+    config = model.peft_config["default"]
+    kind, config.init_lora_weights = config.init_lora_weights, True
+    try:
+        model.save_pretrained(str(folder))
+    finally:
+        config.init_lora_weights = kind
+    return str(folder)
 
 
 def apply_adapter(a: AdapterConfig, model: Any, new_tokens: bool, seed: int, on_meta: bool = False,
@@ -87,7 +101,8 @@ def apply_adapter(a: AdapterConfig, model: Any, new_tokens: bool, seed: int, on_
         config = method.build(a, sorted(targets) or ([] if a.lora_target_parameters else None), sorted(to_save) or None,
                               str(model.config._name_or_path))
         model = get_peft_model(model, config)
-        seed_lora_weights(model, seed)
+        if not a.peft_init_lora_weights:  # PiSSA and OLoRA start from the base weights themselves
+            seed_lora_weights(model, seed)
     trainable, total = count_parameters(model)
     log.info("trainable parameters: %s of %s (%.2f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / max(total, 1))
     return model

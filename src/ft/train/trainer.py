@@ -63,6 +63,7 @@ class FtTrainer(Trainer):
     eval_extras: Any = None  # model → {metric: value}, added to each evaluation's logs (generation metrics)
     after_sharding: Any = None  # (model, offloaded) → None: fills what FSDP sharded on the meta device (ft.model.sharded)
     loraplus: Optional[tuple[float, Optional[float]]] = None  # LoRA+: (B's learning-rate ratio, embeddings' rate)
+    initial_adapter: Optional[str] = None  # PiSSA / OLoRA: the adapter as it started (the final save converts)
 
     def create_optimizer(self, model: Any = None) -> Any:
         """The Trainer's optimizer; with LoRA+, its class and settings over PEFT's LoRA+ groups: the B matrices
@@ -117,6 +118,14 @@ class FtTrainer(Trainer):
         whole model, frozen base included, to rank 0's CPU (FULL_STATE_DICT), or writes no weights at all
         (SHARDED_STATE_DICT). Checkpoints keep the Trainer's sharded form, which resume reads."""
         model = self.accelerator.unwrap_model(self.model)
+        if self.initial_adapter and not _internal_call:
+            # PiSSA / OLoRA took their start out of the base weights: the adapter saved is converted (rank 2r) into
+            # a plain LoRA of the original base; checkpoints keep it as trained (resume starts the same way again)
+            out = output_dir or self.args.output_dir
+            if self.args.should_save:
+                model.save_pretrained(out, path_initial_model_for_weight_conversion=self.initial_adapter)
+            self.accelerator.wait_for_everyone()
+            return None
         if _internal_call or not (self.is_fsdp_enabled and hasattr(model, "peft_config")
                                   and self.accelerator.state.fsdp_plugin.fsdp_version == 2):
             return super().save_model(output_dir, _internal_call)

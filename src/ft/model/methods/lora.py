@@ -15,6 +15,7 @@ def build(a: Any, targets: Optional[list[str]], to_save: Optional[list[str]], so
         target_modules=targets, modules_to_save=to_save, fan_in_fan_out=a.lora_fan_in_fan_out,
         use_rslora=a.peft_use_rslora, use_dora=a.peft_use_dora, bias="none",
         target_parameters=list(a.lora_target_parameters) if a.lora_target_parameters else None,
+        init_lora_weights=a.peft_init_lora_weights or True,
     )
 
 
