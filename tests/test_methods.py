@@ -54,6 +54,8 @@ def test_each_method_learns_and_the_mergeable_ones_merge_exactly(method: str, tm
         answer = run_ft("inference", str(tmp_path / "cfg.yml"), "--prompt", "Reverse the words.", "--input", "cat dog sun",
                         "--max-new-tokens", "4", cwd=tmp_path)
         assert answer.returncode == 0 and answer.stdout.strip() and "Position ids" not in answer.stderr, answer.stderr
+        scored = run_ft("eval", str(tmp_path / "cfg.yml"), "--data", str(tmp_path / "train.jsonl"), "--limit", "8", cwd=tmp_path)
+        assert scored.returncode == 0 and "perplexity" in scored.stdout, scored.stderr[-2000:]
 
 
 @pytest.mark.parametrize("keys, words", [

@@ -92,7 +92,8 @@ def reference_loss(model: Any, rows: list[EvalRow]) -> list[tuple[float, int]]:
                 result.append((0.0, 0))
                 continue
             ids = torch.tensor([r.prompt_ids + r.reference_ids], device=device)
-            logits = model(input_ids=ids).logits[0, len(r.prompt_ids) - 1 : -1].float()
+            logits = model(input_ids=ids).logits[0, -ids.shape[1]:]  # after a prompt-learning method's virtual tokens
+            logits = logits[len(r.prompt_ids) - 1 : -1].float()
             target = torch.tensor(r.reference_ids, device=device)
             result.append((float(torch.nn.functional.cross_entropy(logits, target, reduction="sum")), len(r.reference_ids)))
     return result
