@@ -232,3 +232,12 @@ def test_embeddings_padded_to_a_multiple_of_32(tiny_model_dir):
     rows = model.get_input_embeddings().weight.shape[0]
     assert grew and rows % 32 == 0 and len(tokenizer) <= rows < len(tokenizer) + 32
     assert model.get_output_embeddings().weight.shape[0] == rows
+
+
+@pytest.mark.parametrize("kind, feature", [("jeopardy", "its `jeopardy` prompt format"),
+                                           ("chat_template.argilla", "its DPO prompt strategies"),
+                                           ("bradley_terry.chat_template", "reward-model pairs")])
+def test_axolotl_dataset_types_ft_lacks_are_refused_by_name(kind: str, feature: str, tmp_path: Path):
+    text = BASE.replace("type: alpaca", f"type: {kind}")
+    assert f"Axolotl's dataset type `{kind}` ({feature}) is not supported by ft yet" in _refused(tmp_path, text)
+    assert "did you mean" in str(pytest.raises(ConfigError, _load, tmp_path, BASE.replace("type: alpaca", "type: alpacca")).value)

@@ -175,3 +175,23 @@ def dataset_entry(entry: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
             continue
         out[key] = value
     return out, said
+
+
+# Axolotl's dataset types (its prompt strategies) that ft has no format for, by their first word: the feature
+AXOLOTL_TYPES = {
+    "bradley_terry": "reward-model pairs", "stepwise_supervised": "process-reward rows", "kto": "KTO rows",
+    "chatml": "its DPO prompt strategies", "llama3": "its DPO prompt strategies", "zephyr": "its DPO prompt strategies",
+    "chat_template": "its DPO prompt strategies", "passthrough": "its DPO prompt strategies",
+    "pretrain": "pretraining datasets", "ebft_opencode": "energy-based fine-tuning", "ebft_pretrain": "energy-based fine-tuning",
+    "ebft_strided_structured": "energy-based fine-tuning",
+}
+LEGACY_TYPES = frozenset("""jeopardy oasst gpteacher reflection explainchoice concisechoice summarizetldr context_qa
+creative_acr alpaca_w_system alpaca_instruct orcamini pygmalion metharme llama2_chat""".split())
+
+
+def dataset_type_feature(name: str) -> str:
+    """The Axolotl feature a dataset type ft does not know belongs to ("" when it is not one of Axolotl's)."""
+    first = name.replace(":", ".").split(".")[0]
+    if first in LEGACY_TYPES:
+        return f"its `{first}` prompt format"
+    return AXOLOTL_TYPES.get(first, "")

@@ -145,7 +145,16 @@ class DatasetConfig(Section):
         if isinstance(v, str):
             if v == "user_defined":
                 raise ValueError("write a user-defined format as a mapping of field_instruction, format, ...")
-            return canonical(info, "formats", v)
+            try:
+                return canonical(info, "formats", v)
+            except ValueError:
+                from ft.config.axolotl_values import dataset_type_feature
+
+                feature = dataset_type_feature(v)
+                if feature:  # one of Axolotl's types: said by name, not as a typo
+                    raise ValueError(f"Axolotl's dataset type `{v}` ({feature}) is not supported by ft yet; use one of ft's "
+                                     "formats (alpaca, chat_template, completion, input_output, user_defined, ...)") from None
+                raise
         return v
 
     @field_validator("chat_template")
