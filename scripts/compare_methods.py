@@ -43,6 +43,7 @@ METHODS = {
                        "prompt_tuning_init_text": "Reverse the order of the words."}, 3e-2),
     "prefix_tuning": ({"adapter": "prefix_tuning", "num_virtual_tokens": 20}, 1e-2),
     "p_tuning_v2": ({"adapter": "prefix_tuning", "num_virtual_tokens": 20, "prefix_projection": True}, 1e-2),
+    "bottleneck": ({"adapter": "bottleneck", "bottleneck_size": 64}, 2e-3),
 }
 
 
@@ -56,7 +57,7 @@ def run(folder: Path, body: dict) -> str:
     return result.stderr
 
 
-def exact_match(model_dir: Path, base: Path, adapter: bool, rows: list[dict]) -> float:
+def exact_match(model_dir: Path, base: Path, adapter: bool, rows: list[dict], bottleneck: bool = False) -> float:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -64,7 +65,11 @@ def exact_match(model_dir: Path, base: Path, adapter: bool, rows: list[dict]) ->
     from ft.data.formats import build_format
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(base if adapter else model_dir)
+    model = AutoModelForCausalLM.from_pretrained(base if adapter or bottleneck else model_dir)
+    if bottleneck:
+        from ft.model.methods.bottleneck import load
+
+        model = load(model, model_dir)
     if adapter:
         from peft import PeftModel
 
@@ -116,7 +121,7 @@ def main() -> None:
         summary = json.loads((folder / "out/summary.json").read_text())
         found = re.search(r"trainable parameters: ([\d,]+) of ([\d,]+) \(([\d.]+)%\)", said)
         trained, share = (found.group(1), f"{float(found.group(3)):.3g}%") if found else (f"{summary.get('trainable', 'all')}", "100%")
-        score = exact_match(folder / "out", base, name != "full", held_out)
+        score = exact_match(folder / "out", base, name not in ("full", "bottleneck"), held_out, bottleneck=name == "bottleneck")
         line = (f"| {name} | {trained} | {share} | {summary['peak_memory_mb']:.0f} MB | {summary['tokens_per_s']:.0f} | {lr:g} | "
                 f"{score:.0f}% |")
         lines.append(line)

@@ -36,7 +36,11 @@ def load_for_inference(cfg: FtConfig, base_only: bool = False) -> tuple[Any, Any
         tokenizer = load_tokenizer(m)
     kwargs = {"dtype": resolve_dtype(m), "trust_remote_code": m.trust_remote_code}
     model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
-    if adapter is not None:
+    if adapter is not None and (adapter / "bottleneck_config.json").is_file():
+        from ft.model.methods.bottleneck import load
+
+        model = load(model, adapter)  # ft's own bottleneck adapters
+    elif adapter is not None:
         if not (adapter / "adapter_config.json").is_file():
             raise ConfigError(f"no adapter in {adapter}; train first, pass --lora-model-dir, or use --base-only")
         from peft import PeftModel

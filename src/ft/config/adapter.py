@@ -40,6 +40,9 @@ class AdapterConfig(Section):
         None, description="LoRA's start: unset, A random and B zero; pissa: A and B from the weight's top singular "
         "vectors (Meng et al.), olora: from its QR decomposition; both take that part out of the base weight, and "
         "the adapter ft saves is converted (rank 2r) so that it applies to the original base (Axolotl's key).")
+    bottleneck_size: int = Field(64, ge=1, description="bottleneck: the width each adapter projects down to.")
+    bottleneck_activation: Literal["relu", "gelu", "silu", "tanh"] = Field(
+        "relu", description="bottleneck: the nonlinearity between the two projections.")
     num_virtual_tokens: int = Field(20, ge=1, description="prompt_tuning, prefix_tuning: virtual tokens before each row.")
     prompt_tuning_init_text: Optional[str] = Field(
         None, description="prompt_tuning: start the virtual tokens from this text's embeddings (else random).")

@@ -96,6 +96,14 @@ def apply_adapter(a: AdapterConfig, model: Any, new_tokens: bool, seed: int, on_
         from ft.model.methods import METHODS
 
         method = METHODS.get(a.adapter or "lora")
+        if method.apply is not None:  # a method of ft's own (not PEFT's)
+            if new_tokens:
+                raise ConfigError(f"`adapter: {a.adapter}` trains no embeddings, and the vocabulary grew (new tokens need "
+                                  "trained embeddings): use `adapter: lora`, or tokens the model has")
+            model = method.apply(a, model, seed)
+            trainable, total = count_parameters(model)
+            log.info("trainable parameters: %s of %s (%.2f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / max(total, 1))
+            return model
         if not method.targets_linear:
             targets = set()
         config = method.build(a, sorted(targets) or ([] if a.lora_target_parameters else None), sorted(to_save) or None,

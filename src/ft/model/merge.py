@@ -22,6 +22,9 @@ def merge_lora(m: ModelConfig, adapter: Path, out: Path) -> Path:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
+    if (adapter / "bottleneck_config.json").is_file():
+        raise ConfigError(f"the bottleneck adapters in {adapter} cannot be merged: a nonlinearity sits between their two "
+                          "projections, so no single weight holds them; `ft inference` and `ft eval` load them beside the base")
     if not (adapter / "adapter_config.json").is_file():
         raise ConfigError(f"no adapter in {adapter} (adapter_config.json is missing); train first or pass --lora-model-dir")
     check_mergeable(adapter)

@@ -58,5 +58,8 @@ def trainable(cfg: Any, shape: Shape, targets: list[str]) -> int:
             return a.num_virtual_tokens * out
         width = a.prefix_encoder_hidden_size or token
         return a.num_virtual_tokens * token + (token * width + width) + (width * out + out)
+    if a.adapter == "bottleneck":  # two adapters a layer, each down and up with biases
+        h, b = shape.hidden, a.bottleneck_size
+        return shape.layers * 2 * (h * b + b + b * h + h)
     per_layer = PER_LAYER[a.adapter or "lora"]
     return shape.layers * sum(per_layer(i, o, a, n) for n, (i, o) in shape.linears().items() if n in targets)

@@ -118,6 +118,13 @@ class FtTrainer(Trainer):
         whole model, frozen base included, to rank 0's CPU (FULL_STATE_DICT), or writes no weights at all
         (SHARDED_STATE_DICT). Checkpoints keep the Trainer's sharded form, which resume reads."""
         model = self.accelerator.unwrap_model(self.model)
+        if getattr(model, "ft_bottleneck", None) and not _internal_call:
+            from ft.model.methods.bottleneck import save
+
+            if self.args.should_save:  # the adapters alone, not the frozen base (checkpoints keep the whole model)
+                save(model, output_dir or self.args.output_dir)
+            self.accelerator.wait_for_everyone()
+            return None
         if self.initial_adapter and not _internal_call:
             # PiSSA / OLoRA took their start out of the base weights: the adapter saved is converted (rank 2r) into
             # a plain LoRA of the original base; checkpoints keep it as trained (resume starts the same way again)

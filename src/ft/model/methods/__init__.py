@@ -21,6 +21,7 @@ class Method:
     mergeable: bool = True  # `ft merge-lora` can fold it into the base weights
     bases: tuple[Optional[int], ...] = (None,)  # base precisions it trains on: None (16-bit), 8 and 4 bits
     targets_linear: bool = True  # adapts linear layers (lora_target_modules / lora_target_linear choose them)
+    apply: Optional[Callable[[Any, Any, int], Any]] = None  # (adapter section, model, seed) → model: a method of ft's own
 
     def refusal(self, name: str, cfg: Any) -> Optional[tuple[str, str]]:
         """(key, sentence) when the config asks this method for what it cannot do, else None."""
@@ -39,4 +40,4 @@ class Method:
 
 METHODS: Registry[Method] = Registry("adapter")
 
-from ft.model.methods import ia3, loha, lokr, lora, prefix_tuning, prompt_tuning, vera  # noqa: E402,F401  (they register)
+from ft.model.methods import bottleneck, ia3, loha, lokr, lora, prefix_tuning, prompt_tuning, vera  # noqa: E402,F401  (they register)
