@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -116,6 +117,7 @@ def main() -> None:
     for name in args.methods:
         keys, lr = METHODS[name]
         folder = work / name
+        shutil.rmtree(folder, ignore_errors=True)  # measured afresh (ft train would find a finished run and skip it)
         said = run(folder, {**common, **keys, "base_model": str(base), "learning_rate": lr, "num_epochs": args.epochs,
                             "datasets": [{"path": str(QUICK / "train.jsonl"), "type": "alpaca"}], "output_dir": str(folder / "out")})
         summary = json.loads((folder / "out/summary.json").read_text())
