@@ -71,6 +71,7 @@ def test_each_method_learns_and_the_mergeable_ones_merge_exactly(method: str, tm
     ({"adapter": "lokr", "lora_target_parameters": ["mlp.down_proj.weight"]}, "this run has `adapter: lokr`"),
     ({"adapter": "dora"}, "unknown adapter `dora`"),
     ({"adapter": "bottleneck", "lora_model_dir": "old"}, "continuing bottleneck adapters is not supported yet"),
+    ({"adapter": "prompt_tuning", "fsdp": ["full_shard"]}, "`adapter: prompt_tuning` is not supported with fsdp yet"),
 ])
 def test_what_a_method_cannot_do_is_refused_by_validate(keys: dict, words: str, tmp_path: Path):
     import yaml
@@ -186,3 +187,14 @@ def test_pissa_and_olora_adapters_apply_to_the_original_base(init: str, tmp_path
     config = json.loads((Path(cfg.training.output_dir) / "adapter_config.json").read_text())
     assert config["r"] == 8 and config["init_lora_weights"] is True  # converted: a plain LoRA of rank 2r
     assert float((saved - trained).abs().max() / trained.abs().max()) < 1e-5
+
+
+def test_prompt_learning_is_refused_under_zero3_before_anything_loads(tmp_path: Path, tiny_model_dir):
+    """Seen on two CPU ranks: prompt tuning under ZeRO-3 never finished its first step (ZeRO-2 trains)."""
+    from ft.commands.train import build_run
+    from ft.errors import UserError
+
+    cfg = make_config(tmp_path, tiny_model_dir("llama"), adapter="prefix_tuning",
+                      deepspeed=str(Path(__file__).parents[1] / "deepspeed_configs/zero3.json"))
+    with pytest.raises(UserError, match="`adapter: prefix_tuning` is not supported with DeepSpeed ZeRO-3 yet"):
+        build_run(cfg, 2)

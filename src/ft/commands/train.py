@@ -52,6 +52,9 @@ def build_run(cfg: FtConfig, world: int) -> Run:
     layout = PADDING_FREE if pairs else batch_layout(d, t.group_by_length, on_gpu)  # a pair's answers end to end
     prompt_learning = prompt_learning_method(cfg)
     if prompt_learning:
+        if sharding:  # seen: prompt tuning under ZeRO-3 on two ranks never finished its first step
+            raise UserError(f"`adapter: {cfg.adapter.adapter}` is not supported with {sharding} yet (its virtual tokens "
+                            "sit beside embeddings that are sharded); use DeepSpeed ZeRO-1/2 or DDP")
         if pairs or cfg.distills:
             raise UserError(f"`adapter: {cfg.adapter.adapter}` puts virtual tokens before each row, which "
                             f"{'preference training' if pairs else 'distillation'} does not take yet; use lora")

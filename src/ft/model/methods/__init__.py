@@ -30,6 +30,9 @@ class Method:
             key = "sample_packing" if d.sample_packing else "padding_free"
             return key, (f"`adapter: {name}` puts virtual tokens before each row, so its rows cannot be laid end to "
                          f"end: set `{key}: false` (it trains on padded rows)")
+        if self.prompt_learning and cfg.distributed.fsdp:
+            return "fsdp", (f"`adapter: {name}` is not supported with fsdp yet (its virtual tokens sit beside embeddings "
+                            "that FSDP shards); use DeepSpeed ZeRO-1/2 or DDP")
         if q.bits not in self.bases:
             bits = "16-bit" if q.bits is None else f"{q.bits}-bit"
             return (f"load_in_{q.bits}bit" if q.bits else "adapter"), (
