@@ -152,3 +152,16 @@ def test_distillation_on_two_ranks_trains_like_one_process(backend: str, tmp_pat
     moved = [n for n in adapters[0] if "lora_B" in n]
     worst = max(float((adapters[0][n] - adapters[1][n]).abs().max() / adapters[0][n].abs().max()) for n in moved)
     assert worst < 1e-4, worst
+
+
+@pytest.mark.parametrize("method", ["prompt_tuning", "bottleneck"])
+def test_new_methods_train_under_zero2_on_two_ranks(method: str, tmp_path: Path, tiny_model_dir):
+    """Prompt tuning's virtual tokens and ft's own bottleneck adapters under DeepSpeed ZeRO-2 (ZeRO-3 refuses the first)."""
+    make_config(tmp_path, tiny_model_dir("llama"), adapter=method, micro_batch_size=2, max_steps=3,
+                deepspeed=str(ROOT / "deepspeed_configs/zero2.json"))
+    result = _two_ranks(tmp_path)
+    assert "distributed: 2 processes, DeepSpeed ZeRO stage 2" in result.stderr, result.stderr[-4000:]
+    losses = _losses(tmp_path / "out")
+    assert len(losses) == 3 and all(loss == loss for loss in losses)
+    saved = "bottleneck_model.safetensors" if method == "bottleneck" else "adapter_model.safetensors"
+    assert (tmp_path / "out" / saved).is_file()
