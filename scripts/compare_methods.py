@@ -16,15 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import shutil
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-import yaml
+from _ft_runs import greedy_answers, train
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = ROOT / "examples/quickstart"
@@ -48,22 +45,8 @@ METHODS = {
 }
 
 
-def run(folder: Path, body: dict) -> str:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "cfg.yml").write_text(yaml.safe_dump(body, sort_keys=False))
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run([sys.executable, "-m", "ft", "train", "cfg.yml"], cwd=folder, env=env, capture_output=True, text=True)
-    if result.returncode:
-        sys.exit(f"training in {folder} failed:\n{result.stderr[-3000:]}")
-    return result.stderr
-
-
 def exact_match(model_dir: Path, base: Path, adapter: bool, rows: list[dict], bottleneck: bool = False) -> float:
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from ft.config.data import DatasetConfig
-    from ft.data.formats import build_format
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(base if adapter or bottleneck else model_dir)
@@ -75,15 +58,8 @@ def exact_match(model_dir: Path, base: Path, adapter: bool, rows: list[dict], bo
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, str(model_dir))
-    model.eval()
-    fmt = build_format(DatasetConfig(path="x", type="alpaca"), tokenizer)
-    right = 0
-    for row in rows:
-        ids = tokenizer(fmt.prompt(row), return_tensors="pt")
-        with torch.no_grad():
-            new = model.generate(**ids, max_new_tokens=16, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-        right += tokenizer.decode(new[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip() == row["output"].strip()
-    return 100 * right / len(rows)
+    said = greedy_answers(model, tokenizer, rows)
+    return 100 * sum(a == row["output"].strip() for a, row in zip(said, rows)) / len(rows)
 
 
 def main() -> None:
@@ -107,7 +83,7 @@ def main() -> None:
     init = make_tiny_model(work / "init", hidden_size=128, intermediate_size=256, num_hidden_layers=4)
     base = work / "base/out"
     if not (base / "summary.json").is_file():
-        run(work / "base", {**common, "base_model": str(init), "datasets": [{"path": str(copy), "type": "alpaca"}],
+        train(work / "base", {**common, "base_model": str(init), "datasets": [{"path": str(copy), "type": "alpaca"}],
                             "num_epochs": 12, "learning_rate": 2e-3, "output_dir": str(base)})
     held_out = [json.loads(line) for line in (QUICK / "test.jsonl").read_text().splitlines()][: args.rows]
     print(f"base: {base} (4 layers × 128, taught to repeat words; it reverses {exact_match(base, base, False, held_out):.0f}% "
@@ -118,7 +94,7 @@ def main() -> None:
         keys, lr = METHODS[name]
         folder = work / name
         shutil.rmtree(folder, ignore_errors=True)  # measured afresh (ft train would find a finished run and skip it)
-        said = run(folder, {**common, **keys, "base_model": str(base), "learning_rate": lr, "num_epochs": args.epochs,
+        said = train(folder, {**common, **keys, "base_model": str(base), "learning_rate": lr, "num_epochs": args.epochs,
                             "datasets": [{"path": str(QUICK / "train.jsonl"), "type": "alpaca"}], "output_dir": str(folder / "out")})
         summary = json.loads((folder / "out/summary.json").read_text())
         found = re.search(r"trainable parameters: ([\d,]+) of ([\d,]+) \(([\d.]+)%\)", said)

@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import yaml
+from _ft_runs import greedy_answers
+from _ft_runs import train as run_train
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = ROOT / "examples/quickstart"
@@ -30,32 +29,13 @@ def train(folder: Path, body: dict) -> None:
     if (folder / "out/summary.json").is_file() and (folder / "cfg.yml").read_text() == yaml.safe_dump(body, sort_keys=False):
         print(f"{folder.name}: trained already in {folder}")  # --work given again: the same run is not repeated
         return
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "cfg.yml").write_text(yaml.safe_dump(body, sort_keys=False))
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "HF_HUB_OFFLINE": "1"}
-    run = subprocess.run([sys.executable, "-m", "ft", "train", "cfg.yml"], cwd=folder, env=env, capture_output=True, text=True)
-    if run.returncode:
-        sys.exit(f"training in {folder} failed:\n{run.stderr[-3000:]}")
-    print(run.stderr.strip().splitlines()[-1])
+    print(run_train(folder, body).strip().splitlines()[-1])
 
 
 def answers(model_dir: Path, rows: list[dict]) -> list[str]:
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ft.config.data import DatasetConfig
-    from ft.data.formats import build_format
-
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    fmt = build_format(DatasetConfig(path="x", type="alpaca"), tokenizer)
-    out = []
-    for row in rows:
-        ids = tokenizer(fmt.prompt(row), return_tensors="pt")
-        with torch.no_grad():
-            new = model.generate(**ids, max_new_tokens=16, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-        out.append(tokenizer.decode(new[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip())
-    return out
+    return greedy_answers(AutoModelForCausalLM.from_pretrained(model_dir), AutoTokenizer.from_pretrained(model_dir), rows)
 
 
 def main() -> None:

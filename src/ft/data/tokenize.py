@@ -15,6 +15,7 @@ from typing import Any, Mapping, Optional, Sequence
 from ft.config.data import DataConfig, DatasetConfig
 from ft.data.formats import Format, Segment, build_format
 from ft.data.labels import IGNORE, count_trained
+from ft.data.teacher_logprobs import flatten, position_targets
 from ft.errors import DataError
 
 BATCH = 2000
@@ -145,8 +146,6 @@ class RowTokenizer:
                 ids, labels = ids + [eos_id], labels + [eos_id if eos_trained else IGNORE]
             targets = None
             if self.ds.logprobs_field:
-                from ft.data.teacher_logprobs import position_targets
-
                 try:
                     targets = position_targets(batch[i], self.ds.logprobs_field, ids, labels)
                 except DataError as exc:
@@ -195,8 +194,6 @@ class RowTokenizer:
             out.input_ids.append(piece_ids)
             out.labels.append(piece_labels)
             if targets is not None:
-                from ft.data.teacher_logprobs import flatten
-
                 if out.teacher is None:
                     out.teacher = []
                 out.teacher.append(flatten(targets[start : start + len(piece_ids)], piece_labels))

@@ -59,7 +59,7 @@ def teacher_top_k(teacher_logits: Any, temperature: float, k: int) -> tuple[Any,
     return ids, values
 
 
-def _teacher_logits(states: Any, head: Any, softcap: Optional[float]) -> Any:
+def teacher_logits(states: Any, head: Any, softcap: Optional[float]) -> Any:
     import torch
 
     with torch.no_grad():
@@ -81,7 +81,7 @@ def _chunk(states: Any, targets: Any, head: Any, softcap: Optional[float], vocab
     ce = F.cross_entropy(logits, targets, reduction="sum")
     student = torch.log_softmax(logits[:, :vocab] / temperature, dim=-1)
     if teacher is not None:
-        teacher_logp = torch.log_softmax(_teacher_logits(*teacher)[:, :vocab] / temperature, dim=-1)
+        teacher_logp = torch.log_softmax(teacher_logits(*teacher)[:, :vocab] / temperature, dim=-1)
         return torch.stack([divergence(teacher_logp, student, beta).sum(), ce])
     kd = divergence(with_tail(top_logp), with_tail(student.gather(-1, top_ids)), beta).sum()
     return torch.stack([kd, ce])
@@ -112,7 +112,7 @@ def distillation_loss(hidden: Any, labels: Any, head: Any, *, vocab: int, temper
         if cached is not None:
             top_ids, top_logp = cached[0][start:end], cached[1][start:end]
         elif top_k is not None:
-            logits = _teacher_logits(teacher_states[start:end], teacher_head, teacher_softcap)
+            logits = teacher_logits(teacher_states[start:end], teacher_head, teacher_softcap)
             top_ids, top_logp = teacher_top_k(logits[:, :vocab], temperature, top_k)
         else:
             teacher = (teacher_states[start:end], teacher_head, teacher_softcap)

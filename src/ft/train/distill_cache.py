@@ -55,7 +55,7 @@ class TeacherCache:
             return False
         import torch
 
-        from ft.train.distill import _teacher_logits, teacher_top_k
+        from ft.train.distill import teacher_logits, teacher_top_k
         from ft.train.loss import catch_hidden_states
 
         shards = self.folder / f".{split}-shards"
@@ -80,7 +80,7 @@ class TeacherCache:
                 with torch.no_grad(), catch_hidden_states(teacher) as hidden:
                     teacher(input_ids=ids, logits_to_keep=1)
                     states = hidden.value[0, keep]
-                    top_ids, top_logp = teacher_top_k(_teacher_logits(states, teacher.get_output_embeddings(), softcap)[:, :vocab],
+                    top_ids, top_logp = teacher_top_k(teacher_logits(states, teacher.get_output_embeddings(), softcap)[:, :vocab],
                                                       temperature, top_k)
                 rows_ids.append(top_ids.to(torch.int32).cpu().reshape(-1).tolist())
                 rows_logp.append(top_logp.float().cpu().reshape(-1).tolist())
