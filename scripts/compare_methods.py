@@ -3,6 +3,7 @@
 quickstart's task (reverse a list of words) with the same number of steps; prints and writes a Markdown table.
 
     python scripts/compare_methods.py [--work DIR] [--epochs N] [--methods full lora ...] [--out docs/methods.md]
+    python scripts/compare_methods.py --shape 1b --steps 12 [--methods ...] [--json F]   (the GPU check's stage)
 
 The base is a tiny Llama (4 layers of width 128) first fully fine-tuned to *repeat* lists of words (so that it
 knows the words and the prompt format, as a pretrained model knows its language); each method then adapts it
@@ -10,6 +11,11 @@ to *reverse* them. Per method: the share of parameters trained, the peak memory 
 GPU's peak allocated memory on a GPU) and real tokens per second from `ft train`'s summary, and the exact match
 of its greedy answers on the quickstart's 100 held-out rows. Learning rates are each method's usual order of
 magnitude (listed in the table); every other setting is the same.
+
+`--shape 1b` (the GPU check's `methods` stage): the same table at a real model's shape (a random-weight Llama of
+Llama 3.2 1B's shape, bf16 on a GPU), each method trained `--steps` steps; share, peak memory and tokens/s only
+(a random model learns no task in a few steps, so no exact match). Methods run most important first, the JSON
+written after each, so a stage stopped at its budget keeps what it measured.
 """
 
 from __future__ import annotations
@@ -69,7 +75,12 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
     parser.add_argument("--rows", type=int, default=100, help="held-out rows answered per method")
     parser.add_argument("--out", type=Path, help="write the table to this Markdown file too")
+    parser.add_argument("--shape", choices=["1b", "tiny"], help="a real model's shape instead (no task, no exact match)")
+    parser.add_argument("--steps", type=int, default=12, help="with --shape: steps per method")
+    parser.add_argument("--json", type=Path, help="with --shape: write the rows here after each method")
     args = parser.parse_args()
+    if args.shape:
+        return at_shape(args)
     work = args.work or Path(tempfile.mkdtemp(prefix="ft-methods-"))
     work.mkdir(parents=True, exist_ok=True)
     from ft.tiny import make_tiny_model
@@ -107,6 +118,44 @@ def main() -> None:
     table = "\n".join(lines)
     if args.out:
         args.out.write_text(table + "\n")
+
+
+def at_shape(args: argparse.Namespace) -> None:
+    """Each method `--steps` steps on a random-weight model of a real shape: trained share, peak memory, tokens/s."""
+    import sys
+
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_gpu import build_model
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    work = args.work or Path(tempfile.mkdtemp(prefix="ft-methods-"))
+    base = build_model(args.shape, work, device)
+    rows, lines = [], ["| method | trained parameters | share | peak memory | real tokens/s |", "| --- | --- | --- | --- | --- |"]
+    print(f"{args.shape} shape on {torch.cuda.get_device_name() if device == 'cuda' else 'CPU'}, {args.steps} steps each",
+          flush=True)
+    for name in args.methods:
+        keys, lr = METHODS[name]
+        folder = work / name
+        shutil.rmtree(folder, ignore_errors=True)
+        said = train(folder, {"base_model": str(base), **keys, "learning_rate": lr, "max_steps": args.steps,
+                              "sequence_len": 256, "micro_batch_size": 16, "logging_steps": 4, "use_tensorboard": False,
+                              "seed": 1, "bf16": "auto", "datasets": [{"path": str(QUICK / "train.jsonl"), "type": "alpaca"}],
+                              "output_dir": str(folder / "out")})
+        summary = json.loads((folder / "out/summary.json").read_text())
+        found = re.search(r"trainable parameters: ([\d,]+) of ([\d,]+) \(([\d.]+)%\)", said)
+        row = {"method": name, "trained": found.group(1) if found else "all", "share": float(found.group(3)) if found else 100.0,
+               "peak_memory_mb": summary["peak_memory_mb"], "tokens_per_s": summary["tokens_per_s"]}
+        rows.append(row)
+        line = (f"| {name} | {row['trained']} | {row['share']:.3g}% | {row['peak_memory_mb']:.0f} MB | "
+                f"{row['tokens_per_s']:.0f} |")
+        lines.append(line)
+        print(line, flush=True)
+        if args.json:
+            args.json.write_text(json.dumps({"shape": args.shape, "device": device, "steps": args.steps, "rows": rows}, indent=1))
+    if args.out:
+        args.out.write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 # limit, with the machine's start, fits a 15-minute lease). Here first: `bash scripts/gpu_wheels.sh` (fills
 # `.whl`, copies the seed configs to `shared/`); then, carrying `.whl` and `shared`, on the GPU machine:
 #
-#   bash scripts/gpu_check.sh           the seven stages below, most important first
+#   bash scripts/gpu_check.sh           the eight stages below, most important first
 #   bash scripts/gpu_check.sh --suite   the whole test suite on the CUDA machine (a second command, if time is left)
 #   bash scripts/gpu_check.sh --smoke   every stage's code on this CPU with the tiny model and tiny sizes (the
 #                                       test suite runs this: tests/test_gpu_check.py), so no typo wastes GPU minutes
@@ -20,7 +20,9 @@
 #   eval         30  scripts/bench_eval.py: ft eval's batched generation beside a one-row generate loop
 #   preference   30  scripts/bench_preference.py: ft's DPO beside TRL's DPOTrainer (real tokens/s, peak memory)
 #   distill      30  scripts/bench_distill.py: ft's distillation beside TRL's GKDTrainer (real tokens/s, peak memory)
-# With the install (~30 s): 570 s.
+#   methods      90  scripts/compare_methods.py --shape 1b: seed 004's table of methods at Llama 3.2 1B's shape
+#                    (trained share, peak memory, tokens/s; most important methods first, each one saved)
+# With the install (~30 s): 660 s (over the 9 minutes: the GPU speed issue reshapes the stages).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-check}
@@ -37,6 +39,7 @@ if [ "$mode" = --smoke ]; then
   CONTEXT_ARGS=(--contenders ft-offload-tiled baseline --lengths 256 512 --cap-gb 24)
   PREFERENCE_ARGS=(--contenders ft --pairs 16 --batch 4 --steps 2 --hidden 64 --layers 2)
   DISTILL_ARGS=(--contenders ft --rows 16 --batch 4 --steps 2 --hidden 64 --layers 2)
+  METHODS_ARGS=(--shape tiny --steps 2 --methods lora prompt_tuning bottleneck)
 else
   PY=python3
   SCALE=1
@@ -44,6 +47,7 @@ else
   CONTEXT_ARGS=(--contenders ft-offload-tiled baseline --lengths 16384 81920 --cap-gb 24)
   PREFERENCE_ARGS=(--pairs 512 --batch 16 --steps 24 --hidden 1024 --layers 8)
   DISTILL_ARGS=(--rows 256 --batch 16 --steps 16 --hidden 1024 --layers 4)
+  METHODS_ARGS=(--shape 1b --steps 12 --methods lora qlora dora ia3 vera loha lokr prompt_tuning prefix_tuning p_tuning_v2 bottleneck full)
   # the machine's torch stays; what it lacks comes from .whl (scripts/gpu_wheels.sh); pip --target writes
   # the package to /tmp/site/ft and the console scripts (ft, lint-imports) to /tmp/site/bin
   $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
@@ -82,5 +86,6 @@ stage context 110 $PY scripts/bench_context.py "${CONTEXT_ARGS[@]}" --out "$OUT/
 stage eval 30 $PY scripts/bench_eval.py --rows 64 --batch 16
 stage preference 30 $PY scripts/bench_preference.py "${PREFERENCE_ARGS[@]}" --out "$OUT/preference.json"
 stage distill 30 $PY scripts/bench_distill.py "${DISTILL_ARGS[@]}" --out "$OUT/distill.json"
+stage methods 90 $PY scripts/compare_methods.py "${METHODS_ARGS[@]}" --json "$OUT/methods.json"
 say "all stages ended (exit $status)"
 exit $status

@@ -22,7 +22,7 @@ def test_the_gpu_check_runs_every_stage_in_smoke_mode(tmp_path: Path):
                             env={**os.environ, "OUT": str(out), "PYTHON": sys.executable})
     summary = (out / "summary.log").read_text()
     assert result.returncode == 0, summary + result.stdout[-3000:] + result.stderr[-3000:]
-    for stage in ("tests", "1b", "8b", "context", "eval", "preference", "distill"):
+    for stage in ("tests", "1b", "8b", "context", "eval", "preference", "distill", "methods"):
         assert f"{stage}: done" in summary, summary
     assert "skipped" in (out / "tests.log").read_text()  # the CUDA tests were collected (and skip here)
     one_b, eight_b = json.loads((out / "1b.json").read_text()), json.loads((out / "8b.json").read_text())
@@ -31,6 +31,9 @@ def test_the_gpu_check_runs_every_stage_in_smoke_mode(tmp_path: Path):
     assert all(row["tokens_per_s"] > 0 for row in [*one_b["tiny"].values(), *eight_b["tiny-qlora"].values()])
     assert json.loads((out / "preference.json").read_text())["ft"]["real_tokens_per_s"] > 0
     assert json.loads((out / "distill.json").read_text())["ft"]["real_tokens_per_s"] > 0
+    methods = json.loads((out / "methods.json").read_text())["rows"]
+    assert [r["method"] for r in methods] == ["lora", "prompt_tuning", "bottleneck"]
+    assert all(r["tokens_per_s"] > 0 and 0 < r["share"] < 100 for r in methods)
     trials = json.loads((out / "context.json").read_text())["trials"]
     assert {(t["contender"], t["tokens"]) for t in trials} == {(k, n) for k in ("ft-offload-tiled", "baseline") for n in (256, 512)}
     assert all(t["ok"] for t in trials)

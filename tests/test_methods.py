@@ -198,3 +198,57 @@ def test_prompt_learning_is_refused_under_zero3_before_anything_loads(tmp_path: 
                       deepspeed=str(Path(__file__).parents[1] / "deepspeed_configs/zero3.json"))
     with pytest.raises(UserError, match="`adapter: prefix_tuning` is not supported with DeepSpeed ZeRO-3 yet"):
         build_run(cfg, 2)
+
+
+@pytest.mark.parametrize("bits, iterations", [(4, 1), (8, 2)])
+def test_loftq_starts_from_the_quantization_error_and_loads_and_merges_as_trained(bits: int, iterations: int,
+                                                                                  tmp_path: Path, tiny_model_dir):
+    """LoftQ (Axolotl's `peft: loftq_config`): each targeted base weight becomes its quantized value and LoRA starts
+    as the rank-r fit of what that lost (closer to the base than the quantized weight alone); the saved adapter
+    records it, and ft's loading (inference, eval, merge) quantizes the original base again: the trained logits."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from ft.model.loftq import load_adapter, lora_layers, roundtrip
+    from ft.model.merge import merge_lora
+
+    original = AutoModelForCausalLM.from_pretrained(tiny_model_dir("llama"))
+    cfg = make_config(tmp_path, tiny_model_dir("llama"), adapter="lora", lora_r=4, lora_target_linear=True, bf16=False,
+                      peft={"loftq_config": {"loftq_bits": bits, "loftq_iter": iterations}}, max_steps=4, learning_rate=0.01)
+    trainer, model, _ = build(cfg)
+    weights = dict(original.named_parameters())
+    layers = lora_layers(model)
+    assert len(layers) == 7 * original.config.num_hidden_layers
+    for name, layer in layers:
+        w = weights[name.removeprefix("base_model.model.") + ".weight"].detach()
+        q = layer.get_base_layer().weight.detach()
+        start = q + layer.scaling["default"] * layer.lora_B["default"].weight @ layer.lora_A["default"].weight
+        assert float((start - w).norm()) < 0.95 * float((q - w).norm())  # the adapter takes up part of the error
+        if iterations == 1:
+            assert torch.equal(q, roundtrip(w, bits))
+    trainer.train()
+    trainer.save_model(cfg.training.output_dir)
+    out = Path(cfg.training.output_dir)
+    assert json.loads((out / "adapter_config.json").read_text())["loftq_config"] == {"loftq_bits": bits, "loftq_iter": iterations}
+    ids = torch.tensor([[5, 17, 42, 99, 7, 3, 64, 12]])
+    model.eval()
+    with torch.no_grad():
+        trained = model(input_ids=ids).logits
+        loaded = load_adapter(AutoModelForCausalLM.from_pretrained(tiny_model_dir("llama")), out).eval()(input_ids=ids).logits
+        bare = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir("llama")), str(out)).eval()(input_ids=ids).logits
+        merged = AutoModelForCausalLM.from_pretrained(merge_lora(cfg.model, out, tmp_path / "merged")).eval()(input_ids=ids).logits
+    scale = float(trained.abs().max())
+    assert float((loaded - trained).abs().max()) / scale < 1e-5
+    assert float((merged - trained).abs().max()) / scale < 1e-5
+    assert float((bare - trained).abs().max()) / scale > 1e-3  # on the unquantized base it is another model
+
+
+@pytest.mark.parametrize("keys, words", [
+    ({"adapter": "qlora", "load_in_4bit": True}, "needs `adapter: lora` on a 16-bit base; this run has `adapter: qlora`"),
+    ({"adapter": "lora", "load_in_8bit": True}, "LoftQ is not supported with a 8-bit base"),
+    ({"adapter": "lora", "peft_use_dora": True}, "LoftQ is not supported with DoRA"),
+    ({"adapter": "lora", "fsdp": ["full_shard"]}, "LoftQ is not supported with FSDP"),
+    ({"adapter": "lora", "peft_init_lora_weights": "pissa"}, "this run has `peft_init_lora_weights: pissa`"),
+])
+def test_loftq_where_it_cannot_start_is_refused_by_validate(keys: dict, words: str, tmp_path: Path):
+    test_what_a_method_cannot_do_is_refused_by_validate({**keys, "peft": {"loftq_config": {"loftq_bits": 4}}}, words, tmp_path)

@@ -43,11 +43,11 @@ def load_for_inference(cfg: FtConfig, base_only: bool = False) -> tuple[Any, Any
     elif adapter is not None:
         if not (adapter / "adapter_config.json").is_file():
             raise ConfigError(f"no adapter in {adapter}; train first, pass --lora-model-dir, or use --base-only")
-        from peft import PeftModel
+        from ft.model.loftq import load_adapter
 
         if len(tokenizer) != model.get_input_embeddings().weight.shape[0]:
             model.resize_token_embeddings(len(tokenizer))
-        model = PeftModel.from_pretrained(model, str(adapter))
+        model = load_adapter(model, adapter)
     model.to(device()).eval()
     return model, tokenizer
 

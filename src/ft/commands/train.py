@@ -47,6 +47,9 @@ def build_run(cfg: FtConfig, world: int) -> Run:
     if t.tiled_mlp and sharding == "DeepSpeed ZeRO-3":
         raise UserError("`tiled_mlp` is not supported with DeepSpeed ZeRO-3 (its per-tile recompute aborts inside "
                         "ZeRO-3's parameter gathering); use ZeRO-2, or gradient_checkpointing with activation_offloading")
+    if cfg.adapter.peft.loftq_config and sharding:
+        raise UserError(f"LoftQ (`peft: loftq_config`) is not supported with {sharding} (each process holds a share of "
+                        "every weight it quantizes); use DeepSpeed ZeRO-1/2 or DDP")
     on_gpu = torch.cuda.is_available()
     pairs = cfg.preference.rl is not None
     layout = PADDING_FREE if pairs else batch_layout(d, t.group_by_length, on_gpu)  # a pair's answers end to end

@@ -20,6 +20,12 @@ def derived(cfg: FtConfig, world_size: int = 1) -> dict[str, str]:
         targets = "all linear layers" if a.lora_target_linear else ", ".join(a.lora_target_modules or ("PEFT's default",))
         base = f"{q.bits}-bit" if q.bits else "16-bit"
         out["method"] = f"{a.adapter} r={a.lora_r} alpha={a.lora_alpha:g} on {targets}, {base} base"
+        if a.peft.loftq_config:
+            lq = a.peft.loftq_config
+            out["method"] += (f", LoftQ start: the targeted base weights quantized to {'nf4' if lq.loftq_bits == 4 else 'int8'}"
+                              f" ({lq.loftq_iter} iteration{'s' if lq.loftq_iter > 1 else ''})")
+        elif a.peft_init_lora_weights:
+            out["method"] += f", {a.peft_init_lora_weights} start"
     else:
         out["method"] = "full fine-tuning"
     if d.backend and world_size == 1:

@@ -12,6 +12,21 @@ from ft.config.context import canonical
 from ft.config.base import Section
 
 
+class LoftQOptions(Section):
+    """`peft: loftq_config:` (Axolotl's and PEFT's names)."""
+
+    loftq_bits: Literal[4, 8] = Field(4, description="The precision LoftQ quantizes the base weights to: 4 (nf4) or 8 (int8).")
+    loftq_iter: int = Field(1, ge=1, le=8, description="Alternations of quantizing and fitting the low-rank residual.")
+
+
+class PeftOptions(Section):
+    """`peft:` PEFT settings nested as Axolotl writes them."""
+
+    loftq_config: Optional[LoftQOptions] = Field(
+        None, description="LoftQ (Li et al.): the base's targeted weights are quantized and LoRA starts as the best "
+        "rank-r fit of what quantizing lost; the run trains (and ft later loads and merges) on that quantized base.")
+
+
 class AdapterConfig(Section):
     adapter: Optional[str] = Field(
         None, description="The parameter-efficient method: lora, qlora (LoRA on a 4-bit base), ia3, loha, lokr, vera, "
@@ -40,6 +55,7 @@ class AdapterConfig(Section):
         None, description="LoRA's start: unset, A random and B zero; pissa: A and B from the weight's top singular "
         "vectors (Meng et al.), olora: from its QR decomposition; both take that part out of the base weight, and "
         "the adapter ft saves is converted (rank 2r) so that it applies to the original base (Axolotl's key).")
+    peft: PeftOptions = Field(default_factory=PeftOptions, description="PEFT settings under `peft:` (LoftQ).")
     bottleneck_size: int = Field(64, ge=1, description="bottleneck: the width each adapter projects down to.")
     bottleneck_activation: Literal["relu", "gelu", "silu", "tanh"] = Field(
         "relu", description="bottleneck: the nonlinearity between the two projections.")
@@ -108,6 +124,10 @@ class AdapterConfig(Section):
         if self.peft_init_lora_weights and self.adapter != "lora":
             raise Contradiction("peft_init_lora_weights", f"{self.peft_init_lora_weights} starts LoRA from the base weights "
                                 f"and changes them, which needs `adapter: lora` on a 16-bit base; this run has {has}")
+        if self.peft.loftq_config and (self.adapter != "lora" or self.peft_init_lora_weights):
+            other = f"`peft_init_lora_weights: {self.peft_init_lora_weights}`" if self.peft_init_lora_weights else has
+            raise Contradiction("peft", "LoftQ quantizes the base's weights itself and starts LoRA from what that "
+                                f"lost, which needs `adapter: lora` on a 16-bit base; this run has {other}")
         if self.lora_target_parameters and self.adapter not in ("lora", "qlora"):
             raise Contradiction("lora_target_parameters", f"it adds LoRA to parameters, and this run has {has}")
         if (self.loraplus_lr_ratio or self.loraplus_lr_embedding) and self.adapter not in ("lora", "qlora"):

@@ -187,7 +187,6 @@ KEYS: dict[str, Answer] = {
     "use_mora": _refused("MoRA", False),
     "gptq_groupsize": _refused("GPTQ models"),
     "gptq_model_v1": _refused("GPTQ models", False),
-    "peft": _refused("PEFT settings under `peft:` (LoftQ)"),
     "lora_on_cpu": _refused("LoRA merged on the CPU", False),
     "eot_tokens": _noop("end-of-turn tokens", "ft trains each trained turn's end-of-turn text as the chat template "
                         "writes it (train_on_eos), whichever tokens those are"),
@@ -379,7 +378,7 @@ nemo_gym_datasets nemo_gym_dir nemo_gym_enabled nemo_gym_head_port nemo_gym_max_
 nemo_gym_multi_turn nemo_gym_run_timeout nemo_gym_server_timeout nemo_gym_verify_timeout noisy_embedding_alpha
 nonexpert_quantization num_dataset_shards_to_save num_generation_samples num_labels nvfp4_merge_aware
 nvfp4_merge_aware_start_step optim_args optim_target_modules otel_metrics_host otel_metrics_port pad_to_multiple_of
-peft peft_autocast_adapter_dtype peft_ensure_weight_tying peft_layer_replication peft_layers_pattern
+peft_autocast_adapter_dtype peft_ensure_weight_tying peft_layer_replication peft_layers_pattern
 peft_layers_to_transform peft_trainable_token_indices plugins pose_max_context_len pose_num_chunks
 pose_split_on_token_ids preprocess_iterable pretrain_multipack_attn pretrain_multipack_buffer_size
 pretraining_dataset pretraining_sample_concatenation process_reward_model processor_kwargs processor_type

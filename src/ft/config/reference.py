@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
+from ft.config.adapter import LoftQOptions
 from ft.config.data import DatasetConfig, UserDefinedFormat
 from ft.config.distributed import FsdpConfig
 from ft.config.load import ALIASES, SECTION_KEYS
@@ -19,6 +20,7 @@ NESTED = {
     "type: as a mapping (user-defined format)": UserDefinedFormat,
     "special_tokens:": SpecialTokens,
     "fsdp_config:": FsdpConfig,
+    "peft: loftq_config:": LoftQOptions,
 }
 
 

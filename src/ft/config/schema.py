@@ -95,6 +95,11 @@ def contradictions(cfg: FtConfig) -> list[Contradiction]:
     elif q.bits and a.adapter is None:
         fix = "adapter: qlora" if q.bits == 4 else "adapter: lora"
         add(f"load_in_{q.bits}bit", f"{'an' if q.bits == 8 else 'a'} {q.bits}-bit base cannot be fully fine-tuned: add `{fix}`")
+    if a.peft.loftq_config and (q.bits or a.peft_use_dora or d.fsdp):
+        why = (f"a {q.bits}-bit base (LoftQ quantizes the 16-bit weights itself; remove `load_in_{q.bits}bit`)" if q.bits
+               else "DoRA (its magnitudes are taken from the weights before LoftQ changes them; remove `peft_use_dora`)"
+               if a.peft_use_dora else "FSDP (each process holds a share of every weight; use DDP or DeepSpeed ZeRO-1/2)")
+        add("peft", f"LoftQ is not supported with {why}")
     if a.lora_model_dir and a.adapter is None:
         add("lora_model_dir", "`lora_model_dir` needs `adapter: lora` or `adapter: qlora`")
     if m.bf16 in (True, "full") and m.fp16:

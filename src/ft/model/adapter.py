@@ -74,7 +74,9 @@ def apply_adapter(a: AdapterConfig, model: Any, new_tokens: bool, seed: int, on_
     if a.lora_model_dir:
         check_adapter_base(Path(a.lora_model_dir), model)
         try:
-            model = PeftModel.from_pretrained(model, a.lora_model_dir, is_trainable=True)
+            from ft.model.loftq import load_adapter
+
+            model = load_adapter(model, Path(a.lora_model_dir), is_trainable=True)
             if frozen_copy:
                 model.load_adapter(a.lora_model_dir, adapter_name=REFERENCE, is_trainable=False)
         except (RuntimeError, ValueError, KeyError) as exc:
@@ -109,7 +111,11 @@ def apply_adapter(a: AdapterConfig, model: Any, new_tokens: bool, seed: int, on_
         config = method.build(a, sorted(targets) or ([] if a.lora_target_parameters else None), sorted(to_save) or None,
                               str(model.config._name_or_path))
         model = get_peft_model(model, config)
-        if not a.peft_init_lora_weights:  # PiSSA and OLoRA start from the base weights themselves
+        if a.peft.loftq_config:
+            from ft.model.loftq import initialise
+
+            initialise(model, a.peft.loftq_config.loftq_bits, a.peft.loftq_config.loftq_iter)
+        elif not a.peft_init_lora_weights:  # PiSSA and OLoRA start from the base weights themselves
             seed_lora_weights(model, seed)
     trainable, total = count_parameters(model)
     log.info("trainable parameters: %s of %s (%.2f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / max(total, 1))

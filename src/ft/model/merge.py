@@ -19,8 +19,9 @@ log = logging.getLogger("ft")
 
 def merge_lora(m: ModelConfig, adapter: Path, out: Path) -> Path:
     """Write to `out` the base model of `m` with the adapter in `adapter` folded in, and its tokenizer."""
-    from peft import PeftModel
     from transformers import AutoModelForCausalLM
+
+    from ft.model.loftq import load_adapter
 
     if (adapter / "bottleneck_config.json").is_file():
         raise ConfigError(f"the bottleneck adapters in {adapter} cannot be merged: a nonlinearity sits between their two "
@@ -41,7 +42,7 @@ def merge_lora(m: ModelConfig, adapter: Path, out: Path) -> Path:
     )
     if len(tokenizer) != base.get_input_embeddings().weight.shape[0]:
         base.resize_token_embeddings(len(tokenizer))
-    merged = fold(PeftModel.from_pretrained(base, str(adapter)))
+    merged = fold(load_adapter(base, adapter))  # a LoftQ adapter's base quantized as in training first
     log.info("writing the merged model")
     # written beside `out` and renamed into place: a merge cut off midway leaves no `out` to be trusted
     staging = out.with_name(f".{out.name}.partial")
