@@ -230,6 +230,13 @@ CASES = [
          ("it adds LoRA to parameters", "`adapter: lokr`")),
     Case("merging bottleneck adapters", BASE + "adapter: bottleneck\n", ("cannot be merged", "a nonlinearity sits between"),
          args=("merge-lora", "cfg.yml"), files={"out/bottleneck_config.json": '{}'}),
+    # benchmark evaluation (ft.evaluate)
+    Case("bertscore without a model", BASE + "eval_causal_lm_metrics: [bertscore]\n",
+         ("the metric `bertscore` needs `bertscore_model`",)),
+    Case("a multiple-choice answer past the choices", BASE, ("row 0", "the answer `E` points past the 4 choices"),
+         args=("eval", "cfg.yml", "--base-only", "--data", "mc.jsonl"),
+         files={"mc.jsonl": jsonl([{"question": "Pick one.", "choices": ["a", "b", "c", "d"], "answer": "E"}])}),
+    Case("a judge without two runs", BASE, ("--judge judges the two runs of --compare",), args=("eval", "cfg.yml", "--judge", "m")),
     Case("merging prompt tuning", BASE + "adapter: prompt_tuning\n", ("cannot be merged", "virtual tokens are inputs"),
          args=("merge-lora", "cfg.yml"), files={"out/adapter_config.json": '{"peft_type": "PROMPT_TUNING"}'}),
 ]

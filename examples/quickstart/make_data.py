@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Writes train.jsonl and test.jsonl: alpaca rows asking to reverse a short list of words.
+"""Writes train.jsonl and test.jsonl: alpaca rows asking to reverse a short list of words; and choices.jsonl: the
+test rows as multiple choice (the reversed words among the words as given and two other orders).
 
 A tiny random-weight model cannot do this before training and learns it in minutes on a CPU, so the
 quickstart shows fine-tuning working. Deterministic: the files in the repo come from this script.
@@ -29,6 +30,18 @@ def main() -> None:
     for name, part in (("train.jsonl", rows[:1000]), ("test.jsonl", rows[1000:])):
         with open(here / name, "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in part)
+    with open(here / "choices.jsonl", "w") as f:
+        f.writelines(json.dumps(choices(r, rng)) + "\n" for r in rows[1000:])
+
+
+def choices(r: dict, rng: random.Random) -> dict:
+    words = r["input"].split()
+    options = {r["output"], r["input"]}
+    while len(options) < 4:
+        options.add(" ".join(rng.sample(words, len(words))))
+    ordered = sorted(options)
+    rng.shuffle(ordered)
+    return {"question": r["instruction"], "input": r["input"], "choices": ordered, "answer": ordered.index(r["output"])}
 
 
 if __name__ == "__main__":

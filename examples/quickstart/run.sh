@@ -9,10 +9,15 @@ rm -rf outputs/quickstart
 "$PY" scripts/make_tiny_model.py outputs/tiny-llama
 echo "== before fine-tuning (ft eval on test_datasets: greedy answers, exact match and F1)"
 "$PY" -m ft eval "$CFG" --base-only
+echo "== the same rows as multiple choice (log-likelihood of each of four orders: acc, acc_norm)"
+"$PY" -m ft eval "$CFG" --base-only --data examples/quickstart/choices.jsonl
 echo "== fine-tuning"
 "$PY" -m ft train "$CFG"
 "$PY" -m ft merge-lora "$CFG"
 echo "== after fine-tuning"
 "$PY" -m ft eval "$CFG" --merged
+"$PY" -m ft eval "$CFG" --merged --data examples/quickstart/choices.jsonl
+echo "== the two runs side by side (paired bootstrap intervals; output_dir/compare)"
+"$PY" -m ft eval "$CFG" --compare outputs/quickstart/eval-base outputs/quickstart/eval-merged
 echo "== inference (prompt rendered in the training format, answer streamed)"
 "$PY" -m ft inference "$CFG" --prompt "Reverse the order of the words." --input "sun moon king" --max-new-tokens 16

@@ -11,7 +11,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, List, Optional, Tuple
 
 import typer
 
@@ -178,22 +178,41 @@ def plan(
     run_plan(load(config, ctx, set_), gpu_memory, num_gpus, json_)
 
 
-@app.command("eval", context_settings=OVERRIDES, help="Score the model on a test set by its generated answers "
-             "(exact match, F1, BLEU, chrF, ROUGE, the references' perplexity): the run's adapter by default." + OVERRIDE_HELP)
+@app.command("eval", context_settings=OVERRIDES, help="Score the model on a test set: by its generated answers (exact "
+             "match, F1, BLEU, chrF, ROUGE, BERTScore, the references' perplexity), or multiple-choice rows by "
+             "log-likelihood (acc, acc_norm); lm-eval tasks with --tasks; two runs side by side with --compare. The "
+             "run's adapter by default." + OVERRIDE_HELP)
 def eval_(
     ctx: typer.Context,
     config: Path = CONFIG_ARG,
     set_: Optional[List[str]] = SET_OPT,
     data: Optional[str] = typer.Option(None, help="Test rows (a file in the first dataset's format); default: test_datasets."),
-    limit: Optional[int] = typer.Option(None, min=1, help="Score only the first N rows."),
+    limit: Optional[int] = typer.Option(None, min=1, help="Score only the first N rows (per task with --tasks)."),
     base_only: bool = typer.Option(False, "--base-only", help="Score the base model without the adapter."),
     merged: bool = typer.Option(False, "--merged", help="Score the merged model (output_dir/merged)."),
+    tasks: Optional[str] = typer.Option(None, "--tasks", help="lm-evaluation-harness tasks, comma-separated (default: "
+                                        "lm_eval_tasks), instead of the test set."),
+    compare: Optional[Tuple[str, str]] = typer.Option(None, "--compare", help="Two runs' predictions (files, eval "
+                                                      "folders or output_dirs) on the same test set: differences with "
+                                                      "95% bootstrap intervals, into output_dir/compare."),
+    judge: Optional[str] = typer.Option(None, "--judge", help="With --compare: a local causal LM that judges each pair "
+                                        "of answers in both orders (win/tie/loss)."),
 ) -> None:
-    from ft.commands.eval import run_eval
+    from ft.commands.eval import run_compare, run_eval, run_harness
 
     if base_only and merged:
         raise ConfigError("command line: --base-only and --merged: choose one")
-    run_eval(load(config, ctx, set_), data, limit, "base" if base_only else "merged" if merged else "adapter")
+    if judge and not compare:
+        raise ConfigError("command line: --judge judges the two runs of --compare; add --compare RUN_A RUN_B")
+    cfg = load(config, ctx, set_)
+    which = "base" if base_only else "merged" if merged else "adapter"
+    if compare:
+        run_compare(cfg, compare[0], compare[1], judge)
+    elif tasks is not None or (cfg.evaluation.lm_eval_tasks and data is None and not cfg.data.test_datasets):
+        run_harness(cfg, tuple(t.strip() for t in (tasks or "").split(",") if t.strip()) or cfg.evaluation.lm_eval_tasks,
+                    limit, which)
+    else:
+        run_eval(cfg, data, limit, which)
 
 
 @app.command("config-schema", help="Print the config reference (every key, its type, default and meaning).")

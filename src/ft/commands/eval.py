@@ -50,7 +50,7 @@ def run_eval(cfg: FtConfig, data_file: Optional[str], limit: Optional[int], whic
     from ft.launch.backend import keep_caches_in
 
     keep_caches_in(cfg.training.output_dir)
-    from ft.evaluate.metrics import METRICS
+    from ft.evaluate.metrics import corpus_scores, row_scores
     from ft.evaluate.predict import (append_lines, batches, done_ids, eval_rows, generate_batch, perplexity,
                                      reference_loss, user_metric)
     from ft.files import atomic_write_text
@@ -59,6 +59,10 @@ def run_eval(cfg: FtConfig, data_file: Optional[str], limit: Optional[int], whic
     metric_fn = user_metric(e.eval_metric_function)
     ds, raw = test_rows(cfg, data_file)
     model, tokenizer = load_model(cfg, which)
+    from ft.evaluate.choices import is_multiple_choice
+
+    if is_multiple_choice(raw[0]):
+        return run_choices(cfg, ds, raw[:limit] if limit else raw, model, tokenizer, which)
     rows, skipped = eval_rows(raw[:limit] if limit else raw, ds, cfg.data, tokenizer)
     if not rows:
         raise DataError(f"no row of `{ds.path}` has a prompt and an answer within sequence_len {cfg.data.sequence_len}")
@@ -79,9 +83,7 @@ def run_eval(cfg: FtConfig, data_file: Optional[str], limit: Optional[int], whic
         for r, answer, (loss, n) in zip(batch, answers, losses):
             scores: dict[str, float] = {}
             for name in e.eval_causal_lm_metrics:
-                row_scores = METRICS.get(name).row
-                if row_scores is not None:
-                    scores.update(row_scores(answer, r.reference))
+                scores.update(row_scores(name, answer, r.reference, e))
             if metric_fn is not None:
                 scores.update(_user_scores(metric_fn, answer, r))
             records.append({"id": r.id, "prompt": tokenizer.decode(r.prompt_ids), "prediction": answer,
@@ -95,7 +97,7 @@ def run_eval(cfg: FtConfig, data_file: Optional[str], limit: Optional[int], whic
     predictions, references = [w["prediction"] for w in written], [w["reference"] for w in written]
     results: dict[str, Any] = {"model": which, "rows": len(written), "skipped": skipped}
     for name in e.eval_causal_lm_metrics:
-        results.update({k: round(v, 4) for k, v in METRICS.get(name).corpus(predictions, references).items()})
+        results.update({k: round(v, 4) for k, v in corpus_scores(name, predictions, references, e).items()})
     if metric_fn is not None:
         keys = sorted({k for w in written for k in w["scores"] if k.startswith("user")})
         results.update({k: round(sum(w["scores"].get(k, 0.0) for w in written) / len(written), 4) for k in keys})
@@ -111,6 +113,44 @@ def run_eval(cfg: FtConfig, data_file: Optional[str], limit: Optional[int], whic
     return results
 
 
+def run_choices(cfg: FtConfig, ds: Any, raw: list[dict[str, Any]], model: Any, tokenizer: Any, which: str) -> dict[str, Any]:
+    """Multiple choice (ft.evaluate.choices): every choice's log-likelihood, acc and acc_norm; predictions.jsonl
+    written a batch at a time over fixed batches, so a killed run resumes to the same bytes."""
+    from ft.evaluate.choices import choice_rows, corpus, fixed_batches, record, score_batch
+    from ft.evaluate.predict import append_lines, done_ids
+    from ft.files import atomic_write_text
+    from ft.progress import Progress
+
+    rows, skipped = choice_rows(raw, ds, cfg.data, tokenizer)
+    if not rows:
+        raise DataError(f"no row of `{ds.path}` has its prompt and choices within sequence_len {cfg.data.sequence_len}")
+    folder = Path(cfg.training.output_dir) / f"eval-{which}-choices"  # beside the generated answers' eval-<which>
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "predictions.jsonl"
+    done = done_ids(path)
+    size = cfg.training.eval_batch_size or max(cfg.training.micro_batch_size, 8)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    todo = [b for b in fixed_batches(rows, size) if any(r.id not in done for r in b)]
+    progress = Progress(sum(len(b) for b in todo), "ft eval: rows scored")
+    started, scored = time.perf_counter(), 0
+    for batch in todo:
+        lls = score_batch(model, batch, pad)
+        append_lines(path, [record(r, ll) for r, ll in zip(batch, lls) if r.id not in done])
+        scored += len(batch)
+        progress.advance(len(batch))
+    progress.close()
+    seconds = time.perf_counter() - started
+    written = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    results: dict[str, Any] = {"model": which, "rows": len(written), "skipped": skipped, "kind": "multiple choice"}
+    results.update({k: round(v, 4) for k, v in corpus(written).items()})
+    atomic_write_text(folder / "eval_results.json", json.dumps(results, indent=1))
+    print(f"ft eval ({which}): {len(written)} multiple-choice rows ({skipped} left out), {scored} scored now"
+          + (f" at {scored / seconds:.1f} rows/s" if scored else "") + f" → {folder}")
+    for key in ("acc", "acc_norm"):
+        print(f"  {key:<14} {results[key]:>10.4f}")
+    return results
+
+
 def _user_scores(fn: Any, answer: str, r: Any) -> dict[str, float]:
     try:
         value = fn(answer, r.reference, r.row)
@@ -119,3 +159,47 @@ def _user_scores(fn: Any, answer: str, r: Any) -> dict[str, float]:
     if isinstance(value, dict):
         return {f"user_{k}": float(v) for k, v in value.items()}
     return {"user_metric": float(value)}
+
+
+def run_harness(cfg: FtConfig, tasks: tuple[str, ...], limit: Optional[int], which: str) -> dict[str, Any]:
+    """lm-evaluation-harness tasks on the model ft loads (the adapter on its base, not the bare base): results in
+    output_dir/eval-<which>/lm_eval_results.json and a short table."""
+    from ft.evaluate.harness import check_tasks, run_tasks, task_manager
+    from ft.launch.backend import keep_caches_in
+
+    keep_caches_in(cfg.training.output_dir)
+    if not tasks:
+        raise ConfigError("no lm-eval task: pass --tasks NAMES or set lm_eval_tasks")
+    e = cfg.evaluation
+    check_tasks(task_manager(e.lm_eval_include_path, tasks), tasks)  # before the model loads: a missing dataset says so at once
+    model, tokenizer = load_model(cfg, which)
+    return write_harness(cfg, run_tasks(model, tokenizer, tasks, e.lm_eval_batch_size, e.lm_eval_include_path, limit), which)
+
+
+def write_harness(cfg: FtConfig, results: dict[str, Any], which: str) -> dict[str, Any]:
+    from ft.files import atomic_write_text
+
+    folder = Path(cfg.training.output_dir) / f"eval-{which}"
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(folder / "lm_eval_results.json", json.dumps({"model": which, "results": results}, indent=1))
+    print(f"ft eval ({which}): lm-eval → {folder / 'lm_eval_results.json'}")
+    for task, metrics in results.items():
+        for key, value in metrics.items():
+            if isinstance(value, (int, float)) and not key.endswith("stderr") and key != "sample_len":
+                print(f"  {task:<24} {key:<14} {value:>10.4f}")
+    return results
+
+
+def run_compare(cfg: FtConfig, a: str, b: str, judge: Optional[str]) -> dict[str, Any]:
+    """Two runs' predictions side by side: output_dir/compare/compare.json, compare.png and a table."""
+    from ft.evaluate.compare import compare, plot, predictions_file, table
+    from ft.files import atomic_write_text
+
+    result = compare(predictions_file(a), predictions_file(b), judge)
+    folder = Path(cfg.training.output_dir) / "compare"
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(folder / "compare.json", json.dumps(result, indent=1))
+    plot(result, folder / "compare.png")
+    print(table(result))
+    print(f"→ {folder}")
+    return result

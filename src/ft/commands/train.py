@@ -301,6 +301,16 @@ def run_train(cfg: FtConfig) -> dict[str, Any]:
     check_launch(cfg.distributed, world)
     warn_if_it_will_not_fit(cfg, world)
     checkpoint = resume_point(t.resume_from_checkpoint, t.auto_resume_from_checkpoints, t.output_dir)
+    e = cfg.evaluation
+    benchmarks = bool(e.lm_eval_tasks and e.lm_eval_post_train)
+    if benchmarks and world > 1:
+        log.info("lm_eval_tasks: after a run on several processes, score them with `ft eval cfg.yml --tasks %s`",
+                 ",".join(e.lm_eval_tasks))
+        benchmarks = False
+    if benchmarks:  # a task whose data is missing is said now, not after the training
+        from ft.evaluate.harness import check_tasks, task_manager
+
+        check_tasks(task_manager(e.lm_eval_include_path, e.lm_eval_tasks), e.lm_eval_tasks)
     run = build_run(cfg, world)
     report_backend(cfg.distributed, run.trainer, world)
 
@@ -322,6 +332,8 @@ def run_train(cfg: FtConfig) -> dict[str, Any]:
         facts = {"batches": run.layout, "attention": run.attention or str(run.model.config._attn_implementation)}
         summary = save_outputs(run.trainer, run.tokenizer, run.metrics, result, time.perf_counter() - started, resolved, facts)
         end_processes()
+        if benchmarks:
+            benchmark_trained(cfg, run.trainer.model, run.tokenizer)
         return summary
     except torch.OutOfMemoryError:
         raise UserError(f"out of memory at step {run.trainer.state.global_step + 1}: {oom_advice(cfg)}") from None
@@ -336,6 +348,19 @@ def run_train(cfg: FtConfig) -> dict[str, Any]:
                         f"output_dir elsewhere ({kept})") from None
     finally:
         stop.restore()
+
+
+def benchmark_trained(cfg: FtConfig, model: Any, tokenizer: Any) -> None:
+    """lm_eval_tasks on the model just trained, as it is in memory (Axolotl's lm_eval_post_train)."""
+    from ft.commands.eval import write_harness
+    from ft.evaluate.harness import run_tasks
+    from ft.evaluate.predict import padded_attention
+
+    e = cfg.evaluation
+    log.info("lm-eval on the trained model: %s", ", ".join(e.lm_eval_tasks))
+    with padded_attention(model):
+        results = run_tasks(model, tokenizer, e.lm_eval_tasks, e.lm_eval_batch_size, e.lm_eval_include_path)
+    write_harness(cfg, results, "adapter")
 
 
 def warn_if_it_will_not_fit(cfg: FtConfig, world: int) -> None:

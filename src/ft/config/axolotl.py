@@ -85,7 +85,7 @@ GROUPS: tuple[tuple[str, Answer], ...] = (
     ("pose_", _refused("PoSE context extension")),
     ("scaling_softmax", _refused("scaled softmax")),
     ("generation_", _refused("Axolotl's sample generation during training")),
-    ("lm_eval_", _refused("lm-evaluation-harness after training (the lm_eval plugin)")),
+    ("lm_eval_", _refused("lm-eval on another model than the run's (ft eval --base-only or --merged choose)")),
     ("dpo_", _refused("this DPO setting")),
     ("kto_", _refused("KTO")),
     ("ray_", _refused("training on Ray")),
@@ -296,7 +296,8 @@ PLUGINS: dict[str, Answer] = {
     "kernels.KernelsPlugin": _noop("Hugging Face kernels", KERNEL),
     "kd.KDPlugin": _noop("knowledge distillation (the kd plugin)", "ft distills when `teacher_model` is set, with "
                          "the kd_* keys"),
-    "lm_eval.LMEvalPlugin": _refused("lm-evaluation-harness after training (the lm_eval plugin)"),
+    "lm_eval.LMEvalPlugin": _noop("lm-evaluation-harness after training (the lm_eval plugin)", "ft runs lm-eval on "
+                                  "the trained model itself when `lm_eval_tasks` is set"),
     "spectrum.SpectrumPlugin": _refused("Spectrum (layer selection by signal-to-noise)"),
     "grokfast.GrokfastPlugin": _refused("Grokfast"),
     "llm_compressor.LLMCompressorPlugin": _refused("LLM Compressor sparsity"),
@@ -368,7 +369,7 @@ kd_online_server_base_url kd_online_timeout kd_online_topk kd_temperature_min kd
 kto_undesirable_weight large_head_attention layer_offloading liger_cross_entropy liger_fused_linear_cross_entropy
 liger_glu_activation liger_layer_norm liger_rms_norm liger_rms_norm_gated liger_rope liger_swiglu
 liger_use_token_scaling lisa_layers_attribute lisa_n_layers lisa_step_interval llama4_linearized_experts
-llmcompressor lm_eval_batch_size lm_eval_model lm_eval_post_train lm_eval_tasks local_rank lora_alpha_pattern
+llmcompressor lm_eval_model local_rank lora_alpha_pattern
 lora_embedding_kernel lora_mlp_kernel lora_o_kernel lora_on_cpu lora_qkv_kernel lora_rank_pattern low_cpu_mem_usage
 lr_div_factor lr_groups lr_quadratic_warmup lr_scheduler_kwargs max_memory max_prompt_len mean_resizing_embeddings
 merge_lora merge_method min_sample_len mlflow_experiment_name mlflow_run_name mlflow_tracking_uri model_kwargs

@@ -140,6 +140,9 @@ def contradictions(cfg: FtConfig) -> list[Contradiction]:
     if metric not in ("loss", "perplexity") and not e.do_causal_lm_eval:
         add("metric_for_best_model", f"`metric_for_best_model: {t.metric_for_best_model}` is a generation metric: set "
             "`do_causal_lm_eval: true` (or pick `loss`)")
+    if "bertscore" in e.eval_causal_lm_metrics and not e.bertscore_model:
+        add("eval_causal_lm_metrics", "the metric `bertscore` needs `bertscore_model`: a local encoder model folder "
+            "(e.g. roberta-large, downloaded), as nothing is fetched from the hub")
     if e.do_causal_lm_eval and d.fsdp:
         add("do_causal_lm_eval", "`do_causal_lm_eval` is not supported with fsdp (the weights are whole only inside the "
             "forward pass); run `ft eval cfg.yml` after training")

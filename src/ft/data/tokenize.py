@@ -76,9 +76,10 @@ def build_labels(ids: list[int], offsets: list[tuple[int, int]], ranges: list[tu
 class RowTokenizer:
     """Tokenizes the rows of one dataset entry with its format, under the data section's rules."""
 
-    def __init__(self, ds: DatasetConfig, data: DataConfig, tokenizer: Any, bos: bool) -> None:
+    def __init__(self, ds: DatasetConfig, data: DataConfig, tokenizer: Any, bos: bool, fmt: Format | None = None) -> None:
+        """`fmt`: a format to render with instead of the entry's own (multiple-choice scoring's prompt + choice)."""
         self.ds, self.data, self.tok = ds, data, tokenizer
-        self.fmt: Format | None = build_format(ds, tokenizer) if ds.type is not None else None
+        self.fmt: Format | None = fmt or (build_format(ds, tokenizer) if ds.type is not None else None)
         self.bos = bos and not (self.fmt and not self.fmt.append_eos)  # chat templates write their own BOS
         self.backend = tokenizer.backend_tokenizer
 

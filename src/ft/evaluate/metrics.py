@@ -12,7 +12,8 @@ import re
 import string
 from collections import Counter
 from dataclasses import dataclass
-from typing import Callable, Optional
+from functools import lru_cache
+from typing import Any, Callable, Optional
 
 from ft.registry import Registry
 
@@ -21,8 +22,21 @@ Scores = dict[str, float]
 
 @dataclass(frozen=True)
 class Metric:
-    corpus: Callable[[list[str], list[str]], Scores]
-    row: Optional[Callable[[str, str], Scores]] = None  # per-row scores for predictions.jsonl
+    corpus: Callable[..., Scores]
+    row: Optional[Callable[..., Scores]] = None  # per-row scores for predictions.jsonl
+    configured: bool = False  # its functions take the evaluation section too (a model to load)
+
+
+def corpus_scores(name: str, predictions: list[str], references: list[str], e: Any) -> Scores:
+    m = METRICS.get(name)
+    return m.corpus(predictions, references, e) if m.configured else m.corpus(predictions, references)
+
+
+def row_scores(name: str, prediction: str, reference: str, e: Any) -> Scores:
+    m = METRICS.get(name)
+    if m.row is None:
+        return {}
+    return m.row(prediction, reference, e) if m.configured else m.row(prediction, reference)
 
 
 METRICS: Registry[Metric] = Registry("metric")
@@ -99,3 +113,41 @@ def _rouge(predictions: list[str], references: list[str]) -> Scores:
 
 
 METRICS.add("rouge", Metric(_rouge, _rouge_row))
+
+
+@lru_cache(maxsize=2)
+def bert_scorer(model: str, layers: Optional[int]) -> Any:
+    """bert-score's scorer on a local encoder (loaded once per run)."""
+    import json
+    from pathlib import Path
+
+    from ft.errors import ConfigError
+
+    try:
+        from bert_score import BERTScorer
+    except ImportError:
+        raise ConfigError("the metric `bertscore` needs bert-score: pip install 'ft[bench]'") from None
+    config = Path(model) / "config.json"
+    if not config.is_file():
+        raise ConfigError(f"`bertscore_model`: no model in {model} (config.json is missing); give a local encoder folder")
+    shape = json.loads(config.read_text())
+    scorer = BERTScorer(model_type=model, num_layers=layers or shape.get("num_hidden_layers"))
+    limit = shape.get("max_position_embeddings", 512) - 2
+    if scorer._tokenizer.model_max_length > limit:  # a tokenizer saved without a length: the model's own
+        scorer._tokenizer.model_max_length = limit
+    return scorer
+
+
+def _bertscore(predictions: list[str], references: list[str], e: Any) -> Scores:
+    if not predictions:
+        return {"bertscore_f1": 0.0}
+    p, r, f = bert_scorer(e.bertscore_model, e.bertscore_num_layers).score(list(predictions), list(references), verbose=False)
+    return {"bertscore_precision": 100 * float(p.mean()), "bertscore_recall": 100 * float(r.mean()),
+            "bertscore_f1": 100 * float(f.mean())}
+
+
+def _bertscore_row(prediction: str, reference: str, e: Any) -> Scores:
+    return {"bertscore_f1": _bertscore([prediction], [reference], e)["bertscore_f1"]}
+
+
+METRICS.add("bertscore", Metric(_bertscore, _bertscore_row, configured=True))

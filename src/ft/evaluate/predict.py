@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -173,29 +174,38 @@ def rows_from_tokenized(input_ids: list[list[int]], labels: list[list[int]], tok
     return out
 
 
-def generation_metrics(model: Any, tokenizer: Any, rows: list[EvalRow], e: EvaluationConfig, batch_size: int) -> dict[str, float]:
-    """{eval_<metric>: corpus score} of the model's answers to `rows`; the model is left in the mode it was in.
-    Every process answers the same rows (no collective), so each has the metric that picks the best checkpoint."""
-    from ft.evaluate.metrics import METRICS
+@contextmanager
+def padded_attention(model: Any) -> Iterator[None]:
+    """The model with an attention for padded batches and caches, in eval mode, while inside; as it was after. The
+    training run may have set one made for flattened batches (ft.model.packed_attention)."""
     from ft.model.packed_attention import PER_ROW_EAGER, VARLEN, modifies_scores
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     flattened = base.config._attn_implementation
-    if flattened in (VARLEN, PER_ROW_EAGER):  # made for flattened batches; generation pads and caches
+    if flattened in (VARLEN, PER_ROW_EAGER):
         own = "eager" if flattened == PER_ROW_EAGER or modifies_scores(base.config) else "sdpa"
         base.set_attn_implementation(own)
     was_training = model.training
     model.eval()
     try:
-        answers: dict[int, str] = {}
-        for batch in batches(rows, batch_size):
-            answers.update(zip((r.id for r in batch), generate_batch(model, tokenizer, batch, e)))
+        yield
     finally:
         model.train(was_training)
         if base.config._attn_implementation != flattened:
             base.set_attn_implementation(flattened)
+
+
+def generation_metrics(model: Any, tokenizer: Any, rows: list[EvalRow], e: EvaluationConfig, batch_size: int) -> dict[str, float]:
+    """{eval_<metric>: corpus score} of the model's answers to `rows`; the model is left in the mode it was in.
+    Every process answers the same rows (no collective), so each has the metric that picks the best checkpoint."""
+    from ft.evaluate.metrics import corpus_scores
+
+    answers: dict[int, str] = {}
+    with padded_attention(model):
+        for batch in batches(rows, batch_size):
+            answers.update(zip((r.id for r in batch), generate_batch(model, tokenizer, batch, e)))
     predictions, references = [answers[r.id] for r in rows], [r.reference for r in rows]
     scores: dict[str, float] = {}
     for name in e.eval_causal_lm_metrics:
-        scores.update({f"eval_{k}": v for k, v in METRICS.get(name).corpus(predictions, references).items()})
+        scores.update({f"eval_{k}": v for k, v in corpus_scores(name, predictions, references, e).items()})
     return scores
