@@ -115,3 +115,67 @@ def test_cosine_min_lr_ratio_needs_the_cosine_schedule(tmp_path: Path, tiny_mode
     with pytest.raises(ConfigError, match=r"cfg.yml:\d+: `cosine_min_lr_ratio`: it shapes the cosine schedule and does "
                                           r"nothing with `lr_scheduler: linear`"):
         make_config(tmp_path, tiny_model_dir("llama"), lr_scheduler="linear", cosine_min_lr_ratio=0.1)
+
+
+def test_cosine_constant_lr_ratio_holds_the_floor_after_its_share_of_the_steps(tmp_path: Path, tiny_model_dir):
+    """Axolotl's cosine_constant_lr_ratio: warmup, the cosine from learning_rate down to cosine_min_lr_ratio ×
+    learning_rate reached at ratio × steps, then that floor to the end; read off the Trainer's scheduler."""
+    import math
+
+    cfg = make_config(tmp_path, tiny_model_dir("llama"), lr_scheduler="cosine", cosine_min_lr_ratio=0.2,
+                      cosine_constant_lr_ratio=0.6, warmup_steps=2, max_steps=10, learning_rate=0.01, **LORA)
+    trainer, _, _ = build(cfg)
+    trainer.create_optimizer_and_scheduler(num_training_steps=10)
+    rates = []
+    for _ in range(11):
+        rates.append(trainer.lr_scheduler.get_last_lr()[0])
+        trainer.optimizer.step()
+        trainer.lr_scheduler.step()
+    want = [0.0, 0.005] + [0.01 * (0.2 + 0.8 * 0.5 * (1 + math.cos(math.pi * (t - 2) / 4))) for t in range(2, 6)] + [0.002] * 5
+    assert all(abs(a - b) <= 1e-12 for a, b in zip(rates, want)), (rates, want)
+
+
+def test_save_strategy_and_save_only_model(tmp_path: Path, tiny_model_dir):
+    """save_strategy (the Trainer's and Axolotl's key): no saves only the final model, epoch one checkpoint an
+    epoch, best the evaluations that improve the loss; save_only_model checkpoints hold no optimizer state, and a
+    run resumed from one says so."""
+    from conftest import run_ft
+    from ft.train.checkpoints import is_complete
+
+    def checkpoints(name: str, **keys) -> list[Path]:
+        out = tmp_path / name
+        make_config(tmp_path, tiny_model_dir("llama"), output_dir=str(out), **LORA, **keys)
+        result = run_ft("train", "cfg.yml", cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert (out / "adapter_model.safetensors").is_file()
+        return sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+
+    assert checkpoints("no", save_strategy="no", max_steps=4) == []
+    epoch = checkpoints("epoch", save_strategy="epoch", num_epochs=2, max_steps=None, micro_batch_size=16)
+    assert len(epoch) == 2 and all(is_complete(p) for p in epoch)
+    slim = checkpoints("slim", save_only_model=True, save_steps=2, max_steps=4)
+    assert [p.name for p in slim] == ["checkpoint-2", "checkpoint-4"]
+    assert (slim[0] / "adapter_model.safetensors").is_file() and not list(slim[0].glob("optimizer*"))
+    import shutil
+
+    shutil.rmtree(slim[1])
+    make_config(tmp_path, tiny_model_dir("llama"), output_dir=str(tmp_path / "slim"), save_only_model=True, save_steps=2,
+                max_steps=4, **LORA)
+    (tmp_path / "slim/summary.json").unlink()
+    resumed = run_ft("train", "cfg.yml", cwd=tmp_path)
+    assert resumed.returncode == 0 and "checkpoint-2 holds the weights only (save_only_model)" in resumed.stderr, resumed.stderr[-2000:]
+
+
+def test_save_strategy_best_keeps_the_improving_evaluations(tmp_path: Path, tiny_model_dir):
+    import json
+
+    from ft.commands.train import run_train
+
+    cfg = make_config(tmp_path, tiny_model_dir("llama"), save_strategy="best", val_set_size=0.2, eval_steps=2, max_steps=6,
+                      learning_rate=0.02, **LORA)
+    run_train(cfg)
+    out = Path(cfg.training.output_dir)
+    evals = [r["eval_loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "eval_loss" in r]
+    improving = [i for i, loss in enumerate(evals) if loss < min(evals[:i], default=float("inf"))]
+    assert len(evals) == 3 and improving
+    assert sorted(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*")) == [2 * (i + 1) for i in improving]

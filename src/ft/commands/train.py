@@ -130,6 +130,8 @@ def build_run(cfg: FtConfig, world: int) -> Run:
             raise UserError("`peft_init_lora_weights` is supported on one process yet (the conversion of the adapter at "
                             "the end runs where the whole adapter is); remove it or train on one process")
         trainer.initial_adapter = save_initial_adapter(model, t.output_dir)
+    if t.cosine_constant_lr_ratio is not None:
+        trainer.cosine_constant = (t.cosine_constant_lr_ratio, t.cosine_min_lr_ratio or 0.0)
     if cfg.adapter.loraplus_lr_ratio or cfg.adapter.loraplus_lr_embedding:
         trainer.loraplus = (cfg.adapter.loraplus_lr_ratio or 1.0, cfg.adapter.loraplus_lr_embedding)
     if distills:
@@ -301,6 +303,9 @@ def run_train(cfg: FtConfig) -> dict[str, Any]:
     check_launch(cfg.distributed, world)
     warn_if_it_will_not_fit(cfg, world)
     checkpoint = resume_point(t.resume_from_checkpoint, t.auto_resume_from_checkpoints, t.output_dir)
+    if checkpoint and not any(checkpoint.glob("optimizer*")) and not any(checkpoint.glob("global_step*")):
+        log.info("%s holds the weights only (save_only_model): the optimizer and the learning-rate schedule start "
+                 "again from them", checkpoint.name)
     e = cfg.evaluation
     benchmarks = bool(e.lm_eval_tasks and e.lm_eval_post_train)
     if benchmarks and world > 1:

@@ -112,8 +112,6 @@ KEYS: dict[str, Answer] = {
                             why="ft evaluates every eval_steps, or evals_per_epoch times an epoch"),
     "evaluation_strategy": Answer(REFUSED, "the evaluation schedule", ("steps", "epoch"),
                                   why="ft evaluates every eval_steps, or evals_per_epoch times an epoch"),
-    "save_strategy": Answer(REFUSED, "the checkpoint schedule", ("steps", "best"), why="ft saves every save_steps, or "
-                            "saves_per_epoch times an epoch"),
     "gradient_checkpointing_kwargs": _noop("gradient checkpointing arguments", "ft checkpoints without reentrance, "
                                            "which computes the same gradients as reentrant checkpointing"),
     # accepted as no-ops
@@ -190,7 +188,6 @@ KEYS: dict[str, Answer] = {
     "lora_on_cpu": _refused("LoRA merged on the CPU", False),
     "eot_tokens": _noop("end-of-turn tokens", "ft trains each trained turn's end-of-turn text as the chat template "
                         "writes it (train_on_eos), whichever tokens those are"),
-    "cosine_constant_lr_ratio": _refused("a constant phase in the cosine schedule"),
     "lr_quadratic_warmup": _refused("quadratic warmup", False),
     "lr_div_factor": _refused("the one-cycle schedule's divisor"),
     "lr_groups": _refused("learning-rate groups"),
@@ -199,7 +196,6 @@ KEYS: dict[str, Answer] = {
     "embedding_lr_scale": _refused("a learning rate for the embeddings"),
     "optim_args": _refused("optimizer arguments"),
     "optim_target_modules": _refused("GaLore's target modules"),
-    "save_only_model": _refused("checkpoints without optimizer state", False),
     "save_compressed": _refused("compressed checkpoints", False),
     "dataset_shard_num": _refused("training on a shard of the data"),
     "dataset_shard_idx": _refused("training on a shard of the data"),
@@ -343,7 +339,7 @@ VOCABULARY = frozenset("""
 accelerator_config adam_beta3 adam_epsilon2 added_tokens_overrides auto_find_batch_size axolotl_config_path
 batch_flattening bench_dataset bench_split bfloat16 center_rewards_coefficient chat_template_kwargs
 chunked_cross_entropy_num_chunks cls_model_config comet_api_key comet_experiment_config comet_experiment_key
-comet_mode comet_online comet_project_name comet_workspace context_parallel_size cosine_constant_lr_ratio cpo_alpha
+comet_mode comet_online comet_project_name comet_workspace context_parallel_size cpo_alpha
 curriculum_sampling cut_cross_entropy dataloader_drop_last dataloader_num_workers dataloader_pin_memory
 dataloader_prefetch_factor dataset_keep_in_memory dataset_num_proc dataset_shard_idx dataset_shard_num ddp
 ddp_broadcast_buffers ddp_bucket_cap_mb deepcompile default_system_message dense_mixer device device_map diffusion
@@ -389,8 +385,8 @@ qgalore_scale qgalore_update_proj_gap qlora_sharded_model_loading quantization q
 ray_run_name recipe reinit_weights relora relora_cpu_offload relora_prune_method relora_prune_ratio
 remove_unused_columns resources_per_worker reward_model ring_attn_func role_boundaries rope_scaling rpo_alpha
 s2_attention sage_attention sample_packing_bin_size sample_packing_eff_est sample_packing_group_size
-sample_packing_mp_start_method sample_packing_sequentially save_compressed save_first_step save_only_model
-save_safetensors save_strategy scaling_softmax scaling_softmax_bias scaling_softmax_factor sdpa_varlen
+sample_packing_mp_start_method sample_packing_sequentially save_compressed save_first_step
+save_safetensors scaling_softmax scaling_softmax_bias scaling_softmax_factor sdpa_varlen
 selective_checkpointing sequence_parallel_degree shrink_embeddings shuffle_before_merging_datasets
 skip_prepare_dataset spectrum_model_name spectrum_top_fraction streaming streaming_multipack_buffer_size
 tensor_parallel_size tiled_mlp_num_shards tiled_mlp_use_original_mlp tokenizer_legacy tokenizer_save_jinja_files

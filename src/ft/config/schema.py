@@ -116,6 +116,19 @@ def contradictions(cfg: FtConfig) -> list[Contradiction]:
         add("fsdp", f"`fsdp: {fsdp1_only[0]}` needs `fsdp_config.fsdp_version: 1`; FSDP2 shards full_shard or shard_grad_op")
     if t.save_steps and t.saves_per_epoch:
         add("saves_per_epoch", "`save_steps` and `saves_per_epoch` are both set; keep one")
+    if t.save_strategy != "steps" and (t.save_steps or t.saves_per_epoch):
+        key = "save_steps" if t.save_steps else "saves_per_epoch"
+        add(key, f"`{key}` sets the steps schedule of checkpoints, and `save_strategy: {t.save_strategy}` another; keep one")
+    if t.save_strategy == "best" and not cfg.has_eval_data:
+        add("save_strategy", "`save_strategy: best` saves at evaluations that improve metric_for_best_model: set "
+            "`val_set_size` or `test_datasets`")
+    if t.save_strategy in ("no", "epoch") and (t.load_best_model_at_end or t.early_stopping_patience is not None):
+        key = "load_best_model_at_end" if t.load_best_model_at_end else "early_stopping_patience"
+        add("save_strategy", f"`{key}` needs a checkpoint at every evaluation, and `save_strategy: {t.save_strategy}` "
+            "saves " + ("none" if t.save_strategy == "no" else "once an epoch") + "; remove save_strategy")
+    if t.save_only_model and d.backend and t.load_best_model_at_end:
+        add("save_only_model", f"the Trainer cannot load the best weights-only checkpoint under {d.backend}; remove "
+            "`save_only_model` or `load_best_model_at_end`")
     if t.eval_steps and t.evals_per_epoch:
         add("evals_per_epoch", "`eval_steps` and `evals_per_epoch` are both set; keep one")
     if t.warmup_steps is not None and t.warmup_ratio is not None:

@@ -26,6 +26,9 @@ class TrainingConfig(Section):
     cosine_min_lr_ratio: Optional[float] = Field(
         None, ge=0, le=1, description="With the cosine schedule: decay to this share of learning_rate instead of 0 "
         "(Axolotl's key; transformers' cosine_with_min_lr).")
+    cosine_constant_lr_ratio: Optional[float] = Field(
+        None, gt=0, le=1, description="With cosine_min_lr_ratio: the cosine reaches its floor at this share of the "
+        "steps and the rate stays there after (Axolotl's key; Gupta et al.'s re-warming schedule).")
     warmup_steps: Optional[int] = Field(None, ge=0, description="Linear warmup steps.")
     warmup_ratio: Optional[float] = Field(None, ge=0, lt=1, description="Warmup as a share of all steps.")
     weight_decay: float = Field(0.0, ge=0, description="Decoupled weight decay.")
@@ -41,6 +44,13 @@ class TrainingConfig(Section):
     save_steps: Optional[float] = Field(None, gt=0, description="Save a checkpoint every N steps (or a fraction of the run).")
     saves_per_epoch: Optional[int] = Field(None, ge=1, description="Save this many checkpoints per epoch.")
     save_total_limit: Optional[int] = Field(None, ge=1, description="Keep at most this many checkpoints.")
+    save_strategy: Literal["steps", "epoch", "best", "no"] = Field(
+        "steps", description="When checkpoints are saved (the Trainer's and Axolotl's key): steps (every save_steps, "
+        "saves_per_epoch times an epoch, else once an epoch), epoch, best (at an evaluation that improves "
+        "metric_for_best_model), no (only the final model).")
+    save_only_model: bool = Field(
+        False, description="Checkpoints hold the weights only, no optimizer state: smaller, and a run resumed from "
+        "one starts its optimizer and schedule again (said when it does).")
     resume_from_checkpoint: Optional[str] = Field(None, description="A checkpoint folder to resume from.")
     auto_resume_from_checkpoints: bool = Field(
         True, description="Resume from the newest complete checkpoint in output_dir when there is one."
@@ -115,6 +125,9 @@ class TrainingConfig(Section):
         if self.cosine_min_lr_ratio is not None and self.lr_scheduler not in ("cosine", "cosine_with_min_lr"):
             raise Contradiction("cosine_min_lr_ratio", f"it shapes the cosine schedule and does nothing with "
                              f"`lr_scheduler: {self.lr_scheduler}`: set `lr_scheduler: cosine` or remove it")
+        if self.cosine_constant_lr_ratio is not None and self.cosine_min_lr_ratio is None:
+            raise Contradiction("cosine_constant_lr_ratio", "it holds the cosine's floor from that share of the steps "
+                                "on: set `cosine_min_lr_ratio` (the floor) too")
         return self
 
     @field_validator("resume_from_checkpoint", mode="before")

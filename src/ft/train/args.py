@@ -40,7 +40,8 @@ def training_arguments(
     eval_every = _every(t.eval_steps, t.evals_per_epoch, epoch_steps) if has_eval else None
     save_every = _every(t.save_steps, t.saves_per_epoch, epoch_steps)
     early = t.early_stopping_patience is not None and has_eval
-    best = (early or t.load_best_model_at_end) and has_eval
+    load_best = (early or t.load_best_model_at_end) and has_eval
+    best = load_best or (t.save_strategy == "best" and has_eval)  # a metric to compare evaluations by
     if best:  # the best checkpoint must be saved where it is measured
         eval_every = eval_every or epoch_steps
         save_every = eval_every
@@ -71,10 +72,11 @@ def training_arguments(
         run_name=lg.wandb_name,
         eval_strategy="steps" if eval_every else "no",
         eval_steps=eval_every,
-        save_strategy="steps" if save_every else "epoch",
+        save_strategy=t.save_strategy if t.save_strategy != "steps" else "steps" if save_every else "epoch",
         save_steps=save_every or 500,
+        save_only_model=t.save_only_model,
         save_total_limit=None,  # ft deletes old checkpoints itself, after the new one is complete (train/checkpoints.py)
-        load_best_model_at_end=best,
+        load_best_model_at_end=load_best,
         metric_for_best_model=metric if (best or t.metric_for_best_model) else None,
         greater_is_better=(t.greater_is_better if t.greater_is_better is not None else not lower_is_better) if (best or t.metric_for_best_model) else None,
         seed=t.seed,

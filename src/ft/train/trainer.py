@@ -64,6 +64,7 @@ class FtTrainer(Trainer):
     after_sharding: Any = None  # (model, offloaded) → None: fills what FSDP sharded on the meta device (ft.model.sharded)
     loraplus: Optional[tuple[float, Optional[float]]] = None  # LoRA+: (B's learning-rate ratio, embeddings' rate)
     initial_adapter: Optional[str] = None  # PiSSA / OLoRA: the adapter as it started (the final save converts)
+    cosine_constant: Optional[tuple[float, float]] = None  # (cosine_constant_lr_ratio, cosine_min_lr_ratio)
 
     def create_optimizer(self, model: Any = None) -> Any:
         """The Trainer's optimizer; with LoRA+, its class and settings over PEFT's LoRA+ groups: the B matrices
@@ -83,13 +84,26 @@ class FtTrainer(Trainer):
     def create_scheduler(self, num_training_steps: int, optimizer: Any = None) -> Any:
         """The Trainer's scheduler. Under FSDP2 this is the first point after accelerate has sharded the model and
         before a checkpoint is loaded into it or a step runs: where a base built on the meta device gets each
-        process's share of its weights."""
+        process's share of its weights. With cosine_constant_lr_ratio, ft's own schedule."""
         if self.after_sharding is not None:
             from torch.distributed.fsdp import CPUOffloadPolicy
 
             fill, self.after_sharding = self.after_sharding, None
             fill(self.model, isinstance(self.accelerator.state.fsdp_plugin.cpu_offload, CPUOffloadPolicy))
-        return super().create_scheduler(num_training_steps, optimizer)
+        if self.cosine_constant is None or self.lr_scheduler is not None:
+            return super().create_scheduler(num_training_steps, optimizer)
+        from functools import partial
+
+        from torch.optim.lr_scheduler import LambdaLR
+
+        from ft.train.schedulers import cosine_then_constant
+
+        ratio, floor = self.cosine_constant  # the cosine that stays at its floor from ratio × the steps on
+        factor = partial(cosine_then_constant, warmup=self.args.get_warmup_steps(num_training_steps), total=num_training_steps,
+                         constant_ratio=ratio, min_ratio=floor)
+        self.lr_scheduler = LambdaLR(optimizer or self.optimizer, factor)
+        self._created_lr_scheduler = True
+        return self.lr_scheduler
 
     def log(self, logs: dict[str, float], start_time: Optional[float] = None) -> None:
         """The Trainer's log; an evaluation's logs gain the extra metrics first, so metrics.jsonl, tensorboard and
