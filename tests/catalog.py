@@ -230,6 +230,8 @@ CASES = [
          ("it adds LoRA to parameters", "`adapter: lokr`")),
     Case("merging bottleneck adapters", BASE + "adapter: bottleneck\n", ("cannot be merged", "a nonlinearity sits between"),
          args=("merge-lora", "cfg.yml"), files={"out/bottleneck_config.json": '{}'}),
+    Case("quantization-aware training with an adapter", BASE + "adapter: lora\nqat:\n  weight_dtype: int4\n",
+         ("quantization-aware training trains the weights it fake-quantizes", "remove `adapter: lora`")),
     # benchmark evaluation (ft.evaluate)
     Case("bertscore without a model", BASE + "eval_causal_lm_metrics: [bertscore]\n",
          ("the metric `bertscore` needs `bertscore_model`",)),

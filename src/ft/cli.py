@@ -259,6 +259,9 @@ QUIET = (
      "deepspeed says it at import whenever it is installed and no GPU is seen, also in runs that do not use it"),
     ("bitsandbytes.backends.cpu.ops", "",
      "bitsandbytes, on CPUs with AVX512-BF16, suggests an optional kernel package at import"),
+    ("torchao", "Failed to load", "torchao's wheel carries CUDA kernels for GPUs ft's qat does not use, and says so at import"),
+    ("torch.utils._pytree", "is an Enum subclass and is now natively supported",
+     "torchao registers its enums the old way at import; torch says it is deprecated"),
 )
 
 

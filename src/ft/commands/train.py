@@ -130,6 +130,10 @@ def build_run(cfg: FtConfig, world: int) -> Run:
             raise UserError("`peft_init_lora_weights` is supported on one process yet (the conversion of the adapter at "
                             "the end runs where the whole adapter is); remove it or train on one process")
         trainer.initial_adapter = save_initial_adapter(model, t.output_dir)
+    if cfg.quantization.qat and cfg.quantization.qat.fake_quant_after_n_steps:
+        from ft.train.callbacks import FakeQuantizationFrom
+
+        trainer.add_callback(FakeQuantizationFrom(cfg.quantization.qat.fake_quant_after_n_steps))
     if t.cosine_constant_lr_ratio is not None:
         trainer.cosine_constant = (t.cosine_constant_lr_ratio, t.cosine_min_lr_ratio or 0.0)
     if cfg.adapter.loraplus_lr_ratio or cfg.adapter.loraplus_lr_embedding:
@@ -247,6 +251,10 @@ def model_for_training(cfg: FtConfig, tokenizer: Any, layout: str, world: int = 
     model, grew = load_model(m, q, tokenizer, full=a.adapter is None, fsdp=fsdp, on_meta=on_meta)
     check_fsdp_wrap(cfg.distributed, model)
     layout, attention = use_packed_attention(model, layout, probe=not on_meta) if layout != PADDED else (layout, "")
+    if q.qat:
+        from ft.model.qat import prepare
+
+        prepare(model, q.qat)
     if t.tiled_mlp:
         from ft.model.tiled_mlp import tile_mlps
 

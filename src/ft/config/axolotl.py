@@ -228,7 +228,6 @@ KEYS: dict[str, Answer] = {
     "model_quantization_config": _refused("quantization configs other than bitsandbytes"),
     "model_quantization_config_kwargs": _refused("quantization configs other than bitsandbytes"),
     "quantization": _refused("post-training quantization"),
-    "qat": _refused("quantization-aware training"),
     "gptq": _refused("GPTQ models", False),
     "max_memory": _refused("a per-device memory map"),
     "gpu_memory_limit": _refused("a per-device memory map"),
@@ -379,7 +378,7 @@ peft_autocast_adapter_dtype peft_ensure_weight_tying peft_layer_replication peft
 peft_layers_to_transform peft_trainable_token_indices plugins pose_max_context_len pose_num_chunks
 pose_split_on_token_ids preprocess_iterable pretrain_multipack_attn pretrain_multipack_buffer_size
 pretraining_dataset pretraining_sample_concatenation process_reward_model processor_kwargs processor_type
-profiler_steps profiler_steps_start push_dataset_to_hub qat qgalore_cos_threshold qgalore_gamma_proj
+profiler_steps profiler_steps_start push_dataset_to_hub qgalore_cos_threshold qgalore_gamma_proj
 qgalore_proj_bits qgalore_proj_group_size qgalore_proj_quant qgalore_proj_type qgalore_queue_size qgalore_rank
 qgalore_scale qgalore_update_proj_gap qlora_sharded_model_loading quantization quantize_moe_experts ray_num_workers
 ray_run_name recipe reinit_weights relora relora_cpu_offload relora_prune_method relora_prune_ratio

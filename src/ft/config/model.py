@@ -120,6 +120,32 @@ class ModelConfig(Section):
         return None
 
 
+QAT_DTYPES = {"int4": "int4", "int8": "int8", "float8": "float8", "fp8": "float8", "float8_e4m3fn": "float8",
+              "nvfp4": "nvfp4", "mxfp4": "mxfp4"}
+
+
+class QatOptions(Section):
+    """`qat:` quantization-aware training (Axolotl's keys): torchao fake-quantizes the linear layers' weights (and
+    activations) in the forward pass, so the weights learn to survive the quantization applied after training."""
+
+    weight_dtype: str = Field("int8", description="The weights' quantization: int4, int8, float8, nvfp4, mxfp4.")
+    activation_dtype: Optional[str] = Field(None, description="The activations' quantization (int8, float8, nvfp4, "
+                                            "mxfp4), or none.")
+    group_size: int = Field(32, ge=1, description="Weights per quantization group (int4/int8 per-group scales).")
+    quantize_embedding: bool = Field(False, description="Fake-quantize the input embeddings' weights too.")
+    fake_quant_after_n_steps: Optional[int] = Field(
+        None, ge=0, description="Train this many steps unquantized first, then turn the fake quantization on.")
+
+    @field_validator("weight_dtype", "activation_dtype")
+    @classmethod
+    def _dtype(cls, v: Optional[str]) -> Optional[str]:
+        if v is None:
+            return v
+        if v not in QAT_DTYPES:
+            raise ValueError(f"`{v}` is not a QAT data type; valid: {', '.join(sorted(set(QAT_DTYPES)))}")
+        return QAT_DTYPES[v]
+
+
 class QuantizationConfig(Section):
     load_in_8bit: bool = Field(False, description="Load the base model in 8 bits (bitsandbytes LLM.int8).")
     load_in_4bit: bool = Field(False, description="Load the base model in 4 bits (bitsandbytes); use with qlora.")
@@ -135,6 +161,10 @@ class QuantizationConfig(Section):
     llm_int8_skip_modules: Optional[tuple[str, ...]] = Field(
         None, description="Modules to keep unquantized (default: the output head)."
     )
+    qat: Optional[QatOptions] = Field(
+        None, description="Quantization-aware training (`qat:` block, Axolotl's keys; torchao, `pip install "
+        "'ft[qat]'`): full fine-tuning with the linear layers fake-quantized; the saved model holds the trained "
+        "full-precision weights, ready to be quantized.")
 
     @property
     def bits(self) -> Optional[int]:

@@ -12,7 +12,7 @@ from ft.config.adapter import LoftQOptions
 from ft.config.data import DatasetConfig, UserDefinedFormat
 from ft.config.distributed import FsdpConfig
 from ft.config.load import ALIASES, SECTION_KEYS
-from ft.config.model import SpecialTokens
+from ft.config.model import QatOptions, SpecialTokens
 from ft.config.schema import FtConfig
 
 NESTED = {
@@ -21,6 +21,7 @@ NESTED = {
     "special_tokens:": SpecialTokens,
     "fsdp_config:": FsdpConfig,
     "peft: loftq_config:": LoftQOptions,
+    "qat:": QatOptions,
 }
 
 

@@ -100,6 +100,12 @@ def contradictions(cfg: FtConfig) -> list[Contradiction]:
                else "DoRA (its magnitudes are taken from the weights before LoftQ changes them; remove `peft_use_dora`)"
                if a.peft_use_dora else "FSDP (each process holds a share of every weight; use DDP or DeepSpeed ZeRO-1/2)")
         add("peft", f"LoftQ is not supported with {why}")
+    if q.qat and (a.adapter or q.bits):
+        add("qat", "quantization-aware training trains the weights it fake-quantizes (full fine-tuning); remove "
+            + (f"`adapter: {a.adapter}`" if a.adapter else f"`load_in_{q.bits}bit`") + " or `qat`")
+    if q.qat and q.qat.fake_quant_after_n_steps and t.max_steps and q.qat.fake_quant_after_n_steps >= t.max_steps:
+        add("qat", f"`fake_quant_after_n_steps: {q.qat.fake_quant_after_n_steps}` is at or after the last step "
+            f"(max_steps {t.max_steps}): the fake quantization would never start")
     if a.lora_model_dir and a.adapter is None:
         add("lora_model_dir", "`lora_model_dir` needs `adapter: lora` or `adapter: qlora`")
     if m.bf16 in (True, "full") and m.fp16:

@@ -26,6 +26,13 @@ def _every(steps: Optional[float], per_epoch: Optional[int], epoch_steps: int) -
     return None
 
 
+def optimizer_name(name: str, on_gpu: bool, sharded: bool) -> str:
+    """The Trainer's `optim` for `optimizer:`; PyTorch's AdamW as its fused CUDA kernel on one GPU without
+    DeepSpeed or FSDP (the same update in one kernel per step instead of a loop over tensors)."""
+    hf = OPTIMIZERS.get(name).hf_name
+    return "adamw_torch_fused" if hf == "adamw_torch" and on_gpu and not sharded else hf
+
+
 def training_arguments(
     t: TrainingConfig, lg: LoggingConfig, m: ModelConfig, train_rows: int, has_eval: bool, world_size: int,
     launch: dict[str, Any],
@@ -59,7 +66,7 @@ def training_arguments(
         learning_rate=t.learning_rate,
         lr_scheduler_type=SCHEDULERS.get(t.lr_scheduler) if t.cosine_min_lr_ratio is None else "cosine_with_min_lr",
         warmup_steps=warmup,
-        optim=OPTIMIZERS.get(t.optimizer).hf_name,
+        optim=optimizer_name(t.optimizer, on_gpu, bool(launch)),
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,
         bf16=dtype == torch.bfloat16,

@@ -1,8 +1,9 @@
-"""Trainer callbacks: the metrics log, the NaN guard, the loss watchdog, and the loss plot."""
+"""Trainer callbacks: the metrics log, the NaN guard, the loss watchdog, qat's delayed start, and the loss plot."""
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from pathlib import Path
@@ -11,6 +12,8 @@ from typing import Any
 from transformers import TrainerCallback
 
 from ft.errors import UserError
+
+log = logging.getLogger("ft")
 
 
 class TrainingDiverged(UserError):
@@ -86,6 +89,26 @@ class LossWatchdog(TrainerCallback):
                 f"the training loss stayed above loss_watchdog_threshold {self.threshold:g} for {self.patience} logged "
                 f"steps (step {state.global_step}: {loss:.4g}); lower learning_rate, or raise the threshold"
             )
+
+
+class FakeQuantizationFrom(TrainerCallback):
+    """qat's fake_quant_after_n_steps: the fake quantizers are off until that step (a resumed run past it starts
+    with them on)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        from ft.model.qat import set_fake_quantization
+
+        set_fake_quantization(model, state.global_step >= self.step)
+
+    def on_step_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        if state.global_step == self.step:
+            from ft.model.qat import set_fake_quantization
+
+            log.info("step %d: fake quantization on (fake_quant_after_n_steps)", self.step)
+            set_fake_quantization(model, True)
 
 
 def read_history(path: Path) -> list[dict[str, Any]]:
