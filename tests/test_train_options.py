@@ -179,3 +179,12 @@ def test_save_strategy_best_keeps_the_improving_evaluations(tmp_path: Path, tiny
     improving = [i for i, loss in enumerate(evals) if loss < min(evals[:i], default=float("inf"))]
     assert len(evals) == 3 and improving
     assert sorted(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*")) == [2 * (i + 1) for i in improving]
+
+
+def test_pytorch_adamw_runs_fused_on_one_gpu_only():
+    from ft.train.args import optimizer_name
+
+    assert optimizer_name("adamw_torch", True, False) == "adamw_torch_fused"
+    assert optimizer_name("adamw_torch", False, False) == "adamw_torch"  # CPU
+    assert optimizer_name("adamw_torch", True, True) == "adamw_torch"  # DeepSpeed / FSDP keep their own path
+    assert optimizer_name("adamw_bnb_8bit", True, False) == "adamw_bnb_8bit"

@@ -27,7 +27,7 @@ class TrainingConfig(Section):
         None, ge=0, le=1, description="With the cosine schedule: decay to this share of learning_rate instead of 0 "
         "(Axolotl's key; transformers' cosine_with_min_lr).")
     cosine_constant_lr_ratio: Optional[float] = Field(
-        None, gt=0, le=1, description="With cosine_min_lr_ratio: the cosine reaches its floor at this share of the "
+        None, ge=0, le=1, description="With cosine_min_lr_ratio: the cosine reaches its floor at this share of the "
         "steps and the rate stays there after (Axolotl's key; Gupta et al.'s re-warming schedule).")
     warmup_steps: Optional[int] = Field(None, ge=0, description="Linear warmup steps.")
     warmup_ratio: Optional[float] = Field(None, ge=0, lt=1, description="Warmup as a share of all steps.")
