@@ -1,28 +1,30 @@
 #!/usr/bin/env bash
-# The GPU check, in one command that ends within 9 minutes on the H200 of the device tool (its 10-minute
-# limit, with the machine's start, fits a 15-minute lease). Here first: `bash scripts/gpu_wheels.sh` (fills
-# `.whl`, copies the seed configs to `shared/`); then, carrying `.whl` and `shared`, on the GPU machine:
+# The GPU check, in one command that ends within 8 minutes on the H200 of the device tool (its 10-minute limit,
+# with the machine's start, fits a 15-minute lease). Here first: `bash scripts/gpu_wheels.sh` (fills `.whl`,
+# copies the seed configs to `shared/`); then, carrying `.whl` and `shared`, on the GPU machine:
 #
-#   bash scripts/gpu_check.sh           the eight stages below, most important first
+#   bash scripts/gpu_check.sh           the stages below, most important first
 #   bash scripts/gpu_check.sh --suite   the whole test suite on the CUDA machine (a second command, if time is left)
 #   bash scripts/gpu_check.sh --smoke   every stage's code on this CPU with the tiny model and tiny sizes (the
 #                                       test suite runs this: tests/test_gpu_check.py), so no typo wastes GPU minutes
 #
-# Stages, each under its own time budget (seconds), each writing its log and JSON under $OUT as soon as
-# they exist (the benchmarks save after every contender or trial), each saying what it skipped:
-#   tests       130  FT_TEST_GPU=1 pytest tests/test_gpu.py: packed rows equal rows alone (llama, qwen2,
-#                    mistral with a window, gemma2 with soft-capping that matters, phi3; LoRA and QLoRA), the
-#                    chunked loss, the bf16 base, offloading on a 32k row
-#   1b           80  scripts/bench_gpu.py --sizes 1b: padded Trainer, ft unpacked, ft packed 2 and 8 bins (LoRA, bf16)
-#   8b          130  scripts/bench_gpu.py --sizes 8b: padded Trainer, ft unpacked, ft packed 4 bins (QLoRA), MFU
-#   context     110  scripts/bench_context.py --lengths: 8B QLoRA rows of 16k and 80k tokens under a 24 GiB
-#                    cap, ft (offloading + tiled MLP) beside the plain baseline
-#   eval         30  scripts/bench_eval.py: ft eval's batched generation beside a one-row generate loop
-#   preference   30  scripts/bench_preference.py: ft's DPO beside TRL's DPOTrainer (real tokens/s, peak memory)
-#   distill      30  scripts/bench_distill.py: ft's distillation beside TRL's GKDTrainer (real tokens/s, peak memory)
-#   methods      90  scripts/compare_methods.py --shape 1b: seed 004's table of methods at Llama 3.2 1B's shape
-#                    (trained share, peak memory, tokens/s; most important methods first, each one saved)
-# With the install (~30 s): 660 s (over the 9 minutes: the GPU speed issue reshapes the stages).
+# Each stage runs under its own budget (seconds) and under what is left of the whole check's 470 s (started
+# from the first line, the install included): a stage that would have under 20 s left is skipped and said, and
+# the check ends in time whatever the stages take. Each writes its log (and JSON, saved as soon as a contender
+# or trial ends) under $OUT and says what it skipped:
+#   tests       130  FT_TEST_GPU=1 pytest tests/test_gpu.py: packed rows equal rows alone (five architectures;
+#                    LoRA and QLoRA), the chunked loss, the bf16 base, offloading on a 32k row
+#   8b          120  scripts/bench_gpu.py --sizes 8b-8l: Llama 3.1 8B's layers (8 of them), QLoRA with
+#                    checkpointing: ft packed and unpacked, TRL packed, the tuned and the plain Trainer; 20 timed
+#                    steps each; MFU by the usual count against the measured and the datasheet rate
+#   1b           90  the same at Llama 3.2 1B (16 layers, LoRA, bf16)
+#   context     110  scripts/bench_context.py --lengths: 8B QLoRA rows of 16k and 80k tokens under a 24 GiB cap
+#   plan         90  scripts/plan_accuracy.py --sizes 1b --lengths 4096: ft plan beside the measured peak
+#   preference   45  scripts/bench_preference.py: ft's DPO beside TRL's DPOTrainer
+#   eval         30  scripts/bench_eval.py (batched generation) and scripts/bench_mc.py (multiple choice beside
+#                    lm-eval, when lm-eval is there)
+#   distill      30  scripts/bench_distill.py: ft's distillation beside TRL's GKDTrainer
+#   methods      90  scripts/compare_methods.py --shape 1b: seed 004's table of methods
 set -uo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-check}
@@ -35,18 +37,19 @@ say() { echo "== [$(( $(date +%s) - started )) s] $*" | tee -a "$OUT/summary.log
 if [ "$mode" = --smoke ]; then
   PY=${PYTHON:-python3}
   SCALE=4  # a busy 2-core CPU runs the tiny sizes slower than the H200 runs the real ones
-  TESTS_ARGS=(-x); SIZES_1B=(tiny); SIZES_8B=(tiny-qlora); ROWS=120
+  TESTS_ARGS=(-x); SIZES_1B=(tiny); SIZES_8B=(tiny-qlora); ROWS=120; PLAN_ARGS=(--sizes tiny --lengths 128)
   CONTEXT_ARGS=(--contenders ft-offload-tiled baseline --lengths 256 512 --cap-gb 24)
   PREFERENCE_ARGS=(--contenders ft --pairs 16 --batch 4 --steps 2 --hidden 64 --layers 2)
   DISTILL_ARGS=(--contenders ft --rows 16 --batch 4 --steps 2 --hidden 64 --layers 2)
-  METHODS_ARGS=(--shape tiny --steps 2 --methods lora prompt_tuning bottleneck)
+  METHODS_ARGS=(--shape tiny --steps 2 --methods lora prompt_tuning bottleneck); MC_ROWS=40
 else
   PY=python3
   SCALE=1
-  TESTS_ARGS=(); SIZES_1B=(1b); SIZES_8B=(8b); ROWS=3000
+  TESTS_ARGS=(); SIZES_1B=(1b); SIZES_8B=(8b-8l); ROWS=3000; PLAN_ARGS=(--sizes 1b --lengths 4096)
   CONTEXT_ARGS=(--contenders ft-offload-tiled baseline --lengths 16384 81920 --cap-gb 24)
-  PREFERENCE_ARGS=(--pairs 512 --batch 16 --steps 24 --hidden 1024 --layers 8)
+  PREFERENCE_ARGS=(--pairs 512 --batch 16 --steps 20 --hidden 1024 --layers 8)
   DISTILL_ARGS=(--rows 256 --batch 16 --steps 16 --hidden 1024 --layers 4)
+  MC_ROWS=400
   METHODS_ARGS=(--shape 1b --steps 12 --methods lora qlora dora ia3 vera loha lokr prompt_tuning prefix_tuning p_tuning_v2 bottleneck full)
   # the machine's torch stays; what it lacks comes from .whl (scripts/gpu_wheels.sh); pip --target writes
   # the package to /tmp/site/ft and the console scripts (ft, lint-imports) to /tmp/site/bin
@@ -59,10 +62,17 @@ fi
 $PY -c "from importlib.metadata import version as v; print(*(f'{p} {v(p)}' for p in ('torch', 'transformers', 'peft', 'bitsandbytes')))" | tee -a "$OUT/summary.log"
 say "mode $mode, results in $OUT"
 
-# stage NAME BUDGET COMMAND...: runs COMMAND under its budget (SIGINT, then SIGKILL 10 s later), logs to $OUT/NAME.log
+# stage NAME BUDGET COMMAND...: runs COMMAND under its budget, or what is left of the check's (SIGINT, then SIGKILL
+# 10 s later), logs to $OUT/NAME.log
 status=0
+deadline=$(( started + 470 * SCALE ))
 stage() {
   local name=$1 budget=$(( $2 * SCALE )); shift 2
+  local left=$(( deadline - $(date +%s) - 10 ))
+  if [ "$left" -lt $(( 20 * SCALE )) ]; then
+    say "$name: skipped: ${left} s left of the check's 470 s"; status=1; return
+  fi
+  [ "$budget" -gt "$left" ] && budget=$left
   say "$name: start (budget $budget s)"
   timeout -s INT -k 10 "$budget" "$@" > "$OUT/$name.log" 2>&1
   local code=$?
@@ -80,11 +90,12 @@ if [ "$mode" = --suite ]; then
 fi
 
 stage tests 130 env FT_TEST_GPU=1 $PY -m pytest -q -p no:cacheprovider -rs "${TESTS_ARGS[@]}" tests/test_gpu.py
-stage 1b 80 $PY scripts/bench_gpu.py --sizes "${SIZES_1B[@]}" --rows $ROWS --out "$OUT/1b.json"
-stage 8b 130 $PY scripts/bench_gpu.py --sizes "${SIZES_8B[@]}" --rows $ROWS --out "$OUT/8b.json"
+stage 8b 120 $PY scripts/bench_gpu.py --sizes "${SIZES_8B[@]}" --rows $ROWS --out "$OUT/8b.json"
+stage 1b 90 $PY scripts/bench_gpu.py --sizes "${SIZES_1B[@]}" --rows $ROWS --out "$OUT/1b.json"
 stage context 110 $PY scripts/bench_context.py "${CONTEXT_ARGS[@]}" --out "$OUT/context.json"
-stage eval 30 $PY scripts/bench_eval.py --rows 64 --batch 16
-stage preference 30 $PY scripts/bench_preference.py "${PREFERENCE_ARGS[@]}" --out "$OUT/preference.json"
+stage plan 90 $PY scripts/plan_accuracy.py "${PLAN_ARGS[@]}"
+stage preference 45 $PY scripts/bench_preference.py "${PREFERENCE_ARGS[@]}" --out "$OUT/preference.json"
+stage eval 30 bash -c "$PY scripts/bench_eval.py --rows 64 --batch 16 && if $PY -c 'import lm_eval' 2>/dev/null; then $PY scripts/bench_mc.py --rows $MC_ROWS --repeats 1; else echo 'bench_mc: skipped (lm_eval is not installed)'; fi"
 stage distill 30 $PY scripts/bench_distill.py "${DISTILL_ARGS[@]}" --out "$OUT/distill.json"
 stage methods 90 $PY scripts/compare_methods.py "${METHODS_ARGS[@]}" --json "$OUT/methods.json"
 say "all stages ended (exit $status)"
