@@ -77,6 +77,18 @@ def test_early_stopping_and_group_by_length_run(tmp_path: Path, tiny_model_dir):
     assert trainer.state.global_step < 20  # the eval loss stopped improving and training stopped
 
 
+def scheduled_rates(cfg, steps: int) -> list[float]:
+    """The learning rate at each of `steps` + 1 steps, read off the scheduler the Trainer builds for `cfg`."""
+    trainer, _, _ = build(cfg)
+    trainer.create_optimizer_and_scheduler(num_training_steps=steps)
+    rates = []
+    for _ in range(steps + 1):
+        rates.append(trainer.lr_scheduler.get_last_lr()[0])
+        trainer.optimizer.step()
+        trainer.lr_scheduler.step()
+    return rates
+
+
 def test_cosine_min_lr_ratio_floors_the_cosine_schedule(tmp_path: Path, tiny_model_dir):
     """Axolotl's cosine_min_lr_ratio: after warmup the cosine falls from learning_rate to ratio × learning_rate
     (lr_t = lr · (r + (1 − r) · ½(1 + cos(π t / T)))), read off the scheduler the Trainer builds."""
@@ -84,13 +96,7 @@ def test_cosine_min_lr_ratio_floors_the_cosine_schedule(tmp_path: Path, tiny_mod
 
     cfg = make_config(tmp_path, tiny_model_dir("llama"), lr_scheduler="cosine", cosine_min_lr_ratio=0.1, max_steps=10,
                       learning_rate=0.01, **LORA)
-    trainer, _, _ = build(cfg)
-    trainer.create_optimizer_and_scheduler(num_training_steps=10)
-    rates = []
-    for _ in range(11):
-        rates.append(trainer.lr_scheduler.get_last_lr()[0])
-        trainer.optimizer.step()
-        trainer.lr_scheduler.step()
+    rates = scheduled_rates(cfg, 10)
     want = [0.01 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t / 10))) for t in range(11)]
     assert all(abs(a - b) <= 1e-9 for a, b in zip(rates, want)), (rates, want)
 
@@ -124,13 +130,7 @@ def test_cosine_constant_lr_ratio_holds_the_floor_after_its_share_of_the_steps(t
 
     cfg = make_config(tmp_path, tiny_model_dir("llama"), lr_scheduler="cosine", cosine_min_lr_ratio=0.2,
                       cosine_constant_lr_ratio=0.6, warmup_steps=2, max_steps=10, learning_rate=0.01, **LORA)
-    trainer, _, _ = build(cfg)
-    trainer.create_optimizer_and_scheduler(num_training_steps=10)
-    rates = []
-    for _ in range(11):
-        rates.append(trainer.lr_scheduler.get_last_lr()[0])
-        trainer.optimizer.step()
-        trainer.lr_scheduler.step()
+    rates = scheduled_rates(cfg, 10)
     want = [0.0, 0.005] + [0.01 * (0.2 + 0.8 * 0.5 * (1 + math.cos(math.pi * (t - 2) / 4))) for t in range(2, 6)] + [0.002] * 5
     assert all(abs(a - b) <= 1e-12 for a, b in zip(rates, want)), (rates, want)
 
