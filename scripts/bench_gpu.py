@@ -50,7 +50,7 @@ SETUP = {  # micro batch of the unpacked contenders, bins per packed micro batch
     "1b": (16, (8,), False, False, 3, 20),
     "8b": (8, (4,), True, True, 2, 20),
     "8b-8l": (8, (4,), True, True, 2, 20),
-    "tiny": (4, (1, 2), False, False, 1, 2),
+    "tiny": (4, (2,), False, False, 1, 2),
     "tiny-qlora": (4, (2,), True, True, 1, 2),  # the 8b code path (QLoRA, checkpointing) at the tiny shape
 }
 

@@ -67,6 +67,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", nargs="+", default=["1b", "8b"])
     parser.add_argument("--lengths", type=int, nargs="+", default=[512, 4096, 16384])
+    parser.add_argument("--methods", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--memory", nargs="+", default=list(MEMORY), choices=list(MEMORY), help="which memory settings")
     parser.add_argument("--out", default=None, help="write the markdown table here too")
     args = parser.parse_args()
 
@@ -81,12 +83,12 @@ def main() -> None:
     for size in args.sizes:
         work = Path(tempfile.mkdtemp(prefix=f"ft-plan-accuracy-{size}-"))
         model = build_model(size, work, device)
-        for method in SETTINGS:
+        for method in args.methods:
             if method == "full" and size == "8b":
                 continue
             if method == "qlora" and device == "cpu":
                 continue  # bitsandbytes on CPU keeps other buffers than on CUDA; the CPU run only smoke-tests the code
-            for memory in MEMORY:
+            for memory in args.memory:
                 for length in args.lengths:
                     code = ("import json, sys; sys.path.insert(0, sys.argv[1]); from plan_accuracy import one; "
                             "print('ROW ' + json.dumps(one(sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5], sys.argv[6])))")

@@ -249,6 +249,7 @@ def test_loftq_starts_from_the_quantization_error_and_loads_and_merges_as_traine
     ({"adapter": "lora", "peft_use_dora": True}, "LoftQ is not supported with DoRA"),
     ({"adapter": "lora", "fsdp": ["full_shard"]}, "LoftQ is not supported with FSDP"),
     ({"adapter": "lora", "peft_init_lora_weights": "pissa"}, "this run has `peft_init_lora_weights: pissa`"),
+    ({"adapter": "lora", "lora_target_parameters": ["mlp.experts.down_proj"]}, "which it does not start"),
 ])
 def test_loftq_where_it_cannot_start_is_refused_by_validate(keys: dict, words: str, tmp_path: Path):
     test_what_a_method_cannot_do_is_refused_by_validate({**keys, "peft": {"loftq_config": {"loftq_bits": 4}}}, words, tmp_path)

@@ -128,6 +128,9 @@ class AdapterConfig(Section):
             other = f"`peft_init_lora_weights: {self.peft_init_lora_weights}`" if self.peft_init_lora_weights else has
             raise Contradiction("peft", "LoftQ quantizes the base's weights itself and starts LoRA from what that "
                                 f"lost, which needs `adapter: lora` on a 16-bit base; this run has {other}")
+        if self.peft.loftq_config and self.lora_target_parameters:
+            raise Contradiction("peft", "LoftQ quantizes linear layers' weights; `lora_target_parameters` adds LoRA to other "
+                                "tensors, which it does not start: remove one of them")
         if self.lora_target_parameters and self.adapter not in ("lora", "qlora"):
             raise Contradiction("lora_target_parameters", f"it adds LoRA to parameters, and this run has {has}")
         if (self.loraplus_lr_ratio or self.loraplus_lr_embedding) and self.adapter not in ("lora", "qlora"):
