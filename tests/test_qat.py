@@ -39,6 +39,7 @@ def test_qat(check: str, tmp_path: Path, tiny_model_dir):
     ({"adapter": "lora", "qat": QAT}, "quantization-aware training trains the weights it fake-quantizes"),
     ({"adapter": "qlora", "load_in_4bit": True, "qat": QAT}, "remove `adapter: qlora`"),
     ({"qat": {"weight_dtype": "int3"}}, "`int3` is not a QAT data type"),
+    ({"qat": {"activation_dtype": "int4"}}, "int4 activations are not supported"),
     ({"qat": {**QAT, "fake_quant_after_n_steps": 9}, "max_steps": 5}, "the fake quantization would never start"),
 ])
 def test_what_qat_cannot_do_is_refused_by_validate(keys: dict, words: str, tmp_path: Path):

@@ -46,6 +46,17 @@ def load_model(cfg: FtConfig, which: str) -> tuple[Any, Any]:
     return model, AutoTokenizer.from_pretrained(merged)
 
 
+def eval_folder(cfg: FtConfig, name: str) -> Path:
+    """output_dir/eval-<name>, made if missing: where one model's evaluation writes."""
+    folder = Path(cfg.training.output_dir) / f"eval-{name}"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def eval_batch(cfg: FtConfig) -> int:
+    return cfg.training.eval_batch_size or max(cfg.training.micro_batch_size, 8)
+
+
 def run_eval(cfg: FtConfig, data_file: Optional[str], limit: Optional[int], which: str) -> dict[str, Any]:
     from ft.launch.backend import keep_caches_in
 
@@ -66,12 +77,11 @@ def run_eval(cfg: FtConfig, data_file: Optional[str], limit: Optional[int], whic
     rows, skipped = eval_rows(raw[:limit] if limit else raw, ds, cfg.data, tokenizer)
     if not rows:
         raise DataError(f"no row of `{ds.path}` has a prompt and an answer within sequence_len {cfg.data.sequence_len}")
-    folder = Path(cfg.training.output_dir) / f"eval-{which}"
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = eval_folder(cfg, which)
     path = folder / "predictions.jsonl"
     done = done_ids(path)
     started, generated = time.perf_counter(), 0
-    size = cfg.training.eval_batch_size or max(cfg.training.micro_batch_size, 8)
+    size = eval_batch(cfg)
     pending = [r for r in rows if r.id not in done]
     from ft.progress import Progress
 
@@ -124,11 +134,10 @@ def run_choices(cfg: FtConfig, ds: Any, raw: list[dict[str, Any]], model: Any, t
     rows, skipped = choice_rows(raw, ds, cfg.data, tokenizer)
     if not rows:
         raise DataError(f"no row of `{ds.path}` has its prompt and choices within sequence_len {cfg.data.sequence_len}")
-    folder = Path(cfg.training.output_dir) / f"eval-{which}-choices"  # beside the generated answers' eval-<which>
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = eval_folder(cfg, f"{which}-choices")  # beside the generated answers' eval-<which>
     path = folder / "predictions.jsonl"
     done = done_ids(path)
-    size = cfg.training.eval_batch_size or max(cfg.training.micro_batch_size, 8)
+    size = eval_batch(cfg)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     todo = [b for b in fixed_batches(rows, size) if any(r.id not in done for r in b)]
     progress = Progress(sum(len(b) for b in todo), "ft eval: rows scored")
@@ -179,8 +188,7 @@ def run_harness(cfg: FtConfig, tasks: tuple[str, ...], limit: Optional[int], whi
 def write_harness(cfg: FtConfig, results: dict[str, Any], which: str) -> dict[str, Any]:
     from ft.files import atomic_write_text
 
-    folder = Path(cfg.training.output_dir) / f"eval-{which}"
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = eval_folder(cfg, which)
     atomic_write_text(folder / "lm_eval_results.json", json.dumps({"model": which, "results": results}, indent=1))
     print(f"ft eval ({which}): lm-eval → {folder / 'lm_eval_results.json'}")
     for task, metrics in results.items():

@@ -145,6 +145,13 @@ class QatOptions(Section):
             raise ValueError(f"`{v}` is not a QAT data type; valid: {', '.join(sorted(set(QAT_DTYPES)))}")
         return QAT_DTYPES[v]
 
+    @field_validator("activation_dtype")
+    @classmethod
+    def _activations(cls, v: Optional[str]) -> Optional[str]:
+        if v == "int4":
+            raise ValueError("int4 activations are not supported; use int8 or float8 activations")
+        return v
+
 
 class QuantizationConfig(Section):
     load_in_8bit: bool = Field(False, description="Load the base model in 8 bits (bitsandbytes LLM.int8).")

@@ -13,8 +13,9 @@ and prefix tuning, run prompt + choice whole instead).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping
 
 from ft.config.data import DataConfig, DatasetConfig
 from ft.data.formats import Format, Segment, build_format
@@ -101,7 +102,7 @@ def choice_rows(rows: list[dict[str, Any]], ds: DatasetConfig, data: DataConfig,
         firsts = [next(j for j, label in enumerate(labels) if label != IGNORE) for labels in t.labels]
         ends = [len(ids) - (1 if fmt.append_eos and ids[-1] == tokenizer.eos_token_id else 0) for ids in t.input_ids]
         # the prompt's tokens; shorter where a choice's first token took in the prompt's last characters
-        cut = min(len(_common_prefix([tuple(ids) for ids in t.input_ids])), *firsts)
+        cut = min(len(os.path.commonprefix(t.input_ids)), *firsts)
         if cut == 0:
             skipped += 1
             continue
@@ -109,13 +110,6 @@ def choice_rows(rows: list[dict[str, Any]], ds: DatasetConfig, data: DataConfig,
         continuations = tuple(tuple(ids[cut:end]) for ids, end in zip(t.input_ids, ends))
         out.append(ChoiceRow(i, context, continuations, tuple(choices), answer, prompt))
     return out, skipped
-
-
-def _common_prefix(seqs: list[tuple[int, ...]]) -> tuple[int, ...]:
-    n = 0
-    while all(len(s) > n for s in seqs) and len({s[n] for s in seqs}) == 1:
-        n += 1
-    return seqs[0][:n]
 
 
 def shares_prompt(model: Any) -> bool:
@@ -218,6 +212,6 @@ def fixed_batches(rows: list[ChoiceRow], size: int) -> list[list[ChoiceRow]]:
     return [ordered[i : i + size] for i in range(0, len(ordered), size)]
 
 
-def corpus(written: list[dict[str, Any]]) -> dict[str, Optional[float]]:
+def corpus(written: list[dict[str, Any]]) -> dict[str, float]:
     n = len(written)
     return {k: sum(w["scores"][k] for w in written) / n for k in ("acc", "acc_norm")}

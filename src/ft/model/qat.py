@@ -47,8 +47,6 @@ def prepare(model: Any, options: QatOptions) -> int:
         from torchao.quantization.qat import QATConfig
     except ImportError:
         raise ConfigError("`qat` needs torchao: pip install 'ft[qat]'") from None
-    if options.activation_dtype in ("int4",):
-        raise ConfigError("`qat: activation_dtype: int4` is not supported; use int8 or float8 activations")
     head = model.get_output_embeddings()
     linear = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not head]
     config = QATConfig(activation_config=_fake_config(options.activation_dtype, False, options.group_size)
