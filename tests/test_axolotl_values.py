@@ -104,7 +104,9 @@ def test_dataset_entry_keys(tmp_path: Path):
     cfg, _ = _load(tmp_path, f"{CHAT}    message_property_mappings:\n      role: role\n      content: content\n")
     assert cfg.data.datasets[0].message_field_role is None
     assert "entry `thinking`" in _refused(tmp_path, f"{CHAT}    message_property_mappings:\n      thinking: t\n")
-    assert "Axolotl's dataset key `field_thinking` (reasoning text" in _refused(tmp_path, f"{CHAT}    field_thinking: t\n")
+    assert "Axolotl's dataset key `split_thinking` (reasoning text" in _refused(tmp_path, f"{CHAT}    split_thinking: true\n")
+    cfg, _ = _load(tmp_path, f"{CHAT}    field_thinking: t\n    template_thinking_key: thinking\n")
+    assert (cfg.data.datasets[0].field_thinking, cfg.data.datasets[0].template_thinking_key) == ("t", "thinking")
     assert "keep one" in _refused(tmp_path, f"{CHAT}    train_on_eot: all\n    train_on_eos: turn\n")
 
 

@@ -75,3 +75,26 @@ def test_missing_messages_column_is_an_error(tiny_tokenizer):
 
     with pytest.raises(DataError, match=r"row 0 \(columns: text\): missing column `messages`"):
         tokenize([{"text": "x"}], tiny_tokenizer, "chat_template")
+
+
+THINKING = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{% if m.thinking %}<think>{{ m.thinking }}</think>"
+            "{% endif %}{{ m.content }}<|im_end|>\n{% endfor %}")
+
+
+def test_reasoning_text_goes_to_the_template_and_is_trained(tiny_tokenizer):
+    """field_thinking → template_thinking_key (gpt-oss's example): the template writes it, and it is trained with its
+    turn; the same rows with Axolotl's default key (reasoning_content) pass it under that key."""
+    tok = tiny_tokenizer
+    turns = [{"role": "user", "content": "Say hi."}, {"role": "assistant", "content": "hi", "why": "a greeting"}]
+    keys = {"chat_template_jinja": THINKING, "field_thinking": "why", "template_thinking_key": "thinking"}
+    out = tokenize([{"messages": turns}], tok, "chat_template", keys, sequence_len=512)
+    expected = [turns[0], {"role": "assistant", "content": "hi", "thinking": "a greeting"}]
+    assert out.input_ids[0] == reference_ids(tok, expected, THINKING)
+    trained = trained_text(out.input_ids[0], out.labels[0], tok)
+    assert trained.endswith("a greeting</think>hi<|im_end|>") and len(trained) <= len("<think>a greeting</think>hi<|im_end|>")
+    plain = tokenize([{"messages": turns}], tok, "chat_template", {"chat_template_jinja": THINKING}, sequence_len=512)
+    assert trained_text(plain.input_ids[0], plain.labels[0], tok) == "hi<|im_end|>"  # no `why` read without the key
+    default = [turns[0], {"role": "assistant", "content": "hi", "reasoning_content": "a greeting"}]
+    read = THINKING.replace("m.thinking", "m.reasoning_content")
+    out = tokenize([{"messages": default}], tok, "chat_template", {"chat_template_jinja": read}, sequence_len=512)
+    assert trained_text(out.input_ids[0], out.labels[0], tok) == trained

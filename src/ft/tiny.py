@@ -14,6 +14,7 @@ from ft.data.formats.alpaca import NO_INPUT, WITH_INPUT
 from ft.tokenizer.chat_templates import CHAT_TEMPLATES
 
 ARCHITECTURES = ("llama", "qwen2", "mistral", "gemma2", "phi3")
+MIXTURES = ("qwen3_moe",)  # mixture-of-experts models, with the routed experts' weights as 3-D parameters
 SPECIAL = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"}
 CHAT_TOKENS = ("<|im_start|>", "<|im_end|>")
 
@@ -74,8 +75,8 @@ def model_config(arch: str, tokenizer: Any, **overrides: Any) -> Any:
     """A tiny config of one of ARCHITECTURES, sized to the tokenizer."""
     import transformers
 
-    if arch not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture `{arch}`; valid: {', '.join(ARCHITECTURES)}")
+    if arch not in ARCHITECTURES + MIXTURES:
+        raise ValueError(f"unknown architecture `{arch}`; valid: {', '.join(ARCHITECTURES + MIXTURES)}")
     common: dict[str, Any] = dict(
         vocab_size=len(tokenizer),
         hidden_size=64,
@@ -95,6 +96,7 @@ def model_config(arch: str, tokenizer: Any, **overrides: Any) -> Any:
         "mistral": {"sliding_window": None},
         "gemma2": {"head_dim": 16, "query_pre_attn_scalar": 16, "sliding_window": 256},
         "phi3": {"original_max_position_embeddings": 4096},
+        "qwen3_moe": {"head_dim": 16, "moe_intermediate_size": 32, "num_experts": 4, "num_experts_per_tok": 2},
     }
     cls = {
         "llama": transformers.LlamaConfig,
@@ -102,6 +104,7 @@ def model_config(arch: str, tokenizer: Any, **overrides: Any) -> Any:
         "mistral": transformers.MistralConfig,
         "gemma2": transformers.Gemma2Config,
         "phi3": transformers.Phi3Config,
+        "qwen3_moe": transformers.Qwen3MoeConfig,
     }[arch]
     return cls(**{**common, **extra[arch], **overrides})
 

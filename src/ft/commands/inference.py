@@ -35,6 +35,10 @@ def load_for_inference(cfg: FtConfig, base_only: bool = False) -> tuple[Any, Any
     else:
         tokenizer = load_tokenizer(m)
     kwargs = {"dtype": resolve_dtype(m), "trust_remote_code": m.trust_remote_code}
+    if source == m.base_model:
+        from ft.model.load import dequantized
+
+        kwargs.update(dequantized(m))
     model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     if adapter is not None and (adapter / "bottleneck_config.json").is_file():
         from ft.model.methods.bottleneck import load

@@ -50,6 +50,9 @@ def build_run(cfg: FtConfig, world: int) -> Run:
     if cfg.adapter.peft.loftq_config and sharding:
         raise UserError(f"LoftQ (`peft: loftq_config`) is not supported with {sharding} (each process holds a share of "
                         "every weight it quantizes); use DeepSpeed ZeRO-1/2 or DDP")
+    if cfg.quantization.quantize_moe_experts and sharding:
+        raise UserError(f"`quantize_moe_experts` is not supported with {sharding} yet (it would shard the packed bytes "
+                        "of each experts' weight apart from its scales); use DeepSpeed ZeRO-1/2 or DDP, or remove it")
     on_gpu = torch.cuda.is_available()
     pairs = cfg.preference.rl is not None
     layout = PADDING_FREE if pairs else batch_layout(d, t.group_by_length, on_gpu)  # a pair's answers end to end

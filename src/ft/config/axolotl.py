@@ -173,7 +173,6 @@ KEYS: dict[str, Answer] = {
     "dp_replicate_size": _refused("N-D parallelism"),
     "ring_attn_func": _refused("ring attention"),
     "heads_k_stride": _refused("ring attention"),
-    "quantize_moe_experts": _refused("quantized mixture-of-experts weights", False),
     "lora_rank_pattern": _refused("per-module LoRA ranks"),
     "lora_alpha_pattern": _refused("per-module LoRA alphas"),
     "use_wandb": _noop("Weights & Biases logging", "ft logs to W&B when wandb_project is set", False),
@@ -225,8 +224,6 @@ KEYS: dict[str, Answer] = {
     "cls_model_config": _refused("model config overrides"),
     "model_kwargs": _refused("model loading arguments"),
     "model_revision": _refused("a model revision (use revision_of_model)"),
-    "model_quantization_config": _refused("quantization configs other than bitsandbytes"),
-    "model_quantization_config_kwargs": _refused("quantization configs other than bitsandbytes"),
     "quantization": _refused("post-training quantization"),
     "gptq": _refused("GPTQ models", False),
     "max_memory": _refused("a per-device memory map"),
@@ -368,7 +365,7 @@ llmcompressor lm_eval_model local_rank lora_alpha_pattern
 lora_embedding_kernel lora_mlp_kernel lora_o_kernel lora_on_cpu lora_qkv_kernel lora_rank_pattern low_cpu_mem_usage
 lr_div_factor lr_groups lr_quadratic_warmup lr_scheduler_kwargs max_memory max_prompt_len mean_resizing_embeddings
 merge_lora merge_method min_sample_len mlflow_experiment_name mlflow_run_name mlflow_tracking_uri model_kwargs
-model_quantization_config model_quantization_config_kwargs model_revision moe_bnb_fast moe_dequant_chunk_size
+model_revision moe_bnb_fast moe_dequant_chunk_size
 moe_grouped_backend mora multipack_real_batches nemo_gym_auto_clone nemo_gym_auto_start nemo_gym_config_paths
 nemo_gym_datasets nemo_gym_dir nemo_gym_enabled nemo_gym_head_port nemo_gym_max_turns nemo_gym_model_name
 nemo_gym_multi_turn nemo_gym_run_timeout nemo_gym_server_timeout nemo_gym_verify_timeout noisy_embedding_alpha
@@ -380,7 +377,7 @@ pose_split_on_token_ids preprocess_iterable pretrain_multipack_attn pretrain_mul
 pretraining_dataset pretraining_sample_concatenation process_reward_model processor_kwargs processor_type
 profiler_steps profiler_steps_start push_dataset_to_hub qgalore_cos_threshold qgalore_gamma_proj
 qgalore_proj_bits qgalore_proj_group_size qgalore_proj_quant qgalore_proj_type qgalore_queue_size qgalore_rank
-qgalore_scale qgalore_update_proj_gap qlora_sharded_model_loading quantization quantize_moe_experts ray_num_workers
+qgalore_scale qgalore_update_proj_gap qlora_sharded_model_loading quantization ray_num_workers
 ray_run_name recipe reinit_weights relora relora_cpu_offload relora_prune_method relora_prune_ratio
 remove_unused_columns resources_per_worker reward_model ring_attn_func role_boundaries rope_scaling rpo_alpha
 s2_attention sage_attention sample_packing_bin_size sample_packing_eff_est sample_packing_group_size

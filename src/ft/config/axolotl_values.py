@@ -111,8 +111,6 @@ def _template(key: str, value: Any) -> tuple[dict[str, Any], str]:
 # Axolotl's keys of a `datasets:` entry that ft's DatasetConfig lacks, refused by feature unless empty or set to
 # what ft does anyway (the values in the tuple).
 REFUSED_DATASET_KEYS: dict[str, tuple[str, tuple[Any, ...]]] = {
-    "field_thinking": ("reasoning text in its own field", ()),
-    "template_thinking_key": ("reasoning text in its own field", ()),
     "split_thinking": ("reasoning text split from the answer", (False,)),
     "message_field_training": ("per-turn training flags", ()),
     "message_field_training_detail": ("per-turn training spans", ()),

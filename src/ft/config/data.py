@@ -94,6 +94,12 @@ class DatasetConfig(Section):
     message_field_content: Optional[str] = Field(
         None, description="`chat_template`: the key of a turn's text (default: content, or value in ShareGPT rows)."
     )
+    field_thinking: Optional[str] = Field(
+        None, description="`chat_template`: the key of a turn's reasoning text (default: reasoning_content), handed to "
+        "the chat template under template_thinking_key and trained with the turn.")
+    template_thinking_key: Optional[str] = Field(
+        None, description="`chat_template`: the message key the chat template reads reasoning from (default: "
+        "reasoning_content; gpt-oss's template reads `thinking`).")
     roles: Optional[dict[str, tuple[str, ...]]] = Field(
         None, description="`chat_template`: the role names of the rows for each role of the template, e.g. {user: "
         "[human, user], assistant: [gpt, assistant]}; a role not listed is kept as written.")
@@ -182,7 +188,7 @@ class DatasetConfig(Section):
 
 # The keys of a `datasets:` entry that only some formats read (each format declares its own in `reads`).
 FORMAT_KEYS = ("field", "field_messages", "message_field_role", "message_field_content", "roles_to_train", "roles",
-               "drop_system_message",
+               "drop_system_message", "field_thinking", "template_thinking_key",
                "train_on_eos", "chat_template", "chat_template_jinja", "field_chosen", "field_rejected")
 
 

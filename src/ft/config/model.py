@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, Optional
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from ft.config.base import Section
 from ft.config.context import canonical
@@ -75,12 +75,30 @@ class ModelConfig(Section):
     experts_implementation: Optional[Literal["eager", "grouped_mm", "batched_mm"]] = Field(
         None, description="Mixture-of-experts models: how transformers runs the experts (one grouped matmul, "
         "batched matmuls, or a loop over experts). Default: grouped_mm where the model supports it.")
+    model_quantization_config: Optional[Literal["Mxfp4Config", "FineGrainedFP8Config"]] = Field(
+        None, description="A checkpoint stored in MXFP4 (gpt-oss) or block FP8 (DeepSeek, Qwen3 FP8), read back in the "
+        "training dtype: needs `model_quantization_config_kwargs: {dequantize: true}` (training on MXFP4 or FP8 "
+        "weights themselves is not supported). A checkpoint in 16 bits loads as it is.")
+    model_quantization_config_kwargs: Optional[dict[str, Any]] = Field(
+        None, description="Arguments of model_quantization_config's transformers class, e.g. {dequantize: true}.")
     model_config_overrides: Optional[dict[str, Any]] = Field(
         None, description="Values set on the model's config before it is built, e.g. {output_router_logits: true} "
         "(Axolotl's `model_config`, also accepted as that name).")
     resize_token_embeddings_to_32x: bool = Field(
         False, description="Pad the embeddings (and head) to a multiple of 32 rows: faster matmuls on GPUs; the "
         "padding rows are never produced by the tokenizer.")
+
+    @model_validator(mode="after")
+    def _dequantized(self) -> "ModelConfig":
+        kwargs = self.model_quantization_config_kwargs or {}
+        if kwargs and not self.model_quantization_config:
+            raise ValueError("`model_quantization_config_kwargs` needs `model_quantization_config` (Mxfp4Config or "
+                             "FineGrainedFP8Config)")
+        if self.model_quantization_config and kwargs.get("dequantize") is not True:
+            raise ValueError(f"`model_quantization_config: {self.model_quantization_config}`: ft trains on the "
+                             "checkpoint's weights read back in the training dtype; add "
+                             "`model_quantization_config_kwargs: {dequantize: true}`")
+        return self
 
     @field_validator("tokens", mode="before")
     @classmethod
@@ -168,6 +186,9 @@ class QuantizationConfig(Section):
     llm_int8_skip_modules: Optional[tuple[str, ...]] = Field(
         None, description="Modules to keep unquantized (default: the output head)."
     )
+    quantize_moe_experts: bool = Field(
+        False, description="Quantize a mixture-of-experts model's routed experts (3-D weights, which bitsandbytes' "
+        "loading leaves in 16 bits) to the base's 4 or 8 bits too; they stay frozen.")
     qat: Optional[QatOptions] = Field(
         None, description="Quantization-aware training (`qat:` block, Axolotl's keys; torchao, `pip install "
         "'ft[qat]'`): full fine-tuning with the linear layers fake-quantized; the saved model holds the trained "

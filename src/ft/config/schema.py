@@ -100,6 +100,18 @@ def contradictions(cfg: FtConfig) -> list[Contradiction]:
                else "DoRA (its magnitudes are taken from the weights before LoftQ changes them; remove `peft_use_dora`)"
                if a.peft_use_dora else "FSDP (each process holds a share of every weight; use DDP or DeepSpeed ZeRO-1/2)")
         add("peft", f"LoftQ is not supported with {why}")
+    if m.model_quantization_config and q.bits:
+        add("model_quantization_config", f"`model_quantization_config` reads the checkpoint back in 16 bits and "
+            f"`load_in_{q.bits}bit` quantizes it with bitsandbytes; keep one")
+    if q.quantize_moe_experts and not q.bits:
+        add("quantize_moe_experts", "`quantize_moe_experts` stores the experts in the base's bits: set `load_in_4bit` "
+            "(with `adapter: qlora`) or `load_in_8bit` (with `adapter: lora`)")
+    elif q.quantize_moe_experts and a.lora_target_parameters:
+        add("quantize_moe_experts", "LoRA on parameters (`lora_target_parameters`) cannot wrap experts' weights stored "
+            "quantized: remove `quantize_moe_experts` (16-bit experts) or `lora_target_parameters`")
+    elif q.quantize_moe_experts and d.fsdp:
+        add("quantize_moe_experts", "`quantize_moe_experts` is not supported with fsdp yet (FSDP would shard the packed "
+            "bytes of each experts' weight apart from its scales); use DDP or DeepSpeed ZeRO-1/2, or remove it")
     if q.qat and (a.adapter or q.bits):
         add("qat", "quantization-aware training trains the weights it fake-quantizes (full fine-tuning); remove "
             + (f"`adapter: {a.adapter}`" if a.adapter else f"`load_in_{q.bits}bit`") + " or `qat`")

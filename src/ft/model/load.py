@@ -38,6 +38,7 @@ def load_model(m: ModelConfig, q: QuantizationConfig, tokenizer: Any, *, full: b
         kwargs["experts_implementation"] = m.experts_implementation
     if m.base_model_config or m.model_config_overrides:
         kwargs["config"] = model_config(m)
+    kwargs.update(dequantized(m))
     quant = bnb_config(q, dtype, fsdp=fsdp)
     if quant is not None:
         kwargs["quantization_config"] = quant
@@ -79,9 +80,42 @@ def load_model(m: ModelConfig, q: QuantizationConfig, tokenizer: Any, *, full: b
         # transformers before 5.2x loads Gemma-2 with sdpa, which ignores its attention logit soft-capping
         log.warning("%s soft-caps its attention scores, which sdpa cannot: using its eager attention", type(model).__name__)
         model.set_attn_implementation("eager")
+    if q.quantize_moe_experts:
+        from ft.model.experts import quantize_experts
+
+        if not quantize_experts(model, q):
+            log.warning("quantize_moe_experts: %s has no experts' weights of 3 dimensions (its experts, if any, are "
+                        "linear layers, quantized with the rest): nothing more to quantize", type(model).__name__)
     if q.bits == 4 and not torch.cuda.is_available():
         guard_cpu_4bit(model)
     return model, grew
+
+
+STORED = {"Mxfp4Config": "mxfp4", "FineGrainedFP8Config": "fp8"}  # model_quantization_config → the checkpoint's quant_method
+
+
+def dequantized(m: ModelConfig) -> dict[str, Any]:
+    """from_pretrained's arguments that read an MXFP4 or FP8 checkpoint back in the training dtype
+    (model_quantization_config); none for a checkpoint stored in 16 bits, which loads as it is."""
+    if not m.model_quantization_config:
+        return {}
+    import json
+    from pathlib import Path
+
+    import transformers
+
+    path = Path(m.base_model_config or m.base_model) / "config.json"
+    stored = (json.loads(path.read_text()).get("quantization_config") or {}) if path.is_file() else {}
+    method = stored.get("quant_method")
+    if method is None:
+        log.info("model_quantization_config: %s is stored in 16 bits; nothing to dequantize", m.base_model)
+        return {}
+    if method != STORED[m.model_quantization_config]:
+        raise ConfigError(f"`model_quantization_config: {m.model_quantization_config}`, and {m.base_model} is stored as "
+                          f"`{method}`: set the config that matches it, or remove the key")
+    config = getattr(transformers, m.model_quantization_config)(**(m.model_quantization_config_kwargs or {}))
+    log.info("model_quantization_config: %s's %s weights read back in the training dtype", m.base_model, method)
+    return {"quantization_config": config}
 
 
 def model_config(m: ModelConfig) -> Any:

@@ -21,6 +21,7 @@ def merge_lora(m: ModelConfig, adapter: Path, out: Path) -> Path:
     """Write to `out` the base model of `m` with the adapter in `adapter` folded in, and its tokenizer."""
     from transformers import AutoModelForCausalLM
 
+    from ft.model.load import dequantized
     from ft.model.loftq import load_adapter
 
     if (adapter / "bottleneck_config.json").is_file():
@@ -39,6 +40,7 @@ def merge_lora(m: ModelConfig, adapter: Path, out: Path) -> Path:
     base = AutoModelForCausalLM.from_pretrained(
         # the training precision (fp32 on CPU), never quantized: the adapter merges into full weights
         m.base_model, dtype=resolve_dtype(m), trust_remote_code=m.trust_remote_code, revision=m.revision_of_model,
+        **dequantized(m),
     )
     if len(tokenizer) != base.get_input_embeddings().weight.shape[0]:
         base.resize_token_embeddings(len(tokenizer))

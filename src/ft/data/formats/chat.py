@@ -4,7 +4,9 @@ The text is exactly `tokenizer.apply_chat_template(messages, tokenize=False)`. T
 rendering prefixes of the conversation: the text up to the start of turn i's content is the rendering of
 turns [0, i) with the generation prompt, and the end of turn i (its end-of-turn tokens included) is where
 the rendering of turns [0, i] stops agreeing with the whole text. Only the content of turns whose role is
-in `roles_to_train`, and the end-of-turn text chosen by `train_on_eos`, are trained.
+in `roles_to_train`, and the end-of-turn text chosen by `train_on_eos`, are trained. A turn's reasoning text
+(`field_thinking`, handed to the template as `template_thinking_key`) is trained with its turn, from where the
+template writes it.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "system": "system", "user
 class ChatTemplate(Format):
     append_eos = False
     reads = ("field_messages", "message_field_role", "message_field_content", "roles_to_train", "train_on_eos",
-             "chat_template", "chat_template_jinja", "roles", "drop_system_message")
+             "chat_template", "chat_template_jinja", "roles", "drop_system_message", "field_thinking",
+             "template_thinking_key")
 
     def __init__(self, ds: Any, tokenizer: Any = None) -> None:
         super().__init__(ds, tokenizer)
@@ -34,6 +37,7 @@ class ChatTemplate(Format):
         return (self.ds.field_messages,) if self.ds.field_messages else ()
 
     def messages(self, row: Mapping[str, Any]) -> list[dict[str, str]]:
+        """The turns as the chat template takes them: role, content, and the reasoning text when a turn has one."""
         column = self.ds.field_messages or next((c for c in ("messages", "conversations") if c in row), None)
         if column is None or row.get(column) is None:
             raise DataError("missing column `messages` (or `conversations`); set `field_messages` to name it")
@@ -54,8 +58,14 @@ class ChatTemplate(Format):
                 role = self.role_of.get(role, role)
             elif sharegpt:
                 role = SHAREGPT_ROLES.get(role, role)
+            message = {"role": role, "content": content}
+            thinking = turn.get(self.ds.field_thinking or "reasoning_content")
+            if isinstance(thinking, str) and thinking:
+                message[self.ds.template_thinking_key or "reasoning_content"] = thinking
+            elif thinking is not None and not isinstance(thinking, str):
+                raise DataError(f"{column}[{i}] has `{self.ds.field_thinking or 'reasoning_content'}` that is not text")
             if not (self.ds.drop_system_message and role == "system"):
-                out.append({"role": role, "content": content})
+                out.append(message)
         if not out:
             raise DataError(f"column `{column}` holds only system turns, and drop_system_message leaves them out")
         return out
@@ -88,8 +98,10 @@ class ChatTemplate(Format):
             end = _agree(self.render(messages[: i + 1]), full) if i + 1 < len(messages) else len(full)
             start = max(start, pos)
             found = full.find(message["content"], start, end) if message["content"] else -1
-            if found >= 0:  # header | content | end-of-turn
-                head_end, content_end = found, found + len(message["content"])
+            thinking = next((v for k, v in message.items() if k not in ("role", "content")), "")
+            reasoning = full.find(thinking, start, found if found >= 0 else end) if thinking else -1
+            if found >= 0:  # header | [reasoning ...] content | end-of-turn
+                head_end, content_end = (reasoning if reasoning >= 0 else found), found + len(message["content"])
             else:  # the template changed the text (e.g. trimmed it): the whole turn body counts as content
                 head_end, content_end = start, end
             end = max(end, content_end)
