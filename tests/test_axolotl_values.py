@@ -243,3 +243,51 @@ def test_axolotl_dataset_types_ft_lacks_are_refused_by_name(kind: str, feature: 
     text = BASE.replace("type: alpaca", f"type: {kind}")
     assert f"Axolotl's dataset type `{kind}` ({feature}) is not supported by ft yet" in _refused(tmp_path, text)
     assert "did you mean" in str(pytest.raises(ConfigError, _load, tmp_path, BASE.replace("type: alpaca", "type: alpacca")).value)
+
+
+def test_pretraining_dataset_streaming_and_kernel_keys(tmp_path: Path):
+    """pretraining_dataset → completion datasets (text_column → field); streaming and the packing buffers, Gemma 4's
+    per-layer kernels and flex attention's compile arguments are no-ops; llama4_linearized_experts quantizes the
+    experts as Axolotl's linear experts are."""
+    text = ("base_model: ./model\npretraining_dataset:\n  - path: corpus.jsonl\n    name: en\n    type: pretrain\n"
+            "    text_column: body\n    split: train\npretrain_multipack_attn: true\npretrain_multipack_buffer_size: "
+            "10000\nstreaming: true\nstreaming_multipack_buffer_size: 10000\ngemma4_hybrid_attn_impl: true\n"
+            "flex_attn_compile_kwargs:\n  dynamic: false\n")
+    cfg, said = _load(tmp_path, text)
+    ds = cfg.data.datasets[0]
+    assert (ds.path, ds.name, ds.type, ds.field, ds.split) == ("corpus.jsonl", "en", "completion", "body", "train")
+    for key in ("pretrain_multipack_attn", "streaming", "gemma4_hybrid_attn_impl", "flex_attn_compile_kwargs"):
+        assert any(f"`{key}" in s and "ignored" in s for s in said), (key, said)
+    assert "`pretraining_dataset` key `skip`" in _refused(tmp_path, text.replace("    split: train\n", "    skip: 5\n"))
+    assert "of `type: ebft_pretrain` is not supported" in _refused(tmp_path, text.replace("pretrain\n", "ebft_pretrain\n", 1))
+    assert "pretrain_multipack_attn" in _refused(tmp_path, text.replace("attn: true", "attn: false"))
+    cfg, said = _load(tmp_path, f"{BASE}llama4_linearized_experts: true\nload_in_4bit: true\nadapter: qlora\n")
+    assert cfg.quantization.quantize_moe_experts is True
+    assert any("`llama4_linearized_experts: true`" in s and "`quantize_moe_experts: true`" in s for s in said), said
+
+
+def test_a_pretraining_config_from_scratch_trains(tmp_path: Path, tiny_model_dir):
+    """Axolotl's pretraining example shape: pretraining_dataset with reinit_weights on a local corpus; the model
+    starts from fresh weights (not the checkpoint's, the same for the same seed) and its loss falls."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from train_helpers import build
+
+    folder = tiny_model_dir("llama")
+    (tmp_path / "corpus.jsonl").write_text("".join(json.dumps({"body": f"the cat sat on mat number {i % 4}"}) + "\n"
+                                                   for i in range(64)))
+    text = (f"base_model: {folder}\npretraining_dataset:\n  - path: {tmp_path / 'corpus.jsonl'}\n    type: pretrain\n"
+            f"    text_column: body\nreinit_weights: true\nsequence_len: 64\nmicro_batch_size: 8\nmax_steps: 6\n"
+            f"learning_rate: 0.01\noutput_dir: {tmp_path / 'out'}\nuse_tensorboard: false\nlogging_steps: 1\n")
+    cfg, _ = _load(tmp_path, text)
+    trainer, model, _ = build(cfg)
+    checkpoint = AutoModelForCausalLM.from_pretrained(folder)
+    name = "model.layers.0.self_attn.q_proj.weight"
+    fresh = model.get_parameter(name).detach().clone()
+    assert not torch.equal(fresh, checkpoint.get_parameter(name))
+    assert torch.equal(build(cfg)[1].get_parameter(name), fresh)  # seeded
+    trainer.train()
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    assert len(losses) == 6 and losses[-1] < losses[0]
+    assert "keep one" in _refused(tmp_path, text + "load_in_4bit: true\nadapter: qlora\n")

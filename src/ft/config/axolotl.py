@@ -44,6 +44,32 @@ def _when_true(key: str, value: Any) -> Callable[[Any], dict[str, Any]]:
     return lambda v: {key: value} if v else {}
 
 
+# Keys of an Axolotl `pretraining_dataset:` entry, read as ft's completion dataset keys (text_column → field).
+PRETRAINING_KEYS = {"path": "path", "name": "name", "split": "split", "data_files": "data_files", "ds_type": "ds_type",
+                    "revision": "revision", "text_column": "field"}
+
+
+def pretraining_datasets(value: Any) -> dict[str, Any]:
+    """Axolotl's `pretraining_dataset:` (streamed raw text) as ft's `datasets:` of `type: completion`: the same texts,
+    each trained whole and split at sequence_len, prepared once instead of streamed."""
+    out = []
+    for entry in value if isinstance(value, list) else [value]:
+        if isinstance(entry, str):
+            entry = {"path": entry}
+        if not isinstance(entry, dict) or not entry.get("path"):
+            raise ValueError("each `pretraining_dataset` entry needs a `path`")
+        if entry.get("type") not in (None, "pretrain", "completion"):
+            raise ValueError(f"Axolotl's `pretraining_dataset` of `type: {entry['type']}` is not supported by ft yet; "
+                             "use `type: pretrain` (raw text)")
+        extra = sorted(k for k, v in entry.items() if k not in PRETRAINING_KEYS and k != "type" and not (
+            k == "trust_remote_code" and not v) and v not in (None, "", [], {}))
+        if extra:
+            raise ValueError(f"Axolotl's `pretraining_dataset` key `{extra[0]}` is not supported by ft yet; remove it")
+        mapped = {PRETRAINING_KEYS[k]: v for k, v in entry.items() if k in PRETRAINING_KEYS and v is not None}
+        out.append({**mapped, "type": "completion"})
+    return {"datasets": out}
+
+
 KERNEL = "a speed kernel: ft runs the model's own layers, with the same results"
 LOGGER = "ft logs to metrics.jsonl, tensorboard and loss.png"
 LOADER = "ft lays out its own batches and data loading"
@@ -64,7 +90,6 @@ GROUPS: tuple[tuple[str, Answer], ...] = (
     ("lora_", _noop("Axolotl's LoRA kernels", KERNEL, False)),  # lora_mlp_kernel, lora_qkv_kernel, ...
     ("flash_attn_", _noop("flash-attn's fused extras", KERNEL, False)),
     ("sample_packing_", _noop("Axolotl's packing settings", "ft packs best-fit decreasing into bins of sequence_len")),
-    ("pretrain_multipack_", _refused("streaming pretraining datasets")),
     ("dataloader_", _noop("data loader settings", LOADER)),
     ("ddp_", _noop("DDP settings", "ft sets DDP up itself (no search for unused weights under LoRA)")),
     ("kd_", _refused("this setting of Axolotl's kd plugin (ft distills from `teacher_model`)")),
@@ -199,10 +224,16 @@ KEYS: dict[str, Answer] = {
     "dataset_shard_num": _refused("training on a shard of the data"),
     "dataset_shard_idx": _refused("training on a shard of the data"),
     "curriculum_sampling": _refused("curriculum sampling (rows in file order)", False),
-    "pretraining_dataset": _refused("streaming pretraining datasets"),
+    "pretraining_dataset": Answer(MAPPED, "streaming pretraining datasets", (), pretraining_datasets),
     "pretraining_sample_concatenation": _refused("streaming pretraining datasets"),
-    "streaming": _refused("streaming datasets", False),
-    "streaming_multipack_buffer_size": _refused("streaming datasets"),
+    "pretrain_multipack_attn": Answer(REFUSED, "attention across packed pretraining rows", (True,),
+                                      why="ft's packed rows never attend to each other"),
+    "pretrain_multipack_buffer_size": _noop("the streamed packing buffer", "ft packs the whole prepared dataset "
+                                            "best-fit decreasing"),
+    "streaming": _noop("streaming datasets", "ft prepares the rows once into a memory-mapped cache (ft preprocess) "
+                       "and trains the same rows", False),
+    "streaming_multipack_buffer_size": _noop("the streamed packing buffer", "ft packs the whole prepared dataset "
+                                             "best-fit decreasing"),
     "preprocess_iterable": _refused("streaming datasets", False),
     "min_sample_len": _refused("a minimum row length"),
     "max_prompt_len": _refused("a maximum prompt length"),
@@ -232,11 +263,15 @@ KEYS: dict[str, Answer] = {
     "s2_attention": _refused("shifted sparse attention", False),
     "sage_attention": _refused("SageAttention", False),
     "flex_attention": _refused("flex attention", False),
-    "flex_attn_compile_kwargs": _refused("flex attention"),
+    "flex_attn_compile_kwargs": _noop("torch.compile arguments of flex attention", KERNEL),
+    "gemma4_hybrid_attn_impl": _noop("Gemma 4's per-layer attention kernels", "ft's attention runs each layer on the "
+                                     "flash kernel where its head size allows and on sdpa where not (Gemma 4's global "
+                                     "layers)", False),
     "large_head_attention": _refused("large-head attention kernels", False),
     "flash_attn_d512": _refused("flash attention for head size 512", False),
     "expert_backend": _refused("a chosen experts implementation"),
-    "llama4_linearized_experts": _refused("linearized Llama 4 experts", False),
+    "llama4_linearized_experts": Answer(MAPPED, "Llama 4's experts as quantizable linear layers", (False,),
+                                        _when_true("quantize_moe_experts", True)),
     "nonexpert_quantization": _refused("quantizing the non-expert weights"),
     "layer_offloading": _refused("layer offloading (ft offloads activations: activation_offloading)", False),
     "selective_checkpointing": _refused("selective checkpointing"),
@@ -244,7 +279,6 @@ KEYS: dict[str, Answer] = {
     "fp32_norms": _refused("fp32 norm layers", False),
     "fp32_norm_classes": _refused("fp32 norm layers"),
     "float32": _refused("fp32 weights (ft's default without bf16)", True, False),
-    "reinit_weights": _refused("reinitialised weights", False),
     "trainer_cls": _refused("a trainer class of one's own"),
     "plugins": _refused("this Axolotl plugin"),  # answered entry by entry: see PLUGINS
     "recipe": _refused("Axolotl recipes"),
@@ -378,7 +412,7 @@ pretraining_dataset pretraining_sample_concatenation process_reward_model proces
 profiler_steps profiler_steps_start push_dataset_to_hub qgalore_cos_threshold qgalore_gamma_proj
 qgalore_proj_bits qgalore_proj_group_size qgalore_proj_quant qgalore_proj_type qgalore_queue_size qgalore_rank
 qgalore_scale qgalore_update_proj_gap qlora_sharded_model_loading quantization ray_num_workers
-ray_run_name recipe reinit_weights relora relora_cpu_offload relora_prune_method relora_prune_ratio
+ray_run_name recipe relora relora_cpu_offload relora_prune_method relora_prune_ratio
 remove_unused_columns resources_per_worker reward_model ring_attn_func role_boundaries rope_scaling rpo_alpha
 s2_attention sage_attention sample_packing_bin_size sample_packing_eff_est sample_packing_group_size
 sample_packing_mp_start_method sample_packing_sequentially save_compressed save_first_step

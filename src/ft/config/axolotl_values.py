@@ -193,3 +193,4 @@ def dataset_type_feature(name: str) -> str:
     if first in LEGACY_TYPES:
         return f"its `{first}` prompt format"
     return AXOLOTL_TYPES.get(first, "")
+

@@ -81,6 +81,9 @@ class ModelConfig(Section):
         "weights themselves is not supported). A checkpoint in 16 bits loads as it is.")
     model_quantization_config_kwargs: Optional[dict[str, Any]] = Field(
         None, description="Arguments of model_quantization_config's transformers class, e.g. {dequantize: true}.")
+    reinit_weights: bool = Field(
+        False, description="Pretraining from scratch: the model's architecture with freshly initialised weights "
+        "(transformers' own initialisation, seeded by `seed`); the checkpoint's weights are not read.")
     model_config_overrides: Optional[dict[str, Any]] = Field(
         None, description="Values set on the model's config before it is built, e.g. {output_router_logits: true} "
         "(Axolotl's `model_config`, also accepted as that name).")

@@ -103,6 +103,9 @@ def contradictions(cfg: FtConfig) -> list[Contradiction]:
     if m.model_quantization_config and q.bits:
         add("model_quantization_config", f"`model_quantization_config` reads the checkpoint back in 16 bits and "
             f"`load_in_{q.bits}bit` quantizes it with bitsandbytes; keep one")
+    if m.reinit_weights and q.bits:
+        add("reinit_weights", f"`reinit_weights` starts from fresh weights, and `load_in_{q.bits}bit` quantizes a "
+            "checkpoint's; keep one")
     if q.quantize_moe_experts and not q.bits:
         add("quantize_moe_experts", "`quantize_moe_experts` stores the experts in the base's bits: set `load_in_4bit` "
             "(with `adapter: qlora`) or `load_in_8bit` (with `adapter: lora`)")

@@ -46,7 +46,12 @@ def load_model(m: ModelConfig, q: QuantizationConfig, tokenizer: Any, *, full: b
     # Full fine-tuning keeps fp32 master weights (autocast does the bf16/fp16 math), unless `bf16: full`
     load_dtype = torch.float32 if (full and master_weights(m, dtype)) else dtype
     try:
-        if on_meta:
+        if m.reinit_weights and not on_meta:
+            config = kwargs.pop("config", None) or model_config(m)
+            kwargs.pop("revision", None)
+            model = AutoModelForCausalLM.from_config(config, dtype=load_dtype, **kwargs)
+            log.info("reinit_weights: %s's architecture with fresh weights (the checkpoint's are not read)", m.base_model)
+        elif on_meta:
             from ft.model.sharded import meta_model
 
             model = meta_model(m.base_model, load_dtype, kwargs)
