@@ -173,14 +173,33 @@ def test_exact_deduplication(tiny_tokenizer):
     assert held[1].input_ids == [] and held[2]["duplicates"] == 3 + 6  # every test row is a training row
 
 
-def test_unfrozen_parameters_are_for_full_fine_tuning(tmp_path: Path):
+def test_unfrozen_parameters(tmp_path: Path):
     cfg, _ = _load(tmp_path, f"{BASE}unfrozen_parameters:\n  - ^lm_head.*\n  - model.layers.1.mlp\n")
     assert cfg.adapter.unfrozen_parameters == ("^lm_head.*", "model.layers.1.mlp")
-    assert "only the adapter trains" in _refused(tmp_path, f"{BASE}adapter: lora\nunfrozen_parameters: [lm_head]\n")
     assert "not a regular expression" in _refused(tmp_path, f"{BASE}unfrozen_parameters: ['lm_head[']\n")
     assert "a regular expression is given alone" in _refused(tmp_path, f"{BASE}adapter: lora\nlora_target_modules: "
                                                                         "['q_proj', 'layers.[0-9]+.v_proj']\n")
     assert "has no `adapter:`" in _refused(tmp_path, f"{BASE}lora_target_parameters: [mlp.experts.down_proj]\n")
+
+
+def test_unfrozen_parameters_with_an_adapter_pick_its_weights_by_the_base_names(tmp_path: Path, tiny_model_dir):
+    """Axolotl's Gemma 3 QLoRA examples (unfrozen_parameters: [^model.language_model.*, ^lm_head.*] to leave the
+    vision tower out): with an adapter, only its weights on matching layers train, and only those change."""
+    import torch
+
+    from train_helpers import build, make_config
+
+    folder = tiny_model_dir("llama")
+    keys = {"adapter": "lora", "lora_target_linear": True, "max_steps": 2, "learning_rate": 0.01}
+    trainer, model, _ = build(make_config(tmp_path, folder, **keys, unfrozen_parameters=["^model.layers.1.+", "^lm_head.*"]))
+    trained = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trained and all(n.startswith("base_model.model.model.layers.1.") and ".lora_" in n for n in trained)
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_B" in n}
+    trainer.train()
+    changed = {n for n, p in model.named_parameters() if "lora_B" in n and not torch.equal(p, before[n])}
+    assert changed == {n for n in before if ".layers.1." in n}
+    with pytest.raises(ConfigError, match="matches none of the adapter's weights of this model"):
+        build(make_config(tmp_path, folder, **keys, unfrozen_parameters=["^model.language_model.*"]))
 
 
 def test_model_side_keys_on_a_real_model(tiny_model_dir):
@@ -201,7 +220,7 @@ def test_model_side_keys_on_a_real_model(tiny_model_dir):
     model = AutoModelForCausalLM.from_pretrained(folder)
     trained = unfreeze_only(model, ("model.layers.1.mlp",))
     assert trained == 3 and all(p.requires_grad == n.startswith("model.layers.1.mlp.") for n, p in model.named_parameters())
-    with pytest.raises(ConfigError, match="matches no parameter"):
+    with pytest.raises(ConfigError, match="matches none of the parameters of this model"):
         unfreeze_only(model, ("model.language_model.*",))
 
     lora = apply_adapter(AdapterConfig(adapter="lora", lora_target_parameters=("mlp.down_proj.weight",)), model, False, 1)

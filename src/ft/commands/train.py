@@ -263,13 +263,13 @@ def model_for_training(cfg: FtConfig, tokenizer: Any, layout: str, world: int = 
 
         tile_mlps(model, t.tiled_mlp_tokens)
     model = prepare_for_training(model, q, checkpointing=t.gradient_checkpointing, adapter=bool(a.adapter))
+    if a.adapter:
+        model = apply_adapter(a, model, grew, t.seed, on_meta, frozen_copy=cfg.preference.reference)
     if a.unfrozen_parameters:
         from ft.model.load import unfreeze_only
 
         log.info("unfrozen_parameters: %d parameter tensors train, the others are frozen",
-                 unfreeze_only(model, a.unfrozen_parameters))
-    if a.adapter:
-        model = apply_adapter(a, model, grew, t.seed, on_meta, frozen_copy=cfg.preference.reference)
+                 unfreeze_only(model, a.unfrozen_parameters, adapter=bool(a.adapter)))
     if on_meta:
         load_trainable(model, m.base_model)
     dtype = resolve_dtype(m)

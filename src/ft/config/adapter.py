@@ -72,9 +72,10 @@ class AdapterConfig(Section):
     loraplus_lr_embedding: Optional[float] = Field(
         None, gt=0, description="LoRA+: the learning rate of LoRA's embedding layers (default 1e-6, PEFT's).")
     unfrozen_parameters: Optional[tuple[str, ...]] = Field(
-        None, description="Full fine-tuning: train only the parameters whose names match one of these patterns "
-        "(Python regular expressions matched from the start of the name, a `.` literal unless followed by `+`, "
-        "as Axolotl reads them); every other weight is frozen.")
+        None, description="Train only the parameters whose names match one of these patterns (Python regular "
+        "expressions matched from the start of the name, a `.` literal unless followed by `+`, as Axolotl reads "
+        "them); every other weight is frozen. With an adapter: only its weights on matching layers train (e.g. the "
+        "language model's and not a vision tower's), named as in the base model.")
 
     @field_validator("lora_target_modules", "lora_modules_to_save", "lora_target_parameters", "unfrozen_parameters",
                      mode="before")
@@ -116,10 +117,6 @@ class AdapterConfig(Section):
 
     @model_validator(mode="after")
     def _unfrozen_is_full_fine_tuning(self) -> "AdapterConfig":
-        if self.unfrozen_parameters and self.adapter:
-            raise Contradiction("unfrozen_parameters", f"it picks the weights a full fine-tune trains; with `adapter: "
-                                f"{self.adapter}` only the adapter trains: remove it, or name whole modules in "
-                                "lora_modules_to_save")
         has = f"`adapter: {self.adapter}`" if self.adapter else "no `adapter:`"
         if self.peft_init_lora_weights and self.adapter != "lora":
             raise Contradiction("peft_init_lora_weights", f"{self.peft_init_lora_weights} starts LoRA from the base weights "

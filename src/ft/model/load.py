@@ -139,23 +139,27 @@ def model_config(m: ModelConfig) -> Any:
     return config
 
 
-def unfreeze_only(model: Any, patterns: tuple[str, ...]) -> int:
-    """Full fine-tuning with unfrozen_parameters: only parameters whose name matches a pattern train. Returns how
-    many tensors train; none matching is a mistake said with the model's own names."""
+def unfreeze_only(model: Any, patterns: tuple[str, ...], adapter: bool = False) -> int:
+    """unfrozen_parameters: only parameters whose name matches a pattern train. Full fine-tuning: any weight of the
+    model. With an adapter: of the adapter's own weights, those whose name (the base model's name of the layer they
+    sit on, PEFT's `base_model.model.` prefix left out) matches; the base stays frozen (whole modules train through
+    lora_modules_to_save). Returns how many tensors train; none matching is a mistake said with the model's names."""
     import re
 
     from ft.config.adapter import parameter_regex
 
     compiled = [re.compile(parameter_regex(p)) for p in patterns]
     count = 0
-    for name, p in model.named_parameters():
+    candidates = [(n.removeprefix("base_model.model."), p) for n, p in model.named_parameters() if p.requires_grad or not adapter]
+    for name, p in candidates:
         p.requires_grad_(any(c.match(name) for c in compiled))
         count += p.requires_grad
     if not count:
-        names = [n for n, _ in model.named_parameters()]
-        raise ConfigError(f"`unfrozen_parameters` matches no parameter of this model, so nothing would train; its "
-                          f"names look like {names[0]}, {names[len(names) // 2]}, {names[-1]}")
-    if not model.get_input_embeddings().weight.requires_grad:
+        names = [n for n, _ in candidates]
+        which = "the adapter's weights of this model" if adapter else "the parameters of this model"
+        raise ConfigError(f"`unfrozen_parameters` matches none of {which}, so nothing would train; their names look "
+                          f"like {names[0]}, {names[len(names) // 2]}, {names[-1]}")
+    if not adapter and not model.get_input_embeddings().weight.requires_grad:
         model.enable_input_require_grads()  # checkpointed blocks after frozen embeddings still need a grad path
     return count
 
