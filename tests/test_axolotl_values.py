@@ -153,6 +153,17 @@ def test_alpaca_styles(type_: str, prompt: str, tiny_tokenizer):
     assert "paired with an input" not in no_input and "Add." in no_input
 
 
+def test_jeopardy_rows(tiny_tokenizer):
+    """Axolotl's `type: jeopardy` (its jeopardy-bot example): the clue and category in its alpaca-style prompt, the
+    answer trained as "what is <answer>"."""
+    row = {"question": "It orbits the Earth", "category": "SPACE", "answer": "the Moon"}
+    segments = render([row], tiny_tokenizer, "jeopardy")[0]
+    assert [(s.text, s.train) for s in segments] == [
+        ("Below is a Jeopardy clue paired with input providing the category of the clue. Write a concise response that "
+         "best answers tbe clue given the category.\n\n### Instruction:\nIt orbits the Earth\n\n### Input:\nSPACE\n\n"
+         "### Response:\n", False), ("what is the Moon", True)]
+
+
 def test_exact_deduplication(tiny_tokenizer):
     from ft.config.data import DataConfig
     from ft.data.prepare import build
@@ -255,8 +266,8 @@ def test_embeddings_padded_to_a_multiple_of_32(tiny_model_dir):
     assert model.get_output_embeddings().weight.shape[0] == rows
 
 
-@pytest.mark.parametrize("kind, feature", [("jeopardy", "its `jeopardy` prompt format"),
-                                           ("chat_template.argilla", "its DPO prompt strategies"),
+@pytest.mark.parametrize("kind, feature", [("oasst", "its `oasst` prompt format"),
+                                           ("chatml.ultra", "its DPO prompt strategies"),
                                            ("bradley_terry.chat_template", "reward-model pairs")])
 def test_axolotl_dataset_types_ft_lacks_are_refused_by_name(kind: str, feature: str, tmp_path: Path):
     text = BASE.replace("type: alpaca", f"type: {kind}")
@@ -310,3 +321,18 @@ def test_a_pretraining_config_from_scratch_trains(tmp_path: Path, tiny_model_dir
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     assert len(losses) == 6 and losses[-1] < losses[0]
     assert "keep one" in _refused(tmp_path, text + "load_in_4bit: true\nadapter: qlora\n")
+
+
+def test_dp_shard_size_is_the_number_of_processes_fsdp_shards_over(tmp_path: Path, tiny_model_dir):
+    from ft.errors import UserError
+    from train_helpers import make_config
+
+    cfg, _ = _load(tmp_path, f"{BASE}dp_shard_size: 16\ndp_replicate_size: 1\nfsdp: [full_shard, auto_wrap]\n"
+                             "fsdp_config:\n  fsdp_version: 2\n")
+    assert cfg.distributed.dp_shard_size == 16
+    assert "set `fsdp`" in _refused(tmp_path, f"{BASE}dp_shard_size: 2\n")
+    assert "(replicated FSDP groups (HSDP))" in _refused(tmp_path, f"{BASE}dp_replicate_size: 2\n")
+    from ft.commands.train import build_run
+
+    with pytest.raises(UserError, match="`dp_shard_size: 2`, and this run has 1 process: ft shards each weight over every"):
+        build_run(make_config(tmp_path, tiny_model_dir("llama"), dp_shard_size=2, fsdp=["full_shard"]), 1)

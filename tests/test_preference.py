@@ -183,6 +183,27 @@ def test_chat_template_pairs_render_the_prompt_once_and_train_only_the_answer(tm
     assert again.hit  # the prepared-data cache, as for SFT
 
 
+def test_argilla_rows_are_the_pairs_of_their_shared_conversation(tiny_tokenizer):
+    """Axolotl's `chat_template.argilla` (its ORPO example's UltraFeedback rows): each side holds the whole
+    conversation; the pair equals chat_template.default's pair of the shared turns and the two last turns."""
+    from ft.data.formats import build_format
+    from ft.errors import DataError
+    from helpers import dataset
+
+    user = {"role": "user", "content": "Cat or dog?"}
+    row = {"prompt": "Cat or dog?", "system": "Be brief.", "chosen": [user, {"role": "assistant", "content": "cat"}],
+           "rejected": [user, {"role": "assistant", "content": "dog"}]}
+    argilla = build_format(dataset("chat_template.argilla"), tiny_tokenizer)
+    default = build_format(dataset("chat_template.default"), tiny_tokenizer)
+    same = {"messages": [{"role": "system", "content": "Be brief."}, user], "chosen": "cat", "rejected": "dog"}
+    assert argilla.pair(row) == default.pair(same)
+    assert "Be brief." in argilla.pair(row)[0][0].text and argilla.pair(row)[1][1].text.startswith("dog")
+    with pytest.raises(DataError, match="differ before their last turn"):
+        argilla.pair({**row, "rejected": [{"role": "user", "content": "Other?"}, {"role": "assistant", "content": "dog"}]})
+    with pytest.raises(DataError, match="must be the assistant's answer"):
+        argilla.pair({**row, "rejected": [user]})
+
+
 def test_pairs_are_shuffled_and_split_as_pairs(tmp_path: Path, tiny_model_dir):
     from ft.commands.preprocess import prepare_data
     from ft.tokenizer.load import load_tokenizer

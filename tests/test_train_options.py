@@ -195,3 +195,39 @@ def test_pytorch_adamw_runs_fused_on_one_gpu_only():
     assert optimizer_name("adamw_torch", False, False) == "adamw_torch"  # CPU
     assert optimizer_name("adamw_torch", True, True) == "adamw_torch"  # DeepSpeed / FSDP keep their own path
     assert optimizer_name("adamw_bnb_8bit", True, False) == "adamw_bnb_8bit"
+
+
+def test_lisa_trains_the_drawn_layers_of_each_window(tmp_path: Path, tiny_model_dir):
+    """LISA (Axolotl's lisa_* keys): in each window of lisa_step_interval steps only lisa_n_layers drawn layers (and
+    the embeddings and head) change; the draw is the same for the same seed and window, and not always one layer."""
+    import torch
+    from transformers import TrainerCallback
+
+    from ft.errors import ConfigError
+    from ft.train.callbacks import LisaLayers
+
+    folder = tiny_model_dir("llama")
+    cfg = make_config(tmp_path, folder, lisa_n_layers=1, lisa_step_interval=2, max_steps=4, learning_rate=0.01)
+    trainer, model, _ = build(cfg)
+    snapshots = []
+
+    class Snapshot(TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            if state.global_step % 2 == 0:
+                snapshots.append({n: p.detach().clone() for n, p in model.named_parameters()})
+
+    start = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainer.add_callback(Snapshot())
+    trainer.train()
+    lisa = LisaLayers(1, 2, "model.layers", cfg.training.seed)
+    for window, (before, after) in enumerate(zip([start] + snapshots, snapshots)):
+        changed = {int(n.split(".")[2]) for n in after if n.startswith("model.layers.") and not torch.equal(before[n], after[n])}
+        assert changed == set(lisa.drawn(2, window)), window
+        assert not torch.equal(before["model.embed_tokens.weight"], after["model.embed_tokens.weight"])
+    assert len({tuple(lisa.drawn(8, w)) for w in range(20)}) > 1
+    try:
+        make_config(tmp_path, folder, lisa_n_layers=1, adapter="lora")
+    except ConfigError as exc:
+        assert "LISA chooses which whole layers of a full fine-tune train" in str(exc)
+    else:
+        raise AssertionError("LISA with an adapter was accepted")

@@ -50,6 +50,10 @@ def build_run(cfg: FtConfig, world: int) -> Run:
     if cfg.adapter.peft.loftq_config and sharding:
         raise UserError(f"LoftQ (`peft: loftq_config`) is not supported with {sharding} (each process holds a share of "
                         "every weight it quantizes); use DeepSpeed ZeRO-1/2 or DDP")
+    if cfg.distributed.dp_shard_size and cfg.distributed.dp_shard_size != world:
+        raise UserError(f"`dp_shard_size: {cfg.distributed.dp_shard_size}`, and this run has {world} process"
+                        f"{'es' if world > 1 else ''}: ft shards each weight over every process; launch "
+                        f"{cfg.distributed.dp_shard_size} processes or set dp_shard_size to {world}")
     if cfg.quantization.quantize_moe_experts and sharding:
         raise UserError(f"`quantize_moe_experts` is not supported with {sharding} yet (it would shard the packed bytes "
                         "of each experts' weight apart from its scales); use DeepSpeed ZeRO-1/2 or DDP, or remove it")
@@ -137,6 +141,21 @@ def build_run(cfg: FtConfig, world: int) -> Run:
         from ft.train.callbacks import FakeQuantizationFrom
 
         trainer.add_callback(FakeQuantizationFrom(cfg.quantization.qat.fake_quant_after_n_steps))
+    if t.lisa_n_layers:
+        from ft.train.callbacks import LisaLayers
+
+        lisa = LisaLayers(t.lisa_n_layers, t.lisa_step_interval, t.lisa_layers_attribute, t.seed)
+        try:
+            total = len(lisa.layers(model))
+        except AttributeError:
+            raise UserError(f"`lisa_layers_attribute: {t.lisa_layers_attribute}` is not the path of this model's decoder "
+                            "layers (model.layers on most models)") from None
+        if world > 1:
+            raise UserError("LISA is supported on one process yet (it changes which weights train during the run, "
+                            "which DDP's gradient buckets do not follow); train on one process")
+        if t.lisa_n_layers > total:
+            raise UserError(f"`lisa_n_layers: {t.lisa_n_layers}` is more than this model's {total} layers")
+        trainer.add_callback(lisa)
     if t.cosine_constant_lr_ratio is not None:
         trainer.cosine_constant = (t.cosine_constant_lr_ratio, t.cosine_min_lr_ratio or 0.0)
     if cfg.adapter.loraplus_lr_ratio or cfg.adapter.loraplus_lr_embedding:

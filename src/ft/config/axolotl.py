@@ -95,7 +95,6 @@ GROUPS: tuple[tuple[str, Answer], ...] = (
     ("kd_", _refused("this setting of Axolotl's kd plugin (ft distills from `teacher_model`)")),
     ("qgalore_", _refused("Q-GaLore")),
     ("relora", _refused("ReLoRA")),
-    ("lisa_", _refused("LISA")),
     ("jagged_restart", _refused("jagged learning-rate restarts")),
     ("dion_", _refused("the Dion optimizer")),
     ("grokfast_", _refused("Grokfast")),
@@ -194,8 +193,7 @@ KEYS: dict[str, Answer] = {
     "context_parallel_size": _refused("context parallelism", 1),
     "sequence_parallel_degree": _refused("sequence parallelism", 1),
     "tensor_parallel_size": _refused("tensor parallelism", 1),
-    "dp_shard_size": _refused("N-D parallelism"),
-    "dp_replicate_size": _refused("N-D parallelism"),
+    "dp_replicate_size": _refused("replicated FSDP groups (HSDP)", 1),
     "ring_attn_func": _refused("ring attention"),
     "heads_k_stride": _refused("ring attention"),
     "lora_rank_pattern": _refused("per-module LoRA ranks"),
@@ -373,7 +371,7 @@ comet_mode comet_online comet_project_name comet_workspace context_parallel_size
 curriculum_sampling cut_cross_entropy dataloader_drop_last dataloader_num_workers dataloader_pin_memory
 dataloader_prefetch_factor dataset_keep_in_memory dataset_num_proc dataset_shard_idx dataset_shard_num ddp
 ddp_broadcast_buffers ddp_bucket_cap_mb deepcompile default_system_message dense_mixer device device_map diffusion
-dion_lr dion_momentum dion_rank_fraction dion_rank_multiple_of do_bench_eval dp_replicate_size dp_shard_size
+dion_lr dion_momentum dion_rank_fraction dion_rank_multiple_of do_bench_eval dp_replicate_size
 dpo_beta dpo_generate_during_eval dpo_loss_type dpo_loss_weights dpo_norm_loss dpo_padding_free
 dpo_use_liger_kernel dpo_use_logits_to_keep dpo_use_weighting dsv4_bf16_all dsv4_fp4_grouped_mode
 dsv4_fp8_lora_kernel dsv4_fp8_nonexpert_mode dsv4_shared_mlp_lora_kernel dynamic_checkpoint eaft_alpha eaft_k ebft
@@ -394,7 +392,7 @@ jagged_restart_anneal_steps jagged_restart_steps jagged_restart_warmup_steps kd_
 kd_online_server_base_url kd_online_timeout kd_online_topk kd_temperature_min kd_trainer kto_desirable_weight
 kto_undesirable_weight large_head_attention layer_offloading liger_cross_entropy liger_fused_linear_cross_entropy
 liger_glu_activation liger_layer_norm liger_rms_norm liger_rms_norm_gated liger_rope liger_swiglu
-liger_use_token_scaling lisa_layers_attribute lisa_n_layers lisa_step_interval llama4_linearized_experts
+liger_use_token_scaling llama4_linearized_experts
 llmcompressor lm_eval_model local_rank lora_alpha_pattern
 lora_embedding_kernel lora_mlp_kernel lora_o_kernel lora_on_cpu lora_qkv_kernel lora_rank_pattern low_cpu_mem_usage
 lr_div_factor lr_groups lr_quadratic_warmup lr_scheduler_kwargs max_memory max_prompt_len mean_resizing_embeddings

@@ -183,7 +183,7 @@ AXOLOTL_TYPES = {
     "pretrain": "pretraining datasets", "ebft_opencode": "energy-based fine-tuning", "ebft_pretrain": "energy-based fine-tuning",
     "ebft_strided_structured": "energy-based fine-tuning",
 }
-LEGACY_TYPES = frozenset("""jeopardy oasst gpteacher reflection explainchoice concisechoice summarizetldr context_qa
+LEGACY_TYPES = frozenset("""oasst gpteacher reflection explainchoice concisechoice summarizetldr context_qa
 creative_acr alpaca_w_system alpaca_instruct orcamini pygmalion metharme llama2_chat""".split())
 
 

@@ -82,6 +82,9 @@ class DistributedConfig(Section):
     )
     fsdp: tuple[str, ...] = Field((), description="FSDP options, e.g. [full_shard, auto_wrap], or one string.")
     fsdp_config: FsdpConfig = Field(default_factory=FsdpConfig, description="FSDP settings (fsdp_config: block).")
+    dp_shard_size: Optional[int] = Field(
+        None, ge=1, description="FSDP: the processes each weight is sharded over (Axolotl's N-D parallelism key). ft "
+        "shards over every process, so it must equal their number (checked at the start).")
     ddp_timeout: Optional[int] = Field(None, ge=1, description="Seconds before a collective times out.")
     ddp_find_unused_parameters: Optional[bool] = Field(None, description="DDP: search for unused parameters.")
 

@@ -125,6 +125,9 @@ def contradictions(cfg: FtConfig) -> list[Contradiction]:
         add("lora_model_dir", "`lora_model_dir` needs `adapter: lora` or `adapter: qlora`")
     if m.bf16 in (True, "full") and m.fp16:
         add("fp16", "`bf16` and `fp16` are both true; keep one")
+    if d.dp_shard_size and d.dp_shard_size > 1 and not d.fsdp:
+        add("dp_shard_size", f"`dp_shard_size: {d.dp_shard_size}` shards the weights with FSDP: set `fsdp` (e.g. "
+            "[full_shard, auto_wrap]) with fsdp_config")
     if d.deepspeed and d.fsdp:
         add("fsdp", "`deepspeed` and `fsdp` are both set; use one of them")
     if d.fsdp and q.load_in_8bit:
@@ -156,6 +159,12 @@ def contradictions(cfg: FtConfig) -> list[Contradiction]:
         add("warmup_ratio", "`warmup_steps` and `warmup_ratio` are both set; keep one")
     if cfg.data.padding_free and t.group_by_length and not cfg.data.sample_packing:
         add("group_by_length", "`group_by_length` groups rows to trim padding, and `padding_free` has none; keep one")
+    if t.lisa_n_layers and (a.adapter or a.unfrozen_parameters):
+        add("lisa_n_layers", "LISA chooses which whole layers of a full fine-tune train; remove "
+            + (f"`adapter: {a.adapter}`" if a.adapter else "`unfrozen_parameters`") + " or the lisa_* keys")
+    if t.lisa_n_layers and d.backend:
+        add("lisa_n_layers", f"LISA is not supported with {d.backend} yet (it changes which weights train during the run); "
+            "train on one process")
     if t.activation_offloading and not t.gradient_checkpointing:
         add("activation_offloading", "`activation_offloading` moves the checkpointed layer inputs to CPU memory: "
             "turn on `gradient_checkpointing` too")

@@ -55,6 +55,12 @@ class TrainingConfig(Section):
     auto_resume_from_checkpoints: bool = Field(
         True, description="Resume from the newest complete checkpoint in output_dir when there is one."
     )
+    lisa_n_layers: Optional[int] = Field(
+        None, ge=1, description="LISA (Pan et al., 2024; Axolotl's keys): full fine-tuning where only this many decoder "
+        "layers, drawn at random every lisa_step_interval steps, train; embeddings and head train throughout.")
+    lisa_step_interval: int = Field(20, ge=1, description="LISA: steps between two draws of the layers that train.")
+    lisa_layers_attribute: str = Field("model.layers", description="LISA: the path of the model's list of decoder "
+                                       "layers.")
     loss_watchdog_threshold: Optional[float] = Field(
         None, gt=0, description="Stop the run with an error when the training loss stays above this value for "
         "loss_watchdog_patience logged steps in a row (Axolotl's key).")

@@ -111,6 +111,40 @@ class FakeQuantizationFrom(TrainerCallback):
             set_fake_quantization(model, True)
 
 
+class LisaLayers(TrainerCallback):
+    """LISA: every `interval` steps, `n` of the decoder layers (at `attribute`) are drawn to train and the others
+    are frozen. The draw is a function of the seed and the step's window, so a resumed run trains the same layers
+    as an uninterrupted one."""
+
+    def __init__(self, n: int, interval: int, attribute: str, seed: int) -> None:
+        self.n, self.interval, self.attribute, self.seed = n, interval, attribute, seed
+        self.window = -1
+
+    def layers(self, model: Any) -> Any:
+        from functools import reduce
+
+        from ft.train.loss import causal_lm_of
+
+        return reduce(getattr, self.attribute.split("."), causal_lm_of(model))
+
+    def drawn(self, total: int, window: int) -> list[int]:
+        import random
+
+        return sorted(random.Random(self.seed * 1_000_003 + window).sample(range(total), self.n))
+
+    def on_step_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        window = state.global_step // self.interval
+        if window == self.window:
+            return
+        self.window = window
+        layers = self.layers(model)
+        active = self.drawn(len(layers), window)
+        for i, layer in enumerate(layers):
+            for p in layer.parameters():
+                p.requires_grad_(i in active)
+        log.info("LISA: layers %s train until step %d", ", ".join(map(str, active)), (window + 1) * self.interval)
+
+
 def read_history(path: Path) -> list[dict[str, Any]]:
     """The records of metrics.jsonl across the runs that resumed each other; a step logged twice (before a
     crash, and again after resuming from an earlier checkpoint) counts once, as its last record."""

@@ -68,3 +68,27 @@ class AlpacaPhi(AlpacaStyle):
     system = "<|system|>\n{system}<|end|>\n"
     with_input = "<|user|>\n{instruction}<|end|>{input}<|assistant|>"
     no_input = "<|user|>\n{instruction}<|end|>\n<|assistant|>\n"
+
+
+JEOPARDY = (  # Axolotl's jeopardy prompt, word for word (its typo too), so a model trained on it is prompted alike
+    "Below is a Jeopardy clue paired with input providing the category of the clue. Write a concise response that "
+    "best answers tbe clue given the category.\n\n### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
+)
+
+
+@FORMATS.register("jeopardy")
+class Jeopardy(Format):
+    """Jeopardy rows (question, category, answer): Alpaca's layout, the clue as the instruction and its category as
+    the input; the answer trained as "what is <answer>"."""
+
+    def required_columns(self) -> tuple[str, ...]:
+        return ("question", "category", "answer")
+
+    def prompt(self, row: Mapping[str, Any]) -> str:
+        return JEOPARDY.format(instruction=text_field(row, "question"), input=text_field(row, "category"))
+
+    def prompt_for(self, text: str, extra: str = "") -> str:
+        return JEOPARDY.format(instruction=text, input=extra)
+
+    def segments(self, row: Mapping[str, Any]) -> list[Segment]:
+        return [Segment(self.prompt(row), False), Segment("what is " + text_field(row, "answer"), True)]

@@ -120,3 +120,34 @@ class ChatPreference(PairFormat):
 
     def prompt_for(self, text: str, extra: str = "") -> str:
         return self.chat.prompt_for(text, extra)
+
+
+@FORMATS.register("chat_template.argilla")
+class ArgillaPreference(ChatPreference):
+    """Argilla's preference rows (Axolotl's `chat_template.argilla`, UltraFeedback's cleaned pairs): `chosen` and
+    `rejected` each hold the whole conversation, the same turns up to a last assistant turn that differs; an
+    optional `system` text goes first. The prompt is those shared turns, each answer its conversation's last turn."""
+
+    def _conversation(self, row: Mapping[str, Any], side: str) -> list[dict[str, str]]:
+        column = self.column(side)
+        value = row.get(column)
+        if not isinstance(value, list) or not value:
+            raise DataError(f"column `{column}` must hold the conversation as a list of turns")
+        turns = self._turns(value)
+        if turns[-1]["role"] != "assistant":
+            raise DataError(f"the last turn of `{column}` is the {turns[-1]['role']}'s; it must be the assistant's answer")
+        return turns
+
+    def turns(self, row: Mapping[str, Any]) -> list[dict[str, str]]:
+        chosen, rejected = (self._conversation(row, side) for side in SIDES)
+        if chosen[:-1] != rejected[:-1]:
+            raise DataError(f"`{self.column('chosen')}` and `{self.column('rejected')}` differ before their last turn; "
+                            "a pair answers the same conversation")
+        system = row.get("system")
+        return ([{"role": "system", "content": system}] if isinstance(system, str) and system else []) + chosen[:-1]
+
+    def answer(self, row: Mapping[str, Any], side: str) -> list[dict[str, str]]:
+        turn = self._conversation(row, side)[-1]
+        if not turn["content"].strip():
+            raise DataError(f"the {side} answer (the last turn of `{self.column(side)}`) is empty")
+        return [turn]
