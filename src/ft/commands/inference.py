@@ -20,6 +20,9 @@ def load_for_inference(cfg: FtConfig, base_only: bool = False) -> tuple[Any, Any
 
     m = cfg.model
     out = Path(cfg.training.output_dir)
+    if cfg.preference.reward_model and not base_only:
+        raise ConfigError("this run trains a reward model, which scores texts and writes none; load it with "
+                          "AutoModelForSequenceClassification (after `ft merge-lora` for an adapter)")
     if base_only:
         source, adapter = m.base_model, None
     elif cfg.adapter.adapter:

@@ -55,6 +55,11 @@ def real_longest_batch(cfg: FtConfig) -> Optional[int]:
         return None
     lengths = [int(n) for n in prepared.train.column("input_ids").combine_chunks().value_lengths().to_numpy()]
     layout = batch_layout(cfg.data, cfg.training.group_by_length, on_gpu=True)
+    if cfg.preference.reward_model:  # a pair's two rows padded in a micro batch of 2 × micro_batch_size rows
+        from ft.data.packing import PADDED
+
+        return longest_batch(lengths, PADDED, 2 * cfg.training.micro_batch_size, cfg.data.sequence_len,
+                             cfg.data.pad_to_sequence_len)
     if cfg.preference.rl:  # a pair (rows 2k, 2k+1) is one item; its answers lie end to end without padding
         from ft.data.packing import PADDING_FREE
 

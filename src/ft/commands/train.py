@@ -58,8 +58,9 @@ def build_run(cfg: FtConfig, world: int) -> Run:
         raise UserError(f"`quantize_moe_experts` is not supported with {sharding} yet (it would shard the packed bytes "
                         "of each experts' weight apart from its scales); use DeepSpeed ZeRO-1/2 or DDP, or remove it")
     on_gpu = torch.cuda.is_available()
-    pairs = cfg.preference.rl is not None
-    layout = PADDING_FREE if pairs else batch_layout(d, t.group_by_length, on_gpu)  # a pair's answers end to end
+    pairs, reward = cfg.preference.trains_pairs, cfg.preference.reward_model
+    # a pair's answers end to end; a reward model's rows padded (its score is read at each row's last token)
+    layout = PADDED if reward else PADDING_FREE if pairs else batch_layout(d, t.group_by_length, on_gpu)
     prompt_learning = prompt_learning_method(cfg)
     if prompt_learning:
         if sharding:  # seen: prompt tuning under ZeRO-3 on two ranks never finished its first step
@@ -114,7 +115,11 @@ def build_run(cfg: FtConfig, world: int) -> Run:
         extra["trainer_class"] = DistillTrainer
         cache = teacher_cache(cfg, prepared, tokenizer, vocab) if cached else None
         teacher = None if cached else teacher_for_training(cfg, model, layout, vocab)
-    if pairs:
+    if reward:
+        from ft.train.reward import RewardTrainer
+
+        extra["trainer_class"] = RewardTrainer
+    elif pairs:
         from ft.train.preference import PreferenceTrainer
 
         extra["trainer_class"] = PreferenceTrainer
@@ -123,7 +128,11 @@ def build_run(cfg: FtConfig, world: int) -> Run:
                                      offload=offload, keep_checkpoints=t.save_total_limit,
                                      watchdog=(t.loss_watchdog_threshold, t.loss_watchdog_patience) if t.loss_watchdog_threshold else None,
                                      **extra)
-    if pairs:
+    if reward:
+        trainer.center_rewards = cfg.preference.center_rewards_coefficient or 0.0
+        log.info("reward model: a one-number head on each text's last token, the loss -log σ(r_chosen - r_rejected)"
+                 + (f" + {trainer.center_rewards:g} × mean((r_chosen + r_rejected)²)" if trainer.center_rewards else ""))
+    elif pairs:
         trainer.preference, trainer.reference_model, trainer.logits_from_model = cfg.preference, reference, not chunked
         if cfg.preference.precompute_ref_log_probs and cfg.preference.reference:
             from ft.train.reference import ReferenceStore, reference_key
@@ -270,7 +279,8 @@ def model_for_training(cfg: FtConfig, tokenizer: Any, layout: str, world: int = 
 
     fsdp = bool(cfg.distributed.fsdp)
     on_meta = shards_at_load(fsdp, cfg.distributed.fsdp_config.fsdp_version, q.bits, world)
-    model, grew = load_model(m, q, tokenizer, full=a.adapter is None, fsdp=fsdp, on_meta=on_meta)
+    model, grew = load_model(m, q, tokenizer, full=a.adapter is None, fsdp=fsdp, on_meta=on_meta,
+                             reward=cfg.preference.reward_model)
     check_fsdp_wrap(cfg.distributed, model)
     layout, attention = use_packed_attention(model, layout, probe=not on_meta) if layout != PADDED else (layout, "")
     if q.qat:

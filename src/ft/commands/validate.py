@@ -39,6 +39,10 @@ def derived(cfg: FtConfig, world_size: int = 1) -> dict[str, str]:
         out["preference"] = f"{p.rl}, β {p.rl_beta:g}, " + (f"reference: {against}" if p.reference else "no reference model")
         out["batches"] = (f"pairs: {t.micro_batch_size} pair(s) per micro batch, their answers end to end without padding; "
                           f"attention per row")
+    elif p.reward_model:
+        out["reward model"] = ("Bradley-Terry: a one-number head on each text's last token, -log σ(r_chosen - r_rejected)"
+                               + (f" + {p.center_rewards_coefficient:g} × (r_chosen + r_rejected)²" if p.center_rewards_coefficient else ""))
+        out["batches"] = f"pairs: {t.micro_batch_size} pair(s) per micro batch, as padded rows"
     else:
         out["batches"] = batches(cfg, attention)
     if cfg.distills:

@@ -288,10 +288,7 @@ KEYS: dict[str, Answer] = {
     "dense_mixer": _refused("DenseMixer"),
     "vllm": _refused("vLLM generation (GRPO)"),
     "trl": _refused("TRL's GRPO and online trainers"),
-    "reward_model": _refused("reward-model training", False),
     "process_reward_model": _refused("process reward models", False),
-    "num_labels": _refused("sequence classification"),
-    "center_rewards_coefficient": _refused("reward-model training"),
     "rpo_alpha": _refused("RPO"),
     "cpo_alpha": _refused("CPO"),
     "resources_per_worker": _refused("training on Ray"),
@@ -365,7 +362,7 @@ RETIRED = frozenset({"gptq_groupsize", "gptq_model_v1", "base_model_ignore_patte
 # integrations' args), July 2026.
 VOCABULARY = frozenset("""
 accelerator_config adam_beta3 adam_epsilon2 added_tokens_overrides auto_find_batch_size axolotl_config_path
-batch_flattening bench_dataset bench_split bfloat16 center_rewards_coefficient chat_template_kwargs
+batch_flattening bench_dataset bench_split bfloat16 chat_template_kwargs
 chunked_cross_entropy_num_chunks cls_model_config comet_api_key comet_experiment_config comet_experiment_key
 comet_mode comet_online comet_project_name comet_workspace context_parallel_size cpo_alpha
 curriculum_sampling cut_cross_entropy dataloader_drop_last dataloader_num_workers dataloader_pin_memory
@@ -401,7 +398,7 @@ model_revision moe_bnb_fast moe_dequant_chunk_size
 moe_grouped_backend mora multipack_real_batches nemo_gym_auto_clone nemo_gym_auto_start nemo_gym_config_paths
 nemo_gym_datasets nemo_gym_dir nemo_gym_enabled nemo_gym_head_port nemo_gym_max_turns nemo_gym_model_name
 nemo_gym_multi_turn nemo_gym_run_timeout nemo_gym_server_timeout nemo_gym_verify_timeout noisy_embedding_alpha
-nonexpert_quantization num_dataset_shards_to_save num_generation_samples num_labels nvfp4_merge_aware
+nonexpert_quantization num_dataset_shards_to_save num_generation_samples nvfp4_merge_aware
 nvfp4_merge_aware_start_step optim_args optim_target_modules otel_metrics_host otel_metrics_port pad_to_multiple_of
 peft_autocast_adapter_dtype peft_ensure_weight_tying peft_layer_replication peft_layers_pattern
 peft_layers_to_transform peft_trainable_token_indices plugins pose_max_context_len pose_num_chunks
@@ -411,7 +408,7 @@ profiler_steps profiler_steps_start push_dataset_to_hub qgalore_cos_threshold qg
 qgalore_proj_bits qgalore_proj_group_size qgalore_proj_quant qgalore_proj_type qgalore_queue_size qgalore_rank
 qgalore_scale qgalore_update_proj_gap qlora_sharded_model_loading quantization ray_num_workers
 ray_run_name recipe relora relora_cpu_offload relora_prune_method relora_prune_ratio
-remove_unused_columns resources_per_worker reward_model ring_attn_func role_boundaries rope_scaling rpo_alpha
+remove_unused_columns resources_per_worker ring_attn_func role_boundaries rope_scaling rpo_alpha
 s2_attention sage_attention sample_packing_bin_size sample_packing_eff_est sample_packing_group_size
 sample_packing_mp_start_method sample_packing_sequentially save_compressed save_first_step
 save_safetensors scaling_softmax scaling_softmax_bias scaling_softmax_factor sdpa_varlen

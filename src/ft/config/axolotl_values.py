@@ -177,7 +177,7 @@ def dataset_entry(entry: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
 
 # Axolotl's dataset types (its prompt strategies) that ft has no format for, by their first word: the feature
 AXOLOTL_TYPES = {
-    "bradley_terry": "reward-model pairs", "stepwise_supervised": "process-reward rows", "kto": "KTO rows",
+    "stepwise_supervised": "process-reward rows", "kto": "KTO rows",
     "chatml": "its DPO prompt strategies", "llama3": "its DPO prompt strategies", "zephyr": "its DPO prompt strategies",
     "chat_template": "its DPO prompt strategies", "passthrough": "its DPO prompt strategies",
     "pretrain": "pretraining datasets", "ebft_opencode": "energy-based fine-tuning", "ebft_pretrain": "energy-based fine-tuning",

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from ft.config.base import Section
+from ft.config.base import Contradiction, Section
 
 # The losses that compare the trained model with a frozen reference; the others need none.
 WITH_REFERENCE = ("dpo", "ipo")
@@ -33,6 +33,35 @@ class PreferenceConfig(Section):
     dpo_label_smoothing: float = Field(
         0.0, ge=0, lt=0.5, description="`rl: dpo`: the share of pairs assumed mislabelled (conservative DPO).",
     )
+
+    reward_model: bool = Field(
+        False, description="Train a reward model on the pairs (Bradley-Terry, as TRL's RewardTrainer): the model with a "
+        "one-number head on its last token, the loss -log σ(r_chosen - r_rejected). Axolotl's key.")
+    num_labels: Optional[int] = Field(None, description="With reward_model: the head's outputs, 1 (Axolotl's key).")
+    center_rewards_coefficient: Optional[float] = Field(
+        None, ge=0, description="reward_model: adds this × mean((r_chosen + r_rejected)²) to the loss, keeping the "
+        "rewards centred on zero (TRL's and Axolotl's key; 0.01 is theirs).")
+
+    @model_validator(mode="after")
+    def _reward_model(self) -> "PreferenceConfig":
+        if self.reward_model and self.rl:
+            raise Contradiction("reward_model", f"`reward_model` trains a scorer of answers and `rl: {self.rl}` the "
+                                "answers' generator; keep one")
+        if self.num_labels is not None and not self.reward_model:
+            raise Contradiction("num_labels", "Axolotl's `num_labels` without `reward_model` (sequence classification) is "
+                                "not supported by ft yet; ft trains reward models (`reward_model: true`)")
+        if self.num_labels not in (None, 1):
+            raise Contradiction("num_labels", f"a reward model gives one number per text: `num_labels: 1`, not "
+                                f"{self.num_labels}")
+        if self.center_rewards_coefficient is not None and not self.reward_model:
+            raise Contradiction("center_rewards_coefficient", "`center_rewards_coefficient` shapes a reward model's loss: "
+                                "set `reward_model: true`")
+        return self
+
+    @property
+    def trains_pairs(self) -> bool:
+        """Whether the run reads preference pairs (preference training or a reward model)."""
+        return self.rl is not None or self.reward_model
 
     @property
     def reference(self) -> bool:

@@ -230,22 +230,24 @@ def distillation_contradictions(cfg: FtConfig) -> list[Contradiction]:
 
 
 def pair_contradictions(cfg: FtConfig, pair_formats: frozenset[str]) -> list[Contradiction]:
-    """Preference training (`rl:`) reads pairs, supervised training reads single texts: every dataset's
-    `type:` must be of the kind the run reads."""
+    """Preference training (`rl:`) and reward models read pairs, supervised training reads single texts: every
+    dataset's `type:` must be of the kind the run reads."""
     p, found = cfg.preference, []
+    run = f"`rl: {p.rl}`" if p.rl else "`reward_model: true`"
     for ds in (*cfg.data.datasets, *cfg.data.test_datasets):
         pairs = isinstance(ds.type, str) and ds.type in pair_formats
-        if p.rl and not pairs:
+        if p.trains_pairs and not pairs:
             kinds = ", ".join(sorted(pair_formats))
-            found.append(Contradiction("rl", f"`rl: {p.rl}` trains on pairs of answers, and the dataset `{ds.path}` has "
-                                       f"`type: {ds.type}`; give it a preference type ({kinds})"))
-        elif pairs and not p.rl:
+            found.append(Contradiction("rl" if p.rl else "reward_model", f"{run} trains on pairs of answers, and the "
+                                       f"dataset `{ds.path}` has `type: {ds.type}`; give it a preference type ({kinds})"))
+        elif pairs and not p.trains_pairs:
             found.append(Contradiction("rl", f"the dataset `{ds.path}` holds preference pairs (`type: {ds.type}`): set "
-                                       "`rl: dpo` (or ipo, orpo, simpo) to train on them"))
-    if p.rl and cfg.data.sample_packing:
-        found.append(Contradiction("sample_packing", f"`rl: {p.rl}` lays each pair's answers end to end without padding "
-                                   "already; remove `sample_packing`"))
-    if p.rl and cfg.evaluation.do_causal_lm_eval:
-        found.append(Contradiction("do_causal_lm_eval", "`do_causal_lm_eval` is not supported with `rl:` yet; run "
+                                       "`rl: dpo` (or ipo, orpo, simpo) to train on them, or `reward_model: true`"))
+    if p.trains_pairs and cfg.data.sample_packing:
+        why = ("lays each pair's answers end to end without padding already" if p.rl else
+               "reads each answer's score at its last token, on padded rows")
+        found.append(Contradiction("sample_packing", f"{run} {why}; remove `sample_packing`"))
+    if p.trains_pairs and cfg.evaluation.do_causal_lm_eval:
+        found.append(Contradiction("do_causal_lm_eval", f"`do_causal_lm_eval` is not supported with {run} yet; run "
                                    "`ft eval` on an SFT test set after training"))
     return found

@@ -29,6 +29,11 @@ def linear_module_names(model: Any) -> list[str]:
     return sorted(names)
 
 
+def score_head(model: Any) -> str:
+    """The name of a reward (sequence-classification) model's head, "" for a causal LM."""
+    return "score" if type(model).__name__.endswith("ForSequenceClassification") and hasattr(model, "score") else ""
+
+
 def embedding_module_names(model: Any) -> list[str]:
     """Names of the input and output embeddings (trained in full when new tokens were added)."""
     wanted = {id(model.get_input_embeddings()), id(model.get_output_embeddings())}
@@ -91,6 +96,10 @@ def apply_adapter(a: AdapterConfig, model: Any, new_tokens: bool, seed: int, on_
         if a.lora_target_linear:
             targets |= set(linear_module_names(model))
         to_save = set(a.lora_modules_to_save or ())
+        head = score_head(model)
+        if head:  # a reward model's new head trains in full beside the adapter, and is saved with it
+            targets.discard(head)
+            to_save.add(head)
         if new_tokens:
             to_save |= set(embedding_module_names(model))
         if a.lora_target_parameters:
@@ -99,6 +108,8 @@ def apply_adapter(a: AdapterConfig, model: Any, new_tokens: bool, seed: int, on_
 
         method = METHODS.get(a.adapter or "lora")
         if method.apply is not None:  # a method of ft's own (not PEFT's)
+            if head:
+                raise ConfigError(f"`adapter: {a.adapter}` cannot train a reward model's head; use `adapter: lora`")
             if new_tokens:
                 raise ConfigError(f"`adapter: {a.adapter}` trains no embeddings, and the vocabulary grew (new tokens need "
                                   "trained embeddings): use `adapter: lora`, or tokens the model has")
@@ -110,6 +121,8 @@ def apply_adapter(a: AdapterConfig, model: Any, new_tokens: bool, seed: int, on_
             targets = set()
         config = method.build(a, sorted(targets) or ([] if a.lora_target_parameters else None), sorted(to_save) or None,
                               str(model.config._name_or_path))
+        if head:
+            config.task_type = "SEQ_CLS"  # PEFT's wrapper for a model that scores texts (no generation)
         model = get_peft_model(model, config)
         if a.peft.loftq_config:
             from ft.model.loftq import initialise

@@ -17,12 +17,13 @@ log = logging.getLogger("ft")
 
 
 def load_model(m: ModelConfig, q: QuantizationConfig, tokenizer: Any, *, full: bool, fsdp: bool,
-               on_meta: bool = False) -> tuple[Any, bool]:
+               on_meta: bool = False, reward: bool = False) -> tuple[Any, bool]:
     """The base model in the training dtype (quantized when asked) with its vocabulary sized to the
     tokenizer, and whether the vocabulary grew. `full`: every weight will train; `fsdp`: FSDP will shard it;
-    `on_meta`: built on the meta device, each process to read its share after FSDP shards it (ft.model.sharded)."""
+    `on_meta`: built on the meta device, each process to read its share after FSDP shards it (ft.model.sharded);
+    `reward`: a reward model, the decoder with a one-number head (a new `score` layer) on each text's last token."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     check_model_folder(m.base_model)
     dtype = resolve_dtype(m)
@@ -38,6 +39,12 @@ def load_model(m: ModelConfig, q: QuantizationConfig, tokenizer: Any, *, full: b
         kwargs["experts_implementation"] = m.experts_implementation
     if m.base_model_config or m.model_config_overrides:
         kwargs["config"] = model_config(m)
+    if reward:
+        if on_meta:
+            raise ConfigError("a reward model on a 4-bit base is not supported under FSDP on several processes yet; use "
+                              "DDP or DeepSpeed")
+        kwargs.update(num_labels=1, pad_token_id=tokenizer.pad_token_id)
+    auto = AutoModelForSequenceClassification if reward else AutoModelForCausalLM
     kwargs.update(dequantized(m))
     quant = bnb_config(q, dtype, fsdp=fsdp)
     if quant is not None:
@@ -49,14 +56,17 @@ def load_model(m: ModelConfig, q: QuantizationConfig, tokenizer: Any, *, full: b
         if m.reinit_weights and not on_meta:
             config = kwargs.pop("config", None) or model_config(m)
             kwargs.pop("revision", None)
-            model = AutoModelForCausalLM.from_config(config, dtype=load_dtype, **kwargs)
+            for key in ("num_labels", "pad_token_id"):
+                if key in kwargs:
+                    setattr(config, key, kwargs.pop(key))
+            model = auto.from_config(config, dtype=load_dtype, **kwargs)
             log.info("reinit_weights: %s's architecture with fresh weights (the checkpoint's are not read)", m.base_model)
         elif on_meta:
             from ft.model.sharded import meta_model
 
             model = meta_model(m.base_model, load_dtype, kwargs)
         else:
-            model = AutoModelForCausalLM.from_pretrained(m.base_model, dtype=load_dtype, **kwargs)
+            model = auto.from_pretrained(m.base_model, dtype=load_dtype, **kwargs)
     except OSError as exc:
         raise ConfigError(f"cannot load the model `{m.base_model}`: {str(exc).splitlines()[0]}") from None
     except ValueError as exc:
@@ -66,7 +76,7 @@ def load_model(m: ModelConfig, q: QuantizationConfig, tokenizer: Any, *, full: b
             raise
         log.warning("this architecture has no sdpa attention: using eager attention")
         kwargs["attn_implementation"] = "eager"
-        model = AutoModelForCausalLM.from_pretrained(m.base_model, dtype=load_dtype, **kwargs)
+        model = auto.from_pretrained(m.base_model, dtype=load_dtype, **kwargs)
     rows = model.get_input_embeddings().weight.shape[0]
     grew = len(tokenizer) > rows
     if grew and on_meta:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from pathlib import Path
@@ -19,7 +20,7 @@ log = logging.getLogger("ft")
 
 def merge_lora(m: ModelConfig, adapter: Path, out: Path) -> Path:
     """Write to `out` the base model of `m` with the adapter in `adapter` folded in, and its tokenizer."""
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     from ft.model.load import dequantized
     from ft.model.loftq import load_adapter
@@ -37,10 +38,13 @@ def merge_lora(m: ModelConfig, adapter: Path, out: Path) -> Path:
     else:
         tokenizer = load_tokenizer(m)
     log.info("loading the base model %s", m.base_model)
-    base = AutoModelForCausalLM.from_pretrained(
+    reward = json.loads((adapter / "adapter_config.json").read_text()).get("task_type") == "SEQ_CLS"
+    auto = AutoModelForSequenceClassification if reward else AutoModelForCausalLM  # a reward model: its head saved too
+    extra = {"num_labels": 1, "pad_token_id": tokenizer.pad_token_id} if reward else {}
+    base = auto.from_pretrained(
         # the training precision (fp32 on CPU), never quantized: the adapter merges into full weights
         m.base_model, dtype=resolve_dtype(m), trust_remote_code=m.trust_remote_code, revision=m.revision_of_model,
-        **dequantized(m),
+        **dequantized(m), **extra,
     )
     if len(tokenizer) != base.get_input_embeddings().weight.shape[0]:
         base.resize_token_embeddings(len(tokenizer))

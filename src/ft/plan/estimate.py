@@ -71,7 +71,7 @@ def estimate(cfg: Any, shape: Shape, gpus: int = 1, longest_batch: Optional[int]
     says so, else the worst case (micro_batch_size × sequence_len)."""
     m, q, a, t, d = cfg.model, cfg.quantization, cfg.adapter, cfg.training, cfg.distributed
     compute = 4 if m.precision == "fp32" else 2  # `auto` plans for a GPU: bf16
-    pairs = cfg.preference.rl is not None  # a micro batch of pairs holds two sequences a pair
+    pairs = cfg.preference.trains_pairs  # a micro batch of pairs holds two sequences a pair
     tokens = longest_batch or t.micro_batch_size * cfg.data.sequence_len * (2 if pairs else 1)
     plan = Plan({}, gpus=gpus, tokens=tokens)
     embed, head = shape.embedding_params(), shape.head_params()
@@ -149,6 +149,8 @@ def estimate(cfg: Any, shape: Shape, gpus: int = 1, longest_batch: Optional[int]
     # and its log-softmax at a time.
     plan.parts["logits and loss"] = (min(tokens, chunk) * shape.vocab * 4 * (5 if cfg.distills else 2) if chunked
                                      else tokens * shape.vocab * (4 + ((compute + 4) if compute == 2 else 4)))
+    if cfg.preference.reward_model:  # one number per text, no vocabulary's logits
+        plan.parts["logits and loss"] = 0
     return plan
 
 

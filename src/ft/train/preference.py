@@ -124,6 +124,7 @@ class PreferenceTrainer(OwnLossTrainer):
     reference_model: Any = None
     reference_store: Any = None  # ft.train.reference.ReferenceStore when precompute_ref_log_probs
     logits_from_model = False  # the whole logits instead of the chunked head (FSDP, ZeRO-3: the head is gathered only inside the forward)
+    metric_names = METRICS
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -248,10 +249,10 @@ class PreferenceTrainer(OwnLossTrainer):
             import torch
 
             sums = self._sums[split]
-            values = torch.tensor([sums[name] / sums["_batches"] for name in METRICS], device=self.args.device)
+            values = torch.tensor([sums[name] / sums["_batches"] for name in self.metric_names], device=self.args.device)
             values = self.accelerator.reduce(values, reduction="mean")
             prefix = "eval_" if split == "eval" else ""
-            logs.update({prefix + name: round(float(v), 6) for name, v in zip(METRICS, values)})
+            logs.update({prefix + name: round(float(v), 6) for name, v in zip(self.metric_names, values)})
             self._sums[split] = {}
         super().log(logs, start_time)
 

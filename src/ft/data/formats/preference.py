@@ -151,3 +151,17 @@ class ArgillaPreference(ChatPreference):
         if not turn["content"].strip():
             raise DataError(f"the {side} answer (the last turn of `{self.column(side)}`) is empty")
         return [turn]
+
+
+@FORMATS.register("bradley_terry.chat_template")
+class BradleyTerryRows(ChatPreference):
+    """Axolotl's reward-model rows (`bradley_terry.chat_template`): `input` the user's turn after an optional
+    `system` text, `chosen` and `rejected` the assistant's answers as text; rendered by the chat template as
+    chat_template.default renders a pair. Rows with the prompt's turns under `messages` read as there."""
+
+    def turns(self, row: Mapping[str, Any]) -> list[dict[str, str]]:
+        if self.ds.field_messages or "input" not in row:
+            return super().turns(row)
+        system = row.get("system")
+        lead = [{"role": "system", "content": system}] if isinstance(system, str) and system else []
+        return lead + [{"role": "user", "content": text_field(row, "input")}]
