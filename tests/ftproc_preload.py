@@ -22,6 +22,11 @@ transformers.AutoModelForCausalLM  # noqa: B018
 for arch in ("llama", "qwen2", "mistral", "gemma2", "phi3"):  # the tiny models of the tests
     importlib.import_module(f"transformers.models.{arch}.modeling_{arch}")
 
+import matplotlib  # noqa: E402 (every run ends by drawing loss.png: pyplot and its fonts cost a second to import)
+
+matplotlib.use("Agg")
+import matplotlib.pyplot  # noqa: E402,F401
+
 import ft  # noqa: E402
 
 for module in pkgutil.walk_packages(ft.__path__, "ft."):
