@@ -69,6 +69,18 @@ def test_mapped_keys_become_fts_own(extra, section, key, want, tmp_path: Path):
     assert any("from Axolotl:" in s and "→" in s for s in said), said
 
 
+def test_fsdp_config_alone_turns_fsdp_on_as_axolotl_reads_it(tmp_path: Path):
+    """Axolotl's current examples give only `fsdp_config:` (its `fsdp:` list is deprecated there): FSDP is on with
+    the config's sharding strategy, auto-wrapped; an empty `fsdp_config:` leaves it off."""
+    cfg, _ = _load(tmp_path, "fsdp_config:\n  fsdp_version: 2\n  offload_params: true\n")
+    assert cfg.distributed.fsdp == ("full_shard", "auto_wrap") and cfg.distributed.backend == "fsdp"
+    assert cfg.distributed.fsdp_config.fsdp_offload_params is True
+    cfg, _ = _load(tmp_path, "fsdp_version: 2\nfsdp_config:\n  sharding_strategy: SHARD_GRAD_OP\n")
+    assert cfg.distributed.fsdp == ("shard_grad_op", "auto_wrap")
+    cfg, _ = _load(tmp_path, "fsdp_config:\n")
+    assert cfg.distributed.fsdp == () and cfg.distributed.backend is None
+
+
 def test_fsdp_version_merges_into_fsdp_config(tmp_path: Path):
     extra = "fsdp_version: 2\nfsdp: [full_shard, auto_wrap]\nfsdp_config:\n  transformer_layer_cls_to_wrap: LlamaDecoderLayer\n"
     cfg, said = _load(tmp_path, extra)

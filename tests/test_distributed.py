@@ -21,10 +21,15 @@ ROOT = Path(__file__).resolve().parents[1]
 LORA = {"adapter": "lora", "lora_r": 4, "lora_alpha": 8, "lora_target_linear": True}
 
 
-def _two_ranks(cwd: Path) -> subprocess.CompletedProcess:
+def _two_ranks(cwd: Path, inject: str = "") -> subprocess.CompletedProcess:
+    """`ft train` on two ranks; `inject`: tests/inject/sitecustomize.py's FT_TEST_INJECT (records in cwd/record)."""
     # --standalone: a rendezvous on localhost at a port the OS picks, so two runs never race for a port
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "ft", "train", "cfg.yml"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if inject:
+        (cwd / "record").mkdir(exist_ok=True)
+        env.update(FT_TEST_INJECT=inject, FT_TEST_RECORD=str(cwd / "record"), PYTHONPATH=os.pathsep.join(
+            [str(ROOT / "tests/inject"), os.environ.get("PYTHONPATH", "")]))
     result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600, env=env)
     if result.returncode != 0 and "terminate called without an active exception" in result.stderr \
             and (cwd / "out/summary.json").is_file():
@@ -101,7 +106,9 @@ def test_tiled_mlp_is_refused_under_zero3(tmp_path: Path, tiny_model_dir):
 @pytest.mark.parametrize("stage", [2, 3])
 def test_deepspeed_zero_full_fine_tuning_saves_and_resumes(stage: int, tmp_path: Path, tiny_model_dir):
     """Full fine-tuning (every weight trains) under ZeRO-2 and ZeRO-3: the whole model is saved, loads, and a run
-    stopped after its checkpoint at step 2 and started again ends where the uninterrupted one did."""
+    stopped after its checkpoint at step 2 and started again ends where the uninterrupted one did. The
+    uninterrupted run checkpoints and offloads its activations (Axolotl's gpt-oss ZeRO-3 recipe; the offload hooks
+    made to move CPU tensors here), the resumed one does neither: the same weights."""
     from compare import relative_difference
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
@@ -110,9 +117,11 @@ def test_deepspeed_zero_full_fine_tuning_saves_and_resumes(stage: int, tmp_path:
                 deepspeed=str(ROOT / f"deepspeed_configs/zero{stage}.json"))
     (tmp_path / "whole").mkdir()
     (tmp_path / "resumed").mkdir()
-    make_config(tmp_path / "whole", tiny_model_dir("llama"), max_steps=4, **keys)
+    make_config(tmp_path / "whole", tiny_model_dir("llama"), max_steps=4, gradient_checkpointing=True,
+                activation_offloading=True, **keys)
     make_config(tmp_path / "resumed", tiny_model_dir("llama"), max_steps=2, **keys)
-    _two_ranks(tmp_path / "whole")
+    _two_ranks(tmp_path / "whole", inject="offload_cpu:0:0,record:0:0")
+    assert all(json.loads((tmp_path / f"whole/record/rank-{r}.json").read_text())["offloaded"] > 0 for r in (0, 1))
     _two_ranks(tmp_path / "resumed")
     make_config(tmp_path / "resumed", tiny_model_dir("llama"), max_steps=4, **keys)
     result = _two_ranks(tmp_path / "resumed")

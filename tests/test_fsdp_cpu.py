@@ -54,14 +54,16 @@ def _weights(out: Path, name: str) -> dict:
     return load_file(str(out / name))
 
 
-def _one_and_two(tmp_path: Path, tiny_model_dir, fsdp_config: dict, **keys):
+def _one_and_two(tmp_path: Path, tiny_model_dir, fsdp_config: dict, two_keys: dict | None = None, inject: str = "",
+                 **keys):
     one, two = tmp_path / "one", tmp_path / "two"
     one.mkdir()
     two.mkdir()
     make_config(one, tiny_model_dir("llama"), micro_batch_size=4, **STEPS, **keys)
     make_config(two, tiny_model_dir("llama"), micro_batch_size=2, fsdp=["full_shard", "auto_wrap"],
-                fsdp_config={"transformer_layer_cls_to_wrap": "LlamaDecoderLayer", **fsdp_config}, **STEPS, **keys)
-    return one, two, _run(one, 1, fsdp_cpu=False), _run(two, 2)
+                fsdp_config={"transformer_layer_cls_to_wrap": "LlamaDecoderLayer", **fsdp_config}, **STEPS, **keys,
+                **(two_keys or {}))
+    return one, two, _run(one, 1, fsdp_cpu=False), _run(two, 2, inject=inject)
 
 
 def test_fsdp2_lora_shards_parameters_and_optimizer_state_and_trains_as_one_process(tmp_path: Path, tiny_model_dir):
@@ -85,9 +87,16 @@ def test_fsdp2_lora_shards_parameters_and_optimizer_state_and_trains_as_one_proc
 
 
 def test_fsdp2_full_fine_tuning_saves_a_loadable_model_and_resumes(tmp_path: Path, tiny_model_dir):
-    one, two, _, _ = _one_and_two(tmp_path, tiny_model_dir, {}, max_grad_norm=0.0)
+    """With gradient checkpointing and activation offloading on the two processes (Axolotl's gpt-oss FSDP2 recipe;
+    the offload hooks made to move CPU tensors here): the same losses and weights as one process without them."""
+    offloading = {"gradient_checkpointing": True, "activation_offloading": True}
+    one, two, _, _ = _one_and_two(tmp_path, tiny_model_dir, {}, two_keys=offloading, inject="offload_cpu:0:0,",
+                                  max_grad_norm=0.0)
     whole, ranks = _record(one, 0), [_record(two, r) for r in (0, 1)]
+    assert all(r["offloaded"] > 0 for r in ranks) and whole["offloaded"] == 0, ranks
     assert all(0.45 * whole["params"] <= r["params"] <= 0.55 * whole["params"] for r in ranks), (whole, ranks)
+    a, b = _losses(one / "out"), _losses(two / "out")
+    assert len(a) == len(b) == 4 and all(abs(x - y) <= 1e-4 * abs(x) for x, y in zip(a, b)), (a, b)
     full = _weights(two / "out", "model.safetensors")
     assert relative_difference(full, _weights(one / "out", "model.safetensors")) < 1e-3
     from transformers import AutoModelForCausalLM

@@ -12,6 +12,8 @@ FT_TEST_INJECT holds comma-separated KIND:RANK:STEP items; that rank, at that st
 - record (rank, step ignored): in its second step each rank writes to $FT_TEST_RECORD/rank-N.json how many
   parameter and optimizer-state elements it holds (a sharded tensor counts its local shard), and the bytes of
   its parameters;
+- offload_cpu (rank, step ignored): activation_offloading moves CPU tensors too (every saved activation, whatever
+  its size), so that its pack and unpack hooks run in CPU processes; `record` then counts how many it moved;
 - load_peak (rank, step ignored): a timer samples, every few milliseconds from the import of ft's model loader to its
   first training step, the bytes of all tensor storage the process holds (every live tensor found by the
   garbage collector, storages counted once, meta tensors none), and writes the largest to
@@ -97,7 +99,7 @@ if spec:
                 record = {"params": sum(local_numel(p) for p in params),
                           "param_bytes": sum(local_numel(p) * p.element_size() for p in params), "trainable": sum(local_numel(p) for p in params if p.requires_grad),
                           "optimizer_state": sum(local_numel(v) for v in state), "sharded": any(hasattr(p, "to_local") for p in params),
-                          "fsdp": bool(self.is_fsdp_enabled)}
+                          "fsdp": bool(self.is_fsdp_enabled), "offloaded": self.offload.moved if self.offload else 0}
                 with open(os.path.join(os.environ["FT_TEST_RECORD"], f"rank-{rank_here}.json"), "w") as f:
                     json.dump(record, f)
             return loss
@@ -128,6 +130,14 @@ if spec:
 
         module.AcceleratorState.__init__ = init
 
+    def patch_offload(module):
+        original = module.ActivationOffload.__init__
+
+        def init(self, devices=("cuda",), min_bytes=module.MIN_BYTES):
+            original(self, devices=("cpu",), min_bytes=0)
+
+        module.ActivationOffload.__init__ = init
+
     kinds = {kind for kind, _, _ in items}
     PATCHES = {}
     if kinds & {"raise", "config", "kill", "freeze", "record", "load_peak"}:
@@ -138,6 +148,8 @@ if spec:
         PATCHES["ft.data.prepare"] = patch_prepare
     if "fsdp_cpu" in kinds:
         PATCHES["accelerate.state"] = patch_accelerate
+    if "offload_cpu" in kinds:
+        PATCHES["ft.train.offload"] = patch_offload
 
     class Patcher(importlib.abc.MetaPathFinder):
         """Patches the named modules right after they are imported."""

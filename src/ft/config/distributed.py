@@ -80,13 +80,27 @@ class DistributedConfig(Section):
     deepspeed: Optional[str | dict[str, Any]] = Field(
         None, description="DeepSpeed JSON: a path (see deepspeed_configs/) or the JSON object inline."
     )
-    fsdp: tuple[str, ...] = Field((), description="FSDP options, e.g. [full_shard, auto_wrap], or one string.")
+    fsdp: tuple[str, ...] = Field((), description="FSDP options, e.g. [full_shard, auto_wrap], or one string. Not "
+                                  "written, an fsdp_config with settings means [its sharding_strategy or full_shard, "
+                                  "auto_wrap] (Axolotl's reading).")
     fsdp_config: FsdpConfig = Field(default_factory=FsdpConfig, description="FSDP settings (fsdp_config: block).")
     dp_shard_size: Optional[int] = Field(
         None, ge=1, description="FSDP: the processes each weight is sharded over (Axolotl's N-D parallelism key). ft "
         "shards over every process, so it must equal their number (checked at the start).")
     ddp_timeout: Optional[int] = Field(None, ge=1, description="Seconds before a collective times out.")
     ddp_find_unused_parameters: Optional[bool] = Field(None, description="DDP: search for unused parameters.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fsdp_from_its_config(cls, data: Any) -> Any:
+        """An `fsdp_config:` with settings and no `fsdp:` turns FSDP on, as Axolotl reads it (its `fsdp:` list is
+        deprecated there): the config's sharding strategy (full_shard unless it says otherwise), auto-wrapped.
+        `fsdp: []` written (as ft's resolved config writes it) keeps FSDP off."""
+        if isinstance(data, dict) and "fsdp" not in data and isinstance(data.get("fsdp_config"), dict) and data["fsdp_config"]:
+            settings = data["fsdp_config"]
+            strategy = settings.get("fsdp_sharding_strategy") or settings.get("sharding_strategy") or "full_shard"
+            data = {**data, "fsdp": [str(strategy).lower(), "auto_wrap"]}
+        return data
 
     @field_validator("deepspeed")
     @classmethod

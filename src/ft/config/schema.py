@@ -168,9 +168,6 @@ def contradictions(cfg: FtConfig) -> list[Contradiction]:
     if t.activation_offloading and not t.gradient_checkpointing:
         add("activation_offloading", "`activation_offloading` moves the checkpointed layer inputs to CPU memory: "
             "turn on `gradient_checkpointing` too")
-    if t.activation_offloading and d.backend:
-        add("activation_offloading", f"`activation_offloading` is not supported with {d.backend}; use "
-            + ("DeepSpeed's activation_checkpointing.cpu_checkpointing" if d.deepspeed else "fsdp_config.offload_params"))
     if t.tiled_mlp and d.fsdp:
         add("tiled_mlp", "`tiled_mlp` is not supported with fsdp (its recompute inside FSDP units is untested); "
             "use gradient_checkpointing and activation_offloading, or DeepSpeed")
