@@ -336,3 +336,14 @@ def test_dp_shard_size_is_the_number_of_processes_fsdp_shards_over(tmp_path: Pat
 
     with pytest.raises(UserError, match="`dp_shard_size: 2`, and this run has 1 process: ft shards each weight over every"):
         build_run(make_config(tmp_path, tiny_model_dir("llama"), dp_shard_size=2, fsdp=["full_shard"]), 1)
+
+
+def test_evaluation_keys_of_axolotls_phi3_example(tmp_path: Path):
+    """eval_table_size (deprecated in Axolotl, a no-op there) is ignored; `perplexity` among eval_causal_lm_metrics is
+    what ft computes at every evaluation anyway; eta_min (no one's key, ignored by Axolotl) says ft's name."""
+    cfg, said = _load(tmp_path, f"{BASE}val_set_size: 4\ndo_causal_lm_eval: true\neval_table_size: 2\n"
+                                "eval_causal_lm_metrics: [perplexity, f1]\n")
+    assert cfg.evaluation.eval_causal_lm_metrics == ("f1",)
+    assert any("`eval_table_size` ignored" in s for s in said) and any("`perplexity` taken out" in s for s in said)
+    with pytest.raises(ConfigError, match=r"unknown key `eta_min` \(PyTorch's name for the cosine schedule's floor"):
+        _load(tmp_path, f"{BASE}eta_min: 7e-7\n")

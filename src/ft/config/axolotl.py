@@ -236,7 +236,8 @@ KEYS: dict[str, Answer] = {
     "min_sample_len": _refused("a minimum row length"),
     "max_prompt_len": _refused("a maximum prompt length"),
     "eval_sequence_len": _refused("a sequence length of its own for evaluation"),
-    "eval_table_size": _refused("the table of evaluation predictions"),
+    "eval_table_size": _noop("the table of evaluation predictions", "deprecated in Axolotl, where it does nothing now "
+                             "(generate_samples replaced it)"),
     "do_bench_eval": _refused("benchmark evaluation during training", False),
     "bench_dataset": _refused("benchmark evaluation during training"),
     "bench_split": _refused("benchmark evaluation during training"),

@@ -75,6 +75,10 @@ def top_level(key: str, value: Any) -> tuple[dict[str, Any], str]:
     if key == "experts_implementation" and isinstance(value, str) and value in ("scattermoe", "sonicmoe"):
         return {}, (f"`experts_implementation: {value}` (Axolotl's experts kernel) ignored: ft runs transformers' "
                     "own experts implementation, with the same results")
+    if key == "eval_causal_lm_metrics" and isinstance(value, list) and "perplexity" in value:
+        return ({key: [m for m in value if m != "perplexity"]},
+                "`perplexity` taken out of `eval_causal_lm_metrics`: ft computes the references' loss and perplexity at "
+                "every evaluation anyway")
     if key == "gradient_checkpointing" and value == "offload":
         return ({"gradient_checkpointing": True, "activation_offloading": True},
                 "`gradient_checkpointing: offload` → `gradient_checkpointing: true`, `activation_offloading: true`")

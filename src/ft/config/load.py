@@ -46,6 +46,12 @@ NOT_SUPPORTED_YET = {
     "relora_steps": "ReLoRA is not supported yet",
     "unsloth_lora_mlp": "Unsloth's kernels are not part of ft",
 }
+# Keys that are no one's schema key but are seen in the wild (Axolotl's examples hold them; Axolotl ignores them):
+# the unknown-key message says what ft has instead of a did-you-mean.
+UNKNOWN_HINTS = {
+    "eta_min": "PyTorch's name for the cosine schedule's floor, which Axolotl ignores; ft's is `cosine_min_lr_ratio`, "
+               "a share of learning_rate",
+}
 # `bnb_config_kwargs:` (Axolotl) holds keys that ft takes at the top level.
 NESTED_FLAT = ("bnb_config_kwargs",)
 
@@ -210,7 +216,8 @@ def normalize(
             raise ConfigError(f"{where}: `{key}`: {NOT_SUPPORTED_YET[name]}")
         axolotl_key = name not in KEY_SECTION and axolotl.answer(name) is not None
         if not axolotl_key and name not in KEY_SECTION:
-            raise ConfigError(f"{where}: unknown key `{key}`{did_you_mean(key, all_keys() + sorted(axolotl.VOCABULARY))}")
+            hint = f" ({UNKNOWN_HINTS[key]})" if key in UNKNOWN_HINTS else did_you_mean(key, all_keys() + sorted(axolotl.VOCABULARY))
+            raise ConfigError(f"{where}: unknown key `{key}`{hint}")
         if not axolotl_key and value is None and name not in NULLABLE:  # `key:` alone: not set, as Axolotl reads it
             empty.append(key)
             continue
