@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Validate Axolotl's own example configs with ft, as a user arriving with them would.
 
-    python scripts/axolotl_examples.py AXOLOTL_EXAMPLES_DIR [--model DIR] [--show N] [--train N]
+    python scripts/axolotl_examples.py AXOLOTL_EXAMPLES_DIR [--model DIR] [--show N] [--train N] [--pick CONFIG ...]
 
 AXOLOTL_EXAMPLES_DIR is the examples/ folder of an Axolotl checkout (fetched by you: nothing of Axolotl is in
 this repository). Each config's hub names are swapped for local ones as a user on an offline machine would:
@@ -44,6 +44,7 @@ def main() -> None:
     parser.add_argument("--model", type=Path, help="a local model folder (default: a tiny Llama built now)")
     parser.add_argument("--show", type=int, default=0, help="also print the first N configs of each refusal")
     parser.add_argument("--train", type=int, default=0, help="train the first N validated configs for 2 steps")
+    parser.add_argument("--pick", nargs="*", default=[], help="also train these validated configs (paths under examples/)")
     args = parser.parse_args()
 
     from ft.commands.config import validation_context
@@ -89,7 +90,7 @@ def main() -> None:
     candidates = [n for n in bodies if results[n][2] and trainable(bodies[n])]
     # a spread: configs with plugins first, then chat_template datasets, then the rest (LoRA and QLoRA)
     candidates.sort(key=lambda n: (not bodies[n].get("plugins"), bodies[n]["datasets"][0]["type"] != "chat_template"))
-    trained = candidates[: args.train]
+    trained = candidates[: args.train] + [n for n in args.pick if n in candidates and n not in candidates[: args.train]]
     for name in trained:
         folder = work / "train" / name.replace("/", "__")
         folder.mkdir(parents=True)
