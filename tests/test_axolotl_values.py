@@ -347,3 +347,14 @@ def test_evaluation_keys_of_axolotls_phi3_example(tmp_path: Path):
     assert any("`eval_table_size` ignored" in s for s in said) and any("`perplexity` taken out" in s for s in said)
     with pytest.raises(ConfigError, match=r"unknown key `eta_min` \(PyTorch's name for the cosine schedule's floor"):
         _load(tmp_path, f"{BASE}eta_min: 7e-7\n")
+
+
+def test_attention_names_of_axolotls_examples(tmp_path: Path):
+    """xformers (7 of Axolotl's examples) → sdpa; a hub kernel (gpt-oss's vllm-flash-attn3) → flash_attention_2;
+    a name transformers lacks is refused with a did-you-mean instead of a traceback when the model loads."""
+    cfg, said = _load(tmp_path, f"{BASE}attn_implementation: xformers\n")
+    assert cfg.model.attn_implementation == "sdpa" and any("xformers" in s for s in said)
+    cfg, _ = _load(tmp_path, f"{BASE}attn_implementation: kernels-community/vllm-flash-attn3\n")
+    assert cfg.model.attn_implementation == "flash_attention_2"
+    with pytest.raises(ConfigError, match=r"`flash_attention2` is not an attention transformers has \(did you mean"):
+        _load(tmp_path, f"{BASE}attn_implementation: flash_attention2\n")

@@ -75,6 +75,13 @@ def top_level(key: str, value: Any) -> tuple[dict[str, Any], str]:
     if key == "experts_implementation" and isinstance(value, str) and value in ("scattermoe", "sonicmoe"):
         return {}, (f"`experts_implementation: {value}` (Axolotl's experts kernel) ignored: ft runs transformers' "
                     "own experts implementation, with the same results")
+    if key == "attn_implementation" and value == "xformers":
+        return {key: "sdpa"}, ("`attn_implementation: xformers` (Axolotl's xformers attention) → `attn_implementation: "
+                               "sdpa`: PyTorch's memory-efficient attention, the same math")
+    if key == "attn_implementation" and isinstance(value, str) and "/" in value:
+        return {key: "flash_attention_2"}, (f"`attn_implementation: {value}` (a Hugging Face hub kernel) → "
+                                            "`attn_implementation: flash_attention_2`, the same attention from flash-attn "
+                                            "(sdpa where it is not installed)")
     if key == "eval_causal_lm_metrics" and isinstance(value, list) and "perplexity" in value:
         return ({key: [m for m in value if m != "perplexity"]},
                 "`perplexity` taken out of `eval_causal_lm_metrics`: ft computes the references' loss and perplexity at "

@@ -19,6 +19,9 @@ class SpecialTokens(Section):
     unk_token: Optional[str] = Field(None, description="Unknown-token text.")
 
 
+ATTENTIONS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")  # transformers' own names
+
+
 class ModelConfig(Section):
     base_model: str = Field(..., description="Hub id or local folder of the model to fine-tune.")
     base_model_config: Optional[str] = Field(
@@ -102,6 +105,16 @@ class ModelConfig(Section):
                              "checkpoint's weights read back in the training dtype; add "
                              "`model_quantization_config_kwargs: {dequantize: true}`")
         return self
+
+    @field_validator("attn_implementation")
+    @classmethod
+    def _known_attention(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None and v.removeprefix("paged|") not in ATTENTIONS:
+            from ft.registry import did_you_mean
+
+            raise ValueError(f"`{v}` is not an attention transformers has{did_you_mean(v, ATTENTIONS)}; valid: "
+                             f"{', '.join(ATTENTIONS)}")
+        return v
 
     @field_validator("tokens", mode="before")
     @classmethod

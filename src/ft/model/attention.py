@@ -21,6 +21,9 @@ def resolve_attention(m: ModelConfig) -> tuple[Optional[str], Optional[str]]:
             "`pip install 'ft[flash]'`): falling back to sdpa attention, and on a GPU to PyTorch's own varlen "
             "flash-attention kernel for packed and padding-free batches"
         )
+    if wanted == "flash_attention_3" and importlib.util.find_spec("flash_attn_interface") is None:
+        return "sdpa", ("attn_implementation: flash_attention_3, but flash-attn 3 (flash_attn_interface, Hopper GPUs) "
+                        "is not installed: falling back to sdpa attention")
     return wanted, None
 
 
