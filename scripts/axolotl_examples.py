@@ -125,7 +125,7 @@ def for_cpu(body: dict, folder: Path) -> dict:
         d["path"] = str(rows)
         datasets.append(d)
     body["datasets"] = datasets
-    for key in ("deepspeed", "fsdp", "fsdp_config", "fsdp_version", "test_datasets", "hub_model_id", "wandb_project",
+    for key in ("deepspeed", "fsdp", "fsdp_config", "fsdp_version", "dp_shard_size", "test_datasets", "hub_model_id", "wandb_project",
                 "resume_from_checkpoint", "lora_model_dir", "dataset_prepared_path"):
         body.pop(key, None)
     body.update({"output_dir": str(folder / "out"), "max_steps": 2, "micro_batch_size": 1, "gradient_accumulation_steps": 1,
