@@ -90,10 +90,42 @@ def test_a_qlora_run_with_quantized_experts_trains(tmp_path: Path, tiny_model_di
     cfg = make_config(tmp_path, folder, **QLORA, max_steps=6, learning_rate=0.01)
     trainer, model, _ = build(cfg)
     quantized = [name for m in model.modules() for name in getattr(m, "parametrizations", {})]
-    assert quantized == ["gate_up_proj", "down_proj"] * 2
+    assert sorted(quantized) == ["down_proj", "down_proj", "gate_up_proj", "gate_up_proj"]
     trainer.train()
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     assert len(losses) == 6 and losses[-1] < losses[0]
+
+
+def test_experts_are_quantized_as_they_load(tiny_model_dir):
+    """Each experts' weight is quantized right after transformers sets it, so at no moment of loading do two of them
+    sit in 16 bits (what lets a model whose 16-bit experts would not fit load); the result equals quantizing after."""
+    import transformers.core_model_loading as loading
+    from transformers import AutoModelForCausalLM
+
+    from ft.config.model import QuantizationConfig
+    from ft.model.experts import expert_parameters, quantize_experts, quantized_while_loading
+
+    folder, q = tiny_model_dir("qwen3_moe"), QuantizationConfig(load_in_4bit=True, quantize_moe_experts=True)
+    alive: list[int] = []
+    inner = loading.set_param_for_module
+
+    def spy(model, target, *args, **kwargs):  # before each parameter is set: the 16-bit experts already loaded
+        alive.append(sum(1 for _, m, n in expert_parameters(model) if getattr(m, n).device.type != "meta"))
+        return inner(model, target, *args, **kwargs)
+
+    loading.set_param_for_module = spy
+    try:
+        with quantized_while_loading(q) as done:
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    finally:
+        loading.set_param_for_module = inner
+    assert len(done) == 4 and len(alive) > 4 and max(alive) == 0 and loading.set_param_for_module is inner
+    after = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    assert quantize_experts(after, q) == 4
+    for name in done:
+        path, _, pname = name.rpartition(".")
+        torch.testing.assert_close(getattr(model.get_submodule(path), pname), getattr(after.get_submodule(path), pname),
+                                   rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("extra, said", [

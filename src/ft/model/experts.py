@@ -2,24 +2,32 @@
 parameters (one tensor for all experts, outside any nn.Linear, so bitsandbytes' loading leaves them in 16 bits),
 quantized like the rest of the base: 4-bit by bitsandbytes' own parametrization (the config's quant type and
 double quantization), 8-bit per row as LLM.int8 stores a weight. The model reads each as a dequantized tensor when
-its forward runs, so the layers' code is unchanged; the experts are frozen (LoRA trains the linear layers)."""
+its forward runs, so the layers' code is unchanged; the experts are frozen (LoRA trains the linear layers). Each is
+quantized as transformers loads it (quantized_while_loading), so a model whose 16-bit experts would not fit loads."""
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from contextlib import contextmanager
+from functools import lru_cache
+from typing import Any, Iterator
 
 from ft.config.model import QuantizationConfig
 
 log = logging.getLogger("ft")
 
 
+def is_experts(path: str, module: Any) -> bool:
+    """Whether a module holds routed experts (its name or class says so)."""
+    return "expert" in path.lower().rsplit(".", 1)[-1] or "expert" in type(module).__name__.lower()
+
+
 def expert_parameters(model: Any) -> list[tuple[str, Any, str]]:
-    """(qualified name, module, parameter name) of every routed experts' weight: a parameter of three or more
-    dimensions of a module whose path names experts."""
+    """(qualified name, module, parameter name) of every routed experts' weight still in 16 bits: a parameter of
+    three or more dimensions of a module whose path names experts."""
     found = []
     for path, module in model.named_modules():
-        if "expert" not in path.lower().rsplit(".", 1)[-1] and "expert" not in type(module).__name__.lower():
+        if not is_experts(path, module):
             continue
         for name, p in module.named_parameters(recurse=False):
             if p.ndim >= 3:
@@ -27,6 +35,7 @@ def expert_parameters(model: Any) -> list[tuple[str, Any, str]]:
     return found
 
 
+@lru_cache(maxsize=None)
 def _int8_parametrization() -> Any:
     import bitsandbytes as bnb
     import torch
@@ -46,31 +55,61 @@ def _int8_parametrization() -> Any:
     return Int8Rows
 
 
-def quantize_experts(model: Any, q: QuantizationConfig) -> int:
-    """Quantize every routed experts' weight of `model` in place to the base's bits; returns how many. A model
-    without 3-D expert weights is refused by the caller's message (nothing to quantize is a config mistake)."""
+def quantize_one(module: Any, name: str, q: QuantizationConfig) -> int:
+    """Quantize `module`'s 3-D parameter `name` in place to the base's bits; returns the bytes it saves."""
     import bitsandbytes as bnb
     import torch
     from bitsandbytes.nn.parametrize import replace_parameter_4bit
     from torch.nn.utils import parametrize
 
+    weight = getattr(module, name)
+    before = weight.numel() * weight.element_size()
+    if q.bits == 4:
+        replace_parameter_4bit(module, name, compress_statistics=q.bnb_4bit_use_double_quant, quant_type=q.bnb_4bit_quant_type)
+    else:
+        shape, dtype = tuple(weight.shape), weight.dtype
+        rows, stats, _ = bnb.functional.int8_vectorwise_quant(weight.detach().reshape(-1, shape[-1]).to(torch.float16))
+        setattr(module, name, torch.nn.Parameter(rows.reshape(shape), requires_grad=False))
+        parametrize.register_parametrization(module, name, _int8_parametrization()(stats, shape, dtype), unsafe=True)
+    stored = module.parametrizations[name].original
+    stored.requires_grad_(False)
+    return before - stored.numel() * stored.element_size()
+
+
+def quantize_experts(model: Any, q: QuantizationConfig) -> int:
+    """Quantize every routed experts' weight of `model` still in 16 bits in place; returns how many."""
     found = expert_parameters(model)
-    saved = 0
-    int8 = _int8_parametrization() if q.bits == 8 else None
-    for _, module, name in found:
-        weight = getattr(module, name)
-        before = weight.numel() * weight.element_size()
-        if q.bits == 4:
-            replace_parameter_4bit(module, name, compress_statistics=q.bnb_4bit_use_double_quant,
-                                   quant_type=q.bnb_4bit_quant_type)
-        else:
-            shape, dtype = tuple(weight.shape), weight.dtype
-            rows, stats, _ = bnb.functional.int8_vectorwise_quant(weight.detach().reshape(-1, shape[-1]).to(torch.float16))
-            setattr(module, name, torch.nn.Parameter(rows.reshape(shape), requires_grad=False))
-            parametrize.register_parametrization(module, name, int8(stats, shape, dtype), unsafe=True)
-        stored = module.parametrizations[name].original
-        stored.requires_grad_(False)
-        saved += before - stored.numel() * stored.element_size()
+    saved = sum(quantize_one(module, name, q) for _, module, name in found)
     if found:
-        log.info("quantize_moe_experts: %d expert weights stored in %d bits (%.2f GB less)", len(found), q.bits, saved / 1e9)
+        log.info("quantize_moe_experts: %d expert weights stored in %d bits after loading (%.2f GB less)", len(found),
+                 q.bits, saved / 1e9)
     return len(found)
+
+
+@contextmanager
+def quantized_while_loading(q: QuantizationConfig) -> Iterator[list[str]]:
+    """Around from_pretrained: each experts' weight is quantized as soon as transformers sets it in the model, so the
+    16-bit experts never sit in memory together, and transformers' warm-up allocation of the whole model's 16-bit
+    size is skipped. Yields the names quantized this way. (transformers 5's loader sets each parameter through
+    core_model_loading.set_param_for_module, looked up at each call: wrapped for the duration only.)"""
+    import transformers.core_model_loading as loading
+    import transformers.modeling_utils as modeling
+
+    set_param, warmup = loading.set_param_for_module, modeling.caching_allocator_warmup
+    done: list[str] = []
+
+    def set_and_quantize(model: Any, target: str, value: Any, *args: Any, **kwargs: Any) -> Any:
+        result = set_param(model, target, value, *args, **kwargs)
+        path, _, name = target.rpartition(".")
+        module = model.get_submodule(path) if path else model
+        if value.ndim >= 3 and name in module._parameters and is_experts(path, module):
+            quantize_one(module, name, q)
+            done.append(target)
+        return result
+
+    loading.set_param_for_module = set_and_quantize
+    modeling.caching_allocator_warmup = lambda *args, **kwargs: None
+    try:
+        yield done
+    finally:
+        loading.set_param_for_module, modeling.caching_allocator_warmup = set_param, warmup

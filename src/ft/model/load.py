@@ -65,6 +65,13 @@ def load_model(m: ModelConfig, q: QuantizationConfig, tokenizer: Any, *, full: b
             from ft.model.sharded import meta_model
 
             model = meta_model(m.base_model, load_dtype, kwargs)
+        elif q.quantize_moe_experts:
+            from ft.model.experts import quantized_while_loading
+
+            with quantized_while_loading(q) as done:
+                model = auto.from_pretrained(m.base_model, dtype=load_dtype, **kwargs)
+            if done:
+                log.info("quantize_moe_experts: %d expert weights stored in %d bits as they loaded", len(done), q.bits)
         else:
             model = auto.from_pretrained(m.base_model, dtype=load_dtype, **kwargs)
     except OSError as exc:
@@ -98,7 +105,7 @@ def load_model(m: ModelConfig, q: QuantizationConfig, tokenizer: Any, *, full: b
     if q.quantize_moe_experts:
         from ft.model.experts import quantize_experts
 
-        if not quantize_experts(model, q):
+        if not quantize_experts(model, q) and not any(hasattr(x, "parametrizations") for x in model.modules()):
             log.warning("quantize_moe_experts: %s has no experts' weights of 3 dimensions (its experts, if any, are "
                         "linear layers, quantized with the rest): nothing more to quantize", type(model).__name__)
     if q.bits == 4 and not torch.cuda.is_available():
