@@ -231,3 +231,41 @@ def test_lisa_trains_the_drawn_layers_of_each_window(tmp_path: Path, tiny_model_
         assert "LISA chooses which whole layers of a full fine-tune train" in str(exc)
     else:
         raise AssertionError("LISA with an adapter was accepted")
+
+
+def test_gradient_checkpointing_layers_recomputes_only_the_first_layers(tmp_path: Path, tiny_model_dir):
+    """gradient_checkpointing_layers: 1 of 2 layers recomputes in the backward pass (its attention runs twice, the
+    other's once), and the LoRA gradients equal those of checkpointing every layer and of none (fp32)."""
+    import torch
+
+    from ft.errors import ConfigError
+    from train_helpers import fixed_batch
+
+    folder = tiny_model_dir("llama")
+    lora = {"adapter": "lora", "lora_target_linear": True}
+    grads, calls = {}, {}
+    for name, keys in (("none", {}), ("all", {"gradient_checkpointing": True}),
+                       ("first", {"gradient_checkpointing": True, "gradient_checkpointing_layers": 1})):
+        (tmp_path / name).mkdir()
+        _, model, tokenizer = build(make_config(tmp_path / name, folder, **lora, **keys))
+        counts = [0, 0]
+        for i, layer in enumerate(model.base_model.model.model.layers):
+            layer.self_attn.register_forward_hook(lambda *args, i=i: counts.__setitem__(i, counts[i] + 1))
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if "lora_B" in n:
+                    p.normal_(0, 0.05)  # B starts at zero: let the gradient reach A
+        model.train()
+        model(**fixed_batch(tokenizer)).loss.backward()
+        grads[name] = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        calls[name] = counts
+    assert calls == {"none": [1, 1], "all": [2, 2], "first": [2, 1]}
+    for name in ("all", "first"):
+        for n, g in grads["none"].items():
+            assert float((grads[name][n] - g).norm() / (g.norm() + 1e-12)) < 1e-5, (name, n)
+    try:
+        make_config(tmp_path, folder, gradient_checkpointing_layers=1)
+    except ConfigError as exc:
+        assert "turn on `gradient_checkpointing` too" in str(exc)
+    else:
+        raise AssertionError("gradient_checkpointing_layers without gradient_checkpointing was accepted")

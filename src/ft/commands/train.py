@@ -291,7 +291,8 @@ def model_for_training(cfg: FtConfig, tokenizer: Any, layout: str, world: int = 
         from ft.model.tiled_mlp import tile_mlps
 
         tile_mlps(model, t.tiled_mlp_tokens)
-    model = prepare_for_training(model, q, checkpointing=t.gradient_checkpointing, adapter=bool(a.adapter))
+    model = prepare_for_training(model, q, checkpointing=t.gradient_checkpointing, adapter=bool(a.adapter),
+                                 checkpointed_layers=t.gradient_checkpointing_layers)
     if a.adapter:
         model = apply_adapter(a, model, grew, t.seed, on_meta, frozen_copy=cfg.preference.reference)
     if a.unfrozen_parameters:

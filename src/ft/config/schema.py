@@ -165,6 +165,12 @@ def contradictions(cfg: FtConfig) -> list[Contradiction]:
     if t.lisa_n_layers and d.backend:
         add("lisa_n_layers", f"LISA is not supported with {d.backend} yet (it changes which weights train during the run); "
             "train on one process")
+    if t.gradient_checkpointing_layers is not None and not t.gradient_checkpointing:
+        add("gradient_checkpointing_layers", "`gradient_checkpointing_layers` picks the layers gradient checkpointing "
+            "recomputes: turn on `gradient_checkpointing` too")
+    elif t.gradient_checkpointing_layers is not None and t.activation_offloading:
+        add("gradient_checkpointing_layers", "`activation_offloading` moves every layer's saved activations to the host, "
+            "checkpointed or not; keep one of it and `gradient_checkpointing_layers`")
     if t.activation_offloading and not t.gradient_checkpointing:
         add("activation_offloading", "`activation_offloading` moves the checkpointed layer inputs to CPU memory: "
             "turn on `gradient_checkpointing` too")

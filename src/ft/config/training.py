@@ -39,6 +39,9 @@ class TrainingConfig(Section):
     gradient_checkpointing: bool = Field(
         False, description="Recompute activations in the backward pass: much less memory, ~30% more compute."
     )
+    gradient_checkpointing_layers: Optional[int] = Field(
+        None, ge=0, description="With gradient_checkpointing: recompute only the first N decoder layers and keep the "
+        "others' activations: fewer recomputed layers (faster steps) where memory allows some (`ft plan` counts it).")
     eval_steps: Optional[float] = Field(None, gt=0, description="Evaluate every N steps (or a fraction of the run).")
     evals_per_epoch: Optional[int] = Field(None, ge=1, description="Evaluate this many times per epoch.")
     save_steps: Optional[float] = Field(None, gt=0, description="Save a checkpoint every N steps (or a fraction of the run).")

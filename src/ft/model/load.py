@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Optional
 
 from ft.config.model import ModelConfig, QuantizationConfig
 from ft.errors import ConfigError
@@ -181,7 +181,8 @@ def unfreeze_only(model: Any, patterns: tuple[str, ...], adapter: bool = False) 
     return count
 
 
-def prepare_for_training(model: Any, q: QuantizationConfig, *, checkpointing: bool, adapter: bool) -> Any:
+def prepare_for_training(model: Any, q: QuantizationConfig, *, checkpointing: bool, adapter: bool,
+                         checkpointed_layers: Optional[int] = None) -> Any:
     """Freeze a quantized base and turn on gradient checkpointing.
 
     Unlike peft's prepare_model_for_kbit_training, the frozen 16-bit parameters of a quantized base
@@ -200,7 +201,21 @@ def prepare_for_training(model: Any, q: QuantizationConfig, *, checkpointing: bo
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if adapter:
             model.enable_input_require_grads()  # frozen embeddings: checkpointed blocks still need a grad path
+        if checkpointed_layers is not None:
+            checkpoint_first(model, checkpointed_layers)
     return model
+
+
+def checkpoint_first(model: Any, count: int) -> int:
+    """gradient_checkpointing_layers: only the first `count` decoder layers recompute in the backward pass, the
+    others keep their activations. Returns how many layers there are."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    for i, layer in enumerate(layers):
+        layer.gradient_checkpointing = layer.gradient_checkpointing and i < count
+    log.info("gradient checkpointing: %d of %d layers recomputed in the backward pass", min(count, len(layers)), len(layers))
+    return len(layers)
 
 
 def use_packed_attention(model: Any, layout: str, probe: bool = True) -> tuple[str, str]:

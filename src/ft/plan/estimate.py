@@ -124,7 +124,13 @@ def estimate(cfg: Any, shape: Shape, gpus: int = 1, longest_batch: Optional[int]
     # activations and logits
     layer_in = tokens * shape.hidden * compute
     saved, tile = _layer_activations(cfg, shape, tokens, compute)
-    if t.gradient_checkpointing:
+    recomputed = min(shape.layers, t.gradient_checkpointing_layers if t.gradient_checkpointing_layers is not None else shape.layers)
+    if t.gradient_checkpointing and recomputed < shape.layers:  # the other layers keep their activations
+        plan.parts["activations of layers not checkpointed"] = saved * (shape.layers - recomputed)
+        plan.parts["checkpointed layer inputs"] = layer_in * (recomputed + 1)
+        if recomputed:
+            plan.parts["one layer recomputed"] = saved + tile
+    elif t.gradient_checkpointing:
         inputs = layer_in * (shape.layers + 1)  # each layer's input, and the final norm's
         if t.activation_offloading:
             plan.host["offloaded layer inputs (pinned)"] = inputs
