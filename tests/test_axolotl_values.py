@@ -289,6 +289,7 @@ def test_pretraining_dataset_streaming_and_kernel_keys(tmp_path: Path):
     for key in ("pretrain_multipack_attn", "streaming", "gemma4_hybrid_attn_impl", "flex_attn_compile_kwargs"):
         assert any(f"`{key}" in s and "ignored" in s for s in said), (key, said)
     assert "`pretraining_dataset` key `skip`" in _refused(tmp_path, text.replace("    split: train\n", "    skip: 5\n"))
+    assert _load(tmp_path, text.replace("text_column: body", "field: body"))[0].data.datasets[0].field == "body"
     assert "of `type: ebft_pretrain` is not supported" in _refused(tmp_path, text.replace("pretrain\n", "ebft_pretrain\n", 1))
     assert "pretrain_multipack_attn" in _refused(tmp_path, text.replace("attn: true", "attn: false"))
     cfg, said = _load(tmp_path, f"{BASE}llama4_linearized_experts: true\nload_in_4bit: true\nadapter: qlora\n")

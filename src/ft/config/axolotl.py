@@ -46,7 +46,7 @@ def _when_true(key: str, value: Any) -> Callable[[Any], dict[str, Any]]:
 
 # Keys of an Axolotl `pretraining_dataset:` entry, read as ft's completion dataset keys (text_column → field).
 PRETRAINING_KEYS = {"path": "path", "name": "name", "split": "split", "data_files": "data_files", "ds_type": "ds_type",
-                    "revision": "revision", "text_column": "field"}
+                    "revision": "revision", "text_column": "field", "field": "field"}
 
 
 def pretraining_datasets(value: Any) -> dict[str, Any]:
