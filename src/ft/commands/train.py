@@ -130,8 +130,7 @@ def build_run(cfg: FtConfig, world: int) -> Run:
                                      **extra)
     if reward:
         trainer.center_rewards = cfg.preference.center_rewards_coefficient or 0.0
-        log.info("reward model: a one-number head on each text's last token, the loss -log σ(r_chosen - r_rejected)"
-                 + (f" + {trainer.center_rewards:g} × mean((r_chosen + r_rejected)²)" if trainer.center_rewards else ""))
+        log.info("reward model: a one-number head on each text's last token, the loss %s", cfg.preference.reward_loss)
     elif pairs:
         trainer.preference, trainer.reference_model, trainer.logits_from_model = cfg.preference, reference, not chunked
         if cfg.preference.precompute_ref_log_probs and cfg.preference.reference:

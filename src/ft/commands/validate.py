@@ -40,8 +40,7 @@ def derived(cfg: FtConfig, world_size: int = 1) -> dict[str, str]:
         out["batches"] = (f"pairs: {t.micro_batch_size} pair(s) per micro batch, their answers end to end without padding; "
                           f"attention per row")
     elif p.reward_model:
-        out["reward model"] = ("Bradley-Terry: a one-number head on each text's last token, -log σ(r_chosen - r_rejected)"
-                               + (f" + {p.center_rewards_coefficient:g} × (r_chosen + r_rejected)²" if p.center_rewards_coefficient else ""))
+        out["reward model"] = f"Bradley-Terry: a one-number head on each text's last token, {p.reward_loss}"
         out["batches"] = f"pairs: {t.micro_batch_size} pair(s) per micro batch, as padded rows"
     else:
         out["batches"] = batches(cfg, attention)

@@ -59,6 +59,12 @@ class PreferenceConfig(Section):
         return self
 
     @property
+    def reward_loss(self) -> str:
+        """A reward model's loss in words (ft validate, ft train)."""
+        c = self.center_rewards_coefficient
+        return "-log σ(r_chosen - r_rejected)" + (f" + {c:g} × mean((r_chosen + r_rejected)²)" if c else "")
+
+    @property
     def trains_pairs(self) -> bool:
         """Whether the run reads preference pairs (preference training or a reward model)."""
         return self.rl is not None or self.reward_model

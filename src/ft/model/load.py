@@ -52,6 +52,7 @@ def load_model(m: ModelConfig, q: QuantizationConfig, tokenizer: Any, *, full: b
         kwargs["device_map"] = {"": device()}
     # Full fine-tuning keeps fp32 master weights (autocast does the bf16/fp16 math), unless `bf16: full`
     load_dtype = torch.float32 if (full and master_weights(m, dtype)) else dtype
+    done: list[str] = []  # quantize_moe_experts: the expert weights quantized as they loaded
     try:
         if m.reinit_weights and not on_meta:
             config = kwargs.pop("config", None) or model_config(m)
@@ -68,8 +69,9 @@ def load_model(m: ModelConfig, q: QuantizationConfig, tokenizer: Any, *, full: b
         elif q.quantize_moe_experts:
             from ft.model.experts import quantized_while_loading
 
-            with quantized_while_loading(q) as done:
+            with quantized_while_loading(q) as quantized:
                 model = auto.from_pretrained(m.base_model, dtype=load_dtype, **kwargs)
+            done = quantized
             if done:
                 log.info("quantize_moe_experts: %d expert weights stored in %d bits as they loaded", len(done), q.bits)
         else:
@@ -105,7 +107,7 @@ def load_model(m: ModelConfig, q: QuantizationConfig, tokenizer: Any, *, full: b
     if q.quantize_moe_experts:
         from ft.model.experts import quantize_experts
 
-        if not quantize_experts(model, q) and not any(hasattr(x, "parametrizations") for x in model.modules()):
+        if not quantize_experts(model, q) and not done:
             log.warning("quantize_moe_experts: %s has no experts' weights of 3 dimensions (its experts, if any, are "
                         "linear layers, quantized with the rest): nothing more to quantize", type(model).__name__)
     if q.bits == 4 and not torch.cuda.is_available():

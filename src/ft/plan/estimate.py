@@ -124,19 +124,18 @@ def estimate(cfg: Any, shape: Shape, gpus: int = 1, longest_batch: Optional[int]
     # activations and logits
     layer_in = tokens * shape.hidden * compute
     saved, tile = _layer_activations(cfg, shape, tokens, compute)
-    recomputed = min(shape.layers, t.gradient_checkpointing_layers if t.gradient_checkpointing_layers is not None else shape.layers)
-    if t.gradient_checkpointing and recomputed < shape.layers:  # the other layers keep their activations
-        plan.parts["activations of layers not checkpointed"] = saved * (shape.layers - recomputed)
-        plan.parts["checkpointed layer inputs"] = layer_in * (recomputed + 1)
-        if recomputed:
-            plan.parts["one layer recomputed"] = saved + tile
-    elif t.gradient_checkpointing:
-        inputs = layer_in * (shape.layers + 1)  # each layer's input, and the final norm's
-        if t.activation_offloading:
+    if t.gradient_checkpointing:  # the first `recomputed` layers keep only their input, the others everything
+        chosen = t.gradient_checkpointing_layers
+        recomputed = shape.layers if chosen is None else min(shape.layers, chosen)
+        inputs = layer_in * (recomputed + 1)  # each checkpointed layer's input, and the final norm's
+        if t.activation_offloading:  # every layer checkpointed (config/schema.py)
             plan.host["offloaded layer inputs (pinned)"] = inputs
             inputs = 2 * layer_in  # the copy in flight and the one coming back
         plan.parts["checkpointed layer inputs"] = inputs
-        plan.parts["one layer recomputed"] = saved + tile
+        if recomputed < shape.layers:
+            plan.parts["activations of layers not checkpointed"] = saved * (shape.layers - recomputed)
+        if recomputed:
+            plan.parts["one layer recomputed"] = saved + tile
     else:
         plan.parts["activations"] = saved * shape.layers
         if tile:

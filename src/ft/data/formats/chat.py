@@ -98,7 +98,7 @@ class ChatTemplate(Format):
             end = _agree(self.render(messages[: i + 1]), full) if i + 1 < len(messages) else len(full)
             start = max(start, pos)
             found = full.find(message["content"], start, end) if message["content"] else -1
-            thinking = next((v for k, v in message.items() if k not in ("role", "content")), "")
+            thinking = message.get(self.ds.template_thinking_key or "reasoning_content", "")
             reasoning = full.find(thinking, start, found if found >= 0 else end) if thinking else -1
             if found >= 0:  # header | [reasoning ...] content | end-of-turn
                 head_end, content_end = (reasoning if reasoning >= 0 else found), found + len(message["content"])

@@ -122,6 +122,12 @@ class ChatPreference(PairFormat):
         return self.chat.prompt_for(text, extra)
 
 
+def system_turn(row: Mapping[str, Any]) -> list[dict[str, str]]:
+    """The row's `system` text as the conversation's first turn (none when it has no such text)."""
+    system = row.get("system")
+    return [{"role": "system", "content": system}] if isinstance(system, str) and system else []
+
+
 @FORMATS.register("chat_template.argilla")
 class ArgillaPreference(ChatPreference):
     """Argilla's preference rows (Axolotl's `chat_template.argilla`, UltraFeedback's cleaned pairs): `chosen` and
@@ -143,8 +149,7 @@ class ArgillaPreference(ChatPreference):
         if chosen[:-1] != rejected[:-1]:
             raise DataError(f"`{self.column('chosen')}` and `{self.column('rejected')}` differ before their last turn; "
                             "a pair answers the same conversation")
-        system = row.get("system")
-        return ([{"role": "system", "content": system}] if isinstance(system, str) and system else []) + chosen[:-1]
+        return system_turn(row) + chosen[:-1]
 
     def answer(self, row: Mapping[str, Any], side: str) -> list[dict[str, str]]:
         turn = self._conversation(row, side)[-1]
@@ -162,6 +167,4 @@ class BradleyTerryRows(ChatPreference):
     def turns(self, row: Mapping[str, Any]) -> list[dict[str, str]]:
         if self.ds.field_messages or "input" not in row:
             return super().turns(row)
-        system = row.get("system")
-        lead = [{"role": "system", "content": system}] if isinstance(system, str) and system else []
-        return lead + [{"role": "user", "content": text_field(row, "input")}]
+        return system_turn(row) + [{"role": "user", "content": text_field(row, "input")}]
