@@ -36,6 +36,11 @@ def _run(folder: Path, processes: int, *args: str, fsdp_cpu: bool = True, inject
     launch = ("--num-processes", str(processes)) if processes > 1 else ()
     result = subprocess.run([sys.executable, "-m", "ft", "train", "cfg.yml", *launch, *args], cwd=folder, env=env,
                             capture_output=True, text=True, timeout=300)
+    if result.returncode != 0 and "terminate called without an active exception" in result.stderr \
+            and "ft: done:" in result.stderr:
+        # A rank that had finished aborted at interpreter exit in gloo's teardown (seen in CI, as in
+        # tests/test_distributed.py's _two_ranks): the run's results are whole; what it said is kept.
+        result = subprocess.CompletedProcess(result.args, 0, result.stdout, result.stderr)
     assert result.returncode == 0, result.stderr[-4000:]
     return result
 
