@@ -94,10 +94,9 @@ def test_what_ft_does_anyway_is_accepted_and_anything_else_refused(tmp_path: Pat
     _, said = _load(tmp_path, "xformers_attention: false\ngradient_checkpointing_kwargs:\n  use_reentrant: true\n")
     assert any("`xformers_attention: false` ignored" in s for s in said), said
     assert any("`gradient_checkpointing_kwargs` ignored (gradient checkpointing arguments)" in s for s in said), said
-    _, said = _load(tmp_path, "eval_strategy: steps\n")
-    assert any("`eval_strategy: steps` ignored" in s for s in said), said
-    with pytest.raises(ConfigError, match=r"Axolotl's `eval_strategy` \(the evaluation schedule\) is not supported by ft yet"):
-        _load(tmp_path, "eval_strategy: 'no'\n")
+    with pytest.raises(ConfigError, match=r"Axolotl's `flash_attn_d512` \(flash attention for head size 512\) is not "
+                       "supported by ft yet"):
+        _load(tmp_path, "flash_attn_d512: true\n")
 
 
 def test_a_key_said_twice_alike_is_taken_once(tmp_path: Path):

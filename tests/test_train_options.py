@@ -269,3 +269,112 @@ def test_gradient_checkpointing_layers_recomputes_only_the_first_layers(tmp_path
         assert "turn on `gradient_checkpointing` too" in str(exc)
     else:
         raise AssertionError("gradient_checkpointing_layers without gradient_checkpointing was accepted")
+
+
+def _eaft_by_hand(logits, labels, alpha: float, k: int):
+    """EAFT's loss position by position from the logits: each trained token's cross-entropy times the entropy of the
+    softmax over its k largest logits (no gradient) to the power alpha, averaged over the trained tokens."""
+    import math
+
+    import torch
+
+    total, count = logits.new_zeros((), dtype=torch.float64), 0
+    for b in range(labels.shape[0]):
+        for t in range(labels.shape[1] - 1):
+            target = int(labels[b, t + 1])
+            if target == -100:
+                continue
+            row = logits[b, t].double()
+            ce = torch.logsumexp(row, 0) - row[target]
+            top = sorted(row.detach().tolist(), reverse=True)[:k]
+            z = sum(math.exp(v - top[0]) for v in top)
+            probs = [math.exp(v - top[0]) / z for v in top]
+            entropy = -sum(p * math.log(p + 1e-10) for p in probs)
+            total, count = total + ce * entropy ** alpha, count + 1
+    return total / count
+
+
+def test_eaft_weights_each_token_by_the_entropy_of_its_top_k_logits(tmp_path: Path, tiny_model_dir):
+    """use_eaft: the loss ft trains on (chunked over the hidden states, and from the model's logits) and its LoRA
+    gradients equal EAFT's formula computed token by token from a plain forward (fp32); eaft_alpha 0 is the plain
+    loss; EAFT is refused where no cross-entropy is trained."""
+    import torch
+
+    from ft.errors import ConfigError
+    from train_helpers import fixed_batch
+
+    folder = tiny_model_dir("llama")
+    for name, keys in (("chunked", {}), ("logits", {"chunked_cross_entropy": False})):
+        (tmp_path / name).mkdir()
+        trainer, model, tokenizer = build(make_config(tmp_path / name, folder, **LORA, use_eaft=True, eaft_alpha=1.5,
+                                                      eaft_k=5, **keys))
+        assert trainer.eaft == (1.5, 5) and trainer.chunked_loss == (name == "chunked")
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if "lora_B" in n:
+                    p.normal_(0, 0.05)
+        batch = fixed_batch(tokenizer)
+        model.train()
+        loss = trainer.compute_loss(model, dict(batch))
+        loss.backward()
+        got = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        model.zero_grad()
+        rest = {k: v for k, v in batch.items() if k != "labels"}
+        want = _eaft_by_hand(model(**rest).logits, batch["labels"], 1.5, 5)
+        want.backward()
+        assert abs(float(loss.detach()) - float(want.detach())) <= 1e-5 * abs(float(want.detach())), name
+        for n, p in model.named_parameters():
+            if p.requires_grad:
+                assert float((got[n] - p.grad).norm() / (p.grad.norm() + 1e-12)) < 1e-5, (name, n)
+        model.zero_grad()
+        trainer.eaft = (0.0, 5)
+        with torch.no_grad():
+            assert abs(float(trainer.compute_loss(model, dict(batch))) - float(model(**batch).loss)) < 1e-5
+    try:
+        make_config(tmp_path, folder, use_eaft=True, rl="dpo")
+    except ConfigError as exc:
+        assert "EAFT weights the cross-entropy" in str(exc)
+    else:
+        raise AssertionError("use_eaft with rl: dpo was accepted")
+
+
+def test_eval_strategy_no_holds_the_rows_out_and_never_evaluates(tmp_path: Path, tiny_model_dir):
+    """eval_strategy: no (Axolotl's evaluation_strategy too): the validation rows are held out, no evaluation runs;
+    with evals_per_epoch it is one sentence; `epoch` evaluates once an epoch."""
+    from ft.errors import ConfigError
+
+    folder = tiny_model_dir("llama")
+    (tmp_path / "no").mkdir()
+    trainer, _, _ = build(make_config(tmp_path / "no", folder, val_set_size=0.25, evaluation_strategy="no"))
+    assert trainer.eval_dataset is not None and len(trainer.train_dataset) == 24
+    assert trainer.args.eval_strategy == "no"
+    (tmp_path / "epoch").mkdir()
+    trainer, _, _ = build(make_config(tmp_path / "epoch", folder, val_set_size=0.25, eval_strategy="epoch",
+                                      max_steps=None, num_epochs=2))
+    assert trainer.args.eval_strategy == "steps" and trainer.args.eval_steps == 6  # 24 rows, 4 a step
+    try:
+        make_config(tmp_path, folder, val_set_size=0.25, eval_strategy="no", evals_per_epoch=2)
+    except ConfigError as exc:
+        assert "`eval_strategy: no` never evaluates, and `evals_per_epoch` needs evaluations" in str(exc)
+    else:
+        raise AssertionError("eval_strategy: no with evals_per_epoch was accepted")
+
+
+def test_cls_model_config_reads_the_config_with_that_class(tmp_path: Path, tiny_model_dir):
+    """cls_model_config: the model's config read by the named transformers class (the model loads with it); a name
+    transformers does not have is one sentence."""
+    from ft.errors import ConfigError
+    from ft.model.load import model_config
+
+    folder = tiny_model_dir("llama")
+    cfg = make_config(tmp_path, folder, cls_model_config="LlamaConfig")
+    assert type(model_config(cfg.model)).__name__ == "LlamaConfig"
+    _, model, _ = build(cfg)
+    assert type(model.config).__name__ == "LlamaConfig"
+    cfg = make_config(tmp_path, folder, cls_model_config="NoSuchModelConfig")
+    try:
+        model_config(cfg.model)
+    except ConfigError as exc:
+        assert "transformers has no config class `NoSuchModelConfig`" in str(exc)
+    else:
+        raise AssertionError("an unknown cls_model_config was accepted")

@@ -164,6 +164,10 @@ def build_run(cfg: FtConfig, world: int) -> Run:
         if t.lisa_n_layers > total:
             raise UserError(f"`lisa_n_layers: {t.lisa_n_layers}` is more than this model's {total} layers")
         trainer.add_callback(lisa)
+    if t.use_eaft:
+        trainer.eaft = (t.eaft_alpha, t.eaft_k)
+        log.info("EAFT: each trained token's loss weighted by the entropy of its top-%d logits to the power %g",
+                 t.eaft_k, t.eaft_alpha)
     if t.cosine_constant_lr_ratio is not None:
         trainer.cosine_constant = (t.cosine_constant_lr_ratio, t.cosine_min_lr_ratio or 0.0)
     if cfg.adapter.loraplus_lr_ratio or cfg.adapter.loraplus_lr_embedding:

@@ -132,10 +132,6 @@ KEYS: dict[str, Answer] = {
     "fsdp_version": Answer(MAPPED, "the FSDP version", (), lambda v: {"fsdp_config": {"fsdp_version": v}}),
     "bfloat16": Answer(MAPPED, "bf16 weights", (False,), _when_true("bf16", "full")),
     "float16": Answer(MAPPED, "fp16 weights", (False,), _when_true("fp16", True)),
-    "eval_strategy": Answer(REFUSED, "the evaluation schedule", ("steps", "epoch"),
-                            why="ft evaluates every eval_steps, or evals_per_epoch times an epoch"),
-    "evaluation_strategy": Answer(REFUSED, "the evaluation schedule", ("steps", "epoch"),
-                                  why="ft evaluates every eval_steps, or evals_per_epoch times an epoch"),
     "gradient_checkpointing_kwargs": _noop("gradient checkpointing arguments", "ft checkpoints without reentrance, "
                                            "which computes the same gradients as reentrant checkpointing"),
     # accepted as no-ops
@@ -251,7 +247,6 @@ KEYS: dict[str, Answer] = {
     "chat_template_kwargs": _refused("chat template arguments"),
     "default_system_message": _refused("a default system message"),
     "role_boundaries": _refused("role boundaries for chat masking"),
-    "cls_model_config": _refused("model config overrides"),
     "model_kwargs": _refused("model loading arguments"),
     "model_revision": _refused("a model revision (use revision_of_model)"),
     "quantization": _refused("post-training quantization"),
@@ -364,7 +359,7 @@ RETIRED = frozenset({"gptq_groupsize", "gptq_model_v1", "base_model_ignore_patte
 VOCABULARY = frozenset("""
 accelerator_config adam_beta3 adam_epsilon2 added_tokens_overrides auto_find_batch_size axolotl_config_path
 batch_flattening bench_dataset bench_split bfloat16 chat_template_kwargs
-chunked_cross_entropy_num_chunks cls_model_config comet_api_key comet_experiment_config comet_experiment_key
+chunked_cross_entropy_num_chunks comet_api_key comet_experiment_config comet_experiment_key
 comet_mode comet_online comet_project_name comet_workspace context_parallel_size cpo_alpha
 curriculum_sampling cut_cross_entropy dataloader_drop_last dataloader_num_workers dataloader_pin_memory
 dataloader_prefetch_factor dataset_keep_in_memory dataset_num_proc dataset_shard_idx dataset_shard_num ddp
@@ -372,9 +367,9 @@ ddp_broadcast_buffers ddp_bucket_cap_mb deepcompile default_system_message dense
 dion_lr dion_momentum dion_rank_fraction dion_rank_multiple_of do_bench_eval dp_replicate_size
 dpo_beta dpo_generate_during_eval dpo_loss_type dpo_loss_weights dpo_norm_loss dpo_padding_free
 dpo_use_liger_kernel dpo_use_logits_to_keep dpo_use_weighting dsv4_bf16_all dsv4_fp4_grouped_mode
-dsv4_fp8_lora_kernel dsv4_fp8_nonexpert_mode dsv4_shared_mlp_lora_kernel dynamic_checkpoint eaft_alpha eaft_k ebft
-embedding_lr embedding_lr_scale embeddings_skip_upcast eot_tokens eval_sequence_len eval_strategy eval_table_size
-evaluation_strategy experimental_skip_move_to_device expert_backend expert_parallel_backend
+dsv4_fp8_lora_kernel dsv4_fp8_nonexpert_mode dsv4_shared_mlp_lora_kernel dynamic_checkpoint ebft
+embedding_lr embedding_lr_scale embeddings_skip_upcast eot_tokens eval_sequence_len eval_table_size
+experimental_skip_move_to_device expert_backend expert_parallel_backend
 expert_parallel_fallback_on_unsupported expert_parallel_num_nvl_bytes expert_parallel_num_rdma_bytes
 expert_parallel_size expert_parallel_token_capacity fix_untrained_tokens flash_attn_cross_entropy flash_attn_d512
 flash_attn_fuse_mlp flash_attn_rms_norm flash_optimum flex_attention flex_attn_compile_kwargs float16 float32
@@ -418,7 +413,7 @@ skip_prepare_dataset spectrum_model_name spectrum_top_fraction streaming streami
 tensor_parallel_size tiled_mlp_num_shards tiled_mlp_use_original_mlp tokenizer_legacy tokenizer_save_jinja_files
 tokenizer_use_mistral_common torch_compile_backend torch_compile_options torch_empty_cache_steps torchdistx_path
 total_num_tokens total_supervised_tokens trackio_project_name trackio_run_name trackio_space_id trainer_cls trl
-use_comet use_dsv4_kernels use_eaft use_glm_dsa_kernels use_kernels use_mlflow use_onebitllms use_otel_metrics
+use_comet use_dsv4_kernels use_glm_dsa_kernels use_kernels use_mlflow use_onebitllms use_otel_metrics
 use_pose use_ray use_scattermoe use_sonicmoe use_trackio use_wandb vllm world_size xformers_attention use_mora
 use_swanlab swanlab_api_host swanlab_api_key swanlab_completion_log_interval swanlab_completion_max_buffer
 swanlab_description swanlab_experiment_name swanlab_lark_secret swanlab_lark_webhook_url swanlab_log_completions

@@ -35,7 +35,7 @@ NULLABLE = frozenset(
 
 # Other spellings of a key → its ft name.
 ALIASES = {"sequence_length": "sequence_len", "max_seq_length": "sequence_len", "max_packed_sequence_len": "sequence_len",
-           "model_config": "model_config_overrides"}
+           "model_config": "model_config_overrides", "evaluation_strategy": "eval_strategy"}
 # Axolotl's pure-precision keys refine ft's mixed-precision ones: `bf16: true` with `bfloat16: true` is pure bf16.
 REFINES = ("bfloat16", "float16")
 # Keys found in Axolotl configs that ft accepts and ignores, with the reason shown as a warning.

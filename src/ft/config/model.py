@@ -27,6 +27,9 @@ class ModelConfig(Section):
     base_model_config: Optional[str] = Field(
         None, description="Hub id or folder to read the model config from, when it differs from base_model."
     )
+    cls_model_config: Optional[str] = Field(
+        None, pattern=r"^[A-Z][A-Za-z0-9]*Config$", description="A transformers config class to read the model's config "
+        "with (Axolotl's key), e.g. Gemma3TextConfig: the text model of a checkpoint whose own config is multimodal.")
     tokenizer_config: Optional[str] = Field(
         None, description="Hub id or folder of the tokenizer, when it differs from base_model."
     )

@@ -109,9 +109,6 @@ def contradictions(cfg: FtConfig) -> list[Contradiction]:
     if q.quantize_moe_experts and not q.bits:
         add("quantize_moe_experts", "`quantize_moe_experts` stores the experts in the base's bits: set `load_in_4bit` "
             "(with `adapter: qlora`) or `load_in_8bit` (with `adapter: lora`)")
-    elif q.quantize_moe_experts and a.lora_target_parameters:
-        add("quantize_moe_experts", "LoRA on parameters (`lora_target_parameters`) cannot wrap experts' weights stored "
-            "quantized: remove `quantize_moe_experts` (16-bit experts) or `lora_target_parameters`")
     elif q.quantize_moe_experts and d.fsdp:
         add("quantize_moe_experts", "`quantize_moe_experts` is not supported with fsdp yet (FSDP would shard the packed "
             "bytes of each experts' weight apart from its scales); use DDP or DeepSpeed ZeRO-1/2, or remove it")
@@ -153,6 +150,20 @@ def contradictions(cfg: FtConfig) -> list[Contradiction]:
     if t.save_only_model and d.backend and t.load_best_model_at_end:
         add("save_only_model", f"the Trainer cannot load the best weights-only checkpoint under {d.backend}; remove "
             "`save_only_model` or `load_best_model_at_end`")
+    if t.use_eaft and (cfg.preference.rl or cfg.distills or cfg.preference.reward_model):
+        what = "preference training" if cfg.preference.rl else "distillation" if cfg.distills else "a reward model"
+        add("use_eaft", f"EAFT weights the cross-entropy of supervised fine-tuning, which {what} does not train on; "
+            "remove `use_eaft`")
+    if t.eval_strategy == "no" and (t.eval_steps or t.evals_per_epoch or t.load_best_model_at_end
+                                    or t.early_stopping_patience is not None or t.save_strategy == "best"):
+        add("eval_strategy", "`eval_strategy: no` never evaluates, and "
+            + next(f"`{k}`" for k, on in (("eval_steps", t.eval_steps), ("evals_per_epoch", t.evals_per_epoch),
+                                          ("load_best_model_at_end", t.load_best_model_at_end),
+                                          ("early_stopping_patience", t.early_stopping_patience is not None),
+                                          ("save_strategy", True)) if on)
+            + " needs evaluations; keep one")
+    if t.eval_strategy == "epoch" and t.eval_steps:
+        add("eval_strategy", "`eval_strategy: epoch` evaluates once an epoch and `eval_steps` every N steps; keep one")
     if t.eval_steps and t.evals_per_epoch:
         add("evals_per_epoch", "`eval_steps` and `evals_per_epoch` are both set; keep one")
     if t.warmup_steps is not None and t.warmup_ratio is not None:

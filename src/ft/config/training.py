@@ -42,6 +42,9 @@ class TrainingConfig(Section):
     gradient_checkpointing_layers: Optional[int] = Field(
         None, ge=0, description="With gradient_checkpointing: recompute only the first N decoder layers and keep the "
         "others' activations: fewer recomputed layers (faster steps) where memory allows some (`ft plan` counts it).")
+    eval_strategy: Optional[Literal["steps", "epoch", "no"]] = Field(
+        None, description="`no`: never evaluate during training (the held-out rows stay held out); `steps`/`epoch` as "
+        "eval_steps / evals_per_epoch say (the default).")
     eval_steps: Optional[float] = Field(None, gt=0, description="Evaluate every N steps (or a fraction of the run).")
     evals_per_epoch: Optional[int] = Field(None, ge=1, description="Evaluate this many times per epoch.")
     save_steps: Optional[float] = Field(None, gt=0, description="Save a checkpoint every N steps (or a fraction of the run).")
@@ -89,6 +92,12 @@ class TrainingConfig(Section):
         description="Take the training loss a chunk of positions at a time from the final hidden states, never "
         "building the sequence × vocabulary logits (same value and gradients as the plain loss).",
     )
+    use_eaft: bool = Field(
+        False, description="Entropy-aware focal training (Axolotl's EAFT): each trained token's cross-entropy weighted by "
+        "the entropy of the model's top-k next-token distribution there (no gradient through the weight), raised to "
+        "eaft_alpha: confident positions count less.")
+    eaft_alpha: float = Field(1.0, ge=0, description="With use_eaft: the exponent on the entropy weight (0: the plain loss).")
+    eaft_k: int = Field(20, ge=1, description="With use_eaft: how many of the largest logits the entropy is taken over.")
     tiled_mlp: bool = Field(
         False,
         description="Run each layer's MLP over the sequence a tile of tokens at a time, recomputing its wide "

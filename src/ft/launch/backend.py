@@ -47,10 +47,24 @@ def trainer_arguments(d: DistributedConfig, world: int) -> dict[str, Any]:
     if not d.backend or world == 1:
         return out
     if d.deepspeed:
+        reduce_through_gloo_on_cpu()
         return {**out, "deepspeed": d.deepspeed}
     from ft.launch.fsdp import fsdp_flag, library_fsdp_config
 
     return {**out, "fsdp": fsdp_flag(d), "fsdp_config": library_fsdp_config(d)}
+
+
+def reduce_through_gloo_on_cpu() -> None:
+    """DeepSpeed on CPU processes (no CUDA) would compile its shared-memory all-reduce, a C++ extension (a minute
+    of both cores, written under $HOME), when it starts; its collectives go through gloo instead, as without it.
+    (DeepSpeed keeps the table of ops it may build in one dict, made to be edited.)"""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
 
 def shards_whole_modules(d: DistributedConfig, world: int) -> str:

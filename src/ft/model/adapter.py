@@ -121,9 +121,15 @@ def apply_adapter(a: AdapterConfig, model: Any, new_tokens: bool, seed: int, on_
             targets = set()
         config = method.build(a, sorted(targets) or ([] if a.lora_target_parameters else None), sorted(to_save) or None,
                               str(model.config._name_or_path))
+        if a.lora_target_parameters:
+            config.target_parameters = parametrized_names(a.lora_target_parameters, model)
         if head:
             config.task_type = "SEQ_CLS"  # PEFT's wrapper for a model that scores texts (no generation)
         model = get_peft_model(model, config)
+        if a.lora_target_parameters:
+            from ft.model.experts import lora_over_quantized
+
+            lora_over_quantized(model)
         if a.peft.loftq_config:
             from ft.model.loftq import initialise
 
@@ -198,11 +204,26 @@ def check_targets(targets: tuple[str, ...], model: Any) -> None:
 
 def check_parameters(targets: tuple[str, ...], model: Any) -> None:
     """Every name in lora_target_parameters names parameters of this model (peft matches the end of the name)."""
-    names = [name for name, _ in model.named_parameters()]
+    import re
+
+    # a parametrized weight (experts stored quantized: ft.model.experts) is listed as <module>.parametrizations.<name>.original
+    names = [re.sub(r"\.parametrizations\.([^.]+)\.original$", r".\1", name) for name, _ in model.named_parameters()]
     missing = [t for t in targets if not any(n == t or n.endswith(f".{t}") for n in names)]
     if missing:
         raise ConfigError(f"`lora_target_parameters`: {', '.join(f'`{m}`' for m in missing)} is not a parameter of this "
                           f"model; its parameters are named like {names[len(names) // 2]}")
+
+
+def parametrized_names(targets: tuple[str, ...], model: Any) -> list[str]:
+    """lora_target_parameters for PEFT: PEFT finds a parametrized weight (experts stored quantized, ft.model.experts)
+    only by its module's full name, so each such weight a target names by its end is added by its full name."""
+    names = list(targets)
+    for path, module in model.named_modules():
+        for name in getattr(module, "parametrizations", {}):
+            full = f"{path}.{name}"
+            if full not in names and any(full == t or full.endswith(f".{t}") for t in targets):
+                names.append(full)
+    return names
 
 
 # What must agree between an adapter's base and the model it is loaded into.

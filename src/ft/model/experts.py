@@ -16,6 +16,8 @@ from ft.config.model import QuantizationConfig
 
 log = logging.getLogger("ft")
 
+ORDER = "ft_expert_order"  # attribute of a module whose experts' weights were quantized: their names in its own order
+
 
 def is_experts(path: str, module: Any) -> bool:
     """Whether a module holds routed experts (its name or class says so)."""
@@ -63,6 +65,8 @@ def quantize_one(module: Any, name: str, q: QuantizationConfig) -> int:
     from torch.nn.utils import parametrize
 
     weight = getattr(module, name)
+    if not hasattr(module, ORDER):  # the weights' order in the module, before the first leaves its parameters
+        setattr(module, ORDER, tuple(n for n, p in module._parameters.items() if p is not None and p.ndim >= 3))
     before = weight.numel() * weight.element_size()
     if q.bits == 4:
         replace_parameter_4bit(module, name, compress_statistics=q.bnb_4bit_use_double_quant, quant_type=q.bnb_4bit_quant_type)
@@ -113,3 +117,68 @@ def quantized_while_loading(q: QuantizationConfig) -> Iterator[list[str]]:
         yield done
     finally:
         loading.set_param_for_module, modeling.caching_allocator_warmup = set_param, warmup
+
+
+def lora_over_quantized(model: Any) -> int:
+    """LoRA on quantized experts' weights (lora_target_parameters with quantize_moe_experts). PEFT adds its update as
+    a parametrization after the dequantizing one at each forward and removes it after; two things in peft 0.21 go
+    wrong when the weight is parametrized already, and each such wrapper is given its own way here:
+    - removal looks for the update by one class only (`_LoraParameterProxy`, not the `_LoraFactorsProxy` it uses for
+      a stack of experts), so the update would stay and pile up: the wrapper removes the last parametrization of its
+      weight, the one it appended;
+    - a wrapper inside another adds its update inside the outer one's parametrization cache, where its weight was
+      read (and kept) without the update, so the forward would run without it and its LoRA get no gradient: the
+      wrapper drops that cached value once its update is in place.
+    And PEFT nests the wrappers of one module's weights in the order of their names when they are parametrized, in
+    the module's own order when not: the wrappers are put in the module's order, so the adapter's names are those of
+    the same adapter on 16-bit experts (it loads there, e.g. to merge).
+    Returns how many wrappers sit on quantized weights."""
+    from contextlib import contextmanager
+    from types import MethodType
+
+    from peft.tuners.lora.layer import ParamWrapper
+    from torch.nn.utils import parametrize
+
+    def remove_own(self: Any) -> None:
+        chain = self.get_base_layer().parametrizations[self.parameter_name]
+        del chain[len(chain) - 1]
+
+    def with_fresh_cache(activate: Any) -> Any:
+        @contextmanager
+        def active(self: Any, adapters: Any) -> Iterator[None]:
+            with activate(adapters):
+                parametrize._cache.pop((id(self.get_base_layer()), self.parameter_name), None)
+                yield
+
+        return active
+
+    count = 0
+    for module in model.modules():
+        if isinstance(module, ParamWrapper) and module.parameter_name in getattr(module.get_base_layer(), "parametrizations", {}):
+            module._remove_parametrizations = MethodType(remove_own, module)
+            module._activate_lora = MethodType(with_fresh_cache(module._activate_lora), module)
+            count += 1
+    _nest_in_module_order(model)
+    return count
+
+
+def _nest_in_module_order(model: Any) -> None:
+    from peft.tuners.lora.layer import ParamWrapper
+
+    tops = [(path, m) for path, m in model.named_modules() if isinstance(m, ParamWrapper)
+            and not isinstance(model.get_submodule(path.rpartition(".")[0]) if "." in path else model, ParamWrapper)]
+    for path, top in tops:
+        chain, bottom = [top], top.base_layer
+        while isinstance(bottom, ParamWrapper):
+            chain.append(bottom)
+            bottom = bottom.base_layer
+        order = getattr(bottom, ORDER, None)
+        if order is None or len(chain) < 2:
+            continue
+        inner_first = sorted(chain, key=lambda w: order.index(w.parameter_name))
+        below = bottom
+        for wrapper in inner_first:
+            wrapper.base_layer = below
+            below = wrapper
+        parent, _, child = path.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, below)

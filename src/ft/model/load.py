@@ -37,7 +37,7 @@ def load_model(m: ModelConfig, q: QuantizationConfig, tokenizer: Any, *, full: b
         kwargs["attn_implementation"] = attention
     if m.experts_implementation:
         kwargs["experts_implementation"] = m.experts_implementation
-    if m.base_model_config or m.model_config_overrides:
+    if m.base_model_config or m.model_config_overrides or m.cls_model_config:
         kwargs["config"] = model_config(m)
     if reward:
         if on_meta:
@@ -143,12 +143,19 @@ def dequantized(m: ModelConfig) -> dict[str, Any]:
 
 
 def model_config(m: ModelConfig) -> Any:
-    """The model's config (from base_model_config when given) with model_config_overrides set on it; an override
-    naming no setting of this model's config is refused (transformers would keep it and change nothing)."""
-    from transformers import AutoConfig
+    """The model's config (from base_model_config when given, read by the class cls_model_config names when given)
+    with model_config_overrides set on it; an override naming no setting of this model's config is refused
+    (transformers would keep it and change nothing)."""
+    import transformers
 
-    config = AutoConfig.from_pretrained(m.base_model_config or m.base_model, trust_remote_code=m.trust_remote_code,
-                                        revision=m.revision_of_model)
+    reader = transformers.AutoConfig
+    if m.cls_model_config:
+        reader = getattr(transformers, m.cls_model_config, None)
+        if not isinstance(reader, type) or not issubclass(reader, transformers.PretrainedConfig):
+            raise ConfigError(f"`cls_model_config`: transformers has no config class `{m.cls_model_config}`; see the "
+                              "model's config.json `architectures` for its model, whose config class ends in Config")
+    remote = {"trust_remote_code": m.trust_remote_code} if reader is transformers.AutoConfig else {}
+    config = reader.from_pretrained(m.base_model_config or m.base_model, revision=m.revision_of_model, **remote)
     for key, value in (m.model_config_overrides or {}).items():
         target = config if hasattr(config, key) else config.get_text_config()
         if not hasattr(target, key):

@@ -44,7 +44,9 @@ def training_arguments(
 
     dtype = resolve_dtype(m)
     epoch_steps = steps_per_epoch(t, train_rows, world_size)
-    eval_every = _every(t.eval_steps, t.evals_per_epoch, epoch_steps) if has_eval else None
+    has_eval = has_eval and t.eval_strategy != "no"
+    per_epoch = t.evals_per_epoch or (1 if t.eval_strategy == "epoch" else None)
+    eval_every = _every(t.eval_steps, per_epoch, epoch_steps) if has_eval else None
     save_every = _every(t.save_steps, t.saves_per_epoch, epoch_steps)
     early = t.early_stopping_patience is not None and has_eval
     load_best = (early or t.load_best_model_at_end) and has_eval

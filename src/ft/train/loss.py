@@ -40,19 +40,35 @@ def chunked_loss_refusal(model_type: str, sharding: str) -> Optional[str]:
     return None
 
 
-def _chunk_loss(hidden: Any, labels: Any, head: Any, softcap: Optional[float]) -> Any:
+def entropy_weights(logits: Any, alpha: float, k: int) -> Any:
+    """EAFT's weight of each position (rows of `logits`): the entropy of the softmax over its k largest logits,
+    raised to `alpha`; no gradient flows through it."""
+    import torch
+
+    with torch.no_grad():
+        top = torch.topk(logits.detach().float(), k=min(k, logits.shape[-1]), dim=-1).values
+        p = top.softmax(dim=-1)
+        return (-(p * torch.log(p + 1e-10)).sum(dim=-1)).pow(alpha)
+
+
+def _chunk_loss(hidden: Any, labels: Any, head: Any, softcap: Optional[float], eaft: Optional[tuple[float, int]] = None) -> Any:
     import torch
     import torch.nn.functional as F
 
     logits = head(hidden).float()
     if softcap:
         logits = torch.tanh(logits / softcap) * softcap
-    return F.cross_entropy(logits, labels, ignore_index=IGNORE, reduction="sum")
+    if eaft is None:
+        return F.cross_entropy(logits, labels, ignore_index=IGNORE, reduction="sum")
+    losses = F.cross_entropy(logits, labels, ignore_index=IGNORE, reduction="none")
+    return (losses * entropy_weights(logits, *eaft)).sum()
 
 
 def chunked_cross_entropy(hidden: Any, labels: Any, head: Any, *, softcap: Optional[float] = None,
-                          num_items_in_batch: Any = None, chunk: int = 1024) -> Any:
-    """The causal-LM loss of `labels` (batch × tokens) from the final hidden states (batch × tokens × width)."""
+                          num_items_in_batch: Any = None, chunk: int = 1024, eaft: Optional[tuple[float, int]] = None) -> Any:
+    """The causal-LM loss of `labels` (batch × tokens) from the final hidden states (batch × tokens × width), each
+    token's term weighted by entropy_weights when `eaft` (alpha, k) is given. `head` may be the identity with the
+    logits for `hidden` (a model whose head ft does not run itself)."""
     import torch
     from torch.utils.checkpoint import checkpoint
 
@@ -63,7 +79,8 @@ def chunked_cross_entropy(hidden: Any, labels: Any, head: Any, *, softcap: Optio
     total = hidden.new_zeros((), dtype=torch.float32)
     for start in range(0, targets.shape[0], chunk):
         end = start + chunk
-        total = total + checkpoint(_chunk_loss, states[start:end], targets[start:end], head, softcap, use_reentrant=False)
+        total = total + checkpoint(_chunk_loss, states[start:end], targets[start:end], head, softcap, eaft,
+                                   use_reentrant=False)
     if num_items_in_batch is not None:
         return total / num_items_in_batch
     return total / targets.shape[0]

@@ -58,6 +58,7 @@ class FtTrainer(Trainer):
     token_slots = 0
     largest_batch = 0  # token slots of the largest micro batch: what sets the activation memory
     chunked_loss = False
+    eaft: Optional[tuple[float, int]] = None  # use_eaft: (eaft_alpha, eaft_k), the entropy weighting of the loss
     offload: Any = None
     keep_checkpoints: Optional[int] = None
     eval_extras: Any = None  # model → {metric: value}, added to each evaluation's logs (generation metrics)
@@ -191,21 +192,30 @@ class FtTrainer(Trainer):
             return super().training_step(model, inputs, num_items_in_batch)
 
     def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None) -> Any:
-        """The plain Trainer loss, or the same loss chunked over the final hidden states (ft.train.loss)."""
-        if not self.chunked_loss or "labels" not in inputs:
+        """The plain Trainer loss, or the same loss chunked over the final hidden states (ft.train.loss); with
+        `eaft`, each token's term weighted by its entropy (from the hidden states, or from the model's logits where
+        the chunked loss cannot run)."""
+        if not (self.chunked_loss or self.eaft) or "labels" not in inputs:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        import torch
+
         from ft.train.loss import catch_hidden_states, causal_lm_of, chunk_size, chunked_cross_entropy
 
         causal_lm = causal_lm_of(self.accelerator.unwrap_model(model))
         rest = {k: v for k, v in inputs.items() if k != "labels"}
-        with catch_hidden_states(causal_lm) as hidden:
-            outputs = model(**rest, logits_to_keep=1)
         # the model would divide by num_items_in_batch only when it accepts loss kwargs; mirror that
         items = num_items_in_batch if self.model_accepts_loss_kwargs else None
         text = causal_lm.config.get_text_config()
-        loss = chunked_cross_entropy(hidden.value, inputs["labels"], causal_lm.get_output_embeddings(),
-                                     softcap=getattr(text, "final_logit_softcapping", None), num_items_in_batch=items,
-                                     chunk=chunk_size(text.vocab_size))
+        if self.chunked_loss:
+            with catch_hidden_states(causal_lm) as hidden:
+                outputs = model(**rest, logits_to_keep=1)
+            loss = chunked_cross_entropy(hidden.value, inputs["labels"], causal_lm.get_output_embeddings(),
+                                         softcap=getattr(text, "final_logit_softcapping", None), num_items_in_batch=items,
+                                         chunk=chunk_size(text.vocab_size), eaft=self.eaft)
+        else:  # the model's own logits, a chunk of positions at a time
+            outputs = model(**rest)
+            loss = chunked_cross_entropy(outputs["logits"], inputs["labels"], torch.nn.Identity(), num_items_in_batch=items,
+                                         chunk=chunk_size(text.vocab_size), eaft=self.eaft)
         if self.args.average_tokens_across_devices and self.model_accepts_loss_kwargs and num_items_in_batch is not None:
             loss = loss * self.accelerator.num_processes  # as Trainer.compute_loss does
         outputs["loss"] = loss
