@@ -38,7 +38,7 @@ if [ "$mode" = --smoke ]; then
   PY=${PYTHON:-python3}
   SCALE=4  # a busy 2-core CPU runs the tiny sizes slower than the H200 runs the real ones
   TESTS_ARGS=(-x); SIZES_1B=(tiny); SIZES_8B=(tiny-qlora); ROWS=120; PLAN_ARGS=(--sizes tiny --lengths 128 --methods lora --memory none offloading)
-  CONTEXT_ARGS=(--contenders ft-offload-tiled baseline --lengths 256 512 --cap-gb 24)
+  CONTEXT_ARGS=(--contenders ft-offload-tiled baseline --lengths 256 --cap-gb 24)
   PREFERENCE_ARGS=(--contenders ft --pairs 16 --batch 4 --steps 2 --hidden 64 --layers 2)
   DISTILL_ARGS=(--contenders ft --rows 16 --batch 4 --steps 2 --hidden 64 --layers 2)
   METHODS_ARGS=(--shape tiny --steps 2 --methods lora prompt_tuning); MC_ROWS=40

@@ -144,7 +144,7 @@ def test_experts_are_quantized_as_they_load(tiny_model_dir):
 
 @pytest.mark.parametrize("extra, said", [
     ({"adapter": "lora", "load_in_4bit": False}, "stores the experts in the base's bits"),
-    ({"fsdp": ["full_shard"], "fsdp_config": {"fsdp_version": 2}}, "not supported with fsdp yet"),
+    ({"fsdp": ["full_shard"], "fsdp_config": {"fsdp_version": 1}}, r"under FSDP needs FSDP2 \(`fsdp_config.fsdp_version: 2`\)"),
 ])
 def test_quantize_moe_experts_refusals(extra: dict, said: str, tmp_path: Path, tiny_model_dir):
     from ft.errors import ConfigError

@@ -59,6 +59,16 @@ def _weights(out: Path, name: str) -> dict:
     return load_file(str(out / name))
 
 
+def _stopped_after_step_2(done: Path) -> Path:
+    """A folder beside `done` whose out/ holds what `done`'s run had written when it stopped after its step-2
+    checkpoint (as a run killed then leaves it): that checkpoint, nothing later."""
+    import shutil
+
+    again = done.parent / f"{done.name}-again"
+    shutil.copytree(done / "out" / "checkpoint-2", again / "out" / "checkpoint-2")
+    return again
+
+
 def _one_and_two(tmp_path: Path, tiny_model_dir, fsdp_config: dict, two_keys: dict | None = None, inject: str = "",
                  **keys):
     one, two = tmp_path / "one", tmp_path / "two"
@@ -107,13 +117,12 @@ def test_fsdp2_full_fine_tuning_saves_a_loadable_model_and_resumes(tmp_path: Pat
     from transformers import AutoModelForCausalLM
 
     AutoModelForCausalLM.from_pretrained(two / "out")  # a whole model, not shards
-    # resume: the same run stopped after its checkpoint at step 2, then started again, ends where it did
-    again = tmp_path / "again"
-    again.mkdir()
+    # resume: the run as it stood after its checkpoint at step 2, started again without checkpointing and
+    # offloading, ends where it did
+    again = _stopped_after_step_2(two)
     make_config(again, tiny_model_dir("llama"), micro_batch_size=2, fsdp=["full_shard", "auto_wrap"], max_grad_norm=0.0,
-                fsdp_config={"transformer_layer_cls_to_wrap": "LlamaDecoderLayer"}, **{**STEPS, "max_steps": 2})
-    _run(again, 2)
-    result = _run(again, 2, "--max-steps", "4")
+                fsdp_config={"transformer_layer_cls_to_wrap": "LlamaDecoderLayer"}, **STEPS)
+    result = _run(again, 2)
     assert "resuming from" in result.stderr and "checkpoint-2" in result.stderr, result.stderr[-3000:]
     assert relative_difference(_weights(again / "out", "model.safetensors"), full) < 1e-5
 
@@ -157,15 +166,38 @@ def test_fsdp2_qlora_each_process_loads_only_its_share_and_trains_as_one_process
     assert whole > share + layer  # holding the whole model would fail the bound below
     assert 0.9 * share <= loading["peak_bytes"] <= share + layer, (loading, share, layer, whole)
 
-    # resume: stopped after its step-2 checkpoint and started again, it ends where the uninterrupted run did
-    again = tmp_path / "again"
-    again.mkdir()
+    # resume: the run as it stood after its step-2 checkpoint, started again, ends where the uninterrupted run did
+    again = _stopped_after_step_2(two)
     make_config(again, model, micro_batch_size=2, fsdp=["full_shard", "auto_wrap"],
-                fsdp_config={"transformer_layer_cls_to_wrap": "LlamaDecoderLayer"}, **{**STEPS, "max_steps": 2}, **qlora)
-    _run(again, 2)
-    result = _run(again, 2, "--max-steps", "4")
+                fsdp_config={"transformer_layer_cls_to_wrap": "LlamaDecoderLayer"}, **STEPS, **qlora)
+    result = _run(again, 2)
     assert "resuming from" in result.stderr and "read its share of" in result.stderr, result.stderr[-3000:]
     assert relative_difference(_weights(again / "out", "adapter_model.safetensors"), adapter) < 1e-5
+
+
+def test_fsdp2_qlora_with_quantized_experts_reads_its_share_and_trains_as_one_process(tmp_path: Path, tiny_model_dir):
+    """quantize_moe_experts under FSDP2 (Axolotl's Qwen 3.5 and GLM-4.7 MoE recipes, FSDP turned on by fsdp_config
+    alone): each process reads and quantizes its share of the routed experts' 3-D weights as of the linear layers,
+    holds half of the model's bytes, and the run equals one process storing the experts quantized."""
+    folder = tiny_model_dir("qwen3_moe")
+    keys = {"adapter": "qlora", "load_in_4bit": True, "quantize_moe_experts": True, "lora_r": 4, "lora_alpha": 8,
+            "lora_target_linear": True, **STEPS}
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir()
+    two.mkdir()
+    make_config(one, folder, micro_batch_size=4, **keys)
+    make_config(two, folder, micro_batch_size=2, fsdp_config={"fsdp_version": 2,
+                "fsdp_transformer_layer_cls_to_wrap": "Qwen3MoeDecoderLayer"}, **keys)
+    _run(one, 1, fsdp_cpu=False)
+    result = _run(two, 2)
+    assert "read its share of" in result.stderr and "FSDP2" in result.stderr, result.stderr[-3000:]
+    a, b = _losses(one / "out"), _losses(two / "out")
+    assert len(a) == len(b) == 4 and all(abs(x - y) <= 1e-4 * abs(x) for x, y in zip(a, b)), (a, b)
+    assert relative_difference(_weights(two / "out", "adapter_model.safetensors"),
+                               _weights(one / "out", "adapter_model.safetensors")) < 1e-2
+    whole, ranks = _record(one, 0), [_record(two, r) for r in (0, 1)]
+    assert all(r["sharded"] for r in ranks)
+    assert all(0.4 * whole["param_bytes"] <= r["param_bytes"] <= 0.6 * whole["param_bytes"] for r in ranks), (whole, ranks)
 
 
 def test_fsdp2_qlora_share_loading_with_tied_embeddings_biases_and_fully_trained_weights(tmp_path: Path):

@@ -40,7 +40,7 @@ def test_the_gpu_check_runs_every_stage_in_smoke_mode(tmp_path: Path):
     assert [r["method"] for r in methods] == ["lora", "prompt_tuning"]
     assert all(r["tokens_per_s"] > 0 and 0 < r["share"] < 100 for r in methods)
     trials = json.loads((out / "context.json").read_text())["trials"]
-    assert {(t["contender"], t["tokens"]) for t in trials} == {(k, n) for k in ("ft-offload-tiled", "baseline") for n in (256, 512)}
+    assert {(t["contender"], t["tokens"]) for t in trials} == {(k, 256) for k in ("ft-offload-tiled", "baseline")}
     assert all(t["ok"] for t in trials)
     assert "outputs equal: 64 of 64" in (out / "eval.log").read_text()
     assert "× lm-eval" in (out / "eval.log").read_text()  # lm-eval is in the suite's environment

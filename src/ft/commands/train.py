@@ -54,7 +54,10 @@ def build_run(cfg: FtConfig, world: int) -> Run:
         raise UserError(f"`dp_shard_size: {cfg.distributed.dp_shard_size}`, and this run has {world} process"
                         f"{'es' if world > 1 else ''}: ft shards each weight over every process; launch "
                         f"{cfg.distributed.dp_shard_size} processes or set dp_shard_size to {world}")
-    if cfg.quantization.quantize_moe_experts and sharding:
+    from ft.model.sharded import shards_at_load
+
+    if cfg.quantization.quantize_moe_experts and sharding and not shards_at_load(
+            bool(cfg.distributed.fsdp), cfg.distributed.fsdp_config.fsdp_version, cfg.quantization.bits, world):
         raise UserError(f"`quantize_moe_experts` is not supported with {sharding} yet (it would shard the packed bytes "
                         "of each experts' weight apart from its scales); use DeepSpeed ZeRO-1/2 or DDP, or remove it")
     on_gpu = torch.cuda.is_available()

@@ -109,9 +109,9 @@ def contradictions(cfg: FtConfig) -> list[Contradiction]:
     if q.quantize_moe_experts and not q.bits:
         add("quantize_moe_experts", "`quantize_moe_experts` stores the experts in the base's bits: set `load_in_4bit` "
             "(with `adapter: qlora`) or `load_in_8bit` (with `adapter: lora`)")
-    elif q.quantize_moe_experts and d.fsdp:
-        add("quantize_moe_experts", "`quantize_moe_experts` is not supported with fsdp yet (FSDP would shard the packed "
-            "bytes of each experts' weight apart from its scales); use DDP or DeepSpeed ZeRO-1/2, or remove it")
+    elif q.quantize_moe_experts and d.fsdp and d.fsdp_config.fsdp_version != 2:
+        add("quantize_moe_experts", "`quantize_moe_experts` under FSDP needs FSDP2 (`fsdp_config.fsdp_version: 2`), which "
+            "ft loads a share per process with the experts quantized; or use DDP or DeepSpeed ZeRO-1/2")
     if q.qat and (a.adapter or q.bits):
         add("qat", "quantization-aware training trains the weights it fake-quantizes (full fine-tuning); remove "
             + (f"`adapter: {a.adapter}`" if a.adapter else f"`load_in_{q.bits}bit`") + " or `qat`")

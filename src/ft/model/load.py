@@ -65,7 +65,7 @@ def load_model(m: ModelConfig, q: QuantizationConfig, tokenizer: Any, *, full: b
         elif on_meta:
             from ft.model.sharded import meta_model
 
-            model = meta_model(m.base_model, load_dtype, kwargs)
+            model = meta_model(m.base_model, load_dtype, kwargs, experts=q.quantize_moe_experts)
         elif q.quantize_moe_experts:
             from ft.model.experts import quantized_while_loading
 
@@ -104,7 +104,7 @@ def load_model(m: ModelConfig, q: QuantizationConfig, tokenizer: Any, *, full: b
         # transformers before 5.2x loads Gemma-2 with sdpa, which ignores its attention logit soft-capping
         log.warning("%s soft-caps its attention scores, which sdpa cannot: using its eager attention", type(model).__name__)
         model.set_attn_implementation("eager")
-    if q.quantize_moe_experts:
+    if q.quantize_moe_experts and not on_meta:  # on the meta device they were given their packed shape
         from ft.model.experts import quantize_experts
 
         if not quantize_experts(model, q) and not done:

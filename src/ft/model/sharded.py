@@ -38,8 +38,9 @@ def shards_at_load(fsdp: bool, fsdp_version: int, bits: Any, world: int) -> bool
     return fsdp and fsdp_version == 2 and bits == 4 and world > 1
 
 
-def meta_model(base_model: str, load_dtype: Any, kwargs: dict[str, Any]) -> Any:
-    """The quantized model on the meta device, its 4-bit weights in their packed shape."""
+def meta_model(base_model: str, load_dtype: Any, kwargs: dict[str, Any], experts: bool = False) -> Any:
+    """The quantized model on the meta device, its 4-bit weights in their packed shape (with `experts`, the routed
+    experts' 3-D weights too: quantize_moe_experts)."""
     from transformers import AutoModelForCausalLM
 
     if kwargs.get("trust_remote_code"):
@@ -47,6 +48,8 @@ def meta_model(base_model: str, load_dtype: Any, kwargs: dict[str, Any]) -> Any:
                           "architectures: remove `trust_remote_code`")
     model = AutoModelForCausalLM.from_pretrained(base_model, dtype=load_dtype, **{**kwargs, "device_map": {"": "meta"}})
     packed = _pack_shapes(model)
+    if experts:
+        packed += _pack_experts(model, kwargs["quantization_config"])
     _real_buffers(model)
     log.info("4-bit base under FSDP: built on the meta device; each process will read and quantize only its share "
              "of the %d 4-bit weights", packed)
@@ -77,6 +80,34 @@ def _pack_shapes(model: Any) -> int:
     return count
 
 
+def _pack_experts(model: Any, bnb: Any) -> int:
+    """Give each routed experts' 3-D weight on the meta device (ft.model.experts) its packed 4-bit shape, stored in
+    the 4-bit layers' storage dtype (under FSDP the training dtype: one dtype per unit), behind bitsandbytes'
+    dequantizing parametrization; its quantization state comes with its share (load_shards)."""
+    import torch
+    from bitsandbytes.nn.parametrize import Bnb4bitParametrization
+    from torch.nn.utils import parametrize
+
+    from ft.model.experts import ORDER, expert_parameters
+
+    count = 0
+    for _, module, name in expert_parameters(model):
+        w = getattr(module, name)
+        how = {"blocksize": 64, "compress_statistics": bnb.bnb_4bit_use_double_quant, "quant_type": bnb.bnb_4bit_quant_type,
+               "quant_storage": bnb.bnb_4bit_quant_storage, "dtype": w.dtype}
+        packed, _ = torch.ops.bitsandbytes.quantize_4bit.default(torch.empty(w.shape, dtype=w.dtype, device="meta"),
+                                                                 how["blocksize"], how["quant_type"], how["quant_storage"])
+        if not hasattr(module, ORDER):
+            setattr(module, ORDER, tuple(n for n, p in module._parameters.items() if p is not None and p.ndim >= 3))
+        setattr(module, name, torch.nn.Parameter(torch.empty(packed.shape, dtype=how["quant_storage"], device="meta"),
+                                                 requires_grad=False))
+        dequantize = Bnb4bitParametrization(None)
+        setattr(dequantize, QUANTIZE, how)
+        parametrize.register_parametrization(module, name, dequantize, unsafe=True)
+        count += 1
+    return count
+
+
 def _real_buffers(model: Any) -> None:
     """Buffers the model computes from its config (not in the checkpoint), computed for real: a fresh module of
     the same class, built from the config on the CPU, gives them."""
@@ -98,10 +129,12 @@ def _real_buffers(model: Any) -> None:
 
 def checkpoint_key(parameter: str) -> str:
     """The checkpoint's name for a parameter of the (PEFT-wrapped) model."""
+    import re
+
     name = parameter.removeprefix("base_model.model.")
     for part in (".base_layer", ".original_module", ".modules_to_save.default"):
         name = name.replace(part, "")
-    return name
+    return re.sub(r"\.parametrizations\.([^.]+)\.original$", r".\1", name)  # a parametrized weight (experts)
 
 
 class Checkpoint:
@@ -126,17 +159,57 @@ class Checkpoint:
         tied = getattr(base, "_tied_weights_keys", None)
         ties = getattr(base.config.get_text_config(), "tie_word_embeddings", False)
         self.aliases = dict(tied) if ties and isinstance(tied, dict) else {}
+        self.converters = _converters(base)
 
     def read(self, key: str) -> Any:
         from safetensors import safe_open
 
         if key not in self.files:
             key = self.aliases.get(key, key)
+        if key not in self.files and (made := self._converted(key)) is not None:
+            return made
         if key not in self.files:
             raise ConfigError(f"{self.folder}: no tensor `{key}` in the checkpoint, which this model needs; loading a share "
                               "per process reads the checkpoint's names as they are (converted checkpoints are not supported)")
         with safe_open(str(self.files[key]), "pt") as f:
             return f.get_tensor(key)
+
+
+    def _converted(self, key: str) -> Any:
+        """A tensor transformers makes as it loads from several of the checkpoint's (a MoE's experts stored one by
+        one, stacked into one 3-D weight), made by the same converter that transformers registers for the model:
+        its source names with `*` for the expert's number, its operations in order. None when none makes `key`."""
+        import re
+
+        for converter in self.converters:
+            sources, targets = list(converter._original_source_patterns), list(converter._original_target_patterns)
+            target = next((t for t in targets if key.endswith("." + t) and re.fullmatch(r"[\w.]+", t)), None)
+            if target is None or any(s.count("*") != 1 or not re.fullmatch(r"[\w.*]+", s) for s in sources):
+                continue
+            prefix = key[: -len(target)]
+            tensors: dict[str, Any] = {}
+            for source in sources:
+                head, tail = source.split("*")
+                pattern = re.compile(re.escape(prefix + head) + r"(\d+)" + re.escape(tail))
+                found = sorted((int(m.group(1)), k) for k in self.files if (m := pattern.fullmatch(k)))
+                if not found:
+                    break
+                tensors[source] = [self.read(k) for _, k in found]
+            else:
+                for op in converter.operations:
+                    tensors = op.convert(tensors, source_patterns=sources, target_patterns=targets)
+                return tensors[target]
+        return None
+
+
+def _converters(model: Any) -> list[Any]:
+    """transformers' converters of checkpoint tensors for this model (several tensors into one)."""
+    try:
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import WeightConverter
+    except ImportError:
+        return []
+    return [t for t in get_model_conversion_mapping(model, add_legacy=False) if isinstance(t, WeightConverter)]
 
 
 def _meta_parameters(model: Any, only_trainable: bool) -> Iterator[tuple[str, Any, str, Any]]:
@@ -171,6 +244,7 @@ def load_shards(model: Any, base_model: str, offload: bool) -> None:
     one tensor at a time; 4-bit weights are quantized on this process's device first."""
     import torch
     from torch.distributed.tensor import distribute_tensor
+    from torch.nn.utils.parametrize import ParametrizationList
 
     from ft.model.precision import device
 
@@ -189,11 +263,15 @@ def load_shards(model: Any, base_model: str, offload: bool) -> None:
         module.to_empty(device=home, recurse=False)
         module._buffers.update(real_buffers)
         how = getattr(module, QUANTIZE, None)
+        dequantize = module[0] if isinstance(module, ParametrizationList) and hasattr(module[0], QUANTIZE) else None
         for module_name, n, _ in entries:
             p = getattr(module, n)
             full = checkpoint.read(checkpoint_key(f"{module_name}.{n}"))
             if how is not None and n == "weight":
                 full, module.quant_state = quantize(full.to(compute, how["dtype"]), how)
+            elif dequantize is not None:  # an experts' weight: its packed bytes and their state, kept whole here
+                full, dequantize.quant_state = quantize(full.to(compute, getattr(dequantize, QUANTIZE)["dtype"]),
+                                                        getattr(dequantize, QUANTIZE))
             else:
                 full = full.to(compute, p.dtype)
             share = distribute_tensor(full, p.device_mesh, p.placements, src_data_rank=None).to_local()
