@@ -175,6 +175,31 @@ def test_fsdp2_qlora_each_process_loads_only_its_share_and_trains_as_one_process
     assert relative_difference(_weights(again / "out", "adapter_model.safetensors"), adapter) < 1e-5
 
 
+def test_fsdp2_muon_orthogonalizes_each_weight_whole_and_trains_as_one_process(tmp_path: Path, tiny_model_dir):
+    """optimizer: muon under FSDP2 (Axolotl's Muon pretraining recipe): each weight matrix's update is gathered and
+    made orthogonal whole, each process keeping its rows; with checkpoints of the optimizer's state on the way,
+    what every weight moved in 4 steps equals one process's move (fp32, so Newton–Schulz runs in fp32)."""
+    from safetensors.torch import load_file
+
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir()
+    two.mkdir()
+    keys = {**STEPS, "optimizer": "muon", "learning_rate": 0.02, "weight_decay": 0.01}
+    make_config(one, tiny_model_dir("llama"), micro_batch_size=4, **keys)
+    make_config(two, tiny_model_dir("llama"), micro_batch_size=2, fsdp_config={"fsdp_version": 2,
+                "fsdp_transformer_layer_cls_to_wrap": "LlamaDecoderLayer"}, **keys)
+    _run(one, 1, fsdp_cpu=False)
+    assert "FSDP2" in _run(two, 2).stderr
+    a, b = _losses(one / "out"), _losses(two / "out")
+    assert len(a) == len(b) == 4 and all(abs(x - y) <= 1e-4 * abs(x) for x, y in zip(a, b)), (a, b)
+    base = load_file(str(tiny_model_dir("llama") / "model.safetensors"))
+    moved = [{k: v - base[k] for k, v in _weights(run / "out", "model.safetensors").items() if k in base}
+             for run in (one, two)]
+    assert moved[0].keys() == base.keys()
+    for k, want in moved[0].items():
+        assert float(want.norm()) > 0 and float((moved[1][k] - want).norm() / want.norm()) < 1e-3, k
+
+
 def test_fsdp2_qlora_with_quantized_experts_reads_its_share_and_trains_as_one_process(tmp_path: Path, tiny_model_dir):
     """quantize_moe_experts under FSDP2 (Axolotl's Qwen 3.5 and GLM-4.7 MoE recipes, FSDP turned on by fsdp_config
     alone): each process reads and quantizes its share of the routed experts' 3-D weights as of the linear layers,

@@ -222,3 +222,44 @@ def test_with_the_prepared_data_the_plan_uses_its_real_lengths(tmp_path: Path, t
     code = "import sys; from ft.cli import main; sys.argv=['ft','plan','cfg.yml']\ntry: main()\nexcept SystemExit: pass\nassert 'torch' not in sys.modules and 'transformers' not in sys.modules"
     check = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
     assert check.returncode == 0 and "with the prepared data's lengths" in check.stdout, check.stderr[-2000:]
+
+
+def test_the_fewest_checkpointed_layers_that_fit_and_auto(tmp_path: Path, mid_model, caplog):
+    """ft plan names the fewest layers to recompute that fit the GPU (N fits, N - 1 does not, at a memory between
+    the two plans); `ft plan` says it; gradient_checkpointing_layers: auto recomputes every layer without a GPU;
+    a count below 0 or another word is one sentence."""
+    from ft.commands.plan import plan_report
+    from ft.errors import ConfigError
+    from ft.plan.advice import _with, fewest_checkpointed_layers
+    from ft.plan.estimate import estimate
+    from ft.plan.shapes import read_shape
+
+    cfg = make_config(tmp_path, mid_model, adapter="lora", lora_target_linear=True, bf16=False, micro_batch_size=4,
+                      sequence_len=2048, gradient_checkpointing=True)
+    shape = read_shape(str(mid_model))
+    peaks = [estimate(_with(cfg, training={"gradient_checkpointing_layers": n}), shape).peak for n in range(5)]
+    # from the first on, each recomputed layer saves memory (one recomputing layer costs about what it saves)
+    assert peaks[1:] == sorted(peaks[1:], reverse=True) and peaks[1] > peaks[4]
+    for n in (2, 3, 4):
+        between = (peaks[n] + peaks[n - 1]) // 2
+        assert fewest_checkpointed_layers(cfg, shape, 1, between) == n
+        assert plan_report(cfg, between, 1)["fewest_checkpointed_layers"] == n
+    assert fewest_checkpointed_layers(cfg, shape, 1, max(peaks[:2])) in (0, 1)
+    assert fewest_checkpointed_layers(cfg, shape, 1, peaks[4] - 1) is None
+    said = run_ft("plan", "cfg.yml", "--gpu-memory", f"{(peaks[2] + peaks[1]) / 2 / (1 << 20):.6f}MB", cwd=tmp_path)
+    assert "gradient checkpointing: the first 2 of 4 layers recomputed fit" in said.stdout, said.stdout + said.stderr
+
+    (tmp_path / "auto").mkdir()
+    auto = make_config(tmp_path / "auto", mid_model, adapter="lora", lora_target_linear=True, gradient_checkpointing=True,
+                       gradient_checkpointing_layers="auto")
+    assert estimate(auto, shape).parts == estimate(_with(auto, training={"gradient_checkpointing_layers": 4}), shape).parts
+    with caplog.at_level("INFO", logger="ft"):
+        _, model, _ = build(auto)
+    assert "auto: every layer recomputed (no GPU memory to fit)" in caplog.text
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    assert len(layers) == 4 and all(layer.gradient_checkpointing for layer in layers)
+    for bad in (-1, "some"):
+        with pytest.raises(ConfigError, match="gradient_checkpointing_layers"):
+            make_config(tmp_path, mid_model, gradient_checkpointing=True, gradient_checkpointing_layers=bad)

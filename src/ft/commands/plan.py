@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import re
 import shutil
 import subprocess
@@ -12,11 +13,12 @@ from typing import Any, Optional
 
 from ft.config import FtConfig
 from ft.errors import ConfigError
-from ft.plan.advice import largest_settings, longest_batch, ranked_changes
+from ft.plan.advice import fewest_checkpointed_layers, largest_settings, longest_batch, ranked_changes
 from ft.plan.estimate import GiB, estimate
 from ft.plan.shapes import read_shape
 
 DEFAULT_MEMORY = 24 * GiB
+log = logging.getLogger("ft")
 
 
 def parse_memory(text: str) -> int:
@@ -84,11 +86,36 @@ def plan_report(cfg: FtConfig, memory: int, gpus: int, real_lengths: bool = True
         report["changes"] = [{"change": c.what, "peak": c.plan.peak, "fits": c.plan.peak <= memory}
                              for c in ranked_changes(cfg, shape, gpus, plan)]
     report["largest_micro_batch_size"], report["largest_sequence_len"] = largest_settings(cfg, shape, gpus, memory)
+    if cfg.training.gradient_checkpointing and not cfg.training.activation_offloading:
+        report["fewest_checkpointed_layers"] = fewest_checkpointed_layers(cfg, shape, gpus, memory)
+        report["layers"] = shape.layers
     real = real_longest_batch(cfg) if real_lengths else None
     if real is not None:
         with_data = estimate(cfg, shape, gpus, real)
         report["with_data"] = {"tokens_per_micro_batch": real, "peak": with_data.peak, "fits": with_data.peak <= memory}
     return report
+
+
+def auto_checkpointed_layers(cfg: FtConfig, gpus: int) -> Optional[int]:
+    """gradient_checkpointing_layers: auto, at the start of a run: the fewest layers recomputed whose plan fits
+    what this process may hold on its GPU (the free memory and what it holds already); None (every layer) without
+    a GPU, or when not even every layer fits."""
+    import torch
+
+    layers = read_shape(cfg.model.base_model_config or cfg.model.base_model).layers
+    if not torch.cuda.is_available():
+        log.info("gradient_checkpointing_layers: auto: every layer recomputed (no GPU memory to fit)")
+        return None
+    free, _ = torch.cuda.mem_get_info()
+    budget = free + torch.cuda.memory_reserved()
+    count = fewest_checkpointed_layers(cfg, read_shape(cfg.model.base_model_config or cfg.model.base_model), gpus, budget)
+    if count is None:
+        log.warning("gradient_checkpointing_layers: auto: not even every layer recomputed fits %s by ft plan's count; "
+                    "recomputing every layer", gib(budget))
+    else:
+        log.info("gradient_checkpointing_layers: auto: the first %d of %d layers recomputed fit %s by ft plan's count",
+                 count, layers, gib(budget))
+    return count
 
 
 def run_plan(cfg: FtConfig, gpu_memory: Optional[str], gpus: int, as_json: bool) -> dict[str, Any]:
@@ -121,4 +148,11 @@ def run_plan(cfg: FtConfig, gpu_memory: Optional[str], gpus: int, as_json: bool)
         print("planned for every row at sequence_len; `ft preprocess` first plans for the data's real lengths too")
     print(f"largest micro_batch_size that fits: {report['largest_micro_batch_size'] or 'none'}; "
           f"largest sequence_len at micro batch 1: {report['largest_sequence_len'] or 'none'}")
+    if report.get("fewest_checkpointed_layers") == 0:
+        print("gradient checkpointing: not needed to fit; without it (or gradient_checkpointing_layers: 0) no layer is "
+              "recomputed")
+    elif report.get("fewest_checkpointed_layers") is not None:
+        print(f"gradient checkpointing: the first {report['fewest_checkpointed_layers']} of {report['layers']} layers "
+              "recomputed fit (gradient_checkpointing_layers: that number, or auto to choose at the start); the others "
+              "keep their activations and skip the recompute")
     return report

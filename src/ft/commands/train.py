@@ -167,6 +167,7 @@ def build_run(cfg: FtConfig, world: int) -> Run:
         if t.lisa_n_layers > total:
             raise UserError(f"`lisa_n_layers: {t.lisa_n_layers}` is more than this model's {total} layers")
         trainer.add_callback(lisa)
+    trainer.muon = t.optimizer == "muon"
     if t.use_eaft:
         trainer.eaft = (t.eaft_alpha, t.eaft_k)
         log.info("EAFT: each trained token's loss weighted by the entropy of its top-%d logits to the power %g",
@@ -297,8 +298,13 @@ def model_for_training(cfg: FtConfig, tokenizer: Any, layout: str, world: int = 
         from ft.model.tiled_mlp import tile_mlps
 
         tile_mlps(model, t.tiled_mlp_tokens)
+    layers = t.gradient_checkpointing_layers
+    if layers == "auto":
+        from ft.commands.plan import auto_checkpointed_layers
+
+        layers = auto_checkpointed_layers(cfg, world)
     model = prepare_for_training(model, q, checkpointing=t.gradient_checkpointing, adapter=bool(a.adapter),
-                                 checkpointed_layers=t.gradient_checkpointing_layers)
+                                 checkpointed_layers=layers)
     if a.adapter:
         model = apply_adapter(a, model, grew, t.seed, on_meta, frozen_copy=cfg.preference.reference)
     if a.unfrozen_parameters:

@@ -36,7 +36,7 @@ OPTIMIZERS = {
                       "state per trained parameter instead of 1; `ft plan` counts it)"),
 }
 REFUSED_OPTIMIZERS = frozenset("""
-optimi_adamw ao_adamw_fp8 adopt_adamw came_pytorch muon dion sinkgd flash_adamw flash_adam flash_sgd flash_sgdw
+optimi_adamw ao_adamw_fp8 adopt_adamw came_pytorch dion sinkgd flash_adamw flash_adam flash_sgd flash_sgdw
 flash_lion q_galore_adamw8bit schedule_free_adamw lomo adalomo galore_adamw galore_adamw_8bit apollo_adamw
 """.split())
 

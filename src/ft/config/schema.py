@@ -150,6 +150,11 @@ def contradictions(cfg: FtConfig) -> list[Contradiction]:
     if t.save_only_model and d.backend and t.load_best_model_at_end:
         add("save_only_model", f"the Trainer cannot load the best weights-only checkpoint under {d.backend}; remove "
             "`save_only_model` or `load_best_model_at_end`")
+    if t.optimizer == "muon" and (a.adapter or d.deepspeed or (d.fsdp and d.fsdp_config.fsdp_version != 2)):
+        what = (f"`adapter: {a.adapter}` trains low-rank factors" if a.adapter else "DeepSpeed builds its own optimizer"
+                if d.deepspeed else "FSDP1 flattens the weight matrices")
+        add("optimizer", f"Muon orthogonalizes whole weight matrices, and {what}: use it for full fine-tuning on one "
+            "process, DDP or FSDP2, or choose another optimizer")
     if t.use_eaft and (cfg.preference.rl or cfg.distills or cfg.preference.reward_model):
         what = "preference training" if cfg.preference.rl else "distillation" if cfg.distills else "a reward model"
         add("use_eaft", f"EAFT weights the cross-entropy of supervised fine-tuning, which {what} does not train on; "

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
@@ -39,12 +39,14 @@ class TrainingConfig(Section):
     gradient_checkpointing: bool = Field(
         False, description="Recompute activations in the backward pass: much less memory, ~30% more compute."
     )
-    gradient_checkpointing_layers: Optional[int] = Field(
-        None, ge=0, description="With gradient_checkpointing: recompute only the first N decoder layers and keep the "
-        "others' activations: fewer recomputed layers (faster steps) where memory allows some (`ft plan` counts it).")
+    gradient_checkpointing_layers: Optional[Union[int, Literal["auto"]]] = Field(
+        None, description="With gradient_checkpointing: recompute only the first N decoder layers and keep the "
+        "others' activations: fewer recomputed layers (faster steps) where memory allows some (`ft plan` counts it). "
+        "`auto`: the fewest that fit the GPU's free memory by ft plan's count, chosen at the start (every layer "
+        "without a GPU).")
     eval_strategy: Optional[Literal["steps", "epoch", "no"]] = Field(
-        None, description="`no`: never evaluate during training (the held-out rows stay held out); `steps`/`epoch` as "
-        "eval_steps / evals_per_epoch say (the default).")
+        None, description="`no`: never evaluate during training (the held-out rows stay held out); `epoch`: once an "
+        "epoch unless evals_per_epoch says more often; `steps` (the default): as eval_steps or evals_per_epoch say.")
     eval_steps: Optional[float] = Field(None, gt=0, description="Evaluate every N steps (or a fraction of the run).")
     evals_per_epoch: Optional[int] = Field(None, ge=1, description="Evaluate this many times per epoch.")
     save_steps: Optional[float] = Field(None, gt=0, description="Save a checkpoint every N steps (or a fraction of the run).")
@@ -147,6 +149,13 @@ class TrainingConfig(Section):
             raise Contradiction("cosine_constant_lr_ratio", "it holds the cosine's floor from that share of the steps "
                                 "on: set `cosine_min_lr_ratio` (the floor) too")
         return self
+
+    @field_validator("gradient_checkpointing_layers")
+    @classmethod
+    def _layers_count(cls, v: Any) -> Any:
+        if isinstance(v, int) and v < 0:
+            raise ValueError("a number of layers is 0 or more (or `auto`)")
+        return v
 
     @field_validator("resume_from_checkpoint", mode="before")
     @classmethod

@@ -87,6 +87,14 @@ def largest(fits: Callable[[int], bool], low: int, high: int) -> int:
     return low
 
 
+def fewest_checkpointed_layers(cfg: Any, shape: Shape, gpus: int, memory: int) -> Optional[int]:
+    """With gradient checkpointing: the fewest decoder layers recomputed (the first N; the others keep their
+    activations, which saves their recompute) whose plan fits `memory`; None when even every layer does not."""
+    fits = [n for n in range(shape.layers + 1)
+            if estimate(_with(cfg, training={"gradient_checkpointing_layers": n}), shape, gpus).peak <= memory]
+    return fits[0] if fits else None
+
+
 def largest_settings(cfg: Any, shape: Shape, gpus: int, memory: int) -> tuple[int, int]:
     """The largest micro_batch_size (at this sequence_len) and sequence_len (at micro batch 1) that fit."""
     batch = largest(lambda b: estimate(_with(cfg, training={"micro_batch_size": b}), shape, gpus).peak <= memory, 1, 1024)

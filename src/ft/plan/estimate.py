@@ -125,8 +125,8 @@ def estimate(cfg: Any, shape: Shape, gpus: int = 1, longest_batch: Optional[int]
     layer_in = tokens * shape.hidden * compute
     saved, tile = _layer_activations(cfg, shape, tokens, compute)
     if t.gradient_checkpointing:  # the first `recomputed` layers keep only their input, the others everything
-        chosen = t.gradient_checkpointing_layers
-        recomputed = shape.layers if chosen is None else min(shape.layers, chosen)
+        chosen = t.gradient_checkpointing_layers  # `auto` counted as every layer: what it falls back to at most
+        recomputed = shape.layers if chosen in (None, "auto") else min(shape.layers, chosen)
         inputs = layer_in * (recomputed + 1)  # each checkpointed layer's input, and the final norm's
         if t.activation_offloading:  # every layer checkpointed (config/schema.py)
             plan.host["offloaded layer inputs (pinned)"] = inputs

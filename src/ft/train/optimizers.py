@@ -33,6 +33,8 @@ OPTIMIZERS.add("paged_adamw_32bit", Optimizer("paged_adamw_32bit", True, "32-bit
 OPTIMIZERS.add("lion_8bit", Optimizer("lion_8bit", True, "bitsandbytes 8-bit Lion"))
 OPTIMIZERS.add("paged_lion_8bit", Optimizer("paged_lion_8bit", True, "8-bit Lion with paged states (GPU)"))
 OPTIMIZERS.add("adafactor", Optimizer("adafactor", False, "Adafactor; factored second moments, least memory"))
+OPTIMIZERS.add("muon", Optimizer("adamw_torch", False, "Muon (orthogonalized momentum) on the hidden weight matrices, "
+                                  "AdamW on embeddings, head and vectors; full fine-tuning (ft.train.muon)"))
 OPTIMIZERS.add("sgd", Optimizer("sgd", False, "plain SGD; no optimizer state"))
 OPTIMIZERS.add("adagrad", Optimizer("adagrad", False, "Adagrad"))
 OPTIMIZERS.add("rmsprop", Optimizer("rmsprop", False, "RMSprop"))

@@ -63,6 +63,7 @@ class FtTrainer(Trainer):
     keep_checkpoints: Optional[int] = None
     eval_extras: Any = None  # model → {metric: value}, added to each evaluation's logs (generation metrics)
     after_sharding: Any = None  # (model, offloaded) → None: fills what FSDP sharded on the meta device (ft.model.sharded)
+    muon = False  # optimizer: muon (ft.train.muon)
     loraplus: Optional[tuple[float, Optional[float]]] = None  # LoRA+: (B's learning-rate ratio, embeddings' rate)
     initial_adapter: Optional[str] = None  # PiSSA / OLoRA: the adapter as it started (the final save converts)
     cosine_constant: Optional[tuple[float, float]] = None  # (cosine_constant_lr_ratio, cosine_min_lr_ratio)
@@ -70,6 +71,16 @@ class FtTrainer(Trainer):
     def create_optimizer(self, model: Any = None) -> Any:
         """The Trainer's optimizer; with LoRA+, its class and settings over PEFT's LoRA+ groups: the B matrices
         (and the adapter's vectors) at ratio × learning_rate, the A matrices at learning_rate."""
+        if self.muon and self.optimizer is None:
+            from ft.train.muon import Muon, muon_groups
+
+            a = self.args
+            import torch
+
+            self.optimizer = Muon(muon_groups(self.model), lr=a.learning_rate, weight_decay=a.weight_decay,
+                                  betas=(a.adam_beta1, a.adam_beta2), eps=a.adam_epsilon,
+                                  ns_dtype=torch.bfloat16 if a.bf16 or a.fp16 else torch.float32)
+            return self.optimizer
         if self.loraplus is None or self.optimizer is not None:
             return super().create_optimizer(model)
         from peft.optimizers import create_loraplus_optimizer
