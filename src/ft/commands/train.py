@@ -65,6 +65,9 @@ def build_run(cfg: FtConfig, world: int) -> Run:
     # a pair's answers end to end; a reward model's rows padded (its score is read at each row's last token)
     layout = PADDED if reward else PADDING_FREE if pairs else batch_layout(d, t.group_by_length, on_gpu)
     prompt_learning = prompt_learning_method(cfg)
+    if prompt_learning and t.use_eaft:
+        raise UserError(f"`use_eaft` weights each token's loss, and `adapter: {cfg.adapter.adapter}` puts virtual tokens "
+                        "before each row, which its logits would not line up with; remove one of them")
     if prompt_learning:
         if sharding:  # seen: prompt tuning under ZeRO-3 on two ranks never finished its first step
             raise UserError(f"`adapter: {cfg.adapter.adapter}` is not supported with {sharding} yet (its virtual tokens "

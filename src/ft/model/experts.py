@@ -57,6 +57,13 @@ def _int8_parametrization() -> Any:
     return Int8Rows
 
 
+def remember_order(module: Any) -> None:
+    """Note the order of a module's experts' weights before the first of them leaves its parameters (for
+    lora_over_quantized)."""
+    if not hasattr(module, ORDER):
+        setattr(module, ORDER, tuple(n for n, p in module._parameters.items() if p is not None and p.ndim >= 3))
+
+
 def quantize_one(module: Any, name: str, q: QuantizationConfig) -> int:
     """Quantize `module`'s 3-D parameter `name` in place to the base's bits; returns the bytes it saves."""
     import bitsandbytes as bnb
@@ -65,8 +72,7 @@ def quantize_one(module: Any, name: str, q: QuantizationConfig) -> int:
     from torch.nn.utils import parametrize
 
     weight = getattr(module, name)
-    if not hasattr(module, ORDER):  # the weights' order in the module, before the first leaves its parameters
-        setattr(module, ORDER, tuple(n for n, p in module._parameters.items() if p is not None and p.ndim >= 3))
+    remember_order(module)
     before = weight.numel() * weight.element_size()
     if q.bits == 4:
         replace_parameter_4bit(module, name, compress_statistics=q.bnb_4bit_use_double_quant, quant_type=q.bnb_4bit_quant_type)

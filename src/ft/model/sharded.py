@@ -88,7 +88,7 @@ def _pack_experts(model: Any, bnb: Any) -> int:
     from bitsandbytes.nn.parametrize import Bnb4bitParametrization
     from torch.nn.utils import parametrize
 
-    from ft.model.experts import ORDER, expert_parameters
+    from ft.model.experts import expert_parameters, remember_order
 
     count = 0
     for _, module, name in expert_parameters(model):
@@ -97,8 +97,7 @@ def _pack_experts(model: Any, bnb: Any) -> int:
                "quant_storage": bnb.bnb_4bit_quant_storage, "dtype": w.dtype}
         packed, _ = torch.ops.bitsandbytes.quantize_4bit.default(torch.empty(w.shape, dtype=w.dtype, device="meta"),
                                                                  how["blocksize"], how["quant_type"], how["quant_storage"])
-        if not hasattr(module, ORDER):
-            setattr(module, ORDER, tuple(n for n, p in module._parameters.items() if p is not None and p.ndim >= 3))
+        remember_order(module)
         setattr(module, name, torch.nn.Parameter(torch.empty(packed.shape, dtype=how["quant_storage"], device="meta"),
                                                  requires_grad=False))
         dequantize = Bnb4bitParametrization(None)
