@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
+
+import pytest
 
 from train_helpers import build, make_config
 
@@ -378,3 +381,15 @@ def test_cls_model_config_reads_the_config_with_that_class(tmp_path: Path, tiny_
         assert "transformers has no config class `NoSuchModelConfig`" in str(exc)
     else:
         raise AssertionError("an unknown cls_model_config was accepted")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("wandb") is not None, reason="wandb is installed here")
+def test_a_tracker_whose_package_is_missing_is_one_sentence_before_loading(tmp_path: Path, tiny_model_dir):
+    """Axolotl configs often set wandb_project: without the wandb package, `ft train` says so in one sentence
+    (the Trainer would stop with a traceback when building its callback)."""
+    from conftest import run_ft
+
+    make_config(tmp_path, tiny_model_dir("llama"), wandb_project="demo", **LORA)
+    result = run_ft("train", "cfg.yml", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert "ft: error: `wandb_project` is set, but the wandb package is not installed: pip install wandb" in result.stderr

@@ -14,8 +14,8 @@ from typing import Any
 from ft.commands.preprocess import prepare_data
 from ft.config import FtConfig, resolved_yaml
 from ft.errors import UserError
-from ft.launch.backend import (check_fsdp_wrap, check_launch, end_processes, report_backend, shards_whole_modules,
-                               trainer_arguments, world_size)
+from ft.launch.backend import (check_fsdp_wrap, check_launch, check_trackers, end_processes, report_backend,
+                               shards_whole_modules, trainer_arguments, world_size)
 
 log = logging.getLogger("ft")
 
@@ -357,6 +357,7 @@ def run_train(cfg: FtConfig) -> dict[str, Any]:
             return done
     world = world_size()
     check_launch(cfg.distributed, world)
+    check_trackers(cfg.logging.trackers)
     warn_if_it_will_not_fit(cfg, world)
     checkpoint = resume_point(t.resume_from_checkpoint, t.auto_resume_from_checkpoints, t.output_dir)
     if checkpoint and not any(checkpoint.glob("optimizer*")) and not any(checkpoint.glob("global_step*")):

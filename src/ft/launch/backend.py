@@ -40,6 +40,22 @@ def check_launch(d: DistributedConfig, world: int) -> None:
         log.warning("%s is set, but this is one process: training without it (use `accelerate launch -m ft train`)", d.backend)
 
 
+TRACKER_PACKAGES = {"wandb": ("wandb",), "tensorboard": ("tensorboard", "tensorboardX"), "mlflow": ("mlflow",),
+                    "comet_ml": ("comet_ml",)}
+
+
+def check_trackers(trackers: tuple[str, ...]) -> None:
+    """Before anything loads: each tracker the run logs to has its package installed (the Trainer would stop with
+    a traceback when it builds the tracker's callback)."""
+    for name in trackers:
+        packages = TRACKER_PACKAGES.get(name, ())
+        if packages and not any(importlib.util.find_spec(p) for p in packages):
+            asked = "`wandb_project` is set" if name == "wandb" else f"`report_to` names {name}"
+            raise UserError(f"{asked}, but the {packages[0]} package is not installed: pip install {packages[0]}, or "
+                            f"remove it (ft logs to metrics.jsonl{' and tensorboard' if name != 'tensorboard' else ''} "
+                            "anyway)")
+
+
 def trainer_arguments(d: DistributedConfig, world: int) -> dict[str, Any]:
     """The distributed settings for TrainingArguments: DDP's, and DeepSpeed's or FSDP's when several
     processes run."""
