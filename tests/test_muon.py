@@ -68,3 +68,18 @@ def test_muon_refusals(keys: dict, said: str, tmp_path: Path, tiny_model_dir):
         keys = {"deepspeed": str(ROOT / keys["deepspeed"])}
     with pytest.raises(ConfigError, match=said):
         make_config(tmp_path, tiny_model_dir("llama"), optimizer="muon", **keys)
+
+
+def test_ft_plan_counts_muons_state(tmp_path: Path, tiny_model_dir):
+    """`ft plan`'s optimizer states for muon are the bytes the optimizer holds after a step: a momentum per hidden
+    matrix weight, AdamW's two moments (and step) for the rest."""
+    from ft.plan.estimate import estimate
+    from ft.plan.shapes import read_shape
+
+    cfg = make_config(tmp_path, tiny_model_dir("llama"), optimizer="muon", max_steps=1, bf16=False)
+    trainer, _, _ = build(cfg)
+    trainer.train()
+    optimizer = getattr(trainer.optimizer, "optimizer", trainer.optimizer)
+    held = sum(v.numel() * v.element_size() for state in optimizer.state.values() for v in state.values() if v.dim() > 0)
+    planned = estimate(cfg, read_shape(str(tiny_model_dir("llama")))).parts["optimizer states (muon)"]
+    assert planned == held, (planned, held)

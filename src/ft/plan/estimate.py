@@ -94,6 +94,8 @@ def estimate(cfg: Any, shape: Shape, gpus: int = 1, longest_batch: Optional[int]
     weight_bytes = 4 if (a.adapter or masters) else compute  # LoRA weights are fp32 (peft)
     grads = trainable * weight_bytes
     states = int(trainable * STATE_BYTES.get(t.optimizer, 8) * (weight_bytes / 4 if STATE_BYTES.get(t.optimizer, 8) >= 4 else 1))
+    if t.optimizer == "muon":  # full fine-tuning: a momentum per hidden matrix weight, AdamW's two moments elsewhere
+        states = int((4 * shape.linear_params() + 8 * (trainable - shape.linear_params())) * weight_bytes / 4)
 
     # sharding
     stage = _stage(d, gpus)
