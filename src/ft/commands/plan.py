@@ -102,19 +102,19 @@ def auto_checkpointed_layers(cfg: FtConfig, gpus: int) -> Optional[int]:
     a GPU, or when not even every layer fits."""
     import torch
 
-    layers = read_shape(cfg.model.base_model_config or cfg.model.base_model).layers
+    shape = read_shape(cfg.model.base_model_config or cfg.model.base_model)
     if not torch.cuda.is_available():
         log.info("gradient_checkpointing_layers: auto: every layer recomputed (no GPU memory to fit)")
         return None
     free, _ = torch.cuda.mem_get_info()
     budget = free + torch.cuda.memory_reserved()
-    count = fewest_checkpointed_layers(cfg, read_shape(cfg.model.base_model_config or cfg.model.base_model), gpus, budget)
+    count = fewest_checkpointed_layers(cfg, shape, gpus, budget)
     if count is None:
         log.warning("gradient_checkpointing_layers: auto: not even every layer recomputed fits %s by ft plan's count; "
                     "recomputing every layer", gib(budget))
     else:
         log.info("gradient_checkpointing_layers: auto: the first %d of %d layers recomputed fit %s by ft plan's count",
-                 count, layers, gib(budget))
+                 count, shape.layers, gib(budget))
     return count
 
 

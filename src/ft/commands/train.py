@@ -59,7 +59,8 @@ def build_run(cfg: FtConfig, world: int) -> Run:
     if cfg.quantization.quantize_moe_experts and sharding and not shards_at_load(
             bool(cfg.distributed.fsdp), cfg.distributed.fsdp_config.fsdp_version, cfg.quantization.bits, world):
         raise UserError(f"`quantize_moe_experts` is not supported with {sharding} yet (it would shard the packed bytes "
-                        "of each experts' weight apart from its scales); use DeepSpeed ZeRO-1/2 or DDP, or remove it")
+                        "of each experts' weight apart from its scales); use FSDP2 with a 4-bit base, DeepSpeed ZeRO-1/2 "
+                        "or DDP, or remove it")
     on_gpu = torch.cuda.is_available()
     pairs, reward = cfg.preference.trains_pairs, cfg.preference.reward_model
     # a pair's answers end to end; a reward model's rows padded (its score is read at each row's last token)

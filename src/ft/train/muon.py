@@ -3,8 +3,8 @@
 Muon's update of a weight matrix is its Nesterov momentum made orthogonal by five Newton–Schulz iterations (in
 bf16 when training in bf16 or fp16, as PyTorch's torch.optim.Muon always does; in fp32 when training in fp32,
 where bf16's rounding would be blown up in the directions the gradient barely has), scaled by
-sqrt(max(1, rows / cols)); the weight also decays by
-lr × weight_decay. Embeddings, the head and every vector (norms, biases) take AdamW (the config's betas and
+sqrt(max(1, rows / cols)); the weight also decays by lr × weight_decay. AdamW's step is written here too, so
+that one optimizer (one state to checkpoint and shard) holds both groups. Embeddings, the head and every vector (norms, biases) take AdamW (the config's betas and
 epsilon) at the same learning rate, as Muon's authors train them. One process gives what torch.optim.Muon and
 torch.optim.AdamW give (tests/test_muon.py). A weight FSDP2 shards has its update gathered once a step and made
 orthogonal whole on each process, which keeps its own rows (sharded DTensors would be redistributed at each of
