@@ -62,7 +62,7 @@ def real_longest_batch(cfg: FtConfig) -> Optional[int]:
 
         return longest_batch(lengths, PADDED, 2 * cfg.training.micro_batch_size, cfg.data.sequence_len,
                              cfg.data.pad_to_sequence_len)
-    if cfg.preference.rl:  # a pair (rows 2k, 2k+1) is one item; its answers lie end to end without padding
+    if cfg.preference.pairs_method:  # a pair (rows 2k, 2k+1) is one item; its answers lie end to end without padding
         from ft.data.packing import PADDING_FREE
 
         lengths, layout = [a + b for a, b in zip(lengths[0::2], lengths[1::2])], PADDING_FREE

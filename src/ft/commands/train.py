@@ -62,9 +62,14 @@ def build_run(cfg: FtConfig, world: int) -> Run:
                         "of each experts' weight apart from its scales); use FSDP2 with a 4-bit base, DeepSpeed ZeRO-1/2 "
                         "or DDP, or remove it")
     on_gpu = torch.cuda.is_available()
-    pairs, reward = cfg.preference.trains_pairs, cfg.preference.reward_model
-    # a pair's answers end to end; a reward model's rows padded (its score is read at each row's last token)
-    layout = PADDED if reward else PADDING_FREE if pairs else batch_layout(d, t.group_by_length, on_gpu)
+    pairs, reward, ebft = cfg.preference.trains_pairs, cfg.preference.reward_model, cfg.preference.rl == "ebft"
+    if ebft and sharding:
+        from ft.config.schema import EBFT_SHARDED
+
+        raise UserError(EBFT_SHARDED.format(sharding))
+    # a pair's answers end to end; a reward model's rows padded (its score is read at each row's last token);
+    # EBFT samples from each row by itself
+    layout = PADDED if reward or ebft else PADDING_FREE if pairs else batch_layout(d, t.group_by_length, on_gpu)
     prompt_learning = prompt_learning_method(cfg)
     if prompt_learning and t.use_eaft:
         raise UserError(f"`use_eaft` weights each token's loss, and `adapter: {cfg.adapter.adapter}` puts virtual tokens "
@@ -73,9 +78,10 @@ def build_run(cfg: FtConfig, world: int) -> Run:
         if sharding:  # seen: prompt tuning under ZeRO-3 on two ranks never finished its first step
             raise UserError(f"`adapter: {cfg.adapter.adapter}` is not supported with {sharding} yet (its virtual tokens "
                             "sit beside embeddings that are sharded); use DeepSpeed ZeRO-1/2 or DDP")
-        if pairs or cfg.distills:
-            raise UserError(f"`adapter: {cfg.adapter.adapter}` puts virtual tokens before each row, which "
-                            f"{'preference training' if pairs else 'distillation'} does not take yet; use lora")
+        if pairs or cfg.distills or ebft:
+            what = "preference training" if pairs else "EBFT" if ebft else "distillation"
+            raise UserError(f"`adapter: {cfg.adapter.adapter}` puts virtual tokens before each row, which {what} does "
+                            "not take yet; use lora")
         layout = PADDED  # its virtual tokens go before each row: rows cannot be laid end to end
     torch.manual_seed(t.seed)
 
@@ -126,6 +132,10 @@ def build_run(cfg: FtConfig, world: int) -> Run:
         from ft.train.reward import RewardTrainer
 
         extra["trainer_class"] = RewardTrainer
+    elif ebft:
+        from ft.train.ebft_trainer import EbftTrainer
+
+        extra["trainer_class"] = EbftTrainer
     elif pairs:
         from ft.train.preference import PreferenceTrainer
 
@@ -145,6 +155,10 @@ def build_run(cfg: FtConfig, world: int) -> Run:
 
             trainer.reference_store = ReferenceStore(prepared.path, reference_key(cfg, prepared.path.name))
         log.info(describe_preference(cfg, reference is not None))
+    if ebft:
+        from ft.train.ebft_trainer import configure
+
+        log.info(configure(trainer, cfg.online, model, tokenizer, full=cfg.adapter.adapter is None))
     if cfg.adapter.peft_init_lora_weights:
         from ft.model.adapter import save_initial_adapter
 

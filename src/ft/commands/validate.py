@@ -33,7 +33,13 @@ def derived(cfg: FtConfig, world_size: int = 1) -> dict[str, str]:
     else:
         out["distributed"] = d.backend or "none"
     p = cfg.preference
-    if p.rl:
+    if p.rl == "ebft":
+        e = cfg.online.ebft
+        mode = e.mode if e else "structured"
+        out["ebft"] = (f"{mode}: samples scored by their features against the rows' answers, from "
+                       + ("the model with the adapter off" if a.adapter else "a frozen copy of the model"))
+        out["batches"] = f"{t.micro_batch_size} row(s) per micro batch, each a prompt and its answer, padded"
+    elif p.rl:
         against = ("the model with the adapter off" if a.adapter and not a.lora_model_dir else
                    "the adapter of lora_model_dir, frozen" if a.adapter else "a frozen copy of the model")
         out["preference"] = f"{p.rl}, β {p.rl_beta:g}, " + (f"reference: {against}" if p.reference else "no reference model")

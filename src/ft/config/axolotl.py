@@ -149,6 +149,8 @@ KEYS: dict[str, Answer] = {
     "local_rank": _noop("the process's rank", LAUNCHER),
     "world_size": _noop("the number of processes", LAUNCHER),
     "device": _noop("the device", "ft uses the GPU of each process (CPU without one)"),
+    "torch_dtype": _noop("the model's dtype", "Axolotl sets it from bf16/fp16 over what the YAML says; ft also takes "
+                         "the dtype from bf16/fp16"),
     "device_map": _noop("the device map", "ft places the model on each process's device", "auto"),
     "hf_use_auth_token": _noop("the hub token", "the hub library reads your saved token when it downloads"),
     "push_dataset_to_hub": _refused("pushing the prepared dataset to the Hub"),
@@ -244,7 +246,6 @@ KEYS: dict[str, Answer] = {
     "mean_resizing_embeddings": _refused("mean-initialised new embeddings", False),
     "shrink_embeddings": _refused("shrinking the embeddings", False),
     "added_tokens_overrides": _refused("overriding the tokenizer's added tokens"),
-    "chat_template_kwargs": _refused("chat template arguments"),
     "default_system_message": _refused("a default system message"),
     "role_boundaries": _refused("role boundaries for chat masking"),
     "model_kwargs": _refused("model loading arguments"),
@@ -278,12 +279,10 @@ KEYS: dict[str, Answer] = {
     "recipe": _refused("Axolotl recipes"),
     "mora": _refused("MoRA"),
     "diffusion": _refused("diffusion language models"),
-    "ebft": _refused("energy-based fine-tuning"),
     "hatchery": _refused("Hatchery"),
     "llmcompressor": _refused("LLM Compressor sparsity"),
     "dense_mixer": _refused("DenseMixer"),
-    "vllm": _refused("vLLM generation (GRPO)"),
-    "trl": _refused("TRL's GRPO and online trainers"),
+    "vllm": _noop("a vLLM server for generation", "ft samples with the trained model in the training process (rl: ebft)"),
     "process_reward_model": _refused("process reward models", False),
     "rpo_alpha": _refused("RPO"),
     "cpo_alpha": _refused("CPO"),
@@ -352,13 +351,15 @@ def is_empty(value: Any) -> bool:
 
 
 # Keys of Axolotl's older schema that its archived examples still hold (Axolotl itself no longer reads them).
+# Values Axolotl derives while it reads a config, overwriting what the YAML says (normalize_config).
+DERIVED = frozenset({"torch_dtype"})
 RETIRED = frozenset({"gptq_groupsize", "gptq_model_v1", "base_model_ignore_patterns", "sample_packing_seq_len_multiplier"})
 
 # Every key of Axolotl's schema that ft's own schema does not have (its input config and mixins, the
 # integrations' args), July 2026.
 VOCABULARY = frozenset("""
 accelerator_config adam_beta3 adam_epsilon2 added_tokens_overrides auto_find_batch_size axolotl_config_path
-batch_flattening bench_dataset bench_split bfloat16 chat_template_kwargs
+batch_flattening bench_dataset bench_split bfloat16 
 chunked_cross_entropy_num_chunks comet_api_key comet_experiment_config comet_experiment_key
 comet_mode comet_online comet_project_name comet_workspace context_parallel_size cpo_alpha
 curriculum_sampling cut_cross_entropy dataloader_drop_last dataloader_num_workers dataloader_pin_memory
@@ -367,7 +368,7 @@ ddp_broadcast_buffers ddp_bucket_cap_mb deepcompile default_system_message dense
 dion_lr dion_momentum dion_rank_fraction dion_rank_multiple_of do_bench_eval dp_replicate_size
 dpo_beta dpo_generate_during_eval dpo_loss_type dpo_loss_weights dpo_norm_loss dpo_padding_free
 dpo_use_liger_kernel dpo_use_logits_to_keep dpo_use_weighting dsv4_bf16_all dsv4_fp4_grouped_mode
-dsv4_fp8_lora_kernel dsv4_fp8_nonexpert_mode dsv4_shared_mlp_lora_kernel dynamic_checkpoint ebft
+dsv4_fp8_lora_kernel dsv4_fp8_nonexpert_mode dsv4_shared_mlp_lora_kernel dynamic_checkpoint 
 embedding_lr embedding_lr_scale embeddings_skip_upcast eot_tokens eval_sequence_len eval_table_size
 experimental_skip_move_to_device expert_backend expert_parallel_backend
 expert_parallel_fallback_on_unsupported expert_parallel_num_nvl_bytes expert_parallel_num_rdma_bytes
@@ -412,13 +413,13 @@ selective_checkpointing sequence_parallel_degree shrink_embeddings shuffle_befor
 skip_prepare_dataset spectrum_model_name spectrum_top_fraction streaming streaming_multipack_buffer_size
 tensor_parallel_size tiled_mlp_num_shards tiled_mlp_use_original_mlp tokenizer_legacy tokenizer_save_jinja_files
 tokenizer_use_mistral_common torch_compile_backend torch_compile_options torch_empty_cache_steps torchdistx_path
-total_num_tokens total_supervised_tokens trackio_project_name trackio_run_name trackio_space_id trainer_cls trl
+total_num_tokens total_supervised_tokens trackio_project_name trackio_run_name trackio_space_id trainer_cls 
 use_comet use_dsv4_kernels use_glm_dsa_kernels use_kernels use_mlflow use_onebitllms use_otel_metrics
 use_pose use_ray use_scattermoe use_sonicmoe use_trackio use_wandb vllm world_size xformers_attention use_mora
 use_swanlab swanlab_api_host swanlab_api_key swanlab_completion_log_interval swanlab_completion_max_buffer
 swanlab_description swanlab_experiment_name swanlab_lark_secret swanlab_lark_webhook_url swanlab_log_completions
 swanlab_log_model swanlab_mode swanlab_project swanlab_web_host swanlab_workspace
-""".split()) | RETIRED
+""".split()) | RETIRED | DERIVED
 
 
 def translate(key: str, value: Any) -> tuple[dict[str, Any], str]:

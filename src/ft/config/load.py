@@ -235,7 +235,21 @@ def normalize(
             _put(flat, written, ft_key, ft_value, key, where)
     if empty:
         warn(f"{path}: left empty, so not set: {', '.join(f'`{k}`' for k in empty)}")
+    _template_variables_of_trl(flat, path, warn)
     return flat, {name: key for name, key in written.items() if name != key}
+
+
+def _template_variables_of_trl(flat: dict[str, Any], path: Path, warn: Any) -> None:
+    """Axolotl's `trl.chat_template_kwargs` render the prompts: ft's `chat_template_kwargs`, which does that."""
+    trl = flat.get("trl")
+    inner = trl.get("chat_template_kwargs") if isinstance(trl, dict) else None
+    if not inner:
+        return
+    if flat.get("chat_template_kwargs") not in (None, inner):
+        raise ConfigError(f"{path}: `trl.chat_template_kwargs` and `chat_template_kwargs` differ; keep one")
+    flat["chat_template_kwargs"] = inner
+    warn(f"{path}: from Axolotl: `trl.chat_template_kwargs` → `chat_template_kwargs` (the tokenizer's chat template "
+         "renders every prompt with them)")
 
 
 def _dataset_entry(entry: Any, path: Path, lines: dict[Path_, int], origins: dict[str, str], loc: Path_, warn: Any) -> Any:

@@ -58,6 +58,10 @@ class ModelConfig(Section):
     chat_template_jinja: Optional[str] = Field(
         None, description="A Jinja chat template given in full; wins over chat_template."
     )
+    chat_template_kwargs: Optional[dict[str, Any]] = Field(
+        None, description="Variables the tokenizer's chat template is rendered with, e.g. {enable_thinking: false}: "
+        "written into the template itself, so training, inference and the saved tokenizer all use them (Axolotl's key).",
+    )
     bf16: bool | Literal["auto", "full"] = Field(
         "auto",
         description="Train in bfloat16: bf16 compute, and fp32 master weights (and gradients and optimizer states) "
@@ -123,6 +127,14 @@ class ModelConfig(Section):
     @classmethod
     def _one_token_is_a_list(cls, v: object) -> object:
         return [v] if isinstance(v, str) else v
+
+    @field_validator("chat_template_kwargs")
+    @classmethod
+    def _template_variables(cls, v: Optional[dict[str, Any]]) -> Optional[dict[str, Any]]:
+        for name in v or {}:
+            if not str(name).isidentifier():
+                raise ValueError(f"`{name}` is not a name a chat template can read; use letters, digits and _")
+        return v
 
     @field_validator("chat_template")
     @classmethod

@@ -10,13 +10,15 @@ from ft.config.base import Contradiction, Section
 
 # The losses that compare the trained model with a frozen reference; the others need none.
 WITH_REFERENCE = ("dpo", "ipo")
+PAIR_METHODS = ("dpo", "ipo", "orpo", "simpo")
 
 
 class PreferenceConfig(Section):
-    rl: Optional[Literal["dpo", "ipo", "orpo", "simpo"]] = Field(
+    rl: Optional[Literal["dpo", "ipo", "orpo", "simpo", "ebft"]] = Field(
         None,
         description="Preference training on rows of a prompt, a chosen and a rejected answer: dpo (sigmoid loss), "
-        "ipo, orpo, simpo. Unset: supervised training.",
+        "ipo, orpo, simpo; or ebft: energy-based fine-tuning on the model's own samples, scored by their features "
+        "against the rows' answers (the `ebft:` and `trl:` blocks). Unset: supervised training.",
     )
     rl_beta: float = Field(
         0.1, gt=0, description="β: how far the trained model may move from the reference (dpo, ipo); the reward "
@@ -65,9 +67,14 @@ class PreferenceConfig(Section):
         return "-log σ(r_chosen - r_rejected)" + (f" + {c:g} × mean((r_chosen + r_rejected)²)" if c else "")
 
     @property
+    def pairs_method(self) -> Optional[str]:
+        """The preference loss trained on pairs (dpo, ipo, orpo, simpo), None otherwise (ebft trains on samples)."""
+        return self.rl if self.rl in PAIR_METHODS else None
+
+    @property
     def trains_pairs(self) -> bool:
         """Whether the run reads preference pairs (preference training or a reward model)."""
-        return self.rl is not None or self.reward_model
+        return self.pairs_method is not None or self.reward_model
 
     @property
     def reference(self) -> bool:

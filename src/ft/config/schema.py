@@ -15,6 +15,7 @@ from ft.config.distributed import DistributedConfig
 from ft.config.evaluation import EvaluationConfig
 from ft.config.logs import LoggingConfig
 from ft.config.model import ModelConfig, QuantizationConfig
+from ft.config.online import OnlineConfig
 from ft.config.preference import PreferenceConfig
 from ft.config.training import TrainingConfig
 
@@ -34,6 +35,7 @@ class FtConfig(BaseModel):
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     preference: PreferenceConfig = Field(default_factory=PreferenceConfig)
     distillation: DistillationConfig = Field(default_factory=DistillationConfig)
+    online: OnlineConfig = Field(default_factory=OnlineConfig)
 
     @model_validator(mode="after")
     def _no_contradictions(self, info: ValidationInfo) -> "FtConfig":
@@ -156,7 +158,7 @@ def contradictions(cfg: FtConfig) -> list[Contradiction]:
         add("optimizer", f"Muon orthogonalizes whole weight matrices, and {what}: use it for full fine-tuning on one "
             "process, DDP or FSDP2, or choose another optimizer")
     if t.use_eaft and (cfg.preference.rl or cfg.distills or cfg.preference.reward_model):
-        what = "preference training" if cfg.preference.rl else "distillation" if cfg.distills else "a reward model"
+        what = "EBFT" if cfg.preference.rl == "ebft" else "preference training" if cfg.preference.rl else "distillation" if cfg.distills else "a reward model"
         add("use_eaft", f"EAFT weights the cross-entropy of supervised fine-tuning, which {what} does not train on; "
             "remove `use_eaft`")
     if t.eval_strategy == "no" and (t.eval_steps or t.evals_per_epoch or t.load_best_model_at_end
@@ -211,11 +213,37 @@ def contradictions(cfg: FtConfig) -> list[Contradiction]:
     k = cfg.distillation
     found += distillation_contradictions(cfg)
     if cfg.distills and cfg.preference.rl:
-        add("teacher_model", f"distillation trains on single texts and `rl: {cfg.preference.rl}` on pairs; keep one")
+        on = "samples of its own" if cfg.preference.rl == "ebft" else "pairs"
+        add("teacher_model", f"distillation trains on single texts and `rl: {cfg.preference.rl}` on {on}; keep one")
+    found += online_contradictions(cfg)
     if cfg.distills and d.fsdp:
         add("teacher_model", DISTILL_SHARDED.format("fsdp"))
     if t.early_stopping_patience and not cfg.has_eval_data:
         add("early_stopping_patience", "early stopping needs evaluation data: set `val_set_size` or `test_datasets`")
+    return found
+
+
+EBFT_SHARDED = ("`rl: ebft` is not supported with {} yet (it samples token by token from weights that are whole only "
+                "inside each forward); use DDP or DeepSpeed ZeRO-1/2")
+
+
+def online_contradictions(cfg: FtConfig) -> list[Contradiction]:
+    """`rl: ebft` samples from the model as it trains: its blocks, and what it cannot run with."""
+    o, d, found = cfg.online, cfg.distributed, []
+    ebft = cfg.preference.rl == "ebft"
+    for key in ("ebft", "trl"):
+        if getattr(o, key) is not None and not ebft:
+            found.append(Contradiction(key, f"`{key}:` sets up energy-based fine-tuning: add `rl: ebft`, or remove it"))
+    if not ebft:
+        return found
+    mode = o.ebft.mode if o.ebft else "structured"
+    if o.trl is not None and mode == "strided" and o.trl.model_fields_set - {"use_vllm"}:
+        found.append(Contradiction("trl", "strided EBFT samples at anchors with `ebft:`'s settings (temperature, "
+                                   "generate_max_len, n_samples_per_prompt); `trl:` sets structured mode's: remove it"))
+    if cfg.data.sample_packing:
+        found.append(Contradiction("sample_packing", "`rl: ebft` samples from each row by itself; remove `sample_packing`"))
+    if d.fsdp:
+        found.append(Contradiction("rl", EBFT_SHARDED.format("fsdp")))
     return found
 
 

@@ -97,7 +97,24 @@ def load_tokenizer(m: ModelConfig) -> Any:
         tok.chat_template = m.chat_template_jinja
     elif m.chat_template and CHAT_TEMPLATES.get(m.chat_template) is not None:
         tok.chat_template = CHAT_TEMPLATES.get(m.chat_template)
+    if m.chat_template_kwargs and isinstance(tok.chat_template, str):
+        tok.chat_template = with_variables(tok.chat_template, m.chat_template_kwargs)
+    elif m.chat_template_kwargs:
+        raise ConfigError("`chat_template_kwargs` is set, and the tokenizer has no chat template to give them to; set "
+                        "`chat_template:`")
     return tok
+
+
+def with_variables(template: str, variables: dict[str, Any]) -> str:
+    """The Jinja template with `variables` set at its top, where they win over what a caller passes (Jinja's
+    top-level `set`): enable_thinking: false renders the same wherever the template is used."""
+    import json
+
+    def literal(value: Any) -> str:  # JSON is Jinja's literal syntax, but for its null
+        return "none" if value is None else json.dumps(value)
+
+    head = "".join("{%- set " + name + " = " + literal(value) + " -%}" for name, value in variables.items())
+    return head + template
 
 
 GENERIC_FAST = ("PreTrainedTokenizerFast", "TokenizersBackend")
@@ -155,5 +172,6 @@ def tokenizer_fingerprint(m: ModelConfig) -> dict[str, Any]:
         "tokens": list(m.tokens),
         "chat_template": m.chat_template,
         "chat_template_jinja": m.chat_template_jinja,
+        "chat_template_kwargs": m.chat_template_kwargs,
         "files": files,
     }

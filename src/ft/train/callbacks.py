@@ -50,8 +50,8 @@ class MetricsLog(TrainerCallback):
         for key in ("loss", "learning_rate", "grad_norm", "eval_loss", "train_loss", "kd_loss", "ce_loss"):
             if key in logs:
                 record[key] = logs[key]
-        for key, value in logs.items():  # generation metrics of evaluations, preference metrics (rewards/, logps/)
-            wanted = key.startswith(("eval_", "rewards/", "logps/")) and not key.endswith(("_runtime", "_per_second"))
+        for key, value in logs.items():  # generation metrics of evaluations, preference and EBFT metrics
+            wanted = key.startswith(("eval_", "rewards/", "logps/", "ebft/")) and not key.endswith(("_runtime", "_per_second"))
             if wanted and key not in record and isinstance(value, (int, float)):
                 record[key] = value
         if "loss" in logs:
