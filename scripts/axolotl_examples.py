@@ -103,7 +103,7 @@ def main() -> None:
 
 def trainable(body: dict) -> bool:
     datasets = body.get("datasets") or []
-    return bool(datasets) and all(isinstance(d, dict) and d.get("type") in ("alpaca", "chat_template") for d in datasets)
+    return bool(datasets) and all(isinstance(d, dict) and d.get("type") in ("alpaca", "chat_template", *EBFT) for d in datasets)
 
 
 def for_cpu(body: dict, folder: Path) -> dict:
@@ -115,6 +115,11 @@ def for_cpu(body: dict, folder: Path) -> dict:
         rows = folder / f"data-{i}.jsonl"
         if d["type"] == "alpaca":
             rows.write_text(ALPACA.read_text())
+        elif d["type"] in EBFT:  # {input, output} rows, or texts
+            alpaca = [json.loads(line) for line in ALPACA.read_text().splitlines()]
+            pick = (lambda r: {"text": f"{r['instruction']} {r['output']}"}) if d["type"] == "ebft_pretrain.transform" else (
+                lambda r: {"input": r["instruction"], "output": r["output"]})
+            rows.write_text("".join(json.dumps(pick(r)) + "\n" for r in alpaca))
         else:
             messages = d.get("field_messages", "messages")
             roles = {"role": d.get("message_field_role") or "role", "content": d.get("message_field_content") or "content",
@@ -126,7 +131,7 @@ def for_cpu(body: dict, folder: Path) -> dict:
         datasets.append(d)
     body["datasets"] = datasets
     for key in ("deepspeed", "fsdp", "fsdp_config", "fsdp_version", "dp_shard_size", "test_datasets", "hub_model_id", "wandb_project",
-                "resume_from_checkpoint", "lora_model_dir", "dataset_prepared_path"):
+                "resume_from_checkpoint", "lora_model_dir", "dataset_prepared_path", "attn_implementation", "torch_compile"):
         body.pop(key, None)
     body.update({"output_dir": str(folder / "out"), "max_steps": 2, "micro_batch_size": 1, "gradient_accumulation_steps": 1,
                  "sequence_len": 128, "val_set_size": 0, "bf16": False, "fp16": False, "tf32": False,
@@ -136,6 +141,7 @@ def for_cpu(body: dict, folder: Path) -> dict:
 
 
 ALPACA = Path(__file__).resolve().parents[1] / "tests/data/alpaca.jsonl"
+EBFT = ("ebft_opencode.transform", "ebft_strided_structured.transform", "ebft_pretrain.transform")
 
 
 if __name__ == "__main__":

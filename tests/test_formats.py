@@ -162,3 +162,20 @@ def test_fast_tokenizer_path_matches_autotokenizer(tiny_model_dir):
     assert ours(text)["input_ids"] == auto(text)["input_ids"]
     assert (ours.bos_token, ours.eos_token, ours.pad_token, ours.chat_template) == (
         auto.bos_token, auto.eos_token, auto.pad_token, auto.chat_template)
+
+
+def test_ebft_transforms_give_a_prompt_and_the_answer_it_is_scored_against(tiny_tokenizer):
+    """Axolotl's EBFT transforms: the chat template's user turn and generation prompt, then the answer as written;
+    a plain prompt and answer; a text trained whole."""
+    tok = tiny_tokenizer
+    row = {"input": "Add 1 and 2.", "output": "def add():\n    return 3", "id": 7}
+    (prompt, answer), = render([row], tok, "ebft_opencode.transform", chat_template="chatml")
+    assert prompt == Segment("<|im_start|>user\nAdd 1 and 2.<|im_end|>\n<|im_start|>assistant\n", False)
+    assert answer == Segment("def add():\n    return 3", True)
+    out = tokenize([row], tok, "ebft_opencode", {"chat_template": "chatml"})
+    assert trained_text(out.input_ids[0], out.labels[0], tok) == "def add():\n    return 3"
+    assert render([{"question": "Q?", "answer": "A."}], tok, "ebft_strided_structured.transform") == [
+        [Segment("Q?", False), Segment("A.", True)]]
+    out = tokenize([{"prompt": "Q?", "completion": "A."}], tok, "ebft_strided_structured.transform")
+    assert out.input_ids[0][0] == tok.bos_token_id and out.input_ids[0][-1] == tok.eos_token_id
+    assert render([{"question": "all of it"}], tok, "ebft_pretrain.transform") == [[Segment("all of it", True)]]

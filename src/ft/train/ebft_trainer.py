@@ -34,6 +34,7 @@ class EbftTrainer(PreferenceTrainer):
     stop_ids: tuple[int, ...] = ()
     pad_id: int = 0
     metric_names = METRICS
+    _warned = False
 
     def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None) -> Any:
         inputs.pop(REAL_TOKENS, None)
@@ -45,7 +46,15 @@ class EbftTrainer(PreferenceTrainer):
                 rows.append((ids[:length], labels[:length], int(trained[0])))
         strided = self.settings.mode == "strided"
         loss, metrics = (self._strided if strided else self._structured)(model, rows)
-        self._keep("train" if model.training else "eval", metrics)
+        if metrics:
+            self._keep("train" if model.training else "eval", metrics)
+        elif not self._warned:
+            self._warned = True
+            import logging
+
+            logging.getLogger("ft").warning(
+                "EBFT: a micro batch had nothing to sample from (strided: no text reaches an anchor, which needs the "
+                "prompt, min_completion_prefix and generate_max_len tokens); it trains nothing")
         return (loss, {"loss": loss}) if return_outputs else loss
 
     # -- the pieces both modes share

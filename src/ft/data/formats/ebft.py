@@ -28,7 +28,7 @@ def _first(row: Mapping[str, Any], columns: tuple[str, ...]) -> str:
 
 @FORMATS.register("ebft_opencode.transform", aliases=("ebft_opencode",))
 class EbftOpenCode(ChatTemplate):
-    reads = ()
+    reads = ("chat_template", "chat_template_jinja")
 
     def required_columns(self) -> tuple[str, ...]:
         return ("input", "output")
