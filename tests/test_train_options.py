@@ -393,3 +393,27 @@ def test_a_tracker_whose_package_is_missing_is_one_sentence_before_loading(tmp_p
     result = run_ft("train", "cfg.yml", cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert "ft: error: `wandb_project` is set, but the wandb package is not installed: pip install wandb" in result.stderr
+
+
+def test_accelerator_config_reaches_the_trainer_and_batch_dealing_stays_fts(tmp_path: Path, tiny_model_dir):
+    from ft.errors import ConfigError
+
+    cfg = make_config(tmp_path, tiny_model_dir("llama"), max_steps=1,
+                      accelerator_config={"gradient_accumulation_kwargs": {"sync_each_batch": True}})
+    trainer, _, _ = build(cfg)
+    assert trainer.args.accelerator_config.gradient_accumulation_kwargs["sync_each_batch"] is True
+    assert trainer.accelerator.gradient_state.plugin_kwargs.get("sync_each_batch") is True
+    with pytest.raises(ConfigError, match="`accelerator_config.split_batches` changes how batches are dealt"):
+        make_config(tmp_path, tiny_model_dir("llama"), accelerator_config={"split_batches": True})
+
+
+def test_min_sample_len_drops_short_rows_and_says_how_many(tiny_tokenizer):
+    from helpers import tokenize
+
+    rows = [{"instruction": "Hi.", "input": "", "output": "Yo."},
+            {"instruction": "Reverse the words: " + "cat dog sun " * 5, "input": "", "output": "sun dog cat " * 5}]
+    every = tokenize(rows, tiny_tokenizer)
+    short = min(len(ids) for ids in every.input_ids)
+    out = tokenize(rows, tiny_tokenizer, min_sample_len=short + 1)
+    assert len(out.input_ids) == 1 and out.counts.dropped_short == 1 and out.input_ids[0] == max(every.input_ids, key=len)
+    assert tokenize(rows, tiny_tokenizer, min_sample_len=short).counts.dropped_short == 0

@@ -312,6 +312,10 @@ def model_for_training(cfg: FtConfig, tokenizer: Any, layout: str, world: int = 
         from ft.model.qat import prepare
 
         prepare(model, q.qat)
+    if q.use_onebitllms:
+        from ft.model.bitnet import to_bitnet
+
+        log.info("use_onebitllms: %d linear layers train as BitNet b1.58 (ternary weights, 8-bit inputs)", to_bitnet(model))
     if t.tiled_mlp:
         from ft.model.tiled_mlp import tile_mlps
 

@@ -231,7 +231,6 @@ KEYS: dict[str, Answer] = {
     "streaming_multipack_buffer_size": _noop("the streamed packing buffer", "ft packs the whole prepared dataset "
                                              "best-fit decreasing"),
     "preprocess_iterable": _refused("streaming datasets", False),
-    "min_sample_len": _refused("a minimum row length"),
     "max_prompt_len": _refused("a maximum prompt length"),
     "eval_sequence_len": _refused("a sequence length of its own for evaluation"),
     "eval_table_size": _noop("the table of evaluation predictions", "deprecated in Axolotl, where it does nothing now "
@@ -287,7 +286,6 @@ KEYS: dict[str, Answer] = {
     "rpo_alpha": _refused("RPO"),
     "cpo_alpha": _refused("CPO"),
     "resources_per_worker": _refused("training on Ray"),
-    "accelerator_config": _refused("accelerate's accelerator settings"),
     "auto_find_batch_size": _refused("automatic batch-size search (ft plan says what fits)", False),
     "pad_to_multiple_of": _refused("padding to a multiple"),
     "adam_beta3": _refused("a third Adam beta"),
@@ -358,7 +356,7 @@ RETIRED = frozenset({"gptq_groupsize", "gptq_model_v1", "base_model_ignore_patte
 # Every key of Axolotl's schema that ft's own schema does not have (its input config and mixins, the
 # integrations' args), July 2026.
 VOCABULARY = frozenset("""
-accelerator_config adam_beta3 adam_epsilon2 added_tokens_overrides auto_find_batch_size axolotl_config_path
+ adam_beta3 adam_epsilon2 added_tokens_overrides auto_find_batch_size axolotl_config_path
 batch_flattening bench_dataset bench_split bfloat16 
 chunked_cross_entropy_num_chunks comet_api_key comet_experiment_config comet_experiment_key
 comet_mode comet_online comet_project_name comet_workspace context_parallel_size cpo_alpha
@@ -390,7 +388,7 @@ liger_use_token_scaling llama4_linearized_experts
 llmcompressor lm_eval_model local_rank lora_alpha_pattern
 lora_embedding_kernel lora_mlp_kernel lora_o_kernel lora_on_cpu lora_qkv_kernel lora_rank_pattern low_cpu_mem_usage
 lr_div_factor lr_groups lr_quadratic_warmup lr_scheduler_kwargs max_memory max_prompt_len mean_resizing_embeddings
-merge_lora merge_method min_sample_len mlflow_experiment_name mlflow_run_name mlflow_tracking_uri model_kwargs
+merge_lora merge_method  mlflow_experiment_name mlflow_run_name mlflow_tracking_uri model_kwargs
 model_revision moe_bnb_fast moe_dequant_chunk_size
 moe_grouped_backend mora multipack_real_batches nemo_gym_auto_clone nemo_gym_auto_start nemo_gym_config_paths
 nemo_gym_datasets nemo_gym_dir nemo_gym_enabled nemo_gym_head_port nemo_gym_max_turns nemo_gym_model_name
@@ -414,7 +412,7 @@ skip_prepare_dataset spectrum_model_name spectrum_top_fraction streaming streami
 tensor_parallel_size tiled_mlp_num_shards tiled_mlp_use_original_mlp tokenizer_legacy tokenizer_save_jinja_files
 tokenizer_use_mistral_common torch_compile_backend torch_compile_options torch_empty_cache_steps torchdistx_path
 total_num_tokens total_supervised_tokens trackio_project_name trackio_run_name trackio_space_id trainer_cls 
-use_comet use_dsv4_kernels use_glm_dsa_kernels use_kernels use_mlflow use_onebitllms use_otel_metrics
+use_comet use_dsv4_kernels use_glm_dsa_kernels use_kernels use_mlflow  use_otel_metrics
 use_pose use_ray use_scattermoe use_sonicmoe use_trackio use_wandb vllm world_size xformers_attention use_mora
 use_swanlab swanlab_api_host swanlab_api_key swanlab_completion_log_interval swanlab_completion_max_buffer
 swanlab_description swanlab_experiment_name swanlab_lark_secret swanlab_lark_webhook_url swanlab_log_completions

@@ -205,6 +205,10 @@ class DataConfig(Section):
     train_on_inputs: bool = Field(
         False, description="Take the loss on the prompt too. false: loss on the output (and its EOS) only."
     )
+    min_sample_len: Optional[int] = Field(
+        None, ge=1, description="Drop rows (or the chunks of a split text) with fewer tokens than this (Axolotl's key). "
+        "Unset: rows are kept whatever their length, if they have a token to train on.",
+    )
     excess_length_strategy: Literal["drop", "truncate"] = Field(
         "drop", description="What to do with rows longer than sequence_len."
     )

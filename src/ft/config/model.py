@@ -220,6 +220,10 @@ class QuantizationConfig(Section):
     quantize_moe_experts: bool = Field(
         False, description="Quantize a mixture-of-experts model's routed experts (3-D weights, which bitsandbytes' "
         "loading leaves in 16 bits) to the base's 4 or 8 bits too; they stay frozen.")
+    use_onebitllms: bool = Field(
+        False, description="BitNet b1.58 training, as Falcon-E's onebitllms does it (Axolotl's key): full fine-tuning in "
+        "which every linear layer but the head computes with its weight ternarized (one absmean scale) and its input "
+        "in 8 bits per token; the full-precision weights train and are saved (docs/methods.md).")
     qat: Optional[QatOptions] = Field(
         None, description="Quantization-aware training (`qat:` block, Axolotl's keys; torchao, `pip install "
         "'ft[qat]'`): full fine-tuning with the linear layers fake-quantized; the saved model holds the trained "

@@ -114,6 +114,10 @@ def contradictions(cfg: FtConfig) -> list[Contradiction]:
     elif q.quantize_moe_experts and d.fsdp and d.fsdp_config.fsdp_version != 2:
         add("quantize_moe_experts", "`quantize_moe_experts` under FSDP needs FSDP2 (`fsdp_config.fsdp_version: 2`), which "
             "ft loads a share per process with the experts quantized; or use DDP or DeepSpeed ZeRO-1/2")
+    if q.use_onebitllms and (a.adapter or q.bits or q.qat):
+        what = f"`adapter: {a.adapter}`" if a.adapter else f"`load_in_{q.bits}bit`" if q.bits else "`qat`"
+        add("use_onebitllms", f"BitNet training (`use_onebitllms`) trains the full-precision weights it ternarizes (full "
+            f"fine-tuning); remove {what}")
     if q.qat and (a.adapter or q.bits):
         add("qat", "quantization-aware training trains the weights it fake-quantizes (full fine-tuning); remove "
             + (f"`adapter: {a.adapter}`" if a.adapter else f"`load_in_{q.bits}bit`") + " or `qat`")

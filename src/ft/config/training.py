@@ -10,6 +10,42 @@ from ft.config.base import Contradiction, Section
 from ft.config.context import canonical
 
 
+class GradientAccumulationSettings(Section):
+    sync_each_batch: bool = Field(
+        False, description="Reduce the gradients across processes after every micro batch instead of once a step: the "
+        "same gradients, less memory under FSDP, more communication.")
+
+
+# accelerate's settings that deal the batches to processes: ft lays its batches out itself
+BATCH_DEALING = ("split_batches", "dispatch_batches", "even_batches", "use_seedable_sampler", "use_configured_state")
+
+
+class AcceleratorSettings(Section):
+    """`accelerator_config:` (Axolotl's, handed to the Trainer's accelerate settings)."""
+
+    gradient_accumulation_kwargs: Optional[GradientAccumulationSettings] = Field(None, description="sync_each_batch.")
+    non_blocking: bool = Field(False, description="Copy batches to the GPU without waiting (with pinned memory).")
+    split_batches: Any = None
+    dispatch_batches: Any = None
+    even_batches: Any = None
+    use_seedable_sampler: Any = None
+    use_configured_state: Any = None
+
+    @model_validator(mode="after")
+    def _batches_are_fts(self) -> "AcceleratorSettings":
+        for key in BATCH_DEALING:
+            if getattr(self, key) is not None:
+                raise Contradiction(key, f"`accelerator_config.{key}` changes how batches are dealt to the processes, "
+                                    "which ft lays out itself; remove it")
+        return self
+
+    def trainer_value(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"non_blocking": self.non_blocking}
+        if self.gradient_accumulation_kwargs is not None:
+            out["gradient_accumulation_kwargs"] = self.gradient_accumulation_kwargs.model_dump()
+        return out
+
+
 class TrainingConfig(Section):
     output_dir: str = Field("./outputs", description="Where checkpoints, the adapter or model, and logs go.")
     micro_batch_size: int = Field(1, ge=1, description="Sequences per device per forward pass.")
@@ -22,6 +58,9 @@ class TrainingConfig(Section):
     max_steps: Optional[int] = Field(None, ge=1, description="Stop after this many optimizer steps (wins over num_epochs).")
     optimizer: str = Field("adamw_torch", description="Optimizer name; see the optimizer list in the docs.")
     learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate.")
+    accelerator_config: Optional[AcceleratorSettings] = Field(
+        None, description="accelerate's settings for the Trainer: gradient_accumulation_kwargs.sync_each_batch, "
+        "non_blocking (Axolotl's key).")
     lr_scheduler: str = Field("cosine", description="Learning-rate schedule after warmup.")
     cosine_min_lr_ratio: Optional[float] = Field(
         None, ge=0, le=1, description="With the cosine schedule: decay to this share of learning_rate instead of 0 "

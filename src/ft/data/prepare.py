@@ -57,6 +57,7 @@ def cache_inputs(d: DataConfig, m: ModelConfig, seed: int) -> dict[str, Any]:
         "sequence_len": d.sequence_len,
         "train_on_inputs": d.train_on_inputs,
         "excess_length_strategy": d.excess_length_strategy,
+        "min_sample_len": d.min_sample_len,
         "val_set_size": d.val_set_size,
         "shuffle": d.shuffle_merged_datasets,
         "deduplicate": d.dataset_exact_deduplication,
@@ -184,7 +185,9 @@ def _tokenize_all(entries: tuple[DatasetConfig, ...], d: DataConfig, tokenizer: 
             raise DataError(
                 f"dataset `{ds.path}`: all {part.counts.rows} rows were dropped "
                 f"({part.counts.dropped_long} longer than sequence_len {d.sequence_len}, "
-                f"{part.counts.dropped_no_target} with nothing to train on)"
+                f"{part.counts.dropped_no_target} with nothing to train on"
+                + (f", {part.counts.dropped_short} shorter than min_sample_len {d.min_sample_len}" if part.counts.dropped_short else "")
+                + ")"
             )
         merged.input_ids += part.input_ids
         merged.labels += part.labels
@@ -263,7 +266,8 @@ def report(p: Prepared, sequence_len: int) -> str:
         f"prepared dataset {how}: {p.path}",
         f"  rows read {read['rows']:,}: kept {read['kept']:,}, dropped {read['dropped_long']:,} longer than "
         f"sequence_len {sequence_len}, truncated {read['truncated']:,}, split into chunks {read['chunked']:,}, "
-        f"dropped with nothing to train on {read['dropped_no_target']:,}",
+        f"dropped with nothing to train on {read['dropped_no_target']:,}"
+        + (f", dropped as too short (min_sample_len) {read['dropped_short']:,}" if read.get("dropped_short") else ""),
     ]
     if "duplicates" in s:
         lines.append(f"  exact duplicates left out (dataset_exact_deduplication): {s['duplicates']:,}")

@@ -27,6 +27,7 @@ class Counts:
     kept: int = 0
     dropped_long: int = 0
     dropped_no_target: int = 0
+    dropped_short: int = 0
     truncated: int = 0
     chunked: int = 0
     tokens: int = 0
@@ -187,8 +188,11 @@ class RowTokenizer:
                         f"{self.where(index, row)}: the prompt alone is longer than sequence_len ({limit} tokens), "
                         "so truncating leaves nothing to train on; raise sequence_len or use excess_length_strategy: drop"
                     )
-        kept = False
+        kept, short = False, False
         for piece_ids, piece_labels, start in pieces:
+            if self.data.min_sample_len and len(piece_ids) < self.data.min_sample_len:
+                short = True
+                continue
             trained = count_trained(piece_labels)
             if trained == 0:
                 continue
@@ -203,5 +207,7 @@ class RowTokenizer:
             kept = True
         if kept:
             c.kept += 1
+        elif short:
+            c.dropped_short += 1
         else:
             c.dropped_no_target += 1

@@ -102,6 +102,8 @@ def training_arguments(
     kwargs.update(launch)
     if t.torch_compile_mode is not None:
         kwargs["torch_compile_mode"] = t.torch_compile_mode
+    if t.accelerator_config is not None:
+        kwargs["accelerator_config"] = t.accelerator_config.trainer_value()
     if t.cosine_min_lr_ratio is not None:
         kwargs["lr_scheduler_kwargs"] = {"min_lr_rate": t.cosine_min_lr_ratio}
     for key in ("adam_beta1", "adam_beta2", "adam_epsilon"):
