@@ -387,3 +387,16 @@ def test_sigkill_at_random_moments_of_a_preference_run_loses_nothing(tmp_path: P
         assert harness.summary_of(folder)["steps"] == 8
     again = harness.run(folders[0], "train", "cfg.yml")
     assert again.returncode == 0 and "finished already" in again.stderr, again.stderr[-2000:]
+
+
+def test_chatml_ultra_rows_render_as_axolotl_writes_them(tiny_tokenizer):
+    from ft.data.formats import Segment, build_format
+    from ft.config.data import DatasetConfig
+
+    fmt = build_format(DatasetConfig(path="x", type="chatml.ultra"), tiny_tokenizer)
+    row = {"system": "Be kind.", "prompt": "Hi?", "chosen": [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello!"}],
+           "rejected": [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "No."}]}
+    head = "<|im_start|>system\nBe kind.<|im_end|>\n<|im_start|>user\nHi?<|im_end|>\n<|im_start|>assistant\n"
+    assert fmt.pair(row) == ([Segment(head, False), Segment("Hello!<|im_end|>", True)],
+                             [Segment(head, False), Segment("No.<|im_end|>", True)])
+    assert fmt.prompt({**row, "system": None}) == "<|im_start|>user\nHi?<|im_end|>\n<|im_start|>assistant\n"

@@ -168,3 +168,30 @@ class BradleyTerryRows(ChatPreference):
         if self.ds.field_messages or "input" not in row:
             return super().turns(row)
         return system_turn(row) + [{"role": "user", "content": text_field(row, "input")}]
+
+
+@FORMATS.register("chatml.ultra")
+class ChatmlUltra(PairFormat):
+    """Axolotl's `chatml.ultra` (UltraFeedback binarized rows): `prompt` (and `system`) written as ChatML text
+    whatever the tokenizer's template, each answer the assistant turn of `chosen` / `rejected` (lists of turns,
+    the answer second) followed by `<|im_end|>`."""
+
+    def required_columns(self) -> tuple[str, ...]:
+        return ("prompt", "chosen", "rejected")
+
+    def prompt(self, row: Mapping[str, Any]) -> str:
+        system = row.get("system")
+        head = f"<|im_start|>system\n{system}<|im_end|>\n" if isinstance(system, str) and system else ""
+        return head + f"<|im_start|>user\n{text_field(row, 'prompt')}<|im_end|>\n<|im_start|>assistant\n"
+
+    def pair(self, row: Mapping[str, Any]) -> tuple[list[Segment], list[Segment]]:
+        prompt, out = self.prompt(row), []
+        for side in SIDES:
+            turns = row.get(side)
+            if not isinstance(turns, list) or len(turns) < 2 or not isinstance(turns[1], Mapping) or not isinstance(
+                    turns[1].get("content"), str):
+                raise DataError(f"`{side}` must be a list of turns whose second is the answer ({{role, content}})")
+            if not turns[1]["content"].strip():
+                raise DataError(f"the {side} answer (`{side}[1].content`) is empty")
+            out.append([Segment(prompt, False), Segment(turns[1]["content"] + "<|im_end|>", True)])
+        return out[0], out[1]
