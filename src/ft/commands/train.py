@@ -69,7 +69,8 @@ def build_run(cfg: FtConfig, world: int) -> Run:
         raise UserError(EBFT_SHARDED.format(sharding))
     # a pair's answers end to end; a reward model's rows padded (its score is read at each row's last token);
     # EBFT samples from each row by itself
-    layout = PADDED if reward or ebft else PADDING_FREE if pairs else batch_layout(d, t.group_by_length, on_gpu)
+    steps = cfg.preference.step_classes is not None
+    layout = PADDED if reward or ebft or steps else PADDING_FREE if pairs else batch_layout(d, t.group_by_length, on_gpu)
     prompt_learning = prompt_learning_method(cfg)
     if prompt_learning and t.use_eaft:
         raise UserError(f"`use_eaft` weights each token's loss, and `adapter: {cfg.adapter.adapter}` puts virtual tokens "
@@ -78,8 +79,9 @@ def build_run(cfg: FtConfig, world: int) -> Run:
         if sharding:  # seen: prompt tuning under ZeRO-3 on two ranks never finished its first step
             raise UserError(f"`adapter: {cfg.adapter.adapter}` is not supported with {sharding} yet (its virtual tokens "
                             "sit beside embeddings that are sharded); use DeepSpeed ZeRO-1/2 or DDP")
-        if pairs or cfg.distills or ebft:
-            what = "preference training" if pairs else "EBFT" if ebft else "distillation"
+        if pairs or cfg.distills or ebft or steps:
+            what = ("preference training" if pairs else "EBFT" if ebft else "a process reward model" if steps
+                    else "distillation")
             raise UserError(f"`adapter: {cfg.adapter.adapter}` puts virtual tokens before each row, which {what} does "
                             "not take yet; use lora")
         layout = PADDED  # its virtual tokens go before each row: rows cannot be laid end to end
@@ -114,7 +116,7 @@ def build_run(cfg: FtConfig, world: int) -> Run:
         distributed["ddp_find_unused_parameters"] = False
     args = training_arguments(t, cfg.logging, cfg.model, len(sets.train), sets.eval is not None, world, distributed)
     # the chunked loss reads the decoder's hidden states, which prompt-learning methods lengthen by their virtual tokens
-    chunked = t.chunked_cross_entropy and not prompt_learning and uses_chunked_loss(model, sharding)
+    chunked = t.chunked_cross_entropy and not prompt_learning and not steps and uses_chunked_loss(model, sharding)
     offload = None
     if t.activation_offloading:
         from ft.train.offload import ActivationOffload
@@ -155,6 +157,9 @@ def build_run(cfg: FtConfig, world: int) -> Run:
 
             trainer.reference_store = ReferenceStore(prepared.path, reference_key(cfg, prepared.path.name))
         log.info(describe_preference(cfg, reference is not None))
+    if steps:
+        log.info("process reward model: a %d-class head on every token, cross-entropy on each step's last token",
+                 cfg.preference.step_classes)
     if ebft:
         from ft.train.ebft_trainer import configure
 
@@ -305,7 +310,7 @@ def model_for_training(cfg: FtConfig, tokenizer: Any, layout: str, world: int = 
     fsdp = bool(cfg.distributed.fsdp)
     on_meta = shards_at_load(fsdp, cfg.distributed.fsdp_config.fsdp_version, q.bits, world)
     model, grew = load_model(m, q, tokenizer, full=a.adapter is None, fsdp=fsdp, on_meta=on_meta,
-                             reward=cfg.preference.reward_model)
+                             reward=cfg.preference.reward_model, step_classes=cfg.preference.step_classes)
     check_fsdp_wrap(cfg.distributed, model)
     layout, attention = use_packed_attention(model, layout, probe=not on_meta) if layout != PADDED else (layout, "")
     if q.qat:

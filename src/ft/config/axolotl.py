@@ -282,7 +282,6 @@ KEYS: dict[str, Answer] = {
     "llmcompressor": _refused("LLM Compressor sparsity"),
     "dense_mixer": _refused("DenseMixer"),
     "vllm": _noop("a vLLM server for generation", "ft samples with the trained model in the training process (rl: ebft)"),
-    "process_reward_model": _refused("process reward models", False),
     "rpo_alpha": _refused("RPO"),
     "cpo_alpha": _refused("CPO"),
     "resources_per_worker": _refused("training on Ray"),
@@ -398,7 +397,7 @@ nvfp4_merge_aware_start_step optim_args optim_target_modules otel_metrics_host o
 peft_autocast_adapter_dtype peft_ensure_weight_tying peft_layer_replication peft_layers_pattern
 peft_layers_to_transform peft_trainable_token_indices plugins pose_max_context_len pose_num_chunks
 pose_split_on_token_ids preprocess_iterable pretrain_multipack_attn pretrain_multipack_buffer_size
-pretraining_dataset pretraining_sample_concatenation process_reward_model processor_kwargs processor_type
+pretraining_dataset pretraining_sample_concatenation  processor_kwargs processor_type
 profiler_steps profiler_steps_start push_dataset_to_hub qgalore_cos_threshold qgalore_gamma_proj
 qgalore_proj_bits qgalore_proj_group_size qgalore_proj_quant qgalore_proj_type qgalore_queue_size qgalore_rank
 qgalore_scale qgalore_update_proj_gap qlora_sharded_model_loading quantization ray_num_workers

@@ -135,9 +135,6 @@ REFUSED_DATASET_KEYS: dict[str, tuple[str, tuple[Any, ...]]] = {
     "shards_idx": ("training on a shard of a dataset", ()),
     "preprocess_shards": ("preparing a dataset in shards", ()),
     "trust_remote_code": ("dataset loading scripts", (False,)),
-    "step_separator": ("process reward models", ()),
-    "max_completion_length": ("process reward models", ()),
-    "train_on_last_step_only": ("process reward models", (False,)),
     "skip": ("skipping rows of a streamed dataset", ()),
 }
 
@@ -188,7 +185,7 @@ def dataset_entry(entry: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
 
 # Axolotl's dataset types (its prompt strategies) that ft has no format for, by their first word: the feature
 AXOLOTL_TYPES = {
-    "stepwise_supervised": "process-reward rows", "kto": "KTO rows",
+    "kto": "KTO rows",
     "chatml": "its DPO prompt strategies", "llama3": "its DPO prompt strategies", "zephyr": "its DPO prompt strategies",
     "chat_template": "its DPO prompt strategies", "passthrough": "its DPO prompt strategies",
     "pretrain": "pretraining datasets", "ebft_strided_chat": "EBFT's chat transforms",

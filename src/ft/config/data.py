@@ -121,6 +121,11 @@ class DatasetConfig(Section):
     temperature: Optional[float] = Field(
         None, gt=0, description="With logprobs_field: the temperature the log-probabilities were made at (default 1); "
         "it must equal kd_temperature.")
+    step_separator: Optional[str] = Field(None, description="`stepwise_supervised`: the text written after each step "
+                                          "(default a newline); the step's label sits on its last token.")
+    max_completion_length: Optional[int] = Field(None, ge=1, description="`stepwise_supervised`: the steps' tokens are "
+                                                 "cut to this many.")
+    train_on_last_step_only: bool = Field(False, description="`stepwise_supervised`: only the last step's label trains.")
     chat_template: Optional[str] = Field(None, description="`chat_template`: a named template for this dataset.")
     chat_template_jinja: Optional[str] = Field(None, description="`chat_template`: a Jinja template for this dataset.")
 
@@ -189,7 +194,8 @@ class DatasetConfig(Section):
 # The keys of a `datasets:` entry that only some formats read (each format declares its own in `reads`).
 FORMAT_KEYS = ("field", "field_messages", "message_field_role", "message_field_content", "roles_to_train", "roles",
                "drop_system_message", "field_thinking", "template_thinking_key",
-               "train_on_eos", "chat_template", "chat_template_jinja", "field_chosen", "field_rejected")
+               "train_on_eos", "chat_template", "chat_template_jinja", "field_chosen", "field_rejected", "step_separator",
+               "max_completion_length", "train_on_last_step_only")
 
 
 class DataConfig(Section):

@@ -39,7 +39,12 @@ class PreferenceConfig(Section):
     reward_model: bool = Field(
         False, description="Train a reward model on the pairs (Bradley-Terry, as TRL's RewardTrainer): the model with a "
         "one-number head on its last token, the loss -log σ(r_chosen - r_rejected). Axolotl's key.")
-    num_labels: Optional[int] = Field(None, description="With reward_model: the head's outputs, 1 (Axolotl's key).")
+    num_labels: Optional[int] = Field(None, description="The head's outputs: 1 with reward_model; the classes of each "
+                                      "step with process_reward_model (default 2: wrong, right). Axolotl's key.")
+    process_reward_model: bool = Field(
+        False, description="Train a process reward model (TRL's PRMTrainer, Axolotl's key): the model with a head that "
+        "classifies each reasoning step at its last token (`type: stepwise_supervised` rows), cross-entropy on those "
+        "tokens only.")
     center_rewards_coefficient: Optional[float] = Field(
         None, ge=0, description="reward_model: adds this × mean((r_chosen + r_rejected)²) to the loss, keeping the "
         "rewards centred on zero (TRL's and Axolotl's key; 0.01 is theirs).")
@@ -49,9 +54,17 @@ class PreferenceConfig(Section):
         if self.reward_model and self.rl:
             raise Contradiction("reward_model", f"`reward_model` trains a scorer of answers and `rl: {self.rl}` the "
                                 "answers' generator; keep one")
+        if self.process_reward_model and (self.reward_model or self.rl):
+            other = "`reward_model` scores whole texts" if self.reward_model else f"`rl: {self.rl}` trains the generator"
+            raise Contradiction("process_reward_model", f"`process_reward_model` scores each step, and {other}; keep one")
+        if self.process_reward_model:
+            if self.num_labels is not None and self.num_labels < 2:
+                raise Contradiction("num_labels", "a process reward model classifies each step: `num_labels: 2` or more")
+            return self
         if self.num_labels is not None and not self.reward_model:
             raise Contradiction("num_labels", "Axolotl's `num_labels` without `reward_model` (sequence classification) is "
-                                "not supported by ft yet; ft trains reward models (`reward_model: true`)")
+                                "not supported by ft yet; ft trains reward models (`reward_model: true`) and process "
+                                "reward models (`process_reward_model: true`)")
         if self.num_labels not in (None, 1):
             raise Contradiction("num_labels", f"a reward model gives one number per text: `num_labels: 1`, not "
                                 f"{self.num_labels}")
@@ -70,6 +83,11 @@ class PreferenceConfig(Section):
     def pairs_method(self) -> Optional[str]:
         """The preference loss trained on pairs (dpo, ipo, orpo, simpo), None otherwise (ebft trains on samples)."""
         return self.rl if self.rl in PAIR_METHODS else None
+
+    @property
+    def step_classes(self) -> Optional[int]:
+        """A process reward model's classes per step, None for other runs."""
+        return (self.num_labels or 2) if self.process_reward_model else None
 
     @property
     def trains_pairs(self) -> bool:

@@ -220,10 +220,31 @@ def contradictions(cfg: FtConfig) -> list[Contradiction]:
         on = "samples of its own" if cfg.preference.rl == "ebft" else "pairs"
         add("teacher_model", f"distillation trains on single texts and `rl: {cfg.preference.rl}` on {on}; keep one")
     found += online_contradictions(cfg)
+    found += step_contradictions(cfg)
     if cfg.distills and d.fsdp:
         add("teacher_model", DISTILL_SHARDED.format("fsdp"))
     if t.early_stopping_patience and not cfg.has_eval_data:
         add("early_stopping_patience", "early stopping needs evaluation data: set `val_set_size` or `test_datasets`")
+    return found
+
+
+def step_contradictions(cfg: FtConfig) -> list[Contradiction]:
+    """A process reward model reads `stepwise_supervised` rows, and only it does."""
+    prm, found = cfg.preference.process_reward_model, []
+    for ds in (*cfg.data.datasets, *cfg.data.test_datasets):
+        stepwise = ds.type == "stepwise_supervised"
+        if prm and not stepwise:
+            found.append(Contradiction("process_reward_model", f"a process reward model trains on `type: "
+                                       f"stepwise_supervised` rows, and the dataset `{ds.path}` has `type: {ds.type}`"))
+        elif stepwise and not prm:
+            found.append(Contradiction("process_reward_model", f"the dataset `{ds.path}` holds labelled reasoning steps "
+                                       "(`type: stepwise_supervised`): set `process_reward_model: true` to train on them"))
+    if prm:
+        for key, on in (("sample_packing", cfg.data.sample_packing), ("use_eaft", cfg.training.use_eaft),
+                        ("teacher_model", cfg.distills)):
+            if on:
+                found.append(Contradiction(key, f"`{key}` is not supported with a process reward model (it classifies each "
+                                           f"step of padded rows); remove `{key}`"))
     return found
 
 

@@ -94,6 +94,15 @@ class RowTokenizer:
             for i, row in enumerate(rows):
                 self._fit(first_index + i, row, *self._pretokenized(first_index + i, row), out)
             return out
+        if getattr(self.fmt, "steps", False):  # class labels on some tokens (stepwise_supervised), not trained text
+            encode = lambda text: self.tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+            for i, row in enumerate(rows):
+                try:
+                    ids, labels = self.fmt.class_labels(row, encode, self.tok.bos_token_id)  # type: ignore[attr-defined]
+                except DataError as exc:
+                    raise DataError(f"{self.where(first_index + i, row)}: {exc}") from None
+                self._fit(first_index + i, row, ids, labels, out)
+            return out
         # The Rust tokenizer releases the GIL: batch k is encoded in a worker thread while Python renders
         # batch k+1 and builds the labels of batch k-1.
         import gc

@@ -31,7 +31,9 @@ def linear_module_names(model: Any) -> list[str]:
 
 def score_head(model: Any) -> str:
     """The name of a reward (sequence-classification) model's head, "" for a causal LM."""
-    return "score" if type(model).__name__.endswith("ForSequenceClassification") and hasattr(model, "score") else ""
+    name = type(model).__name__
+    classifies = name.endswith("ForSequenceClassification") or name.endswith("ForTokenClassification")
+    return "score" if classifies and hasattr(model, "score") else ""
 
 
 def embedding_module_names(model: Any) -> list[str]:
@@ -123,8 +125,8 @@ def apply_adapter(a: AdapterConfig, model: Any, new_tokens: bool, seed: int, on_
                               str(model.config._name_or_path))
         if a.lora_target_parameters:
             config.target_parameters = parametrized_names(a.lora_target_parameters, model)
-        if head:
-            config.task_type = "SEQ_CLS"  # PEFT's wrapper for a model that scores texts (no generation)
+        if head:  # PEFT's wrapper for a model that scores texts or tokens (no generation)
+            config.task_type = "TOKEN_CLS" if type(model).__name__.endswith("ForTokenClassification") else "SEQ_CLS"
         model = get_peft_model(model, config)
         if a.lora_target_parameters:
             from ft.model.experts import lora_over_quantized

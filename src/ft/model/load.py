@@ -17,13 +17,14 @@ log = logging.getLogger("ft")
 
 
 def load_model(m: ModelConfig, q: QuantizationConfig, tokenizer: Any, *, full: bool, fsdp: bool,
-               on_meta: bool = False, reward: bool = False) -> tuple[Any, bool]:
+               on_meta: bool = False, reward: bool = False, step_classes: Optional[int] = None) -> tuple[Any, bool]:
     """The base model in the training dtype (quantized when asked) with its vocabulary sized to the
     tokenizer, and whether the vocabulary grew. `full`: every weight will train; `fsdp`: FSDP will shard it;
     `on_meta`: built on the meta device, each process to read its share after FSDP shards it (ft.model.sharded);
-    `reward`: a reward model, the decoder with a one-number head (a new `score` layer) on each text's last token."""
+    `reward`: a reward model, the decoder with a one-number head (a new `score` layer) on each text's last token;
+    `step_classes`: a process reward model, the decoder with a head of that many classes on every token."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoModelForTokenClassification
 
     check_model_folder(m.base_model)
     dtype = resolve_dtype(m)
@@ -44,7 +45,13 @@ def load_model(m: ModelConfig, q: QuantizationConfig, tokenizer: Any, *, full: b
             raise ConfigError("a reward model on a 4-bit base is not supported under FSDP on several processes yet; use "
                               "DDP or DeepSpeed")
         kwargs.update(num_labels=1, pad_token_id=tokenizer.pad_token_id)
-    auto = AutoModelForSequenceClassification if reward else AutoModelForCausalLM
+    if step_classes:
+        if on_meta:
+            raise ConfigError("a process reward model on a 4-bit base is not supported under FSDP on several processes "
+                              "yet; use DDP or DeepSpeed")
+        kwargs.update(num_labels=step_classes, pad_token_id=tokenizer.pad_token_id)
+    auto = (AutoModelForSequenceClassification if reward else AutoModelForTokenClassification if step_classes
+            else AutoModelForCausalLM)
     kwargs.update(dequantized(m))
     quant = bnb_config(q, dtype, fsdp=fsdp)
     if quant is not None:

@@ -18,9 +18,18 @@ from ft.tokenizer.load import load_tokenizer
 log = logging.getLogger("ft")
 
 
+def head_outputs(adapter: Path) -> int:
+    """The classes of the head saved with a classification adapter (its `score` weight's rows)."""
+    from safetensors import safe_open
+
+    with safe_open(str(adapter / "adapter_model.safetensors"), framework="pt") as f:
+        name = next(k for k in f.keys() if k.endswith("score.weight"))
+        return int(f.get_slice(name).get_shape()[0])
+
+
 def merge_lora(m: ModelConfig, adapter: Path, out: Path) -> Path:
     """Write to `out` the base model of `m` with the adapter in `adapter` folded in, and its tokenizer."""
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoModelForTokenClassification
 
     from ft.model.load import dequantized
     from ft.model.loftq import load_adapter
@@ -38,9 +47,12 @@ def merge_lora(m: ModelConfig, adapter: Path, out: Path) -> Path:
     else:
         tokenizer = load_tokenizer(m)
     log.info("loading the base model %s", m.base_model)
-    reward = json.loads((adapter / "adapter_config.json").read_text()).get("task_type") == "SEQ_CLS"
-    auto = AutoModelForSequenceClassification if reward else AutoModelForCausalLM  # a reward model: its head saved too
-    extra = {"num_labels": 1, "pad_token_id": tokenizer.pad_token_id} if reward else {}
+    task = json.loads((adapter / "adapter_config.json").read_text()).get("task_type")
+    # a reward model (SEQ_CLS) or a process reward model (TOKEN_CLS): its head saved with the adapter
+    auto = {"SEQ_CLS": AutoModelForSequenceClassification, "TOKEN_CLS": AutoModelForTokenClassification}.get(
+        task, AutoModelForCausalLM)
+    extra = {"num_labels": head_outputs(adapter) if task == "TOKEN_CLS" else 1, "pad_token_id": tokenizer.pad_token_id} if (
+        task in ("SEQ_CLS", "TOKEN_CLS")) else {}
     base = auto.from_pretrained(
         # the training precision (fp32 on CPU), never quantized: the adapter merges into full weights
         m.base_model, dtype=resolve_dtype(m), trust_remote_code=m.trust_remote_code, revision=m.revision_of_model,
