@@ -130,6 +130,8 @@ def for_cpu(body: dict, folder: Path) -> dict:
         d["path"] = str(rows)
         datasets.append(d)
     body["datasets"] = datasets
+    if body.get("save_strategy") == "best":  # it needs the evaluation data this run leaves out
+        body.pop("save_strategy")
     for key in ("deepspeed", "fsdp", "fsdp_config", "fsdp_version", "dp_shard_size", "test_datasets", "hub_model_id", "wandb_project",
                 "resume_from_checkpoint", "lora_model_dir", "dataset_prepared_path", "attn_implementation", "torch_compile"):
         body.pop(key, None)

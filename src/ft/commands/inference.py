@@ -20,6 +20,9 @@ def load_for_inference(cfg: FtConfig, base_only: bool = False) -> tuple[Any, Any
 
     m = cfg.model
     out = Path(cfg.training.output_dir)
+    if cfg.diffusion.diffusion is not None and not base_only:
+        raise ConfigError("this run trains a diffusion language model, which writes by unmasking a whole answer at once; "
+                          "ft inference writes left to right (use --base-only for the base model)")
     if cfg.preference.reward_model and not base_only:
         raise ConfigError("this run trains a reward model, which scores texts and writes none; load it with "
                           "AutoModelForSequenceClassification (after `ft merge-lora` for an adapter)")

@@ -67,6 +67,9 @@ def build_run(cfg: FtConfig, world: int) -> Run:
         from ft.config.schema import EBFT_SHARDED
 
         raise UserError(EBFT_SHARDED.format(sharding))
+    if cfg.diffusion.diffusion and sharding:
+        raise UserError(f"diffusion training is not supported with {sharding} yet (its loss runs the head a chunk of "
+                        "positions at a time, outside the forward where the head is whole); use DDP or DeepSpeed ZeRO-1/2")
     # a pair's answers end to end; a reward model's rows padded (its score is read at each row's last token);
     # EBFT samples from each row by itself
     steps = cfg.preference.step_classes is not None
@@ -79,9 +82,9 @@ def build_run(cfg: FtConfig, world: int) -> Run:
         if sharding:  # seen: prompt tuning under ZeRO-3 on two ranks never finished its first step
             raise UserError(f"`adapter: {cfg.adapter.adapter}` is not supported with {sharding} yet (its virtual tokens "
                             "sit beside embeddings that are sharded); use DeepSpeed ZeRO-1/2 or DDP")
-        if pairs or cfg.distills or ebft or steps:
+        if pairs or cfg.distills or ebft or steps or cfg.diffusion.diffusion:
             what = ("preference training" if pairs else "EBFT" if ebft else "a process reward model" if steps
-                    else "distillation")
+                    else "diffusion training" if cfg.diffusion.diffusion else "distillation")
             raise UserError(f"`adapter: {cfg.adapter.adapter}` puts virtual tokens before each row, which {what} does "
                             "not take yet; use lora")
         layout = PADDED  # its virtual tokens go before each row: rows cannot be laid end to end
@@ -99,6 +102,15 @@ def build_run(cfg: FtConfig, world: int) -> Run:
             raise UserError(DISTILL_SHARDED.format(sharding))
         # before any model loads; the rows' own log-probabilities are checked against the tokenizer as they are read
         vocab = shared_vocabulary(k, tokenizer, cfg.model.trust_remote_code)
+    diffusion = cfg.diffusion.diffusion
+    if diffusion is not None:
+        from ft.train.diffusion import mask_token
+
+        mask_id, added = mask_token(tokenizer, diffusion)
+        log.info("diffusion training (LLaDA): mask token %s (id %d%s)", tokenizer.convert_ids_to_tokens(mask_id), mask_id,
+                 ", added to the vocabulary" if added else "")
+        if diffusion.generate_samples:
+            log.info("diffusion.generate_samples: ft prints no samples during training (Axolotl's sample printing)")
     prepared = prepare_data(cfg, tokenizer)
     log.info(report(prepared, d.sequence_len))
 
@@ -138,6 +150,10 @@ def build_run(cfg: FtConfig, world: int) -> Run:
         from ft.train.ebft_trainer import EbftTrainer
 
         extra["trainer_class"] = EbftTrainer
+    elif diffusion is not None:
+        from ft.train.diffusion import DiffusionTrainer
+
+        extra["trainer_class"] = DiffusionTrainer
     elif pairs:
         from ft.train.preference import PreferenceTrainer
 
@@ -157,6 +173,10 @@ def build_run(cfg: FtConfig, world: int) -> Run:
 
             trainer.reference_store = ReferenceStore(prepared.path, reference_key(cfg, prepared.path.name))
         log.info(describe_preference(cfg, reference is not None))
+    if diffusion is not None:
+        from ft.train.diffusion import configure as configure_diffusion
+
+        configure_diffusion(trainer, diffusion, mask_id, tokenizer)
     if steps:
         log.info("process reward model: a %d-class head on every token, cross-entropy on each step's last token",
                  cfg.preference.step_classes)
@@ -312,7 +332,12 @@ def model_for_training(cfg: FtConfig, tokenizer: Any, layout: str, world: int = 
     model, grew = load_model(m, q, tokenizer, full=a.adapter is None, fsdp=fsdp, on_meta=on_meta,
                              reward=cfg.preference.reward_model, step_classes=cfg.preference.step_classes)
     check_fsdp_wrap(cfg.distributed, model)
-    layout, attention = use_packed_attention(model, layout, probe=not on_meta) if layout != PADDED else (layout, "")
+    if cfg.diffusion.diffusion is not None:  # full attention within each row, through a 4-D mask (sdpa or eager)
+        if model.config._attn_implementation not in ("sdpa", "eager"):
+            model.set_attn_implementation("sdpa")
+        attention = "sdpa, full attention within each row (diffusion)"
+    else:
+        layout, attention = use_packed_attention(model, layout, probe=not on_meta) if layout != PADDED else (layout, "")
     if q.qat:
         from ft.model.qat import prepare
 

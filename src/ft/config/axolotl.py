@@ -277,7 +277,6 @@ KEYS: dict[str, Answer] = {
     "plugins": _refused("this Axolotl plugin"),  # answered entry by entry: see PLUGINS
     "recipe": _refused("Axolotl recipes"),
     "mora": _refused("MoRA"),
-    "diffusion": _refused("diffusion language models"),
     "hatchery": _refused("Hatchery"),
     "llmcompressor": _refused("LLM Compressor sparsity"),
     "dense_mixer": _refused("DenseMixer"),
@@ -315,7 +314,8 @@ PLUGINS: dict[str, Answer] = {
     "grokfast.GrokfastPlugin": _refused("Grokfast"),
     "llm_compressor.LLMCompressorPlugin": _refused("LLM Compressor sparsity"),
     "densemixer.DenseMixerPlugin": _refused("DenseMixer"),
-    "diffusion.DiffusionPlugin": _refused("diffusion language models"),
+    "diffusion.DiffusionPlugin": Answer(MAPPED, "diffusion language-model training (LLaDA)", (),
+                                        lambda _: {"diffusion": {}}),
     "expert_parallel.ExpertParallelPlugin": _refused("expert parallelism"),
     "mora.MoraPlugin": _refused("MoRA"),
     "nemo_gym.NemoGymPlugin": _refused("NeMo Gym environments"),
@@ -347,9 +347,9 @@ def is_empty(value: Any) -> bool:
     return value is None or value == "" or value == [] or value == {}
 
 
-# Keys of Axolotl's older schema that its archived examples still hold (Axolotl itself no longer reads them).
 # Values Axolotl derives while it reads a config, overwriting what the YAML says (normalize_config).
 DERIVED = frozenset({"torch_dtype"})
+# Keys of Axolotl's older schema that its archived examples still hold (Axolotl itself no longer reads them).
 RETIRED = frozenset({"gptq_groupsize", "gptq_model_v1", "base_model_ignore_patterns", "sample_packing_seq_len_multiplier"})
 
 # Every key of Axolotl's schema that ft's own schema does not have (its input config and mixins, the
@@ -361,7 +361,7 @@ chunked_cross_entropy_num_chunks comet_api_key comet_experiment_config comet_exp
 comet_mode comet_online comet_project_name comet_workspace context_parallel_size cpo_alpha
 curriculum_sampling cut_cross_entropy dataloader_drop_last dataloader_num_workers dataloader_pin_memory
 dataloader_prefetch_factor dataset_keep_in_memory dataset_num_proc dataset_shard_idx dataset_shard_num ddp
-ddp_broadcast_buffers ddp_bucket_cap_mb deepcompile default_system_message dense_mixer device device_map diffusion
+ddp_broadcast_buffers ddp_bucket_cap_mb deepcompile default_system_message dense_mixer device device_map 
 dion_lr dion_momentum dion_rank_fraction dion_rank_multiple_of do_bench_eval dp_replicate_size
 dpo_beta dpo_generate_during_eval dpo_loss_type dpo_loss_weights dpo_norm_loss dpo_padding_free
 dpo_use_liger_kernel dpo_use_logits_to_keep dpo_use_weighting dsv4_bf16_all dsv4_fp4_grouped_mode

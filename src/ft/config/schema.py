@@ -10,6 +10,7 @@ from ft.config.adapter import AdapterConfig
 from ft.config.base import Contradiction
 from ft.config.context import context_of
 from ft.config.data import DataConfig
+from ft.config.diffusion import DiffusionConfig
 from ft.config.distillation import DistillationConfig
 from ft.config.distributed import DistributedConfig
 from ft.config.evaluation import EvaluationConfig
@@ -36,6 +37,7 @@ class FtConfig(BaseModel):
     preference: PreferenceConfig = Field(default_factory=PreferenceConfig)
     distillation: DistillationConfig = Field(default_factory=DistillationConfig)
     online: OnlineConfig = Field(default_factory=OnlineConfig)
+    diffusion: DiffusionConfig = Field(default_factory=DiffusionConfig)
 
     @model_validator(mode="after")
     def _no_contradictions(self, info: ValidationInfo) -> "FtConfig":
@@ -221,6 +223,13 @@ def contradictions(cfg: FtConfig) -> list[Contradiction]:
         add("teacher_model", f"distillation trains on single texts and `rl: {cfg.preference.rl}` on {on}; keep one")
     found += online_contradictions(cfg)
     found += step_contradictions(cfg)
+    if cfg.diffusion.diffusion is not None:
+        other = next((k for k, on in (("rl", cfg.preference.rl), ("reward_model", cfg.preference.reward_model),
+                                      ("process_reward_model", cfg.preference.process_reward_model),
+                                      ("teacher_model", cfg.distills), ("use_eaft", t.use_eaft)) if on), None)
+        if other:
+            add(other, f"`{other}` is not supported with diffusion training (`diffusion:`), which has a loss of its own; "
+                "keep one")
     if cfg.distills and d.fsdp:
         add("teacher_model", DISTILL_SHARDED.format("fsdp"))
     if t.early_stopping_patience and not cfg.has_eval_data:
