@@ -83,7 +83,7 @@ CASES = [
     Case("a val_set_size between counts", BASE + "val_set_size: 1.5\n", ("`val_set_size` is a fraction below 1 or a whole row count",)),
     # names
     Case("an unknown dataset type", BASE.replace("type: alpaca", "type: alpacca"),
-         ("cfg.yml:4", "unknown dataset type `alpacca`", "did you mean `alpaca`", "chat_template, chat_template.argilla, chat_template.default, completion")),
+         ("cfg.yml:4", "unknown dataset type `alpacca`", "did you mean `alpaca`", "chat_template, chat_template.argilla, chat_template.default, chatml.ultra, completion")),
     Case("user_defined as a name", BASE.replace("type: alpaca", "type: user_defined"), ("write a user-defined format as a mapping",)),
     Case("an unknown optimizer", BASE + "optimizer: adam_w\n", ("cfg.yml:10", "unknown optimizer `adam_w`", "adamw_torch")),
     Case("an unknown scheduler", BASE + "lr_scheduler: cosin\n", ("unknown lr_scheduler `cosin`", "did you mean `cosine`")),

@@ -267,8 +267,8 @@ def test_embeddings_padded_to_a_multiple_of_32(tiny_model_dir):
 
 
 @pytest.mark.parametrize("kind, feature", [("oasst", "its `oasst` prompt format"),
-                                           ("chatml.ultra", "its DPO prompt strategies"),
-                                           ("stepwise_supervised", "process-reward rows")])
+                                           ("chatml.intel", "its DPO prompt strategies"),
+                                           ("kto.ultra", "KTO rows")])
 def test_axolotl_dataset_types_ft_lacks_are_refused_by_name(kind: str, feature: str, tmp_path: Path):
     text = BASE.replace("type: alpaca", f"type: {kind}")
     assert f"Axolotl's dataset type `{kind}` ({feature}) is not supported by ft yet" in _refused(tmp_path, text)
