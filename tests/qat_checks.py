@@ -67,6 +67,35 @@ def trains_and_saves(tmp_path: Path, model_dir: Path) -> None:
     assert all(torch.equal(p.detach(), trained[n].detach()) for n, p in saved.named_parameters())
 
 
+def fp8_trains_and_saves(tmp_path: Path, model_dir: Path) -> None:
+    """fp8: every linear layer but the first and the head is torchao's Float8Linear; its logits are the plain
+    model's within float8's error and not equal to them; the weights train; what is saved is the plain model."""
+    from transformers import AutoModelForCausalLM
+
+    cfg = make_config(tmp_path, model_dir, fp8=True, max_steps=2, bf16=False)
+    trainer, model, _ = build(cfg)
+    kinds = [(n, type(m).__name__) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    assert kinds[0][1] == "Linear" and kinds[-1][1] == "Linear" and kinds[-1][0] == "lm_head"
+    assert all(kind == "Float8Linear" for _, kind in kinds[1:-1]) and len(kinds) == 7 * model.config.num_hidden_layers + 1
+    ids = torch.tensor([[5, 17, 42, 99, 7, 3, 64, 12]])
+    plain = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    model.eval()
+    with torch.no_grad():
+        got, want = model(input_ids=ids).logits, plain(input_ids=ids).logits
+    error = float((got - want).norm() / want.norm())
+    assert 0 < error < 0.1, error
+    model.train()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainer.train()
+    trainer.save_model(cfg.training.output_dir)
+    assert all(not torch.equal(before[n], p.detach()) for n, p in model.named_parameters() if "proj" in n)
+    saved = AutoModelForCausalLM.from_pretrained(cfg.training.output_dir)
+    trained = dict(model.named_parameters())
+    assert all(type(m).__name__ != "Float8Linear" for m in saved.modules())
+    assert all(torch.equal(p.detach(), trained[n].detach()) for n, p in saved.named_parameters())
+
+
 if __name__ == "__main__":
-    {"groups_and_head": groups_and_head, "trains_and_saves": trains_and_saves}[sys.argv[1]](Path(sys.argv[2]), Path(sys.argv[3]))
+    {"groups_and_head": groups_and_head, "trains_and_saves": trains_and_saves,
+     "fp8_trains_and_saves": fp8_trains_and_saves}[sys.argv[1]](Path(sys.argv[2]), Path(sys.argv[3]))
     print("ok")

@@ -22,7 +22,7 @@ QAT = {"activation_dtype": "int8", "weight_dtype": "int4", "group_size": 32}
 
 
 @pytest.mark.skipif(not (SITE / "torchao").is_dir(), reason="torchao is not in .venv/qat (README's test command puts it there)")
-@pytest.mark.parametrize("check", ["groups_and_head", "trains_and_saves"])
+@pytest.mark.parametrize("check", ["groups_and_head", "trains_and_saves", "fp8_trains_and_saves"])
 def test_qat(check: str, tmp_path: Path, tiny_model_dir):
     """groups_and_head: every linear layer but the head fake-quantizes, int4 weights take at most 16 values a
     group of 32, the fake quantizers off give the plain model's logits; trains_and_saves: the weights move through
@@ -41,6 +41,8 @@ def test_qat(check: str, tmp_path: Path, tiny_model_dir):
     ({"qat": {"weight_dtype": "int3"}}, "`int3` is not a QAT data type"),
     ({"qat": {"activation_dtype": "int4"}}, "int4 activations are not supported"),
     ({"qat": {**QAT, "fake_quant_after_n_steps": 9}, "max_steps": 5}, "the fake quantization would never start"),
+    ({"fp8": True, "adapter": "lora"}, "FP8 training (`fp8`) is full fine-tuning"),
+    ({"fp8_enable_fsdp_float8_all_gather": True}, "set `fp8: true` with FSDP2"),
 ])
 def test_what_qat_cannot_do_is_refused_by_validate(keys: dict, words: str, tmp_path: Path):
     import yaml

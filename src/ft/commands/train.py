@@ -342,6 +342,11 @@ def model_for_training(cfg: FtConfig, tokenizer: Any, layout: str, world: int = 
         from ft.model.qat import prepare
 
         prepare(model, q.qat)
+    if q.fp8:
+        from ft.model.fp8 import convert
+
+        log.info("fp8: %d linear layers compute in float8 (torchao; the first and last stay in %s)",
+                 convert(model, q.fp8_enable_fsdp_float8_all_gather), m.precision)
     if q.use_onebitllms:
         from ft.model.bitnet import to_bitnet
 

@@ -117,7 +117,6 @@ GROUPS: tuple[tuple[str, Answer], ...] = (
     ("profiler_", _refused("the torch profiler")),
     ("hub_", _refused("pushing to the Hugging Face Hub")),
     ("peft_", _refused("this PEFT setting")),
-    ("fp8", _refused("FP8 training")),
     ("tiled_mlp_", _refused("this tiled-MLP setting (ft tiles by tiled_mlp_tokens)")),
     ("use_", _refused("this Axolotl integration", False)),
 )
@@ -371,7 +370,7 @@ experimental_skip_move_to_device expert_backend expert_parallel_backend
 expert_parallel_fallback_on_unsupported expert_parallel_num_nvl_bytes expert_parallel_num_rdma_bytes
 expert_parallel_size expert_parallel_token_capacity fix_untrained_tokens flash_attn_cross_entropy flash_attn_d512
 flash_attn_fuse_mlp flash_attn_rms_norm flash_optimum flex_attention flex_attn_compile_kwargs float16 float32
-fp32_norm_classes fp32_norms fp8 fp8_enable_fsdp_float8_all_gather freeze_mm_modules fsdp_final_state_dict_type
+fp32_norm_classes fp32_norms   freeze_mm_modules fsdp_final_state_dict_type
 fsdp_version fused_attn_kernel gc_collect_steps gc_steps gemma4_fp8_nonexpert gemma4_hybrid_attn_impl
 gemma4_nf4_nonexpert generate_samples generation_do_sample generation_max_new_tokens generation_prompt_ratio
 generation_temperature generation_top_k generation_top_p gptq gpu_memory_limit gradient_checkpointing_kwargs

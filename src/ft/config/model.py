@@ -224,6 +224,12 @@ class QuantizationConfig(Section):
         False, description="BitNet b1.58 training, as Falcon-E's onebitllms does it (Axolotl's key): full fine-tuning in "
         "which every linear layer but the head computes with its weight ternarized (one absmean scale) and its input "
         "in 8 bits per token; the full-precision weights train and are saved (docs/methods.md).")
+    fp8: bool = Field(
+        False, description="FP8 training (torchao's float8 layers, as Axolotl sets them up through accelerate): full "
+        "fine-tuning in which every linear layer but the model's first and last computes in float8 with one scale per "
+        "tensor; the weights stay in full precision. Needs torchao (`pip install 'ft[qat]'`).")
+    fp8_enable_fsdp_float8_all_gather: bool = Field(
+        False, description="With fp8 under FSDP2: gather the weights in float8 (half the traffic of bf16).")
     qat: Optional[QatOptions] = Field(
         None, description="Quantization-aware training (`qat:` block, Axolotl's keys; torchao, `pip install "
         "'ft[qat]'`): full fine-tuning with the linear layers fake-quantized; the saved model holds the trained "

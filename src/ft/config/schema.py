@@ -116,6 +116,13 @@ def contradictions(cfg: FtConfig) -> list[Contradiction]:
     elif q.quantize_moe_experts and d.fsdp and d.fsdp_config.fsdp_version != 2:
         add("quantize_moe_experts", "`quantize_moe_experts` under FSDP needs FSDP2 (`fsdp_config.fsdp_version: 2`), which "
             "ft loads a share per process with the experts quantized; or use DDP or DeepSpeed ZeRO-1/2")
+    if q.fp8 and (a.adapter or q.bits or q.qat or q.use_onebitllms):
+        what = (f"`adapter: {a.adapter}`" if a.adapter else f"`load_in_{q.bits}bit`" if q.bits else "`qat`" if q.qat
+                else "`use_onebitllms`")
+        add("fp8", f"FP8 training (`fp8`) is full fine-tuning of float8 linear layers; remove {what}")
+    if q.fp8_enable_fsdp_float8_all_gather and not (q.fp8 and d.fsdp and d.fsdp_config.fsdp_version == 2):
+        add("fp8_enable_fsdp_float8_all_gather", "`fp8_enable_fsdp_float8_all_gather` gathers float8 weights under "
+            "FSDP2: set `fp8: true` with FSDP2, or remove it")
     if q.use_onebitllms and (a.adapter or q.bits or q.qat):
         what = f"`adapter: {a.adapter}`" if a.adapter else f"`load_in_{q.bits}bit`" if q.bits else "`qat`"
         add("use_onebitllms", f"BitNet training (`use_onebitllms`) trains the full-precision weights it ternarizes (full "
