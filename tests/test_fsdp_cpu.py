@@ -28,11 +28,12 @@ LORA = {"adapter": "lora", "lora_r": 4, "lora_alpha": 8, "lora_target_linear": T
 STEPS = {"max_steps": 4, "learning_rate": 0.01, "optimizer": "adamw_torch", "save_steps": 2}
 
 
-def _run(folder: Path, processes: int, *args: str, fsdp_cpu: bool = True, inject: str = "") -> subprocess.CompletedProcess:
+def _run(folder: Path, processes: int, *args: str, fsdp_cpu: bool = True, inject: str = "",
+         path: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
     (folder / "record").mkdir(exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "FT_TEST_RECORD": str(folder / "record"),
            "FT_TEST_INJECT": ("fsdp_cpu:0:0," if fsdp_cpu else "") + inject + "record:0:0",
-           "PYTHONPATH": os.pathsep.join([str(TESTS / "inject"), os.environ.get("PYTHONPATH", "")])}
+           "PYTHONPATH": os.pathsep.join([str(TESTS / "inject"), *path, os.environ.get("PYTHONPATH", "")])}
     launch = ("--num-processes", str(processes)) if processes > 1 else ()
     result = subprocess.run([sys.executable, "-m", "ft", "train", "cfg.yml", *launch, *args], cwd=folder, env=env,
                             capture_output=True, text=True, timeout=300)
@@ -247,3 +248,25 @@ def test_fsdp2_qlora_share_loading_with_tied_embeddings_biases_and_fully_trained
         assert "read its share of" in _run(two, 2).stderr
         a, b = _losses(one / "out"), _losses(two / "out")
         assert len(a) == len(b) == 4 and all(abs(x - y) <= 1e-4 * abs(x) for x, y in zip(a, b)), (model, a, b)
+
+
+@pytest.mark.skipif(not (TESTS.parent / ".venv/qat/torchao").is_dir(), reason="torchao is not in .venv/qat")
+def test_fsdp2_fp8_with_float8_all_gather_trains_as_one_process(tmp_path: Path, tiny_model_dir):
+    """Axolotl's llama-3/3b-fp8-fsdp2 recipe: fp8 full fine-tuning under FSDP2 (its float8 all-gather said and
+    not applied); two ranks follow one process's fp8 run over the same micro batches (float8's scales are per
+    tensor: each micro batch's activations get the scale they get alone, each weight its whole weight's)."""
+    folder = tiny_model_dir("llama")
+    keys = {"fp8": True, **STEPS, "learning_rate": 1e-3}
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir()
+    two.mkdir()
+    make_config(one, folder, micro_batch_size=2, gradient_accumulation_steps=2, **keys)
+    make_config(two, folder, micro_batch_size=2, fp8_enable_fsdp_float8_all_gather=True,
+                fsdp_config={"fsdp_version": 2, "fsdp_transformer_layer_cls_to_wrap": "LlamaDecoderLayer"}, **keys)
+    site = (str(TESTS.parent / ".venv/qat"),)
+    _run(one, 1, fsdp_cpu=False, path=site)
+    result = _run(two, 2, path=site)
+    assert "gathers the weights in the training dtype" in result.stderr, result.stderr[-3000:]
+    a, b = _losses(one / "out"), _losses(two / "out")
+    assert len(a) == len(b) == 4 and all(abs(x - y) <= 1e-4 * abs(x) for x, y in zip(a, b)), (a, b)
+    assert all(_record(two, r)["sharded"] for r in (0, 1))

@@ -345,8 +345,11 @@ def model_for_training(cfg: FtConfig, tokenizer: Any, layout: str, world: int = 
     if q.fp8:
         from ft.model.fp8 import convert
 
-        log.info("fp8: %d linear layers compute in float8 (torchao; the first and last stay in %s)",
-                 convert(model, q.fp8_enable_fsdp_float8_all_gather), m.precision)
+        log.info("fp8: %d linear layers compute in float8 (torchao; the first and last stay in %s)", convert(model),
+                 m.precision)
+        if q.fp8_enable_fsdp_float8_all_gather:
+            log.info("fp8_enable_fsdp_float8_all_gather: FSDP2 gathers the weights in the training dtype; the matmuls are "
+                     "float8 either way (gathering in float8 did not follow one process's run: docs/methods.md)")
     if q.use_onebitllms:
         from ft.model.bitnet import to_bitnet
 

@@ -229,7 +229,9 @@ class QuantizationConfig(Section):
         "fine-tuning in which every linear layer but the model's first and last computes in float8 with one scale per "
         "tensor; the weights stay in full precision. Needs torchao (`pip install 'ft[qat]'`).")
     fp8_enable_fsdp_float8_all_gather: bool = Field(
-        False, description="With fp8 under FSDP2: gather the weights in float8 (half the traffic of bf16).")
+        False, description="Axolotl's: with fp8 under FSDP2, gather the weights in float8. Accepted and said once; ft "
+        "gathers them in the training dtype (the matmuls are float8 either way), as float8 gathering did not follow "
+        "one process's run (docs/methods.md).")
     qat: Optional[QatOptions] = Field(
         None, description="Quantization-aware training (`qat:` block, Axolotl's keys; torchao, `pip install "
         "'ft[qat]'`): full fine-tuning with the linear layers fake-quantized; the saved model holds the trained "
