@@ -400,3 +400,107 @@ def test_chatml_ultra_rows_render_as_axolotl_writes_them(tiny_tokenizer):
     assert fmt.pair(row) == ([Segment(head, False), Segment("Hello!<|im_end|>", True)],
                              [Segment(head, False), Segment("No.<|im_end|>", True)])
     assert fmt.prompt({**row, "system": None}) == "<|im_start|>user\nHi?<|im_end|>\n<|im_start|>assistant\n"
+
+
+def kto_rows(n: int = 24, seed: int = 0) -> list[dict]:
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        words = rng.sample(WORDS, 3)
+        good = i % 3 != 0
+        rows.append({"prompt": "Reverse: " + " ".join(words), "label": good,
+                     "completion": " ".join(words[::-1] if good else words)})
+    return rows
+
+
+def kto_config(tmp: Path, model_dir: Path, **keys):
+    data = tmp / "kto.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in kto_rows()))
+    keys = {"rl": "kto", "rl_beta": 0.5, "kto_desirable_weight": 0.7, "sequence_len": 96, **keys}
+    return pair_config(tmp, model_dir, data=data, datasets=[{"path": str(data), "type": "llama3.ultra"}], **keys)
+
+
+def test_kto_rows_are_their_own_text_and_their_prompt_with_the_row_befores_answer(tmp_path: Path, tiny_model_dir):
+    from ft.data.formats import Segment, build_format
+    from ft.config.data import DatasetConfig
+
+    rows = kto_rows(3)
+    fmt = build_format(DatasetConfig(path="x", type="llama3.ultra"), None)
+    mixed = fmt.mismatched(rows)
+    head = ("<|start_header_id|>user<|end_header_id|>\n\n" + rows[1]["prompt"] + "<|eot_id|>"
+            "<|start_header_id|>assistant<|end_header_id|>\n\n")
+    assert fmt.pair(mixed[1]) == ([Segment(head, False), Segment(rows[1]["completion"] + "<|eot_id|>", True)],
+                                  [Segment(head, False), Segment(rows[0]["completion"] + "<|eot_id|>", True)])
+    assert fmt.pair(mixed[0])[1][1].text == rows[2]["completion"] + "<|eot_id|>"  # the first takes the last's
+    trainer, _, tokenizer = build(kto_config(tmp_path, tiny_model_dir("llama")))
+    table = trainer.train_dataset.rows
+    signs = table.desirable.to_pylist()
+    assert signs[0::2] == signs[1::2] and set(signs) == {0, 1}  # a pair's rows carry its answer's label
+
+
+def test_kto_loss_and_gradients_equal_the_formula_row_by_row(tmp_path: Path, tiny_model_dir):
+    import torch
+
+    from ft.train.batches import DESIRABLE
+
+    trainer, model, _ = build(kto_config(tmp_path, tiny_model_dir("llama"), padding_free=True))
+    items = [trainer.train_dataset[k] for k in range(6)]
+    batch = trainer.data_collator(items)
+    assert set(batch[DESIRABLE].tolist()) == {0, 1}
+    for seed in range(1, 20):  # an adapter under which the mismatched texts' KL estimate is above 0 (not clamped)
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(0, 0.05)
+        model.train()
+        loss = trainer.compute_loss(model, dict(batch))
+        if trainer._sums["train"].get("kl", 0.0) > 0:
+            break
+        trainer._sums["train"] = {}
+    assert trainer._sums["train"]["kl"] > 0
+    loss.backward()
+    ours = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+
+    def ratio(row):  # log π − log ρ of the row's answer, each from a plain forward of the row alone
+        ids, target = torch.tensor([row["input_ids"]]), torch.tensor(row["labels"][1:])
+        keep = target != -100
+        with torch.no_grad(), model.disable_adapter():
+            ref = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1)[keep].gather(-1, target[keep][:, None]).sum()
+        own = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1)[keep].gather(-1, target[keep][:, None]).sum()
+        return own - ref
+
+    z = torch.stack([ratio(item["rows"][1]).detach() for item in items]).mean().clamp(min=0)
+    assert abs(float(z) - trainer._sums["train"]["kl"]) <= 1e-4  # a mean of differences of sums of ~100 log-probabilities
+    losses = []
+    for item, good in zip(items, batch[DESIRABLE].tolist()):
+        r = ratio(item["rows"][0])
+        losses.append(0.7 * (1 - torch.sigmoid(0.5 * (r - z))) if good else 1 - torch.sigmoid(0.5 * (z - r)))
+    expected = torch.stack(losses).mean()
+    expected.backward()
+    theirs = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    assert abs(float(loss) - float(expected)) <= 1e-5 * float(expected)
+    assert set(ours) == set(theirs) and relative_difference(ours, theirs) < 1e-4
+
+
+def test_a_kto_run_trains_and_its_rows_need_rl_kto(tmp_path: Path, tiny_model_dir):
+    from ft.errors import ConfigError
+
+    cfg = kto_config(tmp_path, tiny_model_dir("llama"), max_steps=3)
+    trainer, model, _ = build(cfg)
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    trainer.train()
+    assert all(not torch_equal(before[n], p) for n, p in model.named_parameters() if p.requires_grad)
+    logged = _records(Path(cfg.training.output_dir))
+    assert all("kl" in r for r in logged if "loss" in r)
+    with pytest.raises(ConfigError, match="set `rl: kto`"):
+        kto_config(tmp_path, tiny_model_dir("llama"), rl="dpo")
+    with pytest.raises(ConfigError, match="give it a KTO type"):
+        pair_config(tmp_path, tiny_model_dir("llama"), rl="kto")
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return torch.equal(a, b.detach())

@@ -25,6 +25,7 @@ def validation_context() -> ValidationContext:
         formats=FORMATS,
         format_reads={name: FORMATS.get(name).reads for name in FORMATS.names()},
         pair_formats=frozenset(name for name in FORMATS.names() if getattr(FORMATS.get(name), "pairs", False)),
+        kto_formats=frozenset(name for name in FORMATS.names() if getattr(FORMATS.get(name), "kto", False)),
         chat_templates=CHAT_TEMPLATES,
         optimizers=OPTIMIZERS,
         schedulers=SCHEDULERS,

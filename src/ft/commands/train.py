@@ -168,6 +168,10 @@ def build_run(cfg: FtConfig, world: int) -> Run:
         log.info("reward model: a one-number head on each text's last token, the loss %s", cfg.preference.reward_loss)
     elif pairs:
         trainer.preference, trainer.reference_model, trainer.logits_from_model = cfg.preference, reference, not chunked
+        if cfg.preference.rl == "kto":
+            from ft.train.preference import KTO_METRICS
+
+            trainer.metric_names = KTO_METRICS
         if cfg.preference.precompute_ref_log_probs and cfg.preference.reference:
             from ft.train.reference import ReferenceStore, reference_key
 
@@ -294,6 +298,9 @@ def describe_preference(cfg: FtConfig, copied: bool) -> str:
         against = "reference: a frozen copy of the model"
     else:
         against = "reference: the same model with the adapter off"
+    if p.rl == "kto":
+        return (f"preference training: kto, β {p.rl_beta:g}, λ_D {p.kto_desirable_weight:g}, λ_U {p.kto_undesirable_weight:g}, "
+                f"{against}; each row's text and its prompt with the row before's answer (the KL estimate) laid end to end")
     return f"preference training: {p.rl}, β {p.rl_beta:g}, {against}; each pair's answers laid end to end"
 
 

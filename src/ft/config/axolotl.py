@@ -111,7 +111,6 @@ GROUPS: tuple[tuple[str, Answer], ...] = (
     ("generation_", _refused("Axolotl's sample generation during training")),
     ("lm_eval_", _refused("lm-eval on another model than the run's (ft eval --base-only or --merged choose)")),
     ("dpo_", _refused("this DPO setting")),
-    ("kto_", _refused("KTO")),
     ("ray_", _refused("training on Ray")),
     ("torch_compile_", _refused("this torch.compile setting")),
     ("profiler_", _refused("the torch profiler")),
@@ -379,8 +378,8 @@ grokfast_alpha grokfast_lamb hatchery heads_k_stride hf_mlflow_log_artifacts hf_
 hub_revision hub_strategy image_resize_algorithm image_size include_tkps include_tokens_per_second
 is_falcon_derived_model is_llama_derived_model is_mistral_derived_model is_preprocess is_qwen_derived_model
 jagged_restart_anneal_steps jagged_restart_steps jagged_restart_warmup_steps kd_normalize_topk kd_online_server
-kd_online_server_base_url kd_online_timeout kd_online_topk kd_temperature_min kd_trainer kto_desirable_weight
-kto_undesirable_weight large_head_attention layer_offloading liger_cross_entropy liger_fused_linear_cross_entropy
+kd_online_server_base_url kd_online_timeout kd_online_topk kd_temperature_min kd_trainer 
+ large_head_attention layer_offloading liger_cross_entropy liger_fused_linear_cross_entropy
 liger_glu_activation liger_layer_norm liger_rms_norm liger_rms_norm_gated liger_rope liger_swiglu
 liger_use_token_scaling llama4_linearized_experts
 llmcompressor lm_eval_model local_rank lora_alpha_pattern

@@ -30,6 +30,7 @@ class ValidationContext:
     check_deepspeed: Callable[[Any], None]  # a path or an inline mapping; ValueError when it is wrong
     metrics: Optional[NameTable] = None
     pair_formats: frozenset[str] = frozenset()  # formats whose rows are preference pairs (chosen, rejected)
+    kto_formats: frozenset[str] = frozenset()  # pair formats of KTO rows (a prompt, an answer, its label)
     adapters: Optional[NameTable] = None  # the parameter-efficient methods (ft.model.methods)
     # a method's name → what it refuses of a whole config: (key, sentence) or None
     adapter_rules: Mapping[str, Callable[[Any], Optional[tuple[str, str]]]] = field(default_factory=dict)

@@ -9,15 +9,15 @@ from pydantic import Field, model_validator
 from ft.config.base import Contradiction, Section
 
 # The losses that compare the trained model with a frozen reference; the others need none.
-WITH_REFERENCE = ("dpo", "ipo")
-PAIR_METHODS = ("dpo", "ipo", "orpo", "simpo")
+WITH_REFERENCE = ("dpo", "ipo", "kto")
+PAIR_METHODS = ("dpo", "ipo", "orpo", "simpo", "kto")
 
 
 class PreferenceConfig(Section):
-    rl: Optional[Literal["dpo", "ipo", "orpo", "simpo", "ebft"]] = Field(
+    rl: Optional[Literal["dpo", "ipo", "orpo", "simpo", "kto", "ebft"]] = Field(
         None,
         description="Preference training on rows of a prompt, a chosen and a rejected answer: dpo (sigmoid loss), "
-        "ipo, orpo, simpo; or ebft: energy-based fine-tuning on the model's own samples, scored by their features "
+        "ipo, orpo, simpo; kto on rows of a prompt, one answer and whether it is desirable; or ebft: energy-based fine-tuning on the model's own samples, scored by their features "
         "against the rows' answers (the `ebft:` and `trl:` blocks). Unset: supervised training.",
     )
     rl_beta: float = Field(
@@ -32,6 +32,10 @@ class PreferenceConfig(Section):
         "step, and keep them beside the prepared data (keyed by the data, model, adapter and precision): no reference "
         "forward per step, and no frozen copy for full fine-tuning.",
     )
+    kto_desirable_weight: float = Field(
+        1.0, gt=0, description="`rl: kto`: λ_D, the weight of the desirable answers' loss (Axolotl's and TRL's key).")
+    kto_undesirable_weight: float = Field(
+        1.0, gt=0, description="`rl: kto`: λ_U, the weight of the undesirable answers' loss.")
     dpo_label_smoothing: float = Field(
         0.0, ge=0, lt=0.5, description="`rl: dpo`: the share of pairs assumed mislabelled (conservative DPO).",
     )

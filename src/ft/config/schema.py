@@ -45,7 +45,7 @@ class FtConfig(BaseModel):
             raise contradiction
         context = context_of(info)
         if context is not None:
-            for contradiction in pair_contradictions(self, context.pair_formats):
+            for contradiction in pair_contradictions(self, context.pair_formats, context.kto_formats):
                 raise contradiction
             rule = context.adapter_rules.get(self.adapter.adapter or "")
             refused = rule(self) if rule is not None else None
@@ -317,15 +317,22 @@ def distillation_contradictions(cfg: FtConfig) -> list[Contradiction]:
     return found
 
 
-def pair_contradictions(cfg: FtConfig, pair_formats: frozenset[str]) -> list[Contradiction]:
+def pair_contradictions(cfg: FtConfig, pair_formats: frozenset[str], kto_formats: frozenset[str] = frozenset()) -> list[Contradiction]:
     """Preference training (`rl:`) and reward models read pairs, supervised training reads single texts: every
     dataset's `type:` must be of the kind the run reads."""
     p, found = cfg.preference, []
     run = f"`rl: {p.rl}`" if p.rl else "`reward_model: true`"
     for ds in (*cfg.data.datasets, *cfg.data.test_datasets):
         pairs = isinstance(ds.type, str) and ds.type in pair_formats
+        kto = isinstance(ds.type, str) and ds.type in kto_formats
+        if kto != (p.rl == "kto"):
+            found.append(Contradiction("rl", f"`rl: kto` trains on rows of one answer and its label, and the dataset "
+                                       f"`{ds.path}` has `type: {ds.type}`; give it a KTO type ({', '.join(sorted(kto_formats))})"
+                                       if p.rl == "kto" else f"the dataset `{ds.path}` holds KTO rows (`type: {ds.type}`): "
+                                       "set `rl: kto`"))
+            continue
         if p.trains_pairs and not pairs:
-            kinds = ", ".join(sorted(pair_formats))
+            kinds = ", ".join(sorted(pair_formats - kto_formats))
             found.append(Contradiction("rl" if p.rl else "reward_model", f"{run} trains on pairs of answers, and the "
                                        f"dataset `{ds.path}` has `type: {ds.type}`; give it a preference type ({kinds})"))
         elif pairs and not p.trains_pairs:

@@ -46,6 +46,16 @@ class PairTokenizer:
             side.fmt = _Side(side.fmt, index)
 
     def __call__(self, rows: list[dict[str, Any]], first_index: int = 0, progress: Any = None) -> Tokenized:
+        fmt = self.sides[0].fmt.pair_format  # type: ignore[union-attr]
+        kto = getattr(fmt, "kto", False)
+        if kto:  # each row's second text: its prompt with the answer of the row before (ft.data.formats.kto)
+            rows = fmt.mismatched(rows)
+            signs = []
+            for i, row in enumerate(rows):
+                try:
+                    signs.append(fmt.desirable(row))
+                except DataError as exc:
+                    raise DataError(f"{self.sides[0].where(first_index + i, row)}: {exc}") from None
         chosen, rejected = (side(rows, first_index) for side in self.sides)
         if not len(chosen.input_ids) == len(rejected.input_ids) == len(rows):  # every answer is non-empty text
             raise AssertionError("a preference row lost one of its texts")
@@ -65,6 +75,8 @@ class PairTokenizer:
                     continue
                 pair = [(ids[:limit], labels[:limit]) for ids, labels in pair]
                 c.truncated += 1
+            if kto:
+                out.desirable = (out.desirable or []) + [signs[i]] * 2
             for ids, labels in pair:
                 out.input_ids.append(ids)
                 out.labels.append(labels)

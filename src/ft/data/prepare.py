@@ -194,6 +194,8 @@ def _tokenize_all(entries: tuple[DatasetConfig, ...], d: DataConfig, tokenizer: 
         merged.counts.add(part.counts)
         if part.teacher is not None:  # a teacher's log-probabilities carried by the rows (every entry has them)
             merged.teacher = (merged.teacher or []) + part.teacher
+        if part.desirable is not None:  # KTO rows: whether each pair's answer is desirable
+            merged.desirable = (merged.desirable or []) + part.desirable
     return merged
 
 
@@ -204,7 +206,8 @@ def _rows(order: list[int], width: int) -> list[int]:
 
 def _subset(t: Tokenized, order: list[int]) -> Tokenized:
     teacher = [t.teacher[i] for i in order] if t.teacher is not None else None
-    return Tokenized([t.input_ids[i] for i in order], [t.labels[i] for i in order], t.counts, teacher)
+    desirable = [t.desirable[i] for i in order] if t.desirable is not None else None
+    return Tokenized([t.input_ids[i] for i in order], [t.labels[i] for i in order], t.counts, teacher, desirable)
 
 
 def _counts(d: DataConfig, train: Tokenized, evaluation: Tokenized | None) -> Counts:
@@ -242,6 +245,8 @@ def _write(path: Path, t: Tokenized) -> None:
         columns["teacher_counts"] = column([c for c, _, _ in t.teacher])
         columns["teacher_ids"] = column([i for _, i, _ in t.teacher])
         columns["teacher_logp"] = pa.array([lp for _, _, lp in t.teacher], type=pa.list_(pa.float32()))
+    if t.desirable is not None:  # rl: kto
+        columns["desirable"] = pa.array(t.desirable, type=pa.int8())
     table = pa.table(columns)
     with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
         writer.write_table(table)

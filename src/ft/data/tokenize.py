@@ -46,6 +46,8 @@ class Tokenized:
     # rows with a logprobs_field (ft.data.teacher_logprobs): per row, for each trained position in order, how many
     # teacher entries it has, and their ids and log-probabilities laid end to end (most likely first)
     teacher: Optional[list[tuple[list[int], list[int], list[float]]]] = None
+    # KTO rows (rl: kto): per row, 1 when its pair's answer is desirable, 0 when not (both rows of a pair alike)
+    desirable: Optional[list[int]] = None
 
 
 def trained_ranges(segments: Sequence[Segment], train_on_inputs: bool) -> tuple[str, list[tuple[int, int]]]:

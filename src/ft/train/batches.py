@@ -29,6 +29,7 @@ class TokenizedRows:
         self.with_rows = with_rows
         self.input_ids = table.column("input_ids")
         self.labels = table.column("labels")
+        self.desirable = table.column("desirable") if "desirable" in table.column_names else None  # rl: kto
         self.lengths = [int(n) for n in self.input_ids.combine_chunks().value_lengths().to_numpy()]
 
     def __len__(self) -> int:
@@ -36,6 +37,8 @@ class TokenizedRows:
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         item = {"input_ids": self.input_ids[i].as_py(), "labels": self.labels[i].as_py()}
+        if self.desirable is not None:
+            item["desirable"] = self.desirable[i].as_py()
         return {**item, "row": i} if self.with_rows else item
 
 
@@ -168,6 +171,7 @@ def pair_sets(layout: str, prepared: Any, pad_id: int) -> TrainingSets:
     return TrainingSets(train, evaluation, PairCollator(PackedCollator(pad_id) if layout != PADDED else PairPadCollator(pad_id)))
 
 
+DESIRABLE = "ft_desirable"  # rl: kto: the batch key of whether each pair's answer is desirable
 PAIRS = "ft_pairs"  # the batch key of its pairs' places in the prepared table (for precomputed reference values)
 
 
@@ -187,7 +191,10 @@ class PairCollator:
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         import torch
 
-        return {**self.inner(items), PAIRS: torch.tensor([item["pair"] for item in items])}
+        out = {**self.inner(items), PAIRS: torch.tensor([item["pair"] for item in items])}
+        if items and "desirable" in items[0]["rows"][0]:  # rl: kto
+            out[DESIRABLE] = torch.tensor([item["rows"][0]["desirable"] for item in items])
+        return out
 
 
 class PairPadCollator(PadCollator):

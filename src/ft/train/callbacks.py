@@ -47,7 +47,7 @@ class MetricsLog(TrainerCallback):
     def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
         logs = logs or {}
         record: dict[str, Any] = {"step": state.global_step, "epoch": round(state.epoch or 0, 4)}
-        for key in ("loss", "learning_rate", "grad_norm", "eval_loss", "train_loss", "kd_loss", "ce_loss"):
+        for key in ("loss", "learning_rate", "grad_norm", "eval_loss", "train_loss", "kd_loss", "ce_loss", "kl", "eval_kl"):
             if key in logs:
                 record[key] = logs[key]
         for key, value in logs.items():  # generation metrics of evaluations, preference and EBFT metrics
@@ -59,7 +59,8 @@ class MetricsLog(TrainerCallback):
             record["tokens_per_s"] = round((tokens - self.last_tokens) / max(now - self.last_time, 1e-9), 1)
             self.last_time, self.last_tokens = now, tokens
             record["memory_mb"] = round(peak_memory_mb(), 1)
-        if "eval_loss" in logs and "eval_rewards/accuracies" not in logs:  # a preference loss is no cross-entropy
+        preference = any(k.startswith("eval_rewards/") or k == "eval_kl" for k in logs)
+        if "eval_loss" in logs and not preference:  # a preference loss is no cross-entropy
             record["perplexity"] = math.exp(min(logs.get("eval_ce_loss", logs["eval_loss"]), 50))  # of the labels
         for key in ("loss", "eval_loss"):
             if key in record and not math.isfinite(record[key]):

@@ -25,7 +25,7 @@ from typing import Any, Optional
 from ft.config.preference import PreferenceConfig
 from ft.data.labels import IGNORE
 from ft.model.adapter import REFERENCE
-from ft.train.batches import PAIRS, REAL_TOKENS
+from ft.train.batches import DESIRABLE, PAIRS, REAL_TOKENS
 from ft.train.trainer import OwnLossTrainer
 
 METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen", "logps/rejected")
@@ -116,6 +116,37 @@ def preference_loss(p: PreferenceConfig, policy: tuple[Any, Any], reference: Opt
     return losses.mean(), metrics
 
 
+KTO_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "kl", "logps/chosen", "logps/rejected")
+
+
+def kto_loss(p: PreferenceConfig, policy: tuple[Any, Any], reference: tuple[Any, Any], desirable: Any,
+             across: Any) -> tuple[Any, dict[str, Any]]:
+    """KTO (Ethayarajh et al. 2024, TRL's KTOTrainer): each pair is a row's own text (even places) and the text of
+    its prompt with another row's answer (odd places). z = max(0, mean over the batch, and over processes by
+    `across`, of log π − log ρ of the mismatched texts), held constant; with r = log π − log ρ of the own text,
+    a desirable answer costs λ_D·(1 − σ(β(r − z))), an undesirable one λ_U·(1 − σ(β(z − r))); the loss is their
+    mean over the batch's rows."""
+    import torch
+
+    sums, ref = policy[0], reference[0]
+    ratio, mismatched = sums[0::2] - ref[0::2], (sums[1::2] - ref[1::2]).detach()
+    z = across(mismatched.mean()).clamp(min=0)
+    good = desirable.to(ratio.device).bool()
+    beta = p.rl_beta
+    losses = torch.where(good, p.kto_desirable_weight * (1 - torch.sigmoid(beta * (ratio - z))),
+                         p.kto_undesirable_weight * (1 - torch.sigmoid(beta * (z - ratio))))
+    reward = beta * ratio.detach()
+    nan = torch.tensor(float("nan"), device=ratio.device)
+
+    def mean(values: Any, where: Any) -> Any:
+        return values[where].mean() if bool(where.any()) else nan
+
+    chosen, rejected = mean(reward, good), mean(reward, ~good)
+    metrics = {"rewards/chosen": chosen, "rewards/rejected": rejected, "rewards/margins": chosen - rejected, "kl": z,
+               "logps/chosen": mean(sums[0::2].detach(), good), "logps/rejected": mean(sums[0::2].detach(), ~good)}
+    return losses.mean(), metrics
+
+
 class PreferenceTrainer(OwnLossTrainer):
     """FtTrainer whose loss compares each pair's answers (module docstring). `reference_model`: a frozen copy
     for full fine-tuning; with an adapter the reference is the model with the adapter off."""
@@ -137,7 +168,7 @@ class PreferenceTrainer(OwnLossTrainer):
         from ft.train.loss import catch_hidden_states, causal_lm_of, chunk_size
 
         labels = inputs["labels"]
-        rest = {k: v for k, v in inputs.items() if k not in ("labels", REAL_TOKENS, PAIRS)}
+        rest = {k: v for k, v in inputs.items() if k not in ("labels", REAL_TOKENS, PAIRS, DESIRABLE)}
         causal_lm = causal_lm_of(self.accelerator.unwrap_model(model))
         text = causal_lm.config.get_text_config()
         softcap = getattr(text, "final_logit_softcapping", None)
@@ -231,14 +262,24 @@ class PreferenceTrainer(OwnLossTrainer):
             reference = self._precomputed_reference(model, inputs, split)
         else:
             reference = self._reference(model, inputs)
-        loss, metrics = preference_loss(self.preference, self._answers(model, inputs), reference)
+        if self.preference.rl == "kto":
+            assert reference is not None
+            loss, metrics = kto_loss(self.preference, self._answers(model, inputs), reference, inputs[DESIRABLE],
+                                     lambda value: self.accelerator.reduce(value, reduction="mean"))
+        else:
+            loss, metrics = preference_loss(self.preference, self._answers(model, inputs), reference)
         self._keep(split, metrics)
         return (loss, {"loss": loss}) if return_outputs else loss
 
     def _keep(self, split: str, metrics: dict[str, Any]) -> None:
+        """Sums and counts of each metric since the last log (a metric a batch has no value of, NaN, is not counted:
+        KTO's desirable rewards in a batch of undesirable answers)."""
         sums = self._sums[split]
         for name, value in metrics.items():
-            sums[name] = sums.get(name, 0.0) + float(value)
+            value = float(value)
+            if value == value:
+                sums[name] = sums.get(name, 0.0) + value
+                sums["#" + name] = sums.get("#" + name, 0.0) + 1
         sums["_batches"] = sums.get("_batches", 0.0) + 1
 
     def log(self, logs: dict[str, float], start_time: Optional[float] = None) -> None:
@@ -249,10 +290,12 @@ class PreferenceTrainer(OwnLossTrainer):
             import torch
 
             sums = self._sums[split]
-            values = torch.tensor([sums[name] / sums["_batches"] for name in self.metric_names], device=self.args.device)
-            values = self.accelerator.reduce(values, reduction="mean")
+            pooled = torch.tensor([[sums.get(name, 0.0), sums.get("#" + name, 0.0)] for name in self.metric_names],
+                                  device=self.args.device)
+            pooled = self.accelerator.reduce(pooled, reduction="sum")  # the mean over every batch of every process
             prefix = "eval_" if split == "eval" else ""
-            logs.update({prefix + name: round(float(v), 6) for name, v in zip(self.metric_names, values)})
+            logs.update({prefix + name: round(float(total / count), 6) for name, (total, count) in zip(self.metric_names, pooled)
+                         if count > 0})
             self._sums[split] = {}
         super().log(logs, start_time)
 

@@ -1,7 +1,7 @@
 """Prompt formats, one module each, registered under their YAML names in FORMATS."""
 
 from ft.data.formats.base import FORMATS, Format, Segment
-from ft.data.formats import alpaca, chat, completion, ebft, input_output, preference, stepwise, user_defined  # noqa: F401  (registers)
+from ft.data.formats import alpaca, chat, completion, ebft, input_output, kto, preference, stepwise, user_defined  # noqa: F401  (registers)
 
 __all__ = ["FORMATS", "Format", "Segment", "build_format"]
 
