@@ -40,7 +40,7 @@ class PairTokenizer:
     def __init__(self, ds: DatasetConfig, data: DataConfig, tokenizer: Any, bos: bool) -> None:
         self.data = data
         # lengths are settled per pair below, and only the answers are ever trained
-        unlimited = data.model_copy(update={"sequence_len": 1 << 40, "train_on_inputs": False})
+        unlimited = data.model_copy(update={"sequence_len": 1 << 40, "train_on_inputs": False, "min_sample_len": None})
         self.sides = [RowTokenizer(ds, unlimited, tokenizer, bos) for _ in range(2)]
         for index, side in enumerate(self.sides):
             side.fmt = _Side(side.fmt, index)
