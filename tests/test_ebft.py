@@ -208,6 +208,9 @@ def test_ebft_settings_that_cannot_hold_are_one_sentence(tmp_path: Path):
                                                              "chat_template_kwargs": {"enable_thinking": False}},
                                "vllm": {"gpu_memory_utilization": 0.5}})
     assert cfg.online.trl.server_keys() == ["vllm_server_port"] and not cfg.preference.trains_pairs
+    from ft.commands.validate import derived
+
+    assert "ignored: trl.use_vllm, trl.vllm_server_port" in derived(cfg)["ebft"]  # ft validate says what differs
     assert cfg.model.chat_template_kwargs == {"enable_thinking": False}  # trl's reaches the tokenizer's template
 
 

@@ -38,6 +38,10 @@ def derived(cfg: FtConfig, world_size: int = 1) -> dict[str, str]:
         mode = e.mode if e else "structured"
         out["ebft"] = (f"{mode}: samples scored by their features against the rows' answers, from "
                        + ("the model with the adapter off" if a.adapter else "a frozen copy of the model"))
+        trl = cfg.online.trl
+        if trl is not None and (trl.use_vllm or trl.server_keys()):
+            out["ebft"] += ("; sampled in the training process (no vLLM server), so these are ignored: "
+                            + ", ".join(["trl.use_vllm"] * trl.use_vllm + [f"trl.{k}" for k in trl.server_keys()]))
         out["batches"] = f"{t.micro_batch_size} row(s) per micro batch, each a prompt and its answer, padded"
     elif p.rl:
         against = ("the model with the adapter off" if a.adapter and not a.lora_model_dir else
@@ -52,6 +56,20 @@ def derived(cfg: FtConfig, world_size: int = 1) -> dict[str, str]:
         out["batches"] = batches(cfg, attention)
     if cfg.distills:
         out["distillation"] = cfg.distillation.describe()
+    diffusion = cfg.diffusion.diffusion
+    if diffusion is not None:
+        out["diffusion"] = (f"masked diffusion (LLaDA), p from {diffusion.eps:g} to 1, "
+                            + ("loss weighted by 1/p" if diffusion.importance_weighting else "unweighted loss")
+                            + ("; ignored: generate_samples (ft prints no samples)" if diffusion.generate_samples else ""))
+    if q.fp8:
+        out["fp8"] = "float8 matmuls in every linear layer but the first and last (torchao)" + (
+            "; ignored: fp8_enable_fsdp_float8_all_gather (weights gathered in the training dtype)"
+            if q.fp8_enable_fsdp_float8_all_gather else "")
+    if q.use_onebitllms:
+        out["bitnet"] = "BitNet b1.58: ternary weights and 8-bit inputs in every linear layer but the head"
+    if cfg.preference.process_reward_model:
+        out["process reward model"] = (f"{cfg.preference.step_classes} classes on each step's last token "
+                                       "(token classification)")
     out["evaluation"] = "on held-out data" if cfg.has_eval_data else "none (set val_set_size or test_datasets)"
     return out
 
