@@ -73,7 +73,7 @@ def test_the_loss_is_the_cross_entropy_of_the_steps_classes(tmp_path: Path, tiny
 
 
 def test_a_process_reward_model_trains_and_merges(tmp_path: Path, tiny_model_dir):
-    cfg = prm_config(tmp_path, tiny_model_dir("llama"), max_steps=3, **LORA)
+    cfg = prm_config(tmp_path, tiny_model_dir("llama"), max_steps=3, val_set_size=4, eval_steps=3, **LORA)
     trainer, model, _ = build(cfg)
     before = snapshot(model)
     trainer.train()
@@ -81,6 +81,9 @@ def test_a_process_reward_model_trains_and_merges(tmp_path: Path, tiny_model_dir
     after = snapshot(model)
     trained = [n for n, p in model.named_parameters() if p.requires_grad]
     assert any("score" in n for n in trained) and all(not torch.equal(before[n], after[n]) for n in trained)
+    logged = [json.loads(line) for line in (Path(cfg.training.output_dir) / "metrics.jsonl").read_text().splitlines()]
+    evaluations = [r for r in logged if "eval_loss" in r]
+    assert evaluations and not any("perplexity" in r for r in evaluations)  # a classification loss has none
     from ft.model.merge import merge_lora
 
     out = merge_lora(cfg.model, Path(cfg.training.output_dir), tmp_path / "merged")

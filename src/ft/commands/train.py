@@ -232,6 +232,11 @@ def build_run(cfg: FtConfig, world: int) -> Run:
         trainer.after_sharding = lambda sharded, offload: load_shards(sharded, cfg.model.base_model, offload)
     if cfg.evaluation.do_causal_lm_eval and prepared.eval is not None:
         trainer.eval_extras = generation_during_training(cfg, prepared, tokenizer, sharding)
+    if steps:
+        trainer.reports_perplexity = False  # a classification loss
+    for callback in trainer.callback_handler.callbacks:  # the metrics log and the console: no perplexity of other losses
+        if hasattr(callback, "perplexity"):
+            callback.perplexity = trainer.reports_perplexity
     return Run(tokenizer, prepared, model, trainer, metrics, layout, attention)
 
 

@@ -37,6 +37,7 @@ class MetricsLog(TrainerCallback):
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.perplexity = True  # the loss is a language model's cross-entropy (ft.commands.train sets it)
         self.last_time = time.perf_counter()
         self.last_tokens = 0
 
@@ -60,7 +61,7 @@ class MetricsLog(TrainerCallback):
             self.last_time, self.last_tokens = now, tokens
             record["memory_mb"] = round(peak_memory_mb(), 1)
         preference = any(k.startswith("eval_rewards/") or k == "eval_kl" for k in logs)
-        if "eval_loss" in logs and not preference:  # a preference loss is no cross-entropy
+        if "eval_loss" in logs and self.perplexity and not preference:  # a preference loss is no cross-entropy
             record["perplexity"] = math.exp(min(logs.get("eval_ce_loss", logs["eval_loss"]), 50))  # of the labels
         for key in ("loss", "eval_loss"):
             if key in record and not math.isfinite(record[key]):

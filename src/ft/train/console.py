@@ -32,10 +32,11 @@ def _number(value: float) -> str:
     return f"{value:.4g}" if abs(value) < 1e4 else f"{value:,.0f}"
 
 
-def eval_line(step: int, logs: dict[str, Any]) -> str:
-    """'eval   step 40: loss 0.052  perplexity 1.053  chrf 42.38'."""
+def eval_line(step: int, logs: dict[str, Any], perplexity: bool = True) -> str:
+    """'eval   step 40: loss 0.052  perplexity 1.053  chrf 42.38'; `perplexity`: the loss is a language model's
+    cross-entropy (not a preference, diffusion or classification loss)."""
     parts = [f"loss {_number(logs['eval_loss'])}"]
-    if "eval_rewards/accuracies" not in logs:  # a preference loss is no cross-entropy: no perplexity
+    if perplexity and "eval_rewards/accuracies" not in logs:
         ce = logs.get("eval_ce_loss", logs["eval_loss"])  # distillation: the perplexity of the labels
         parts.append(f"perplexity {_number(math.exp(min(ce, 50)))}")
     for key, value in logs.items():
@@ -55,6 +56,7 @@ class Console(TrainerCallback):
         self.started = self.last_line = 0.0
         self.last_tokens, self.last_time = 0, 0.0
         self.latest: dict[str, float] = {}
+        self.perplexity = True  # the loss is a language model's cross-entropy (ft.commands.train sets it)
 
     def _write(self, line: str) -> None:
         if self.bar is not None:
@@ -86,7 +88,7 @@ class Console(TrainerCallback):
         if not state.is_world_process_zero or not logs:
             return
         if "eval_loss" in logs:
-            self._write(eval_line(state.global_step, logs))
+            self._write(eval_line(state.global_step, logs, self.perplexity))
             return
         if "loss" not in logs:
             return

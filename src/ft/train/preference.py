@@ -156,6 +156,7 @@ class PreferenceTrainer(OwnLossTrainer):
     reference_store: Any = None  # ft.train.reference.ReferenceStore when precompute_ref_log_probs
     logits_from_model = False  # the whole logits instead of the chunked head (FSDP, ZeRO-3: the head is gathered only inside the forward)
     metric_names = METRICS
+    reports_perplexity = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -54,6 +54,7 @@ class FtTrainer(Trainer):
     """The transformers Trainer, counting the real tokens and the token slots of the training batches, with
     the chunked loss and activation offloading when they are on."""
 
+    reports_perplexity = True  # its loss is a language model's cross-entropy (its exp a perplexity)
     real_tokens = 0
     token_slots = 0
     largest_batch = 0  # token slots of the largest micro batch: what sets the activation memory
@@ -251,6 +252,16 @@ class OwnLossTrainer(FtTrainer):
         return loss.detach(), None, None
 
 
+def eval_words(summary: dict[str, Any]) -> str:
+    """', eval loss 0.41 (perplexity 1.5)' for the run's last line: the perplexity or the reward accuracy, when the
+    loss has one."""
+    if "eval_loss" not in summary:
+        return ""
+    extra = (f" (perplexity {summary['perplexity']})" if "perplexity" in summary else
+             f" (reward accuracy {summary['eval_reward_accuracy']})" if "eval_reward_accuracy" in summary else "")
+    return f", eval loss {summary['eval_loss']}{extra}"
+
+
 def save_outputs(trainer: Any, tokenizer: Any, metrics: MetricsLog, result: Any, seconds: float, resolved_config: str,
                  facts: dict[str, Any]) -> dict[str, Any]:
     """The adapter or model, tokenizer, resolved config (ft_config.yml), loss plot and summary (with `facts`,
@@ -281,7 +292,7 @@ def save_outputs(trainer: Any, tokenizer: Any, metrics: MetricsLog, result: Any,
         summary["eval_loss"] = round(evaluation["eval_loss"], 4)
         if "eval_rewards/accuracies" in evaluation:  # a preference loss is no cross-entropy
             summary["eval_reward_accuracy"] = round(evaluation["eval_rewards/accuracies"], 4)
-        else:
+        elif getattr(trainer, "reports_perplexity", True):
             ce = evaluation.get("eval_ce_loss", evaluation["eval_loss"])  # distillation: the perplexity of the labels
             summary["perplexity"] = round(math.exp(min(ce, 50)), 3)
     if trainer.is_world_process_zero():
@@ -297,9 +308,7 @@ def save_outputs(trainer: Any, tokenizer: Any, metrics: MetricsLog, result: Any,
         log.info(
             "done: %d steps in %.0f s, train loss %.4f%s, %s, peak memory %.0f MB → %s",
             summary["steps"], seconds, summary["train_loss"],
-            (f", eval loss {summary['eval_loss']} (" + (f"perplexity {summary['perplexity']})" if "perplexity" in summary else
-                                                     f"reward accuracy {summary['eval_reward_accuracy']})"))
-            if "eval_loss" in summary else "",
+            eval_words(summary),
             speed, summary["peak_memory_mb"], out,
         )
     return summary
