@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -136,6 +137,35 @@ def test_cosine_constant_lr_ratio_holds_the_floor_after_its_share_of_the_steps(t
     rates = scheduled_rates(cfg, 10)
     want = [0.0, 0.005] + [0.01 * (0.2 + 0.8 * 0.5 * (1 + math.cos(math.pi * (t - 2) / 4))) for t in range(2, 6)] + [0.002] * 5
     assert all(abs(a - b) <= 1e-12 for a, b in zip(rates, want)), (rates, want)
+
+
+def test_lr_quadratic_warmup_warms_up_along_the_square(tmp_path: Path, tiny_model_dir):
+    """Axolotl's lr_quadratic_warmup: (step / warmup)² × learning_rate during warmup, then the cosine to 0 (or to
+    cosine_min_lr_ratio); refused with another schedule."""
+    import math
+
+    from ft.errors import ConfigError
+
+    cfg = make_config(tmp_path, tiny_model_dir("llama"), lr_scheduler="cosine", lr_quadratic_warmup=True, warmup_steps=4,
+                      max_steps=10, learning_rate=0.01, **LORA)
+    rates = scheduled_rates(cfg, 10)
+    want = [0.01 * (t / 4) ** 2 for t in range(4)] + [0.01 * 0.5 * (1 + math.cos(math.pi * (t - 4) / 6)) for t in range(4, 10)]
+    assert all(abs(a - b) <= 1e-12 for a, b in zip(rates, want)), (rates, want)
+    with pytest.raises(ConfigError, match="the quadratic warmup goes with the cosine schedule"):
+        make_config(tmp_path, tiny_model_dir("llama"), lr_scheduler="linear", lr_quadratic_warmup=True)
+
+
+def test_curriculum_sampling_trains_the_rows_in_their_order(tmp_path: Path, tiny_model_dir):
+    """Axolotl's curriculum_sampling: the prepared rows keep the datasets' order and every epoch reads them in it."""
+    from ft.errors import ConfigError
+
+    cfg = make_config(tmp_path, tiny_model_dir("llama"), curriculum_sampling=True, micro_batch_size=2)
+    trainer, _, tokenizer = build(cfg)
+    rows = [json.loads(line) for line in (tmp_path / "train.jsonl").read_text().splitlines()]
+    seen = [tokenizer.decode(ids) for batch in trainer.get_train_dataloader() for ids in batch["input_ids"]]
+    assert len(seen) == len(rows) and all(row["input"] in text for row, text in zip(rows, seen))
+    with pytest.raises(ConfigError, match="`curriculum_sampling` trains the rows in their order"):
+        make_config(tmp_path, tiny_model_dir("llama"), curriculum_sampling=True, sample_packing=True)
 
 
 def test_save_strategy_and_save_only_model(tmp_path: Path, tiny_model_dir):

@@ -126,7 +126,8 @@ def build_run(cfg: FtConfig, world: int) -> Run:
     if distributed["ddp_find_unused_parameters"] is None and cfg.adapter.adapter and not has_experts(model):
         # every LoRA weight takes part in every forward: DDP need not search the graph for unused ones each step
         distributed["ddp_find_unused_parameters"] = False
-    args = training_arguments(t, cfg.logging, cfg.model, len(sets.train), sets.eval is not None, world, distributed)
+    args = training_arguments(t, cfg.logging, cfg.model, len(sets.train), sets.eval is not None, world, distributed,
+                              sequential=d.curriculum_sampling)
     # the chunked loss reads the decoder's hidden states, which prompt-learning methods lengthen by their virtual tokens
     chunked = t.chunked_cross_entropy and not prompt_learning and not steps and uses_chunked_loss(model, sharding)
     offload = None
@@ -219,8 +220,8 @@ def build_run(cfg: FtConfig, world: int) -> Run:
         trainer.eaft = (t.eaft_alpha, t.eaft_k)
         log.info("EAFT: each trained token's loss weighted by the entropy of its top-%d logits to the power %g",
                  t.eaft_k, t.eaft_alpha)
-    if t.cosine_constant_lr_ratio is not None:
-        trainer.cosine_constant = (t.cosine_constant_lr_ratio, t.cosine_min_lr_ratio or 0.0)
+    if t.cosine_constant_lr_ratio is not None or t.lr_quadratic_warmup:  # ft's own cosine
+        trainer.cosine_constant = (t.cosine_constant_lr_ratio, t.cosine_min_lr_ratio or 0.0, t.lr_quadratic_warmup)
     if cfg.adapter.loraplus_lr_ratio or cfg.adapter.loraplus_lr_embedding:
         trainer.loraplus = (cfg.adapter.loraplus_lr_ratio or 1.0, cfg.adapter.loraplus_lr_embedding)
     if distills:

@@ -206,7 +206,6 @@ KEYS: dict[str, Answer] = {
     "lora_on_cpu": _refused("LoRA merged on the CPU", False),
     "eot_tokens": _noop("end-of-turn tokens", "ft trains each trained turn's end-of-turn text as the chat template "
                         "writes it (train_on_eos), whichever tokens those are"),
-    "lr_quadratic_warmup": _refused("quadratic warmup", False),
     "lr_div_factor": _refused("the one-cycle schedule's divisor"),
     "lr_groups": _refused("learning-rate groups"),
     "lr_scheduler_kwargs": _refused("learning-rate scheduler arguments"),
@@ -217,7 +216,6 @@ KEYS: dict[str, Answer] = {
     "save_compressed": _refused("compressed checkpoints", False),
     "dataset_shard_num": _refused("training on a shard of the data"),
     "dataset_shard_idx": _refused("training on a shard of the data"),
-    "curriculum_sampling": _refused("curriculum sampling (rows in file order)", False),
     "pretraining_dataset": Answer(MAPPED, "streaming pretraining datasets", (), pretraining_datasets),
     "pretraining_sample_concatenation": _refused("streaming pretraining datasets"),
     "pretrain_multipack_attn": Answer(REFUSED, "attention across packed pretraining rows", (True,),
@@ -357,7 +355,7 @@ VOCABULARY = frozenset("""
 batch_flattening bench_dataset bench_split bfloat16 
 chunked_cross_entropy_num_chunks comet_api_key comet_experiment_config comet_experiment_key
 comet_mode comet_online comet_project_name comet_workspace context_parallel_size cpo_alpha
-curriculum_sampling cut_cross_entropy dataloader_drop_last dataloader_num_workers dataloader_pin_memory
+ cut_cross_entropy dataloader_drop_last dataloader_num_workers dataloader_pin_memory
 dataloader_prefetch_factor dataset_keep_in_memory dataset_num_proc dataset_shard_idx dataset_shard_num ddp
 ddp_broadcast_buffers ddp_bucket_cap_mb deepcompile default_system_message dense_mixer device device_map 
 dion_lr dion_momentum dion_rank_fraction dion_rank_multiple_of do_bench_eval dp_replicate_size
@@ -384,7 +382,7 @@ liger_glu_activation liger_layer_norm liger_rms_norm liger_rms_norm_gated liger_
 liger_use_token_scaling llama4_linearized_experts
 llmcompressor lm_eval_model local_rank lora_alpha_pattern
 lora_embedding_kernel lora_mlp_kernel lora_o_kernel lora_on_cpu lora_qkv_kernel lora_rank_pattern low_cpu_mem_usage
-lr_div_factor lr_groups lr_quadratic_warmup lr_scheduler_kwargs max_memory max_prompt_len mean_resizing_embeddings
+lr_div_factor lr_groups  lr_scheduler_kwargs max_memory max_prompt_len mean_resizing_embeddings
 merge_lora merge_method  mlflow_experiment_name mlflow_run_name mlflow_tracking_uri model_kwargs
 model_revision moe_bnb_fast moe_dequant_chunk_size
 moe_grouped_backend mora multipack_real_batches nemo_gym_auto_clone nemo_gym_auto_start nemo_gym_config_paths

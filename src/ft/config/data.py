@@ -211,6 +211,10 @@ class DataConfig(Section):
     train_on_inputs: bool = Field(
         False, description="Take the loss on the prompt too. false: loss on the output (and its EOS) only."
     )
+    curriculum_sampling: bool = Field(
+        False, description="Train on the rows in the order the datasets give them, every epoch: no shuffling of the "
+        "merged datasets nor of each epoch's order (Axolotl's key).",
+    )
     min_sample_len: Optional[int] = Field(
         None, ge=1, description="Drop rows (or the chunks of a split text) with fewer tokens than this (Axolotl's key). "
         "Unset: rows are kept whatever their length, if they have a token to train on.",

@@ -188,6 +188,10 @@ def contradictions(cfg: FtConfig) -> list[Contradiction]:
         add("evals_per_epoch", "`eval_steps` and `evals_per_epoch` are both set; keep one")
     if t.warmup_steps is not None and t.warmup_ratio is not None:
         add("warmup_ratio", "`warmup_steps` and `warmup_ratio` are both set; keep one")
+    if cfg.data.curriculum_sampling and (cfg.data.sample_packing or t.group_by_length):
+        key = "sample_packing" if cfg.data.sample_packing else "group_by_length"
+        add(key, f"`curriculum_sampling` trains the rows in their order, and `{key}` reorders them "
+            + ("(ft packs best-fit decreasing)" if cfg.data.sample_packing else "by length") + "; keep one")
     if cfg.data.padding_free and t.group_by_length and not cfg.data.sample_packing:
         add("group_by_length", "`group_by_length` groups rows to trim padding, and `padding_free` has none; keep one")
     if t.lisa_n_layers and (a.adapter or a.unfrozen_parameters):

@@ -68,6 +68,8 @@ class TrainingConfig(Section):
     cosine_constant_lr_ratio: Optional[float] = Field(
         None, ge=0, le=1, description="With cosine_min_lr_ratio: the cosine reaches its floor at this share of the "
         "steps and the rate stays there after (Axolotl's key; Gupta et al.'s re-warming schedule).")
+    lr_quadratic_warmup: bool = Field(
+        False, description="With the cosine schedule: warm up along (step / warmup)² instead of linearly (Axolotl's key).")
     warmup_steps: Optional[int] = Field(None, ge=0, description="Linear warmup steps.")
     warmup_ratio: Optional[float] = Field(None, ge=0, lt=1, description="Warmup as a share of all steps.")
     weight_decay: float = Field(0.0, ge=0, description="Decoupled weight decay.")
@@ -184,6 +186,9 @@ class TrainingConfig(Section):
         if self.cosine_min_lr_ratio is not None and self.lr_scheduler not in ("cosine", "cosine_with_min_lr"):
             raise Contradiction("cosine_min_lr_ratio", f"it shapes the cosine schedule and does nothing with "
                              f"`lr_scheduler: {self.lr_scheduler}`: set `lr_scheduler: cosine` or remove it")
+        if self.lr_quadratic_warmup and self.lr_scheduler not in ("cosine", "cosine_with_min_lr"):
+            raise Contradiction("lr_quadratic_warmup", f"the quadratic warmup goes with the cosine schedule, not "
+                                f"`lr_scheduler: {self.lr_scheduler}`: set `lr_scheduler: cosine` or remove it")
         if self.cosine_constant_lr_ratio is not None and self.cosine_min_lr_ratio is None:
             raise Contradiction("cosine_constant_lr_ratio", "it holds the cosine's floor from that share of the steps "
                                 "on: set `cosine_min_lr_ratio` (the floor) too")

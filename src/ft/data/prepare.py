@@ -59,7 +59,7 @@ def cache_inputs(d: DataConfig, m: ModelConfig, seed: int) -> dict[str, Any]:
         "excess_length_strategy": d.excess_length_strategy,
         "min_sample_len": d.min_sample_len,
         "val_set_size": d.val_set_size,
-        "shuffle": d.shuffle_merged_datasets,
+        "shuffle": d.shuffle_merged_datasets and not d.curriculum_sampling,
         "deduplicate": d.dataset_exact_deduplication,
         "seed": seed,
         "tokenizer": tokenizer_fingerprint(m),
@@ -129,7 +129,7 @@ def build(d: DataConfig, seed: int, tokenizer: Any) -> tuple[Tokenized, Tokenize
     duplicates = 0
     if d.dataset_exact_deduplication:
         order, evaluation, duplicates = _deduplicate(order, train, evaluation, width)
-    if d.shuffle_merged_datasets:
+    if d.shuffle_merged_datasets and not d.curriculum_sampling:
         random.Random(seed).shuffle(order)
     if d.val_set_size:
         n_eval = int(d.val_set_size) if d.val_set_size >= 1 else max(1, math.floor(len(order) * d.val_set_size))

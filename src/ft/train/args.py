@@ -35,7 +35,7 @@ def optimizer_name(name: str, on_gpu: bool, sharded: bool) -> str:
 
 def training_arguments(
     t: TrainingConfig, lg: LoggingConfig, m: ModelConfig, train_rows: int, has_eval: bool, world_size: int,
-    launch: dict[str, Any],
+    launch: dict[str, Any], sequential: bool = False,
 ) -> Any:
     """TrainingArguments for `train_rows` items (rows, or packed bins) per epoch; `launch` holds the
     DeepSpeed or FSDP settings (ft.launch.backend.trainer_arguments)."""
@@ -92,7 +92,7 @@ def training_arguments(
         data_seed=t.seed,
         neftune_noise_alpha=t.neftune_noise_alpha,
         torch_compile=t.torch_compile or t.torch_compile_mode is not None,
-        train_sampling_strategy="group_by_length" if t.group_by_length else "random",
+        train_sampling_strategy="group_by_length" if t.group_by_length else "sequential" if sequential else "random",
         remove_unused_columns=False,
         prediction_loss_only=True,  # evaluation keeps no logits: ft computes no metrics from them
         include_num_input_tokens_seen="non_padding",

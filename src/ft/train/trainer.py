@@ -67,7 +67,8 @@ class FtTrainer(Trainer):
     muon = False  # optimizer: muon (ft.train.muon)
     loraplus: Optional[tuple[float, Optional[float]]] = None  # LoRA+: (B's learning-rate ratio, embeddings' rate)
     initial_adapter: Optional[str] = None  # PiSSA / OLoRA: the adapter as it started (the final save converts)
-    cosine_constant: Optional[tuple[float, float]] = None  # (cosine_constant_lr_ratio, cosine_min_lr_ratio)
+    # ft's own cosine: (cosine_constant_lr_ratio or None, cosine_min_lr_ratio, lr_quadratic_warmup)
+    cosine_constant: Optional[tuple[Optional[float], float, bool]] = None
 
     def create_optimizer(self, model: Any = None) -> Any:
         """The Trainer's optimizer; with LoRA+, its class and settings over PEFT's LoRA+ groups: the B matrices
@@ -111,9 +112,9 @@ class FtTrainer(Trainer):
 
         from ft.train.schedulers import cosine_then_constant
 
-        ratio, floor = self.cosine_constant  # the cosine that stays at its floor from ratio × the steps on
+        ratio, floor, quadratic = self.cosine_constant  # the cosine that stays at its floor from ratio × the steps on
         factor = partial(cosine_then_constant, warmup=self.args.get_warmup_steps(num_training_steps), total=num_training_steps,
-                         constant_ratio=ratio, min_ratio=floor)
+                         constant_ratio=ratio, min_ratio=floor, quadratic=quadratic)
         self.lr_scheduler = LambdaLR(optimizer or self.optimizer, factor)
         self._created_lr_scheduler = True
         return self.lr_scheduler
