@@ -101,19 +101,19 @@ class TrlSettings(Section):
         "given to every dataset that sets none of its own.")
     skip_zero_advantage_batches: bool = Field(False, description="Accepted: a batch whose advantages are all zero "
                                               "gives a zero loss either way.")
-    vllm_server_host: Any = None
-    vllm_server_port: Any = None
-    vllm_server_timeout: Any = None
-    vllm_lora_sync: Any = None
-    vllm_sync_interval: Any = None
-    vllm_mode: Any = None
-    vllm_gpu_memory_utilization: Any = None
-    vllm_tensor_parallel_size: Any = None
-    vllm_enable_sleep_mode: Any = None
-    vllm_importance_sampling_correction: Any = None
-    use_data_producer: Any = None
-    async_prefetch: Any = None
-    streaming_partial_batch: Any = None
+    vllm_server_host: Any = Field(None, description="Axolotl's vLLM server or asynchronous sampling: accepted and ignored (ft samples in the training process).")
+    vllm_server_port: Any = Field(None, description="Axolotl's vLLM server or asynchronous sampling: accepted and ignored (ft samples in the training process).")
+    vllm_server_timeout: Any = Field(None, description="Axolotl's vLLM server or asynchronous sampling: accepted and ignored (ft samples in the training process).")
+    vllm_lora_sync: Any = Field(None, description="Axolotl's vLLM server or asynchronous sampling: accepted and ignored (ft samples in the training process).")
+    vllm_sync_interval: Any = Field(None, description="Axolotl's vLLM server or asynchronous sampling: accepted and ignored (ft samples in the training process).")
+    vllm_mode: Any = Field(None, description="Axolotl's vLLM server or asynchronous sampling: accepted and ignored (ft samples in the training process).")
+    vllm_gpu_memory_utilization: Any = Field(None, description="Axolotl's vLLM server or asynchronous sampling: accepted and ignored (ft samples in the training process).")
+    vllm_tensor_parallel_size: Any = Field(None, description="Axolotl's vLLM server or asynchronous sampling: accepted and ignored (ft samples in the training process).")
+    vllm_enable_sleep_mode: Any = Field(None, description="Axolotl's vLLM server or asynchronous sampling: accepted and ignored (ft samples in the training process).")
+    vllm_importance_sampling_correction: Any = Field(None, description="Axolotl's vLLM server or asynchronous sampling: accepted and ignored (ft samples in the training process).")
+    use_data_producer: Any = Field(None, description="Axolotl's vLLM server or asynchronous sampling: accepted and ignored (ft samples in the training process).")
+    async_prefetch: Any = Field(None, description="Axolotl's vLLM server or asynchronous sampling: accepted and ignored (ft samples in the training process).")
+    streaming_partial_batch: Any = Field(None, description="Axolotl's vLLM server or asynchronous sampling: accepted and ignored (ft samples in the training process).")
 
     @model_validator(mode="after")
     def _what_ft_computes(self) -> "TrlSettings":

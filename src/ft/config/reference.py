@@ -12,7 +12,10 @@ from ft.config.adapter import LoftQOptions
 from ft.config.data import DatasetConfig, UserDefinedFormat
 from ft.config.distributed import FsdpConfig
 from ft.config.load import ALIASES, SECTION_KEYS
+from ft.config.diffusion import DiffusionSettings
 from ft.config.model import QatOptions, SpecialTokens
+from ft.config.online import EbftSettings, GenerationKwargs, TrlSettings
+from ft.config.training import AcceleratorSettings, GradientAccumulationSettings
 from ft.config.schema import FtConfig
 
 NESTED = {
@@ -22,6 +25,12 @@ NESTED = {
     "fsdp_config:": FsdpConfig,
     "peft: loftq_config:": LoftQOptions,
     "qat:": QatOptions,
+    "ebft:": EbftSettings,
+    "trl:": TrlSettings,
+    "trl: generation_kwargs:": GenerationKwargs,
+    "diffusion:": DiffusionSettings,
+    "accelerator_config:": AcceleratorSettings,
+    "accelerator_config: gradient_accumulation_kwargs:": GradientAccumulationSettings,
 }
 
 

@@ -25,11 +25,11 @@ class AcceleratorSettings(Section):
 
     gradient_accumulation_kwargs: Optional[GradientAccumulationSettings] = Field(None, description="sync_each_batch.")
     non_blocking: bool = Field(False, description="Copy batches to the GPU without waiting (with pinned memory).")
-    split_batches: Any = None
-    dispatch_batches: Any = None
-    even_batches: Any = None
-    use_seedable_sampler: Any = None
-    use_configured_state: Any = None
+    split_batches: Any = Field(None, description="accelerate's batch dealing: refused (ft lays its batches out itself).")
+    dispatch_batches: Any = Field(None, description="accelerate's batch dealing: refused (ft lays its batches out itself).")
+    even_batches: Any = Field(None, description="accelerate's batch dealing: refused (ft lays its batches out itself).")
+    use_seedable_sampler: Any = Field(None, description="accelerate's batch dealing: refused (ft lays its batches out itself).")
+    use_configured_state: Any = Field(None, description="accelerate's batch dealing: refused (ft lays its batches out itself).")
 
     @model_validator(mode="after")
     def _batches_are_fts(self) -> "AcceleratorSettings":
