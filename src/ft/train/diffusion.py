@@ -103,7 +103,7 @@ class DiffusionTrainer(PreferenceTrainer):
         with torch.no_grad():
             right = sum(int((head(states[a:a + chunk]).argmax(dim=-1) == targets[a:a + chunk]).sum()) for a in spans)
         self._keep("train" if model.training else "eval", {
-            "diffusion/ce": float(-logps.mean()), "diffusion/accuracy": right / len(targets),
+            "diffusion/ce": float(-logps.detach().mean()), "diffusion/accuracy": right / len(targets),
             "diffusion/mask_ratio": float(masked.sum() / trained.sum().clamp(min=1))})
         return (per_row[counted] / lengths[counted]).mean()
 
