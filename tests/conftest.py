@@ -37,8 +37,8 @@ def run_ft(*args: str, cwd: Path | str | None = None, env: dict | None = None) -
 
 
 def pytest_collection_modifyitems(config, items) -> None:
-    """The slow tests first, longest first (`pytest.mark.slow(seconds=N)`, 10 s unless said), so that the two
-    workers (-n 2 --dist worksteal) share them out instead of one ending on a long one while the other idles.
+    """The slow tests first, longest first (`pytest.mark.slow(seconds=N)`, 10 s unless said), so that the
+    workers (-n 3 --dist worksteal) share them out instead of one ending on a long one while the others idle.
     Every worker collects the same order (the sort is stable)."""
 
     def weight(item) -> float:
