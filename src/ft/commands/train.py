@@ -221,7 +221,7 @@ def build_run(cfg: FtConfig, world: int) -> Run:
         log.info("EAFT: each trained token's loss weighted by the entropy of its top-%d logits to the power %g",
                  t.eaft_k, t.eaft_alpha)
     if t.cosine_constant_lr_ratio is not None or t.lr_quadratic_warmup:  # ft's own cosine
-        trainer.cosine_constant = (t.cosine_constant_lr_ratio, t.cosine_min_lr_ratio or 0.0, t.lr_quadratic_warmup)
+        trainer.cosine_schedule = (t.cosine_constant_lr_ratio, t.cosine_min_lr_ratio or 0.0, t.lr_quadratic_warmup)
     if cfg.adapter.loraplus_lr_ratio or cfg.adapter.loraplus_lr_embedding:
         trainer.loraplus = (cfg.adapter.loraplus_lr_ratio or 1.0, cfg.adapter.loraplus_lr_embedding)
     if distills:

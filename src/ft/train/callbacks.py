@@ -60,8 +60,7 @@ class MetricsLog(TrainerCallback):
             record["tokens_per_s"] = round((tokens - self.last_tokens) / max(now - self.last_time, 1e-9), 1)
             self.last_time, self.last_tokens = now, tokens
             record["memory_mb"] = round(peak_memory_mb(), 1)
-        preference = any(k.startswith("eval_rewards/") or k == "eval_kl" for k in logs)
-        if "eval_loss" in logs and self.perplexity and not preference:  # a preference loss is no cross-entropy
+        if "eval_loss" in logs and self.perplexity:
             record["perplexity"] = math.exp(min(logs.get("eval_ce_loss", logs["eval_loss"]), 50))  # of the labels
         for key in ("loss", "eval_loss"):
             if key in record and not math.isfinite(record[key]):
@@ -201,4 +200,3 @@ def plot_losses(records: list[dict[str, Any]], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
-

@@ -36,7 +36,7 @@ def eval_line(step: int, logs: dict[str, Any], perplexity: bool = True) -> str:
     """'eval   step 40: loss 0.052  perplexity 1.053  chrf 42.38'; `perplexity`: the loss is a language model's
     cross-entropy (not a preference, diffusion or classification loss)."""
     parts = [f"loss {_number(logs['eval_loss'])}"]
-    if perplexity and "eval_rewards/accuracies" not in logs:
+    if perplexity:
         ce = logs.get("eval_ce_loss", logs["eval_loss"])  # distillation: the perplexity of the labels
         parts.append(f"perplexity {_number(math.exp(min(ce, 50)))}")
     for key, value in logs.items():

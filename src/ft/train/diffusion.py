@@ -13,7 +13,7 @@ from typing import Any
 from ft.config.diffusion import DiffusionSettings
 from ft.data.labels import IGNORE
 from ft.train.batches import REAL_TOKENS
-from ft.train.preference import PreferenceTrainer, _chunk_logps
+from ft.train.trainer import MeanLossTrainer
 
 METRICS = ("diffusion/ce", "diffusion/accuracy", "diffusion/mask_ratio")
 DEFAULT_MASK = "<|diffusion_mask|>"
@@ -46,8 +46,8 @@ def segments(inputs: dict[str, Any]) -> Any:
     return starts.cumsum(dim=1) + torch.arange(ids.shape[0], device=ids.device)[:, None] * (ids.shape[1] + 1)
 
 
-class DiffusionTrainer(PreferenceTrainer):
-    """The Trainer with the masked-diffusion loss (module docstring); PreferenceTrainer's metric keeping."""
+class DiffusionTrainer(MeanLossTrainer):
+    """The Trainer with the masked-diffusion loss (module docstring)."""
 
     settings: DiffusionSettings
     mask_id: int = 0
@@ -72,9 +72,8 @@ class DiffusionTrainer(PreferenceTrainer):
         """The loss of a batch whose tokens at `masked` are replaced by the mask token, each drawn with probability
         `p` (module docstring)."""
         import torch
-        from torch.utils.checkpoint import checkpoint
 
-        from ft.train.loss import catch_hidden_states, causal_lm_of, chunk_size
+        from ft.train.loss import catch_hidden_states, causal_lm_of, chunk_size, token_logps
 
         ids, labels = inputs["input_ids"], inputs["labels"]
         seg = segments(inputs)
@@ -94,8 +93,7 @@ class DiffusionTrainer(PreferenceTrainer):
         head, chunk = causal_lm.get_output_embeddings(), chunk_size(text.vocab_size)
         softcap = getattr(text, "final_logit_softcapping", None)
         spans = range(0, len(targets), chunk)
-        logps = torch.cat([checkpoint(_chunk_logps, states[a:a + chunk], targets[a:a + chunk], head, softcap,
-                                      use_reentrant=False) for a in spans])
+        logps = token_logps(states, targets, head, softcap, chunk)
         token = -logps / (p[b, i] if self.settings.importance_weighting else 1.0)
         per_row = token.new_zeros(len(rows)).index_add(0, owner[b, i], token)
         lengths = torch.bincount(owner[trained], minlength=len(rows)).to(per_row.dtype)

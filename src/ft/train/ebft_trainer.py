@@ -20,13 +20,13 @@ from ft.config.online import EbftSettings, TrlSettings
 from ft.data.labels import IGNORE
 from ft.train import ebft as E
 from ft.train.batches import REAL_TOKENS
-from ft.train.preference import PreferenceTrainer, _chunk_logps
+from ft.train.trainer import MeanLossTrainer
 
 METRICS = ("ebft/reward", "ebft/alignment", "ebft/diversity", "ebft/cfm_loss", "ebft/advantage_std", "ebft/sampled_tokens")
 
 
-class EbftTrainer(PreferenceTrainer):
-    """PreferenceTrainer's metric keeping with EBFT's loss (module docstring)."""
+class EbftTrainer(MeanLossTrainer):
+    """The Trainer with EBFT's loss (module docstring)."""
 
     settings: EbftSettings
     trl: Optional[TrlSettings] = None
@@ -89,21 +89,14 @@ class EbftTrainer(PreferenceTrainer):
     def _token_logps(self, model: Any, ids: Any, mask: Any, rows: Any, at: Any, targets: Any, positions: Any = None) -> Any:
         """log π(targets) predicted at positions `at` of `rows`, from one forward of the trained model (the head
         applied to those positions only, a chunk at a time, recomputed in the backward pass)."""
-        import torch
-        from torch.utils.checkpoint import checkpoint
-
-        from ft.train.loss import catch_hidden_states, chunk_size
+        from ft.train.loss import catch_hidden_states, chunk_size, token_logps
 
         causal_lm = self._causal_lm(model)
         text = causal_lm.config.get_text_config()
         with catch_hidden_states(causal_lm) as hidden:
             model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1)
-        states = hidden.value[rows, at]
-        head, chunk = causal_lm.get_output_embeddings(), chunk_size(text.vocab_size)
-        softcap = getattr(text, "final_logit_softcapping", None)
-        pieces = [checkpoint(_chunk_logps, states[a:a + chunk], targets[a:a + chunk], head, softcap, use_reentrant=False)
-                  for a in range(0, len(targets), chunk)]
-        return torch.cat(pieces) if pieces else states.new_zeros(0, dtype=torch.float32)
+        return token_logps(hidden.value[rows, at], targets, causal_lm.get_output_embeddings(),
+                           getattr(text, "final_logit_softcapping", None), chunk_size(text.vocab_size))
 
     def _mask(self, allowed: Any) -> Any:
         """The (1, 1, q, k) mask the model's attention takes: bool for sdpa, additive for eager."""

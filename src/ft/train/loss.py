@@ -109,3 +109,23 @@ def catch_hidden_states(causal_lm: Any) -> Iterator[HiddenStates]:
 def causal_lm_of(model: Any) -> Any:
     """The transformers CausalLM inside a peft wrapper (or the model itself)."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def _chunk_logps(hidden: Any, targets: Any, head: Any, softcap: Optional[float]) -> Any:
+    import torch
+
+    logits = head(hidden).float()
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    return torch.log_softmax(logits, dim=-1).gather(-1, targets[:, None]).squeeze(-1)
+
+
+def token_logps(states: Any, targets: Any, head: Any, softcap: Optional[float], chunk: int) -> Any:
+    """log p(target) of each of `states` (positions, D) under the head, a chunk of positions at a time, each
+    chunk's logits recomputed in the backward pass: the whole logits never exist (preference, EBFT, diffusion)."""
+    import torch
+    from torch.utils.checkpoint import checkpoint
+
+    pieces = [checkpoint(_chunk_logps, states[a:a + chunk], targets[a:a + chunk], head, softcap, use_reentrant=False)
+              for a in range(0, len(targets), chunk)]
+    return torch.cat(pieces) if pieces else states.new_zeros(0, dtype=torch.float32)

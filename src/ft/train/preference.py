@@ -26,18 +26,9 @@ from ft.config.preference import PreferenceConfig
 from ft.data.labels import IGNORE
 from ft.model.adapter import REFERENCE
 from ft.train.batches import DESIRABLE, PAIRS, REAL_TOKENS
-from ft.train.trainer import OwnLossTrainer
+from ft.train.trainer import MeanLossTrainer
 
 METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen", "logps/rejected")
-
-
-def _chunk_logps(hidden: Any, targets: Any, head: Any, softcap: Optional[float]) -> Any:
-    import torch
-
-    logits = head(hidden).float()
-    if softcap:
-        logits = torch.tanh(logits / softcap) * softcap
-    return torch.log_softmax(logits, dim=-1).gather(-1, targets[:, None]).squeeze(-1)
 
 
 def sequence_index(inputs: dict[str, Any], labels: Any) -> tuple[Any, int]:
@@ -59,7 +50,6 @@ def answer_logps(labels: Any, index: Any, count: int, *, hidden: Any = None, hea
     """(sum of log-probabilities, trained tokens) of each sequence's labels, from the final hidden states and
     the head (a chunk at a time, recomputed in the backward pass) or from whole logits."""
     import torch
-    from torch.utils.checkpoint import checkpoint
 
     targets = labels[:, 1:].reshape(-1)
     owner = index[:, 1:].reshape(-1)
@@ -69,10 +59,9 @@ def answer_logps(labels: Any, index: Any, count: int, *, hidden: Any = None, hea
         states = logits[:, :-1].reshape(-1, logits.shape[-1])[trained].float()
         token = torch.log_softmax(states, dim=-1).gather(-1, targets[:, None]).squeeze(-1)
     else:
-        states = hidden[:, :-1].reshape(-1, hidden.shape[-1])[trained]
-        pieces = [checkpoint(_chunk_logps, states[a:a + chunk], targets[a:a + chunk], head, softcap, use_reentrant=False)
-                  for a in range(0, targets.shape[0], chunk)]
-        token = torch.cat(pieces) if pieces else states.new_zeros(0, dtype=torch.float32)
+        from ft.train.loss import token_logps
+
+        token = token_logps(hidden[:, :-1].reshape(-1, hidden.shape[-1])[trained], targets, head, softcap, chunk)
     sums = token.new_zeros(count).index_add(0, owner, token)
     tokens = torch.bincount(owner, minlength=count).to(sums.dtype)
     return sums, tokens
@@ -147,7 +136,7 @@ def kto_loss(p: PreferenceConfig, policy: tuple[Any, Any], reference: tuple[Any,
     return losses.mean(), metrics
 
 
-class PreferenceTrainer(OwnLossTrainer):
+class PreferenceTrainer(MeanLossTrainer):
     """FtTrainer whose loss compares each pair's answers (module docstring). `reference_model`: a frozen copy
     for full fine-tuning; with an adapter the reference is the model with the adapter off."""
 
@@ -156,13 +145,9 @@ class PreferenceTrainer(OwnLossTrainer):
     reference_store: Any = None  # ft.train.reference.ReferenceStore when precompute_ref_log_probs
     logits_from_model = False  # the whole logits instead of the chunked head (FSDP, ZeRO-3: the head is gathered only inside the forward)
     metric_names = METRICS
-    reports_perplexity = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        # the loss is a mean over pairs: the Trainer averages micro batches over gradient accumulation
-        self.model_accepts_loss_kwargs = False
-        self._sums: dict[str, dict[str, float]] = {"train": {}, "eval": {}}
         self._precomputed: dict[str, Any] = {}
 
     def _answers(self, model: Any, inputs: dict[str, Any]) -> tuple[Any, Any]:
@@ -271,32 +256,4 @@ class PreferenceTrainer(OwnLossTrainer):
             loss, metrics = preference_loss(self.preference, self._answers(model, inputs), reference)
         self._keep(split, metrics)
         return (loss, {"loss": loss}) if return_outputs else loss
-
-    def _keep(self, split: str, metrics: dict[str, Any]) -> None:
-        """Sums and counts of each metric since the last log (a metric a batch has no value of, NaN, is not counted:
-        KTO's desirable rewards in a batch of undesirable answers)."""
-        sums = self._sums[split]
-        for name, value in metrics.items():
-            value = float(value)
-            if value == value:
-                sums[name] = sums.get(name, 0.0) + value
-                sums["#" + name] = sums.get("#" + name, 0.0) + 1
-        sums["_batches"] = sums.get("_batches", 0.0) + 1
-
-    def log(self, logs: dict[str, float], start_time: Optional[float] = None) -> None:
-        """The Trainer's log, with the means of the pair metrics since the last log (averaged over processes):
-        rewards of the chosen and rejected answers, their margin, the accuracy, the log-probabilities."""
-        split = "eval" if "eval_loss" in logs else "train" if "loss" in logs else None
-        if split is not None and self._sums[split].get("_batches"):
-            import torch
-
-            sums = self._sums[split]
-            pooled = torch.tensor([[sums.get(name, 0.0), sums.get("#" + name, 0.0)] for name in self.metric_names],
-                                  device=self.args.device)
-            pooled = self.accelerator.reduce(pooled, reduction="sum")  # the mean over every batch of every process
-            prefix = "eval_" if split == "eval" else ""
-            logs.update({prefix + name: round(float(total / count), 6) for name, (total, count) in zip(self.metric_names, pooled)
-                         if count > 0})
-            self._sums[split] = {}
-        super().log(logs, start_time)
 

@@ -68,7 +68,7 @@ class FtTrainer(Trainer):
     loraplus: Optional[tuple[float, Optional[float]]] = None  # LoRA+: (B's learning-rate ratio, embeddings' rate)
     initial_adapter: Optional[str] = None  # PiSSA / OLoRA: the adapter as it started (the final save converts)
     # ft's own cosine: (cosine_constant_lr_ratio or None, cosine_min_lr_ratio, lr_quadratic_warmup)
-    cosine_constant: Optional[tuple[Optional[float], float, bool]] = None
+    cosine_schedule: Optional[tuple[Optional[float], float, bool]] = None
 
     def create_optimizer(self, model: Any = None) -> Any:
         """The Trainer's optimizer; with LoRA+, its class and settings over PEFT's LoRA+ groups: the B matrices
@@ -104,7 +104,7 @@ class FtTrainer(Trainer):
 
             fill, self.after_sharding = self.after_sharding, None
             fill(self.model, isinstance(self.accelerator.state.fsdp_plugin.cpu_offload, CPUOffloadPolicy))
-        if self.cosine_constant is None or self.lr_scheduler is not None:
+        if self.cosine_schedule is None or self.lr_scheduler is not None:
             return super().create_scheduler(num_training_steps, optimizer)
         from functools import partial
 
@@ -112,7 +112,7 @@ class FtTrainer(Trainer):
 
         from ft.train.schedulers import cosine_then_constant
 
-        ratio, floor, quadratic = self.cosine_constant  # the cosine that stays at its floor from ratio × the steps on
+        ratio, floor, quadratic = self.cosine_schedule  # the cosine that stays at its floor from ratio × the steps on
         factor = partial(cosine_then_constant, warmup=self.args.get_warmup_steps(num_training_steps), total=num_training_steps,
                          constant_ratio=ratio, min_ratio=floor, quadratic=quadratic)
         self.lr_scheduler = LambdaLR(optimizer or self.optimizer, factor)
@@ -251,6 +251,48 @@ class OwnLossTrainer(FtTrainer):
         with torch.no_grad():
             loss = self.compute_loss(model, inputs)
         return loss.detach(), None, None
+
+
+class MeanLossTrainer(OwnLossTrainer):
+    """An OwnLossTrainer whose loss is a mean over its micro batch (the Trainer averages micro batches over
+    gradient accumulation) and no language model's cross-entropy (preference, EBFT, diffusion), logging the metrics
+    each batch hands `_keep`, averaged since the last log."""
+
+    metric_names: tuple[str, ...] = ()
+    reports_perplexity = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.model_accepts_loss_kwargs = False
+        self._sums: dict[str, dict[str, float]] = {"train": {}, "eval": {}}
+
+    def _keep(self, split: str, metrics: dict[str, Any]) -> None:
+        """Sums and counts of each metric since the last log (a metric a batch has no value of, NaN, is not counted:
+        KTO's desirable rewards in a batch of undesirable answers)."""
+        sums = self._sums[split]
+        for name, value in metrics.items():
+            value = float(value)
+            if value == value:
+                sums[name] = sums.get(name, 0.0) + value
+                sums["#" + name] = sums.get("#" + name, 0.0) + 1
+        sums["_batches"] = sums.get("_batches", 0.0) + 1
+
+    def log(self, logs: dict[str, float], start_time: Optional[float] = None) -> None:
+        """The Trainer's log, with the means of `metric_names` since the last log, over every batch of every
+        process."""
+        split = "eval" if "eval_loss" in logs else "train" if "loss" in logs else None
+        if split is not None and self._sums[split].get("_batches"):
+            import torch
+
+            sums = self._sums[split]
+            pooled = torch.tensor([[sums.get(name, 0.0), sums.get("#" + name, 0.0)] for name in self.metric_names],
+                                  device=self.args.device)
+            pooled = self.accelerator.reduce(pooled, reduction="sum")  # the mean over every batch of every process
+            prefix = "eval_" if split == "eval" else ""
+            logs.update({prefix + name: round(float(total / count), 6) for name, (total, count) in zip(self.metric_names, pooled)
+                         if count > 0})
+            self._sums[split] = {}
+        super().log(logs, start_time)
 
 
 def eval_words(summary: dict[str, Any]) -> str:
