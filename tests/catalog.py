@@ -119,7 +119,8 @@ CASES = [
     Case("activation offloading without checkpointing", BASE + "activation_offloading: true\n", ("turn on `gradient_checkpointing`",)),
     # distributed
     Case("deepspeed and fsdp", BASE + "deepspeed: {zero_optimization: {stage: 2}}\nfsdp: [full_shard]\n", ("`deepspeed` and `fsdp`",)),
-    Case("FSDP with an 8-bit base", BASE + "adapter: lora\nload_in_8bit: true\nfsdp: [full_shard]\n", ("FSDP cannot shard an 8-bit base",)),
+    Case("FSDP1 with an 8-bit base", BASE + "adapter: lora\nload_in_8bit: true\nfsdp: [full_shard]\nfsdp_config: {fsdp_version: 1}\n",
+         ("an 8-bit base under FSDP needs FSDP2",)),
     Case("a DeepSpeed file that is not there", BASE + "deepspeed: zero2.json\n", ("cfg.yml:10", "DeepSpeed file `zero2.json` not found")),
     Case("a misspelt DeepSpeed key", BASE + "deepspeed:\n  ZeRO_optimization: {stage: 1}\n",
          ("cfg.yml:10", "`ZeRO_optimization`", "DeepSpeed would ignore it", "did you mean `zero_optimization`")),

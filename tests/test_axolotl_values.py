@@ -122,6 +122,22 @@ def test_fsdp1_keys_without_a_version_mean_fsdp1_as_axolotl_reads_them(tmp_path:
     assert "is read only by FSDP1" in message
 
 
+@pytest.mark.parametrize("quantized", ["load_in_8bit: true\nadapter: lora\n",
+                                       "load_in_4bit: true\nadapter: qlora\nquantize_moe_experts: true\n"])
+def test_fsdp1_by_its_keys_runs_as_fsdp2_for_integer_weights_fsdp1_cannot_shard(quantized: str, tmp_path: Path):
+    """Axolotl's DBRX 8-bit and Llama 4 linearized-experts recipes: FSDP1 read from the keys, FSDP2 run, said;
+    FSDP1 asked for by name is refused, and other bases stay FSDP1."""
+    fsdp = "fsdp:\n  - full_shard\n  - auto_wrap\nfsdp_config:\n  fsdp_use_orig_params: false\n  fsdp_offload_params: true\n"
+    cfg, said = _load(tmp_path, BASE + quantized + fsdp)
+    f = cfg.distributed.fsdp_config
+    assert f.fsdp_version == 2 and f.fsdp_offload_params and f.fsdp_use_orig_params is None
+    assert any("runs as FSDP2" in s and "`fsdp_use_orig_params`" in s for s in said), said
+    message = _refused(tmp_path, BASE + quantized + fsdp + "fsdp_version: 1\n")
+    assert "needs FSDP2" in message, message
+    cfg, said = _load(tmp_path, BASE + "load_in_4bit: true\nadapter: qlora\n" + fsdp)
+    assert cfg.distributed.fsdp_config.fsdp_version == 1 and not any("FSDP2" in s for s in said)
+
+
 ROLE_ROWS = [{"messages": [{"role": "system", "content": "Be terse."}, {"role": "human", "content": "Say hi."},
                            {"role": "bot", "content": "hi"}]}]
 

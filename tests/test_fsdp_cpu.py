@@ -270,3 +270,38 @@ def test_fsdp2_fp8_with_float8_all_gather_trains_as_one_process(tmp_path: Path, 
     a, b = _losses(one / "out"), _losses(two / "out")
     assert len(a) == len(b) == 4 and all(abs(x - y) <= 1e-4 * abs(x) for x, y in zip(a, b)), (a, b)
     assert all(_record(two, r)["sharded"] for r in (0, 1))
+
+
+def test_fsdp2_lora_on_an_8bit_base_holds_the_integer_weights_whole_and_trains_as_one_process(tmp_path: Path,
+                                                                                                tiny_model_dir):
+    """load_in_8bit under FSDP2 (Axolotl's GLM-4.7-Flash recipe: 8-bit with quantize_moe_experts; DBRX's): the
+    LLM.int8 weights and the 8-bit experts, whose row scales are no parameter FSDP could shard with them, stay whole
+    on each process; every other parameter and LoRA's optimizer state are sharded; the run equals one process, and
+    resumes from a checkpoint (which holds the scales) to where it ended."""
+    folder = tiny_model_dir("qwen3_moe")
+    keys = {"adapter": "lora", "load_in_8bit": True, "quantize_moe_experts": True, "lora_r": 4, "lora_alpha": 8,
+            "lora_target_linear": True, **STEPS}
+    fsdp = {"fsdp_config": {"fsdp_version": 2, "fsdp_transformer_layer_cls_to_wrap": "Qwen3MoeDecoderLayer"}}
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir()
+    two.mkdir()
+    make_config(one, folder, micro_batch_size=4, **keys)
+    make_config(two, folder, micro_batch_size=2, **fsdp, **keys)
+    _run(one, 1, fsdp_cpu=False)
+    result = _run(two, 2)
+    assert "integer 8-bit weights held whole" in result.stderr and "FSDP2" in result.stderr, result.stderr[-3000:]
+    a, b = _losses(one / "out"), _losses(two / "out")
+    assert len(a) == len(b) == 4 and all(abs(x - y) <= 1e-3 * abs(x) for x, y in zip(a, b)), (a, b)
+    adapter = _weights(two / "out", "adapter_model.safetensors")
+    assert relative_difference(adapter, _weights(one / "out", "adapter_model.safetensors")) < 1e-2
+    whole, ranks = _record(one, 0), [_record(two, r) for r in (0, 1)]
+    int8 = (4 * whole["params"] - whole["param_bytes"]) // 3  # fp32 training: the one-byte elements
+    assert int8 > 0.2 * whole["params"], whole
+    for r in ranks:  # LoRA's optimizer state halves, and every parameter but the 8-bit ones, which stay whole
+        assert r["sharded"] and 0.45 * whole["optimizer_state"] <= r["optimizer_state"] <= 0.55 * whole["optimizer_state"]
+        assert abs(r["params"] - (int8 + (whole["params"] - int8) / 2)) <= 0.01 * whole["params"], (whole, r, int8)
+    again = _stopped_after_step_2(two)
+    make_config(again, folder, micro_batch_size=2, **fsdp, **keys)
+    result = _run(again, 2)
+    assert "resuming from" in result.stderr and "checkpoint-2" in result.stderr, result.stderr[-3000:]
+    assert relative_difference(_weights(again / "out", "adapter_model.safetensors"), adapter) < 1e-5

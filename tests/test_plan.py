@@ -70,6 +70,25 @@ def test_four_bit_weight_bytes_equal_a_model_loaded_in_4_bits(tmp_path: Path, ti
     assert abs(planned - stored) <= 0.01 * stored, (planned, stored)
 
 
+def test_an_8bit_base_under_fsdp_holds_its_integer_weights_whole_on_each_gpu(tmp_path: Path, tiny_model_dir):
+    """FSDP2 leaves LLM.int8 weights whole (ft.model.quantize.held_whole) and shards the rest: the plan's base on
+    each of 2 GPUs equals the bytes of a model loaded in 8 bits, integer weights whole and the others halved
+    (within 1%: the row scales are not counted)."""
+    from ft.commands.train import model_for_training
+    from ft.plan.estimate import estimate
+    from ft.plan.shapes import read_shape
+    from ft.tokenizer.load import load_tokenizer
+
+    cfg = make_config(tmp_path, tiny_model_dir("llama"), adapter="lora", load_in_8bit=True, bf16=True,
+                      lora_target_linear=True, fsdp=["full_shard", "auto_wrap"], fsdp_config={"fsdp_version": 2})
+    model, _, _ = model_for_training(cfg, load_tokenizer(cfg.model), "padded")
+    base = [p for n, p in model.named_parameters() if "lora_" not in n]
+    whole = sum(p.numel() for p in base if not p.is_floating_point())
+    per_gpu = whole + sum(p.numel() * p.element_size() for p in base if p.is_floating_point()) / 2
+    plan = estimate(cfg, read_shape(str(tiny_model_dir("llama"))), gpus=2)
+    assert whole > 0 and abs(plan.parts["base weights"] - per_gpu) <= 0.01 * per_gpu, (plan.parts, per_gpu)
+
+
 def _saved_bytes(forward, batch, model) -> int:
     """Bytes of the distinct storages a forward saves for the backward pass (weights excluded)."""
     params = {p.data_ptr() for p in model.parameters()}

@@ -56,11 +56,12 @@ def build_run(cfg: FtConfig, world: int) -> Run:
                         f"{cfg.distributed.dp_shard_size} processes or set dp_shard_size to {world}")
     from ft.model.sharded import shards_at_load
 
-    if cfg.quantization.quantize_moe_experts and sharding and not shards_at_load(
-            bool(cfg.distributed.fsdp), cfg.distributed.fsdp_config.fsdp_version, cfg.quantization.bits, world):
+    fsdp2 = bool(cfg.distributed.fsdp) and cfg.distributed.fsdp_config.fsdp_version == 2
+    if cfg.quantization.quantize_moe_experts and sharding and not (
+            shards_at_load(fsdp2, 2, cfg.quantization.bits, world) or (fsdp2 and cfg.quantization.bits == 8)):
         raise UserError(f"`quantize_moe_experts` is not supported with {sharding} yet (it would shard the packed bytes "
-                        "of each experts' weight apart from its scales); use FSDP2 with a 4-bit base, DeepSpeed ZeRO-1/2 "
-                        "or DDP, or remove it")
+                        "of each experts' weight apart from its scales); use FSDP2, DeepSpeed ZeRO-1/2 or DDP, or "
+                        "remove it")
     on_gpu = torch.cuda.is_available()
     pairs, reward, ebft = cfg.preference.trains_pairs, cfg.preference.reward_model, cfg.preference.rl == "ebft"
     if ebft and sharding:

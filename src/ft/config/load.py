@@ -236,6 +236,7 @@ def normalize(
     if empty:
         warn(f"{path}: left empty, so not set: {', '.join(f'`{k}`' for k in empty)}")
     _template_variables_of_trl(flat, path, warn)
+    _fsdp2_for_integer_weights(flat, path, warn)
     return flat, {name: key for name, key in written.items() if name != key}
 
 
@@ -250,6 +251,28 @@ def _template_variables_of_trl(flat: dict[str, Any], path: Path, warn: Any) -> N
     flat["chat_template_kwargs"] = inner
     warn(f"{path}: from Axolotl: `trl.chat_template_kwargs` → `chat_template_kwargs` (the tokenizer's chat template "
          "renders every prompt with them)")
+
+
+def _fsdp2_for_integer_weights(flat: dict[str, Any], path: Path, warn: Any) -> None:
+    """An fsdp_config that names no version but sets keys only FSDP1 reads is FSDP1 (Axolotl's reading, see
+    config/distributed.py); with an 8-bit base or quantized experts, which only FSDP2 runs (FSDP1 flattens each
+    unit's parameters into one buffer of one dtype, which integer weights and their scales cannot join), it is
+    FSDP2 instead, the FSDP1-only keys set aside (each says what FSDP2 does instead), said once."""
+    from ft.config.distributed import FSDP1_KEYS
+
+    settings = flat.get("fsdp_config")
+    if not isinstance(settings, dict) or not (flat.get("load_in_8bit") or flat.get("quantize_moe_experts")):
+        return
+    named = {(k if str(k).startswith("fsdp_") else f"fsdp_{k}"): k for k in settings}
+    fsdp1 = [written for name, written in named.items() if name in FSDP1_KEYS and settings[written] is not None]
+    if "fsdp_version" in named or not fsdp1:
+        return
+    for key in fsdp1:
+        settings.pop(key)
+    what = "an 8-bit base" if flat.get("load_in_8bit") else "quantized experts (`quantize_moe_experts`)"
+    warn(f"{path}: from Axolotl: this fsdp_config (FSDP1, by its keys {', '.join(f'`{k}`' for k in fsdp1)}) runs as "
+         f"FSDP2: FSDP1 cannot shard {what}; FSDP2 does what those keys ask on its own")
+    settings["fsdp_version"] = 2
 
 
 def _dataset_entry(entry: Any, path: Path, lines: dict[Path_, int], origins: dict[str, str], loc: Path_, warn: Any) -> Any:

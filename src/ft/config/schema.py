@@ -142,8 +142,9 @@ def contradictions(cfg: FtConfig) -> list[Contradiction]:
             "[full_shard, auto_wrap]) with fsdp_config")
     if d.deepspeed and d.fsdp:
         add("fsdp", "`deepspeed` and `fsdp` are both set; use one of them")
-    if d.fsdp and q.load_in_8bit:
-        add("load_in_8bit", "FSDP cannot shard an 8-bit base; use `load_in_4bit: true` with `adapter: qlora`")
+    if d.fsdp and q.load_in_8bit and d.fsdp_config.fsdp_version != 2:
+        add("load_in_8bit", "an 8-bit base under FSDP needs FSDP2 (`fsdp_config.fsdp_version: 2`), which holds its "
+            "integer weights whole on each process and shards the rest; or use `load_in_4bit: true` with `adapter: qlora`")
     if d.fsdp and q.load_in_4bit and q.bnb_4bit_quant_storage == "uint8":
         add("bnb_4bit_quant_storage", "4-bit weights stored as uint8 are sharded by FSDP as if they were numbers (loss 0 "
             "or NaN, accelerate#3983): remove `bnb_4bit_quant_storage` (under FSDP ft stores them in the training dtype)")

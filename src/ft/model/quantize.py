@@ -62,3 +62,16 @@ def guard_cpu_4bit(model: Any) -> int:
     if changed:
         log.info("4-bit layers: AVX512-BF16 CPU path turned off on %d layers (bitsandbytes repacking bug)", changed)
     return changed
+
+
+def held_whole(model: Any) -> list[Any]:
+    """The modules FSDP2 must leave whole on every process: those holding a frozen integer weight (an 8-bit base's
+    LLM.int8 rows, quantize_moe_experts' 8-bit experts). FSDP shards a parameter as numbers, apart from the scales
+    bitsandbytes keeps beside it (the weight's SCB, the experts' row statistics), which a shard cannot be read back
+    with; ignored by FSDP, they stay on each process's device as loaded, and only the rest is sharded."""
+    held = []
+    for module in model.modules():
+        own = [p for p in module.parameters(recurse=False)]
+        if any(not p.requires_grad and not p.is_floating_point() and not p.is_complex() for p in own):
+            held.append(module)
+    return held

@@ -99,20 +99,24 @@ def estimate(cfg: Any, shape: Shape, gpus: int = 1, longest_batch: Optional[int]
 
     # sharding
     stage = _stage(d, gpus)
-    unit = 0
+    unit = held = 0
     if stage >= 1:
         states //= gpus
     if stage >= 2:
         grads //= gpus
     if stage >= 3:
-        unit = (base + trainable_bytes) // max(shape.layers, 1)  # one decoder layer gathered at a time
-        base //= gpus
+        held = shape.linear_params() if q.bits == 8 else 0  # LLM.int8 weights: whole on each GPU (FSDP2 ignores them)
+        unit = (base - held + trainable_bytes) // max(shape.layers, 1)  # one decoder layer gathered at a time
+        base = held + (base - held) // gpus
         trainable_bytes //= gpus
+        if held:
+            plan.notes.append("load_in_8bit under FSDP: the 8-bit weights are whole on each GPU; the rest is sharded")
     offload = bool(d.fsdp and d.fsdp_config.fsdp_offload_params and gpus > 1)
     if offload:
-        plan.host["offloaded parameters, gradients, optimizer states"] = base + trainable_bytes + grads + states
+        plan.host["offloaded parameters, gradients, optimizer states"] = base - held + trainable_bytes + grads + states
         plan.notes.append("fsdp_offload_params: the shards live in CPU memory; each GPU holds the unit in flight")
-        base = trainable_bytes = grads = states = 0
+        base = held
+        trainable_bytes = grads = states = 0
         unit *= 2  # the unit in flight and the next one, prefetched
     plan.parts["base weights"] = base
     plan.parts["trainable weights (fp32)" if a.adapter else "master weights"] = trainable_bytes

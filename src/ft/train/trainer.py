@@ -70,6 +70,28 @@ class FtTrainer(Trainer):
     # ft's own cosine: (cosine_constant_lr_ratio or None, cosine_min_lr_ratio, lr_quadratic_warmup)
     cosine_schedule: Optional[tuple[Optional[float], float, bool]] = None
 
+    def create_accelerator_and_postprocess(self) -> None:
+        """The Trainer's accelerator; under FSDP2 the modules of an 8-bit base's integer weights are left out of
+        the sharding, whole on every process (ft.model.quantize.held_whole)."""
+        super().create_accelerator_and_postprocess()
+        plugin = getattr(self.accelerator.state, "fsdp_plugin", None)
+        if plugin is not None and plugin.fsdp_version == 2:
+            from ft.model.quantize import held_whole
+
+            held = held_whole(self.model)
+            for module in held:  # torch's distributed state dict saves and loads a module's parameters and buffers;
+                # bitsandbytes writes the weight's row scales and their format beside them, as neither: made buffers
+                # (the scales' own tensor), so that a checkpoint writes them and resuming reads them back in place
+                if getattr(getattr(module, "weight", None), "SCB", None) is not None and "SCB" not in module._buffers:
+                    import torch
+
+                    module.register_buffer("SCB", module.weight.SCB)
+                    module.register_buffer("weight_format", torch.tensor(0, dtype=torch.uint8))
+            if held:
+                plugin.ignored_modules = held
+                log.info("FSDP2: %d modules of integer 8-bit weights held whole by each process (not sharded)",
+                         len(held))
+
     def create_optimizer(self, model: Any = None) -> Any:
         """The Trainer's optimizer; with LoRA+, its class and settings over PEFT's LoRA+ groups: the B matrices
         (and the adapter's vectors) at ratio × learning_rate, the A matrices at learning_rate."""
