@@ -201,6 +201,13 @@ def build_run(cfg: FtConfig, world: int) -> Run:
         from ft.train.callbacks import FakeQuantizationFrom
 
         trainer.add_callback(FakeQuantizationFrom(cfg.quantization.qat.fake_quant_after_n_steps))
+    if t.llmcompressor:
+        from ft.train.sparsity import KeepZeros
+
+        trainer.add_callback(KeepZeros(model, t.llmcompressor))
+        if t.llmcompressor.save_compressed:
+            log.warning("llmcompressor: save_compressed ignored: ft writes the trained weights dense (their zeros kept), "
+                        "not in compressed-tensors' sparse format")
     if t.lisa_n_layers:
         from ft.train.callbacks import LisaLayers
 

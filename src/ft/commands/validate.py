@@ -65,6 +65,10 @@ def derived(cfg: FtConfig, world_size: int = 1) -> dict[str, str]:
         out["fp8"] = "float8 matmuls in every linear layer but the first and last (torchao)" + (
             "; ignored: fp8_enable_fsdp_float8_all_gather (weights gathered in the training dtype)"
             if q.fp8_enable_fsdp_float8_all_gather else "")
+    if t.llmcompressor:
+        from ft.config.sparsity import describe
+
+        out["sparsity"] = describe(t.llmcompressor)
     if q.use_onebitllms:
         out["bitnet"] = "BitNet b1.58: ternary weights and 8-bit inputs in every linear layer but the head"
     if cfg.preference.process_reward_model:

@@ -274,7 +274,6 @@ KEYS: dict[str, Answer] = {
     "recipe": _refused("Axolotl recipes"),
     "mora": _refused("MoRA"),
     "hatchery": _refused("Hatchery"),
-    "llmcompressor": _refused("LLM Compressor sparsity"),
     "dense_mixer": _refused("DenseMixer"),
     "vllm": _noop("a vLLM server for generation", "ft samples with the trained model in the training process (rl: ebft)"),
     "rpo_alpha": _refused("RPO"),
@@ -308,7 +307,8 @@ PLUGINS: dict[str, Answer] = {
                                   "the trained model itself when `lm_eval_tasks` is set"),
     "spectrum.SpectrumPlugin": _refused("Spectrum (layer selection by signal-to-noise)"),
     "grokfast.GrokfastPlugin": _refused("Grokfast"),
-    "llm_compressor.LLMCompressorPlugin": _refused("LLM Compressor sparsity"),
+    "llm_compressor.LLMCompressorPlugin": _noop("LLM Compressor sparse fine-tuning", "ft keeps a sparse model's "
+                                                "zeros itself when `llmcompressor:` is set"),
     "densemixer.DenseMixerPlugin": _refused("DenseMixer"),
     "diffusion.DiffusionPlugin": Answer(MAPPED, "diffusion language-model training (LLaDA)", (),
                                         lambda _: {"diffusion": {}}),
@@ -380,7 +380,7 @@ kd_online_server_base_url kd_online_timeout kd_online_topk kd_temperature_min kd
  large_head_attention layer_offloading liger_cross_entropy liger_fused_linear_cross_entropy
 liger_glu_activation liger_layer_norm liger_rms_norm liger_rms_norm_gated liger_rope liger_swiglu
 liger_use_token_scaling llama4_linearized_experts
-llmcompressor lm_eval_model local_rank lora_alpha_pattern
+lm_eval_model local_rank lora_alpha_pattern
 lora_embedding_kernel lora_mlp_kernel lora_o_kernel lora_on_cpu lora_qkv_kernel lora_rank_pattern low_cpu_mem_usage
 lr_div_factor lr_groups  lr_scheduler_kwargs max_memory max_prompt_len mean_resizing_embeddings
 merge_lora merge_method  mlflow_experiment_name mlflow_run_name mlflow_tracking_uri model_kwargs

@@ -15,6 +15,7 @@ from ft.config.load import ALIASES, SECTION_KEYS
 from ft.config.diffusion import DiffusionSettings
 from ft.config.model import QatOptions, SpecialTokens
 from ft.config.online import EbftSettings, GenerationKwargs, TrlSettings
+from ft.config.sparsity import KeptZeros, LlmCompressor
 from ft.config.training import AcceleratorSettings, GradientAccumulationSettings
 from ft.config.schema import FtConfig
 
@@ -30,6 +31,8 @@ NESTED = {
     "trl: generation_kwargs:": GenerationKwargs,
     "diffusion:": DiffusionSettings,
     "accelerator_config:": AcceleratorSettings,
+    "llmcompressor:": LlmCompressor,
+    "llmcompressor: recipe: ConstantPruningModifier:": KeptZeros,
     "accelerator_config: gradient_accumulation_kwargs:": GradientAccumulationSettings,
 }
 

@@ -151,6 +151,12 @@ def contradictions(cfg: FtConfig) -> list[Contradiction]:
     fsdp1_only = [o for o in d.fsdp if o in ("hybrid_shard", "hybrid_shard_zero2", "no_shard")]
     if fsdp1_only and d.fsdp_config.fsdp_version == 2:
         add("fsdp", f"`fsdp: {fsdp1_only[0]}` needs `fsdp_config.fsdp_version: 1`; FSDP2 shards full_shard or shard_grad_op")
+    if t.llmcompressor and (a.adapter or q.bits or d.backend):
+        what = (f"`adapter: {a.adapter}` trains a dense update beside them" if a.adapter else
+                f"`load_in_{q.bits}bit` freezes them" if q.bits else f"`{d.backend}` updates its own shards of them, "
+                "which ft does not mask")
+        add("llmcompressor", f"`llmcompressor` keeps a sparse model's zeros as its weights train (full fine-tuning on "
+            f"one process or DDP), and {what}; remove one of them")
     if t.save_steps and t.saves_per_epoch:
         add("saves_per_epoch", "`save_steps` and `saves_per_epoch` are both set; keep one")
     if t.save_strategy != "steps" and (t.save_steps or t.saves_per_epoch):

@@ -8,6 +8,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from ft.config.base import Contradiction, Section
 from ft.config.context import canonical
+from ft.config.sparsity import LlmCompressor
 
 
 class GradientAccumulationSettings(Section):
@@ -61,6 +62,9 @@ class TrainingConfig(Section):
     accelerator_config: Optional[AcceleratorSettings] = Field(
         None, description="accelerate's settings for the Trainer: gradient_accumulation_kwargs.sync_each_batch, "
         "non_blocking (Axolotl's key).")
+    llmcompressor: Optional[LlmCompressor] = Field(
+        None, description="Fine-tune a sparse model keeping its zeros (LLM Compressor's recipe: its "
+        "ConstantPruningModifier targets, start, end); full fine-tuning.")
     lr_scheduler: str = Field("cosine", description="Learning-rate schedule after warmup.")
     cosine_min_lr_ratio: Optional[float] = Field(
         None, ge=0, le=1, description="With the cosine schedule: decay to this share of learning_rate instead of 0 "
