@@ -138,6 +138,17 @@ def test_fsdp1_by_its_keys_runs_as_fsdp2_for_integer_weights_fsdp1_cannot_shard(
     assert cfg.distributed.fsdp_config.fsdp_version == 1 and not any("FSDP2" in s for s in said)
 
 
+def test_ray_workers_are_processes_ft_launches(tmp_path: Path):
+    """Axolotl's lora-1b-ray: `use_ray` with `ray_num_workers` → `num_processes` (tests/test_launch.py runs it);
+    Ray's keys without use_ray are ignored; workers of other than one GPU are refused."""
+    cfg, said = _load(tmp_path, BASE + "use_ray: true\nray_num_workers: 4\nresources_per_worker: {GPU: 1}\n"
+                      "ray_run_name: run\n")
+    assert cfg.distributed.num_processes == 4 and any("`num_processes: 4`" in s for s in said), said
+    cfg, said = _load(tmp_path, BASE + "use_ray: false\nray_num_workers: 4\n")
+    assert cfg.distributed.num_processes is None and any("`ray_num_workers` ignored" in s for s in said), said
+    assert "one GPU" in _refused(tmp_path, BASE + "use_ray: true\nresources_per_worker: {GPU: 2}\n")
+
+
 ROLE_ROWS = [{"messages": [{"role": "system", "content": "Be terse."}, {"role": "human", "content": "Say hi."},
                            {"role": "bot", "content": "hi"}]}]
 

@@ -45,14 +45,16 @@ def _adapter(out: Path) -> dict:
 
 def test_two_processes_train_as_one_with_the_same_global_batch(tmp_path: Path, tiny_model_dir):
     """1 process × micro batch 4 against 2 processes × micro batch 2: the same rows per step (accelerate gives
-    rank r every r-th batch of the one sampler), the loss averaged over both ranks' tokens."""
+    rank r every r-th batch of the one sampler), the loss averaged over both ranks' tokens. The two processes are
+    asked for as Axolotl's Ray example asks (`use_ray: true`, `ray_num_workers: 2`: ft's `num_processes`), so a
+    plain `ft train cfg.yml` launches them."""
     keys = dict(max_steps=4, learning_rate=0.01, optimizer="adamw_torch", **LORA)
     (tmp_path / "one").mkdir()
     (tmp_path / "two").mkdir()
     make_config(tmp_path / "one", tiny_model_dir("llama"), micro_batch_size=4, **keys)
-    make_config(tmp_path / "two", tiny_model_dir("llama"), micro_batch_size=2, **keys)
+    make_config(tmp_path / "two", tiny_model_dir("llama"), micro_batch_size=2, use_ray=True, ray_num_workers=2, **keys)
     one = ft_launch(tmp_path / "one")
-    two = ft_launch(tmp_path / "two", "--num-processes", "2")
+    two = ft_launch(tmp_path / "two")
     assert one.returncode == 0, one.stderr[-3000:]
     assert two.returncode == 0, two.stderr[-3000:]
     assert "distributed: 2 processes, DDP" in two.stderr and "launching 2 processes" in two.stderr

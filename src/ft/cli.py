@@ -72,7 +72,8 @@ def validate(ctx: typer.Context, config: Path = CONFIG_ARG, set_: Optional[List[
     from ft.launch.backend import world_size
 
     cfg = load(config, ctx, set_)
-    typer.echo(describe(cfg, world_size=world_size()))
+    launched = "WORLD_SIZE" in os.environ
+    typer.echo(describe(cfg, world_size=world_size() if launched else cfg.distributed.num_processes or 1))
 
 
 @app.command(context_settings=OVERRIDES, help="Fine-tune the model the config describes; --num-processes N runs it on N "
@@ -88,6 +89,8 @@ def train(
     main_process_port: Optional[int] = typer.Option(None, help="A free port on the main machine (default 29500)."),
 ) -> None:
     cfg = load(config, ctx, set_)  # a config mistake is said once, here, before any process starts
+    if num_processes is None and cfg.distributed.num_processes and cfg.distributed.num_processes > 1:
+        num_processes = cfg.distributed.num_processes
     if num_processes is not None and "WORLD_SIZE" not in os.environ:
         from ft.launch.processes import Layout, launch
 

@@ -30,6 +30,9 @@ def derived(cfg: FtConfig, world_size: int = 1) -> dict[str, str]:
         out["method"] = "full fine-tuning"
     if d.backend and world_size == 1:
         out["distributed"] = f"{d.backend}; run with `accelerate launch -m ft train ...` (batch size × processes)"
+    elif world_size > 1:
+        out["distributed"] = f"{d.backend or 'DDP'} on {world_size} processes" + (
+            " (num_processes: `ft train` launches them)" if d.num_processes == world_size else "")
     else:
         out["distributed"] = d.backend or "none"
     p = cfg.preference

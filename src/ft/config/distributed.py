@@ -87,6 +87,10 @@ class DistributedConfig(Section):
     dp_shard_size: Optional[int] = Field(
         None, ge=1, description="FSDP: the processes each weight is sharded over (Axolotl's N-D parallelism key). ft "
         "shards over every process, so it must equal their number (checked at the start).")
+    num_processes: Optional[int] = Field(
+        None, ge=1, description="Processes `ft train` launches on this machine when the command line gives no "
+        "--num-processes (Axolotl's `ray_num_workers` with `use_ray`). Launched by accelerate or torchrun, their "
+        "count rules.")
     ddp_timeout: Optional[int] = Field(None, ge=1, description="Seconds before a collective times out.")
     ddp_find_unused_parameters: Optional[bool] = Field(None, description="DDP: search for unused parameters.")
 

@@ -203,6 +203,7 @@ def normalize(
     for block in NESTED_FLAT:
         if block in raw and isinstance(raw[block], dict):
             items = [(k, v) for k, v in items if k != block] + [(k, v) for k, v in raw[block].items()]
+    items = _ray_workers(items, path, warn)
     empty: list[str] = []
     for key, value in items:
         where = _where(path, lines, origins, (key,))
@@ -238,6 +239,24 @@ def normalize(
     _template_variables_of_trl(flat, path, warn)
     _fsdp2_for_integer_weights(flat, path, warn)
     return flat, {name: key for name, key in written.items() if name != key}
+
+
+def _ray_workers(items: list[tuple[Any, Any]], path: Path, warn: Any) -> list[tuple[Any, Any]]:
+    """Axolotl's `use_ray: true` trains on `ray_num_workers` Ray workers of one GPU each: ft launches that many
+    processes itself (`num_processes`), on this machine; said once. Without it the Ray keys are ignored."""
+    given = dict(items)
+    if given.get("use_ray") is not True:
+        return items
+    resources = given.get("resources_per_worker")
+    if resources not in (None, {}, {"GPU": 1}, {"gpu": 1}):
+        raise ConfigError(f"{path}: Axolotl's `resources_per_worker: {resources}` (Ray workers of other than one GPU) "
+                          "is not supported by ft; ft runs one process per GPU: remove it")
+    workers = given.get("ray_num_workers") or 1
+    ray = ("use_ray", "ray_num_workers", "resources_per_worker", "ray_run_name")
+    warn(f"{path}: from Axolotl: `use_ray: true` with `ray_num_workers: {workers}` → `num_processes: {workers}`: ft "
+         "launches that many processes on this machine itself, no Ray cluster (several machines: ft train "
+         "--num-machines)")
+    return [(k, v) for k, v in items if k not in ray] + [("num_processes", workers)]
 
 
 def _template_variables_of_trl(flat: dict[str, Any], path: Path, warn: Any) -> None:
