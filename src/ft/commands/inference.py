@@ -28,7 +28,7 @@ def load_for_inference(cfg: FtConfig, base_only: bool = False) -> tuple[Any, Any
                           "AutoModelForSequenceClassification (after `ft merge-lora` for an adapter)")
     if base_only:
         source, adapter = m.base_model, None
-    elif cfg.adapter.adapter:
+    elif cfg.adapter.adapter and not cfg.adapter.relora:  # ReLoRA writes the whole model
         source, adapter = m.base_model, Path(cfg.adapter.lora_model_dir or out)
     elif (out / "config.json").is_file():
         source, adapter = str(out), None  # a full fine-tune saved its model there

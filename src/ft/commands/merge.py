@@ -16,6 +16,11 @@ def run_merge(cfg: FtConfig, merged_dir: Optional[str]) -> Path:
     from ft.launch.backend import keep_caches_in
 
     keep_caches_in(cfg.training.output_dir)
+    if cfg.adapter.relora and not cfg.adapter.lora_model_dir:
+        from ft.errors import ConfigError
+
+        raise ConfigError(f"this run trains with ReLoRA, which merges LoRA itself and writes the whole model to "
+                          f"{cfg.training.output_dir}: nothing to merge (it loads as any model)")
     from ft.model.merge import merge_lora
 
     out_dir = Path(cfg.training.output_dir)

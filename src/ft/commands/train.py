@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ft.commands.preprocess import prepare_data
@@ -201,6 +202,15 @@ def build_run(cfg: FtConfig, world: int) -> Run:
         from ft.train.callbacks import FakeQuantizationFrom
 
         trainer.add_callback(FakeQuantizationFrom(cfg.quantization.qat.fake_quant_after_n_steps))
+    if t.jagged_restart_steps:
+        trainer.jagged_restarts = (t.jagged_restart_steps, t.jagged_restart_warmup_steps or 10,
+                                   t.jagged_restart_anneal_steps or 1, t.cosine_min_lr_ratio or 0.001)
+    if cfg.adapter.relora:
+        from ft.train.relora import ReLoRA
+
+        trainer.relora = ReLoRA(model, t.jagged_restart_steps, t.seed, cfg.adapter.relora_prune_method,
+                                cfg.adapter.relora_prune_ratio)
+        trainer.add_callback(trainer.relora)
     if t.llmcompressor:
         from ft.train.sparsity import KeepZeros
 
@@ -466,6 +476,8 @@ def run_train(cfg: FtConfig) -> dict[str, Any]:
         else:
             if checkpoint:
                 log.info("resuming from %s", checkpoint)
+                if run.trainer.relora is not None:
+                    run.trainer.relora.resume_from = Path(checkpoint)
             result = run.trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         stop.raise_if_stopped(run.trainer.state.global_step, t.output_dir)
         # save

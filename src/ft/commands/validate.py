@@ -26,6 +26,9 @@ def derived(cfg: FtConfig, world_size: int = 1) -> dict[str, str]:
                               f" ({lq.loftq_iter} iteration{'s' if lq.loftq_iter > 1 else ''})")
         elif a.peft_init_lora_weights:
             out["method"] += f", {a.peft_init_lora_weights} start"
+        if a.relora:
+            out["method"] += (f"; ReLoRA: merged and restarted every {t.jagged_restart_steps} steps, the whole model "
+                              "written at the end" + ("; ignored: relora_cpu_offload" if a.relora_cpu_offload else ""))
     else:
         out["method"] = "full fine-tuning"
     if d.backend and world_size == 1:

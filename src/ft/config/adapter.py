@@ -56,6 +56,18 @@ class AdapterConfig(Section):
         "vectors (Meng et al.), olora: from its QR decomposition; both take that part out of the base weight, and "
         "the adapter ft saves is converted (rank 2r) so that it applies to the original base (Axolotl's key).")
     peft: PeftOptions = Field(default_factory=PeftOptions, description="PEFT settings under `peft:` (LoftQ).")
+    relora: bool = Field(False, description="ReLoRA (Lialin et al.): every `jagged_restart_steps` steps LoRA is merged "
+                         "into the base, started afresh and most of its optimizer state pruned, so the run trains a "
+                         "sum of low-rank updates; it writes a whole model (docs/methods.md).")
+    relora_prune_ratio: Optional[float] = Field(
+        None, ge=0, le=1, description="ReLoRA: the share of LoRA's optimizer state zeroed at each restart (default "
+        "0.9; 0.999 with relora_prune_method: reset).")
+    relora_prune_method: Literal["magnitude", "random", "reset"] = Field(
+        "magnitude", description="ReLoRA: which optimizer state is zeroed: the smallest (magnitude), a random share "
+        "(random), nearly all (reset: random at 0.999 unless relora_prune_ratio says).")
+    relora_cpu_offload: Optional[bool] = Field(
+        None, description="Axolotl merges on the CPU with it; ft merges where the weights are (a 4-bit base's 16-bit "
+        "copy is kept in CPU memory either way).")
     bottleneck_size: int = Field(64, ge=1, description="bottleneck: the width each adapter projects down to.")
     bottleneck_activation: Literal["relu", "gelu", "silu", "tanh"] = Field(
         "relu", description="bottleneck: the nonlinearity between the two projections.")

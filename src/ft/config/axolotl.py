@@ -94,8 +94,6 @@ GROUPS: tuple[tuple[str, Answer], ...] = (
     ("ddp_", _noop("DDP settings", "ft sets DDP up itself (no search for unused weights under LoRA)")),
     ("kd_", _refused("this setting of Axolotl's kd plugin (ft distills from `teacher_model`)")),
     ("qgalore_", _refused("Q-GaLore")),
-    ("relora", _refused("ReLoRA")),
-    ("jagged_restart", _refused("jagged learning-rate restarts")),
     ("dion_", _refused("the Dion optimizer")),
     ("grokfast_", _refused("Grokfast")),
     ("spectrum_", _refused("Spectrum (layer selection by signal-to-noise)")),
@@ -376,7 +374,7 @@ gradio_max_new_tokens gradio_server_name gradio_server_port gradio_share gradio_
 grokfast_alpha grokfast_lamb hatchery heads_k_stride hf_mlflow_log_artifacts hf_use_auth_token hub_model_id
 hub_revision hub_strategy image_resize_algorithm image_size include_tkps include_tokens_per_second
 is_falcon_derived_model is_llama_derived_model is_mistral_derived_model is_preprocess is_qwen_derived_model
-jagged_restart_anneal_steps jagged_restart_steps jagged_restart_warmup_steps kd_normalize_topk kd_online_server
+kd_normalize_topk kd_online_server
 kd_online_server_base_url kd_online_timeout kd_online_topk kd_temperature_min kd_trainer 
  large_head_attention layer_offloading liger_cross_entropy liger_fused_linear_cross_entropy
 liger_glu_activation liger_layer_norm liger_rms_norm liger_rms_norm_gated liger_rope liger_swiglu
@@ -398,7 +396,7 @@ pretraining_dataset pretraining_sample_concatenation  processor_kwargs processor
 profiler_steps profiler_steps_start push_dataset_to_hub qgalore_cos_threshold qgalore_gamma_proj
 qgalore_proj_bits qgalore_proj_group_size qgalore_proj_quant qgalore_proj_type qgalore_queue_size qgalore_rank
 qgalore_scale qgalore_update_proj_gap qlora_sharded_model_loading quantization ray_num_workers
-ray_run_name recipe relora relora_cpu_offload relora_prune_method relora_prune_ratio
+ray_run_name recipe
 remove_unused_columns resources_per_worker ring_attn_func role_boundaries rope_scaling rpo_alpha
 s2_attention sage_attention sample_packing_bin_size sample_packing_eff_est sample_packing_group_size
 sample_packing_mp_start_method sample_packing_sequentially save_compressed save_first_step

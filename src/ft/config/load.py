@@ -35,7 +35,10 @@ NULLABLE = frozenset(
 
 # Other spellings of a key → its ft name.
 ALIASES = {"sequence_length": "sequence_len", "max_seq_length": "sequence_len", "max_packed_sequence_len": "sequence_len",
-           "model_config": "model_config_overrides", "evaluation_strategy": "eval_strategy"}
+           "model_config": "model_config_overrides", "evaluation_strategy": "eval_strategy",
+           # ReLoRA's keys before Axolotl named them jagged restarts
+           "relora_steps": "jagged_restart_steps", "relora_warmup_steps": "jagged_restart_warmup_steps",
+           "relora_anneal_steps": "jagged_restart_anneal_steps"}
 # Axolotl's pure-precision keys refine ft's mixed-precision ones: `bf16: true` with `bfloat16: true` is pure bf16.
 REFINES = ("bfloat16", "float16")
 # Keys found in Axolotl configs that ft accepts and ignores, with the reason shown as a warning.
@@ -43,7 +46,6 @@ IGNORED = {"strict": "ft always rejects unknown keys", "debug": "use `ft --debug
 # Keys of the peers that ft does not offer yet, beyond Axolotl's vocabulary (config/axolotl.py answers those):
 # said so, instead of a did-you-mean to an unrelated key.
 NOT_SUPPORTED_YET = {
-    "relora_steps": "ReLoRA is not supported yet",
     "unsloth_lora_mlp": "Unsloth's kernels are not part of ft",
 }
 # Keys that are no one's schema key but are seen in the wild (Axolotl's examples hold them; Axolotl ignores them):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
 
@@ -151,6 +152,11 @@ def contradictions(cfg: FtConfig) -> list[Contradiction]:
     fsdp1_only = [o for o in d.fsdp if o in ("hybrid_shard", "hybrid_shard_zero2", "no_shard")]
     if fsdp1_only and d.fsdp_config.fsdp_version == 2:
         add("fsdp", f"`fsdp: {fsdp1_only[0]}` needs `fsdp_config.fsdp_version: 1`; FSDP2 shards full_shard or shard_grad_op")
+    if a.relora:
+        _relora(cfg, add)
+    elif t.jagged_restart_steps is None and (t.jagged_restart_warmup_steps or t.jagged_restart_anneal_steps):
+        key = "jagged_restart_warmup_steps" if t.jagged_restart_warmup_steps else "jagged_restart_anneal_steps"
+        add(key, f"`{key}` shapes each jagged restart: set `jagged_restart_steps` (their period)")
     if t.llmcompressor and (a.adapter or q.bits or d.backend):
         what = (f"`adapter: {a.adapter}` trains a dense update beside them" if a.adapter else
                 f"`load_in_{q.bits}bit` freezes them" if q.bits else f"`{d.backend}` updates its own shards of them, "
@@ -254,6 +260,33 @@ def contradictions(cfg: FtConfig) -> list[Contradiction]:
         add("early_stopping_patience", "early stopping needs evaluation data: set `val_set_size` or `test_datasets`")
     return found
 
+
+
+RELORA_OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adamw_bnb_8bit", "paged_adamw_8bit", "paged_adamw_32bit")
+
+
+def _relora(cfg: Any, add: Any) -> None:
+    """ReLoRA merges plain LoRA into the weights it sits on and prunes Adam's moments, on one process or DDP."""
+    a, q, t, d = cfg.adapter, cfg.quantization, cfg.training, cfg.distributed
+    if a.adapter not in ("lora", "qlora"):
+        add("relora", f"ReLoRA merges LoRA into the base and starts it again: set `adapter: lora` or `qlora`"
+            + (f" (this run has `adapter: {a.adapter}`)" if a.adapter else ""))
+    elif not t.jagged_restart_steps:
+        add("relora", "ReLoRA restarts every `jagged_restart_steps` steps: set it (e.g. 150)")
+    elif d.backend:
+        add("relora", f"ReLoRA is not supported with {d.backend} (each restart merges into weights that are whole on "
+            "every process); use DDP or one process")
+    elif q.bits == 8 or q.quantize_moe_experts or a.lora_target_parameters:
+        what = ("an 8-bit base" if q.bits == 8 else "quantized experts" if q.quantize_moe_experts
+                else "`lora_target_parameters`")
+        add("relora", f"ReLoRA with {what} is not supported yet; use a 16-bit or 4-bit base and linear targets")
+    elif a.peft_use_dora or a.peft_init_lora_weights or a.peft.loftq_config or a.lora_model_dir:
+        what = ("`peft_use_dora`" if a.peft_use_dora else f"`peft_init_lora_weights: {a.peft_init_lora_weights}`"
+                if a.peft_init_lora_weights else "LoftQ" if a.peft.loftq_config else "`lora_model_dir`")
+        add("relora", f"ReLoRA restarts plain LoRA from A random and B zero, and {what} starts it otherwise; remove one")
+    elif t.optimizer not in RELORA_OPTIMIZERS:
+        add("relora", f"ReLoRA prunes Adam's moments at each restart, and `optimizer: {t.optimizer}` has others; use "
+            + ", ".join(RELORA_OPTIMIZERS))
 
 def step_contradictions(cfg: FtConfig) -> list[Contradiction]:
     """A process reward model reads `stepwise_supervised` rows, and only it does."""

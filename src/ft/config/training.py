@@ -66,6 +66,14 @@ class TrainingConfig(Section):
         None, description="Fine-tune a sparse model keeping its zeros (LLM Compressor's recipe: its "
         "ConstantPruningModifier targets, start, end); full fine-tuning.")
     lr_scheduler: str = Field("cosine", description="Learning-rate schedule after warmup.")
+    jagged_restart_steps: Optional[int] = Field(
+        None, ge=2, description="Jagged restarts (with ReLoRA its restart period): every this many steps the learning "
+        "rate warms up again from near 0, over the schedule's own value.")
+    jagged_restart_warmup_steps: Optional[int] = Field(
+        None, ge=1, description="Jagged restarts: the warmup after each restart (default 10).")
+    jagged_restart_anneal_steps: Optional[int] = Field(
+        None, ge=1, description="Jagged restarts: the steps before each restart over which the rate falls to near 0 "
+        "(default 1).")
     cosine_min_lr_ratio: Optional[float] = Field(
         None, ge=0, le=1, description="With the cosine schedule: decay to this share of learning_rate instead of 0 "
         "(Axolotl's key; transformers' cosine_with_min_lr).")
@@ -204,6 +212,11 @@ class TrainingConfig(Section):
         if isinstance(v, int) and v < 0:
             raise ValueError("a number of layers is 0 or more (or `auto`)")
         return v
+
+    @field_validator("jagged_restart_steps", "jagged_restart_warmup_steps", "jagged_restart_anneal_steps", mode="before")
+    @classmethod
+    def _false_is_unset(cls, v: Any) -> Any:
+        return None if v is False else v  # Axolotl's `jagged_restart_anneal_steps: false`
 
     @field_validator("resume_from_checkpoint", mode="before")
     @classmethod

@@ -69,6 +69,8 @@ class FtTrainer(Trainer):
     initial_adapter: Optional[str] = None  # PiSSA / OLoRA: the adapter as it started (the final save converts)
     # ft's own cosine: (cosine_constant_lr_ratio or None, cosine_min_lr_ratio, lr_quadratic_warmup)
     cosine_schedule: Optional[tuple[Optional[float], float, bool]] = None
+    jagged_restarts: Optional[tuple[int, int, int, float]] = None  # period, warmup, anneal, floor
+    relora: Any = None  # ft.train.relora.ReLoRA: checkpoints hold its merged weights; the output is the whole model
 
     def create_accelerator_and_postprocess(self) -> None:
         """The Trainer's accelerator; under FSDP2 the modules of an 8-bit base's integer weights are left out of
@@ -126,8 +128,10 @@ class FtTrainer(Trainer):
 
             fill, self.after_sharding = self.after_sharding, None
             fill(self.model, isinstance(self.accelerator.state.fsdp_plugin.cpu_offload, CPUOffloadPolicy))
-        if self.cosine_schedule is None or self.lr_scheduler is not None:
-            return super().create_scheduler(num_training_steps, optimizer)
+        if self.lr_scheduler is not None:
+            return self.lr_scheduler
+        if self.cosine_schedule is None:
+            return self._jagged(super().create_scheduler(num_training_steps, optimizer))
         from functools import partial
 
         from torch.optim.lr_scheduler import LambdaLR
@@ -139,7 +143,15 @@ class FtTrainer(Trainer):
                          constant_ratio=ratio, min_ratio=floor, quadratic=quadratic)
         self.lr_scheduler = LambdaLR(optimizer or self.optimizer, factor)
         self._created_lr_scheduler = True
-        return self.lr_scheduler
+        return self._jagged(self.lr_scheduler)
+
+    def _jagged(self, scheduler: Any) -> Any:
+        """jagged_restart_steps: the schedule's factors times the jagged restarts' (ft.train.schedulers.jagged)."""
+        if self.jagged_restarts is not None:
+            from ft.train.schedulers import with_jagged_restarts
+
+            with_jagged_restarts(scheduler, *self.jagged_restarts)
+        return scheduler
 
     def log(self, logs: dict[str, float], start_time: Optional[float] = None) -> None:
         """The Trainer's log; an evaluation's logs gain the extra metrics first, so metrics.jsonl, tensorboard and
@@ -157,6 +169,8 @@ class FtTrainer(Trainer):
             unmark(folder)  # written again (a run resumed from an older checkpoint): not complete until rewritten
         super()._save_checkpoint(model, trial)
         self.accelerator.wait_for_everyone()  # under DeepSpeed every rank writes its part
+        if self.args.should_save and self.relora is not None:
+            self.relora.save(folder)
         if self.args.should_save:
             mark_complete(folder, self.state.global_step)
             rotate(self.args.output_dir, self.keep_checkpoints, self.state.best_model_checkpoint)
@@ -168,6 +182,11 @@ class FtTrainer(Trainer):
         whole model, frozen base included, to rank 0's CPU (FULL_STATE_DICT), or writes no weights at all
         (SHARDED_STATE_DICT). Checkpoints keep the Trainer's sharded form, which resume reads."""
         model = self.accelerator.unwrap_model(self.model)
+        if self.relora is not None and not _internal_call:
+            if self.args.should_save:
+                self.relora.save_whole(model, output_dir or self.args.output_dir, model.config)
+            self.accelerator.wait_for_everyone()
+            return None
         if getattr(model, "ft_bottleneck", None) and not _internal_call:
             from ft.model.methods.bottleneck import save
 
