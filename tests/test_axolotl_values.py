@@ -59,7 +59,7 @@ def test_torchao_optimizers_become_bitsandbytes_8bit(value: str, tmp_path: Path)
 
 def test_axolotl_only_optimizers_and_rl_methods_are_refused_by_name(tmp_path: Path):
     assert "Axolotl's optimizer `dion` is not supported by ft yet" in _refused(tmp_path, f"{BASE}optimizer: dion\n")
-    assert "Axolotl's `rl: grpo` (GRPO)" in _refused(tmp_path, f"{BASE}rl: grpo\n")
+    assert "Axolotl's `rl: gkd` (GKD)" in _refused(tmp_path, f"{BASE}rl: gkd\n")
 
 
 @pytest.mark.parametrize("axolotl_file, ft_file, offloads", [

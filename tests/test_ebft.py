@@ -192,7 +192,7 @@ def _validate(tmp: Path, body: dict):
 
 def test_ebft_settings_that_cannot_hold_are_one_sentence(tmp_path: Path):
     base = {"base_model": "m", "datasets": [{"path": "d.jsonl", "type": "ebft_pretrain.transform"}]}
-    with pytest.raises(ConfigError, match="add `rl: ebft`"):
+    with pytest.raises(ConfigError, match=r"add `rl: grpo` \(or gdpo, ebft\)"):
         _validate(tmp_path, {**base, "trl": {"num_generations": 4}})
     with pytest.raises(ConfigError, match="not supported with fsdp"):
         _validate(tmp_path, {**base, "rl": "ebft", "fsdp": ["full_shard"], "fsdp_config": {"fsdp_version": 2}})

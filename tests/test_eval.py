@@ -124,7 +124,7 @@ def test_a_metric_of_ones_own(tmp_path: Path, tiny_model_dir):
     ("eval_metric_function: nowhere.py:score\n", ("--data", str(ALPACA)), ("nowhere.py is not a file",)),
     ("eval_metric_function: mine.py:boom\n", ("--data", str(ALPACA)), ("raised on row", "ZeroDivisionError")),
     ("do_causal_lm_eval: true\n", (), ("`do_causal_lm_eval` needs evaluation data",)),
-    ("relora: true\n", (), ("Axolotl's `relora` (ReLoRA) is not supported by ft yet",)),
+    ("expert_parallel_size: 2\n", (), ("Axolotl's `expert_parallel_size` (expert parallelism) is not supported by ft yet",)),
 ], ids=["no reference column", "unknown metric", "comet", "no metric file", "a metric that raises",
         "generation metrics without eval data", "a peer's key ft lacks"])
 def test_bad_evaluation_input_is_one_sentence(extra, args, words, tmp_path: Path, tiny_model_dir):

@@ -64,11 +64,11 @@ def build_run(cfg: FtConfig, world: int) -> Run:
                         "of each experts' weight apart from its scales); use FSDP2, DeepSpeed ZeRO-1/2 or DDP, or "
                         "remove it")
     on_gpu = torch.cuda.is_available()
-    pairs, reward, ebft = cfg.preference.trains_pairs, cfg.preference.reward_model, cfg.preference.rl == "ebft"
+    pairs, reward, ebft = cfg.preference.trains_pairs, cfg.preference.reward_model, cfg.preference.samples
     if ebft and sharding:
         from ft.config.schema import EBFT_SHARDED
 
-        raise UserError(EBFT_SHARDED.format(sharding))
+        raise UserError(EBFT_SHARDED.replace("rl: ebft", f"rl: {cfg.preference.rl}").format(sharding))
     if cfg.diffusion.diffusion and sharding:
         raise UserError(f"diffusion training is not supported with {sharding} yet (its loss runs the head a chunk of "
                         "positions at a time, outside the forward where the head is whole); use DDP or DeepSpeed ZeRO-1/2")
@@ -151,8 +151,9 @@ def build_run(cfg: FtConfig, world: int) -> Run:
         extra["trainer_class"] = RewardTrainer
     elif ebft:
         from ft.train.ebft_trainer import EbftTrainer
+        from ft.train.grpo import GrpoTrainer
 
-        extra["trainer_class"] = EbftTrainer
+        extra["trainer_class"] = EbftTrainer if cfg.preference.rl == "ebft" else GrpoTrainer
     elif diffusion is not None:
         from ft.train.diffusion import DiffusionTrainer
 
@@ -187,10 +188,14 @@ def build_run(cfg: FtConfig, world: int) -> Run:
     if steps:
         log.info("process reward model: a %d-class head on every token, cross-entropy on each step's last token",
                  cfg.preference.step_classes)
-    if ebft:
+    if cfg.preference.rl == "ebft":
         from ft.train.ebft_trainer import configure
 
         log.info(configure(trainer, cfg.online, model, tokenizer, full=cfg.adapter.adapter is None))
+    elif ebft:
+        from ft.train.grpo import configure as configure_grpo
+
+        log.info(configure_grpo(trainer, cfg.preference.rl, cfg.online, model, tokenizer, full=cfg.adapter.adapter is None))
     if cfg.adapter.peft_init_lora_weights:
         from ft.model.adapter import save_initial_adapter
 

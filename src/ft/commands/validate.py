@@ -49,6 +49,16 @@ def derived(cfg: FtConfig, world_size: int = 1) -> dict[str, str]:
             out["ebft"] += ("; sampled in the training process (no vLLM server), so these are ignored: "
                             + ", ".join(["trl.use_vllm"] * trl.use_vllm + [f"trl.{k}" for k in trl.server_keys()]))
         out["batches"] = f"{t.micro_batch_size} row(s) per micro batch, each a prompt and its answer, padded"
+    elif p.rl in ("grpo", "gdpo"):
+        trl = cfg.online.trl
+        how = trl.multi_objective_aggregation or ("normalize_then_sum" if p.rl == "gdpo" else "sum_then_normalize")
+        out[p.rl] = (f"{trl.num_generations} samples per prompt rewarded by {', '.join(trl.reward_funcs)} ({how})"
+                     + (f", KL × {trl.beta:g} against " + ("the model with the adapter off" if a.adapter else
+                                                          "a frozen copy of the model") if trl.beta else ""))
+        if trl.use_vllm or trl.server_keys():
+            out[p.rl] += ("; sampled in the training process (no vLLM server), so these are ignored: "
+                          + ", ".join(["trl.use_vllm"] * trl.use_vllm + [f"trl.{k}" for k in trl.server_keys()]))
+        out["batches"] = f"{t.micro_batch_size} prompt(s) per micro batch, padded"
     elif p.rl:
         against = ("the model with the adapter off" if a.adapter and not a.lora_model_dir else
                    "the adapter of lora_model_dir, frozen" if a.adapter else "a frozen copy of the model")

@@ -41,7 +41,7 @@ flash_lion q_galore_adamw8bit schedule_free_adamw lomo adalomo galore_adamw galo
 """.split())
 
 # Axolotl's `rl:` methods that ft does not train yet
-RL_REFUSED = {"grpo": "GRPO", "gdpo": "GDPO", "gkd": "GKD",
+RL_REFUSED = {"gkd": "GKD",
               "dpo_norm": "normalised DPO"}
 
 # Axolotl's bundled DeepSpeed files (its deepspeed_configs/) → ft's files of the same ZeRO stage and offload.
@@ -71,7 +71,7 @@ def top_level(key: str, value: Any) -> tuple[dict[str, Any], str]:
         return {key: ours}, f"`deepspeed: {value}` (Axolotl's bundled file) → `{ours}` (the same ZeRO stage and offload)"
     if key == "rl" and isinstance(value, str) and value in RL_REFUSED:
         raise ValueError(f"Axolotl's `rl: {value}` ({RL_REFUSED[value]}) is not supported by ft yet; ft trains dpo, ipo, "
-                         "orpo, simpo, kto and ebft")
+                         "orpo, simpo, kto, ebft, grpo and gdpo")
     if key == "experts_implementation" and isinstance(value, str) and value in ("scattermoe", "sonicmoe"):
         return {}, (f"`experts_implementation: {value}` (Axolotl's experts kernel) ignored: ft runs transformers' "
                     "own experts implementation, with the same results")

@@ -165,6 +165,9 @@ class DatasetConfig(Section):
                 if feature:  # one of Axolotl's types: said by name, not as a typo
                     raise ValueError(f"Axolotl's dataset type `{v}` ({feature}) is not supported by ft yet; use one of ft's "
                                      "formats (alpaca, chat_template, completion, input_output, user_defined, ...)") from None
+                context = context_of(info)
+                if python_function(v, context.format_reads if context else ()):  # a Python transform (rl: grpo's
+                    return v  # prompts), imported when the data is prepared
                 raise
         return v
 
@@ -189,6 +192,16 @@ class DatasetConfig(Section):
             this = f"`type: {name}`" if isinstance(self.type, str) else "a user-defined `type:`" if self.type else "no `type:`"
             raise Contradiction(key, f"`{key}` is only read by {readers}; this dataset has {this}: remove the key")
         return self
+
+
+def python_function(name: str, formats: Any) -> bool:
+    """`module.function`, a dotted path of Python names whose first part begins none of the `formats`' names (a
+    misspelt `chat_template.argila` stays a typo): Axolotl's and TRL's Python dataset transforms."""
+    import re
+
+    first = re.split(r"[.:]", name)[0]
+    return (re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+", name) is not None
+            and all(re.split(r"[.:]", known)[0] != first for known in formats))
 
 
 # The keys of a `datasets:` entry that only some formats read (each format declares its own in `reads`).

@@ -78,7 +78,20 @@ class GenerationKwargs(Section):
 
 
 class TrlSettings(Section):
-    """Axolotl's `trl:` block, as structured EBFT reads it (TRL's GRPO settings)."""
+    """Axolotl's `trl:` block: TRL's GRPO settings, read by `rl: grpo`/`gdpo` and structured EBFT."""
+
+    reward_funcs: tuple[str, ...] = Field(
+        (), description="`rl: grpo`: the reward functions, as import paths of Python functions (`rewards.accuracy`: "
+        "rewards.py in the directory ft runs in), each called as TRL calls it: f(prompts=, completions=, "
+        "**the row's other columns) → a number per completion (None: no reward).")
+    reward_weights: Optional[tuple[float, ...]] = Field(
+        None, description="`rl: grpo`: a weight per reward function (default 1 each).")
+    multi_objective_aggregation: Optional[Literal["sum_then_normalize", "normalize_then_sum"]] = Field(
+        None, description="`rl: grpo`: sum_then_normalize (GRPO: the weighted rewards summed, then normalized in each "
+        "prompt's group), normalize_then_sum (GDPO: each reward normalized in its group, the weighted sum normalized "
+        "over the batch). Default: GRPO's for `rl: grpo`, GDPO's for `rl: gdpo`.")
+    log_completions: bool = Field(False, description="`rl: grpo`: print some samples with their rewards at each logged step.")
+    num_completions_to_print: Optional[int] = Field(None, ge=1, description="How many samples log_completions prints (default all of a step's).")
 
     num_generations: int = Field(8, ge=2, description="Samples per prompt (TRL's default 8).")
     max_completion_length: int = Field(256, ge=1, description="The most tokens a sample has.")
@@ -91,7 +104,8 @@ class TrlSettings(Section):
         "sampled tokens; dr_grpo: summed and divided by samples × max_completion_length.")
     epsilon: float = Field(0.2, gt=0, description="The clip of the probability ratio (1 on the step that samples).")
     epsilon_high: Optional[float] = Field(None, gt=0, description="The upper clip, when it differs from epsilon.")
-    beta: float = Field(0.0, description="KL weight against a reference: 0 only (TRL's default).")
+    beta: float = Field(0.0, ge=0, description="`rl: grpo`: the weight of the KL term against the reference (the model "
+                        "with its adapter off, or a frozen copy); EBFT: 0 only. TRL's default 0.")
     num_iterations: int = Field(1, description="Steps per batch of samples: 1 only.")
     use_vllm: bool = Field(False, description="Axolotl samples with a vLLM server; ft always samples with the trained "
                            "model in the training process (said once when set).")
@@ -117,9 +131,9 @@ class TrlSettings(Section):
 
     @model_validator(mode="after")
     def _what_ft_computes(self) -> "TrlSettings":
-        if self.beta:
-            raise Contradiction("beta", "ft's EBFT trains without a KL term against a reference: remove `beta` (TRL's "
-                                "default is 0)")
+        if self.reward_weights is not None and len(self.reward_weights) != len(self.reward_funcs):
+            raise Contradiction("reward_weights", f"{len(self.reward_weights)} weights for {len(self.reward_funcs)} reward "
+                                "functions: give one weight per function")
         if self.num_iterations != 1:
             raise Contradiction("num_iterations", "ft takes one step per batch of samples: `num_iterations: 1`")
         return self
@@ -132,5 +146,5 @@ class TrlSettings(Section):
 class OnlineConfig(Section):
     ebft: Optional[EbftSettings] = Field(None, description="`rl: ebft`: the feature-matching settings (Axolotl's "
                                          "`ebft:` block; see docs/ebft.md).")
-    trl: Optional[TrlSettings] = Field(None, description="`rl: ebft`, structured mode: how samples are generated and "
-                                       "the GRPO loss (Axolotl's `trl:` block).")
+    trl: Optional[TrlSettings] = Field(None, description="`rl: grpo`, `gdpo` and structured `rl: ebft`: how samples "
+                                       "are generated, rewarded and trained on (Axolotl's `trl:` block).")

@@ -14,11 +14,13 @@ PAIR_METHODS = ("dpo", "ipo", "orpo", "simpo", "kto")
 
 
 class PreferenceConfig(Section):
-    rl: Optional[Literal["dpo", "ipo", "orpo", "simpo", "kto", "ebft"]] = Field(
+    rl: Optional[Literal["dpo", "ipo", "orpo", "simpo", "kto", "ebft", "grpo", "gdpo"]] = Field(
         None,
         description="Preference training on rows of a prompt, a chosen and a rejected answer: dpo (sigmoid loss), "
-        "ipo, orpo, simpo; kto on rows of a prompt, one answer and whether it is desirable; or ebft: energy-based fine-tuning on the model's own samples, scored by their features "
-        "against the rows' answers (the `ebft:` and `trl:` blocks). Unset: supervised training.",
+        "ipo, orpo, simpo; kto on rows of a prompt, one answer and whether it is desirable; ebft: energy-based "
+        "fine-tuning on the model's own samples, scored by their features against the rows' answers (the `ebft:` and "
+        "`trl:` blocks); grpo: the model's own samples scored by reward functions (`trl.reward_funcs`), gdpo: the same "
+        "with each reward normalized by itself (docs/preference.md). Unset: supervised training.",
     )
     rl_beta: float = Field(
         0.1, gt=0, description="β: how far the trained model may move from the reference (dpo, ipo); the reward "
@@ -92,6 +94,11 @@ class PreferenceConfig(Section):
     def step_classes(self) -> Optional[int]:
         """A process reward model's classes per step, None for other runs."""
         return (self.num_labels or 2) if self.process_reward_model else None
+
+    @property
+    def samples(self) -> bool:
+        """Whether the run trains on the model's own samples (ebft, grpo, gdpo)."""
+        return self.rl in ("ebft", "grpo", "gdpo")
 
     @property
     def trains_pairs(self) -> bool:

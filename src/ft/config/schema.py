@@ -48,6 +48,8 @@ class FtConfig(BaseModel):
         if context is not None:
             for contradiction in pair_contradictions(self, context.pair_formats, context.kto_formats):
                 raise contradiction
+            for contradiction in prompt_contradictions(self, context.format_reads):
+                raise contradiction
             rule = context.adapter_rules.get(self.adapter.adapter or "")
             refused = rule(self) if rule is not None else None
             if refused is not None:
@@ -308,19 +310,52 @@ def step_contradictions(cfg: FtConfig) -> list[Contradiction]:
     return found
 
 
+def prompt_contradictions(cfg: FtConfig, formats: Any) -> list[Contradiction]:
+    """`rl: grpo` samples answers to the prompts a Python transform makes (`type: module.function`: a type that is
+    none of ft's formats, `formats`), and a Python transform's rows are such prompts."""
+    rl = cfg.preference.rl
+    grpo = rl in ("grpo", "gdpo")
+    for ds in cfg.data.datasets:
+        python = isinstance(ds.type, str) and ds.type not in formats
+        if grpo and not python:
+            shown = f"`type: {ds.type}`" if isinstance(ds.type, str) else "a user-defined type" if ds.type else "no type"
+            return [Contradiction("rl", f"`rl: {rl}` samples answers to prompts, which a Python transform makes (`type: "
+                                  f"module.function` returning {{prompt, ...}}); the dataset `{ds.path}` has {shown}")]
+        if python and not grpo:
+            return [Contradiction("datasets", f"the Python transform `{ds.type}` makes prompts, which `rl: grpo` (or "
+                                  "gdpo) samples answers to: set it, or use one of ft's formats")]
+    return []
+
+
 EBFT_SHARDED = ("`rl: ebft` is not supported with {} yet (it samples token by token from weights that are whole only "
                 "inside each forward); use DDP or DeepSpeed ZeRO-1/2")
 
 
 def online_contradictions(cfg: FtConfig) -> list[Contradiction]:
-    """`rl: ebft` samples from the model as it trains: its blocks, and what it cannot run with."""
+    """`rl: ebft`, `grpo`, `gdpo` sample from the model as it trains: their blocks, and what they cannot run with."""
     o, d, found = cfg.online, cfg.distributed, []
-    ebft = cfg.preference.rl == "ebft"
-    for key in ("ebft", "trl"):
-        if getattr(o, key) is not None and not ebft:
-            found.append(Contradiction(key, f"`{key}:` sets up energy-based fine-tuning: add `rl: ebft`, or remove it"))
+    rl = cfg.preference.rl
+    ebft, grpo = rl == "ebft", rl in ("grpo", "gdpo")
+    if o.ebft is not None and not ebft:
+        found.append(Contradiction("ebft", "`ebft:` sets up energy-based fine-tuning: add `rl: ebft`, or remove it"))
+    if o.trl is not None and not (ebft or grpo):
+        found.append(Contradiction("trl", "`trl:` sets up training on the model's own samples: add `rl: grpo` (or gdpo, "
+                                   "ebft), or remove it"))
+    if grpo:
+        if o.trl is None or not o.trl.reward_funcs:
+            found.append(Contradiction("rl", f"`rl: {rl}` scores samples with reward functions: set "
+                                       "`trl.reward_funcs` (import paths, e.g. rewards.accuracy_reward)"))
+        if cfg.data.sample_packing:
+            found.append(Contradiction("sample_packing", f"`rl: {rl}` samples from each prompt by itself; remove `sample_packing`"))
+        if d.fsdp:
+            found.append(Contradiction("rl", EBFT_SHARDED.replace("rl: ebft", f"rl: {rl}").format("fsdp")))
+        return found
     if not ebft:
         return found
+    if o.trl is not None and (o.trl.beta or o.trl.reward_funcs):
+        key = "beta" if o.trl.beta else "reward_funcs"
+        found.append(Contradiction("trl", f"`trl.{key}` is GRPO's; EBFT scores samples by their features, without a "
+                                   "reward function or a KL term: remove it"))
     mode = o.ebft.mode if o.ebft else "structured"
     if o.trl is not None and mode == "strided" and o.trl.model_fields_set - {"use_vllm"}:
         found.append(Contradiction("trl", "strided EBFT samples at anchors with `ebft:`'s settings (temperature, "

@@ -19,7 +19,7 @@ from ft.errors import DataError
 
 
 def is_pair_format(ds: DatasetConfig) -> bool:
-    return isinstance(ds.type, str) and getattr(FORMATS.get(ds.type), "pairs", False)
+    return isinstance(ds.type, str) and ds.type in FORMATS and getattr(FORMATS.get(ds.type), "pairs", False)
 
 
 class _Side(Format):

@@ -196,6 +196,8 @@ def _tokenize_all(entries: tuple[DatasetConfig, ...], d: DataConfig, tokenizer: 
             merged.teacher = (merged.teacher or []) + part.teacher
         if part.desirable is not None:  # KTO rows: whether each pair's answer is desirable
             merged.desirable = (merged.desirable or []) + part.desirable
+        if part.rewards_read is not None:  # rl: grpo's prompts: what their reward functions read
+            merged.rewards_read = (merged.rewards_read or []) + part.rewards_read
     return merged
 
 
@@ -207,7 +209,8 @@ def _rows(order: list[int], width: int) -> list[int]:
 def _subset(t: Tokenized, order: list[int]) -> Tokenized:
     teacher = [t.teacher[i] for i in order] if t.teacher is not None else None
     desirable = [t.desirable[i] for i in order] if t.desirable is not None else None
-    return Tokenized([t.input_ids[i] for i in order], [t.labels[i] for i in order], t.counts, teacher, desirable)
+    read = [t.rewards_read[i] for i in order] if t.rewards_read is not None else None
+    return Tokenized([t.input_ids[i] for i in order], [t.labels[i] for i in order], t.counts, teacher, desirable, read)
 
 
 def _counts(d: DataConfig, train: Tokenized, evaluation: Tokenized | None) -> Counts:
@@ -247,6 +250,8 @@ def _write(path: Path, t: Tokenized) -> None:
         columns["teacher_logp"] = pa.array([lp for _, _, lp in t.teacher], type=pa.list_(pa.float32()))
     if t.desirable is not None:  # rl: kto
         columns["desirable"] = pa.array(t.desirable, type=pa.int8())
+    if t.rewards_read is not None:  # rl: grpo
+        columns["rewards_read"] = pa.array(t.rewards_read, type=pa.string())
     table = pa.table(columns)
     with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
         writer.write_table(table)

@@ -48,6 +48,8 @@ class Tokenized:
     teacher: Optional[list[tuple[list[int], list[int], list[float]]]] = None
     # KTO rows (rl: kto): per row, 1 when its pair's answer is desirable, 0 when not (both rows of a pair alike)
     desirable: Optional[list[int]] = None
+    # prompt rows (rl: grpo, a Python transform): per row, the columns its reward functions read, as JSON
+    rewards_read: Optional[list[str]] = None
 
 
 def trained_ranges(segments: Sequence[Segment], train_on_inputs: bool) -> tuple[str, list[tuple[int, int]]]:
@@ -199,14 +201,24 @@ class RowTokenizer:
                         f"{self.where(index, row)}: the prompt alone is longer than sequence_len ({limit} tokens), "
                         "so truncating leaves nothing to train on; raise sequence_len or use excess_length_strategy: drop"
                     )
+        prompts = getattr(self.fmt, "prompts_only", False)  # rl: grpo's prompts: nothing of them is trained
+        if prompts and len(pieces) > 1 or prompts and len(pieces[0][0]) < len(ids):
+            c.dropped_long += 1  # a prompt is not cut: the samples continue its end
+            return
         kept, short = False, False
         for piece_ids, piece_labels, start in pieces:
             if self.data.min_sample_len and len(piece_ids) < self.data.min_sample_len:
                 short = True
                 continue
             trained = count_trained(piece_labels)
-            if trained == 0:
+            if trained == 0 and not prompts:
                 continue
+            if prompts:
+                import json
+
+                if out.rewards_read is None:
+                    out.rewards_read = []
+                out.rewards_read.append(json.dumps(self.fmt.reward_columns(row), default=str))  # type: ignore[union-attr]
             out.input_ids.append(piece_ids)
             out.labels.append(piece_labels)
             if targets is not None:

@@ -30,6 +30,7 @@ class TokenizedRows:
         self.input_ids = table.column("input_ids")
         self.labels = table.column("labels")
         self.desirable = table.column("desirable") if "desirable" in table.column_names else None  # rl: kto
+        self.rewards_read = table.column("rewards_read") if "rewards_read" in table.column_names else None  # rl: grpo
         self.lengths = [int(n) for n in self.input_ids.combine_chunks().value_lengths().to_numpy()]
 
     def __len__(self) -> int:
@@ -39,6 +40,8 @@ class TokenizedRows:
         item = {"input_ids": self.input_ids[i].as_py(), "labels": self.labels[i].as_py()}
         if self.desirable is not None:
             item["desirable"] = self.desirable[i].as_py()
+        if self.rewards_read is not None:
+            item["rewards_read"] = self.rewards_read[i].as_py()
         return {**item, "row": i} if self.with_rows else item
 
 
@@ -68,7 +71,14 @@ class PadCollator:
         out = {"input_ids": ids, "labels": labels, "attention_mask": mask, REAL_TOKENS: int(mask.sum())}
         if "row" in rows[0]:
             out[ROW_IDS] = torch.tensor([r["row"] for r in rows])
+        if "rewards_read" in rows[0]:  # rl: grpo: each prompt's columns, for its reward functions
+            import json
+
+            out[REWARDS_READ] = [json.loads(r["rewards_read"]) for r in rows]
         return out
+
+
+REWARDS_READ = "ft_rewards_read"  # rl: grpo: the batch key of its prompts' columns (a list of mappings)
 
 
 class PackedBins:

@@ -52,7 +52,7 @@ class MetricsLog(TrainerCallback):
             if key in logs:
                 record[key] = logs[key]
         for key, value in logs.items():  # generation metrics of evaluations, preference and EBFT metrics
-            wanted = key.startswith(("eval_", "rewards/", "logps/", "ebft/", "diffusion/")) and not key.endswith(("_runtime", "_per_second"))
+            wanted = key.startswith(("eval_", "rewards/", "logps/", "ebft/", "grpo/", "diffusion/")) and not key.endswith(("_runtime", "_per_second"))
             if wanted and key not in record and isinstance(value, (int, float)):
                 record[key] = value
         if "loss" in logs:
