@@ -38,6 +38,9 @@ def derived(cfg: FtConfig, world_size: int = 1) -> dict[str, str]:
             " (num_processes: `ft train` launches them)" if d.num_processes == world_size else "")
     else:
         out["distributed"] = d.backend or "none"
+    if d.context_parallel_size and d.context_parallel_size > 1:
+        out["distributed"] += (f"; context parallelism: each micro batch of a group of {d.context_parallel_size} "
+                               "processes split between them")
     p = cfg.preference
     if p.rl == "ebft":
         e = cfg.online.ebft

@@ -184,12 +184,10 @@ KEYS: dict[str, Answer] = {
     "image_size": _refused("multimodal models"),
     "image_resize_algorithm": _refused("multimodal models"),
     "freeze_mm_modules": _refused("multimodal models"),
-    "context_parallel_size": _refused("context parallelism", 1),
-    "sequence_parallel_degree": _refused("sequence parallelism", 1),
     "tensor_parallel_size": _refused("tensor parallelism", 1),
     "dp_replicate_size": _refused("replicated FSDP groups (HSDP)", 1),
-    "ring_attn_func": _refused("ring attention"),
-    "heads_k_stride": _refused("ring attention"),
+    "ring_attn_func": _noop("the ring-attention kernel", "ft's context parallelism gathers each group's keys and values"),
+    "heads_k_stride": _noop("ring attention's heads per step", "ft's context parallelism gathers all heads at once"),
     "lora_rank_pattern": _refused("per-module LoRA ranks"),
     "lora_alpha_pattern": _refused("per-module LoRA alphas"),
     "use_wandb": _noop("Weights & Biases logging", "ft logs to W&B when wandb_project is set", False),
@@ -353,7 +351,7 @@ VOCABULARY = frozenset("""
  adam_beta3 adam_epsilon2 added_tokens_overrides auto_find_batch_size axolotl_config_path
 batch_flattening bench_dataset bench_split bfloat16 
 chunked_cross_entropy_num_chunks comet_api_key comet_experiment_config comet_experiment_key
-comet_mode comet_online comet_project_name comet_workspace context_parallel_size cpo_alpha
+comet_mode comet_online comet_project_name comet_workspace cpo_alpha
  cut_cross_entropy dataloader_drop_last dataloader_num_workers dataloader_pin_memory
 dataloader_prefetch_factor dataset_keep_in_memory dataset_num_proc dataset_shard_idx dataset_shard_num ddp
 ddp_broadcast_buffers ddp_bucket_cap_mb deepcompile default_system_message dense_mixer device device_map 
@@ -401,7 +399,7 @@ remove_unused_columns resources_per_worker ring_attn_func role_boundaries rope_s
 s2_attention sage_attention sample_packing_bin_size sample_packing_eff_est sample_packing_group_size
 sample_packing_mp_start_method sample_packing_sequentially save_compressed save_first_step
 save_safetensors scaling_softmax scaling_softmax_bias scaling_softmax_factor sdpa_varlen
-selective_checkpointing sequence_parallel_degree shrink_embeddings shuffle_before_merging_datasets
+selective_checkpointing shrink_embeddings shuffle_before_merging_datasets
 skip_prepare_dataset spectrum_model_name spectrum_top_fraction streaming streaming_multipack_buffer_size
 tensor_parallel_size tiled_mlp_num_shards tiled_mlp_use_original_mlp tokenizer_legacy tokenizer_save_jinja_files
 tokenizer_use_mistral_common torch_compile_backend torch_compile_options torch_empty_cache_steps torchdistx_path

@@ -91,6 +91,10 @@ class DistributedConfig(Section):
         None, ge=1, description="Processes `ft train` launches on this machine when the command line gives no "
         "--num-processes (Axolotl's `ray_num_workers` with `use_ray`). Launched by accelerate or torchrun, their "
         "count rules.")
+    context_parallel_size: Optional[int] = Field(
+        None, ge=1, description="Context parallelism: groups of this many processes train each micro batch as one "
+        "sequence split between them (each holds 1/N of its tokens' activations; keys and values gathered in every "
+        "attention layer). The processes must be a multiple of it (docs/distributed.md).")
     ddp_timeout: Optional[int] = Field(None, ge=1, description="Seconds before a collective times out.")
     ddp_find_unused_parameters: Optional[bool] = Field(None, description="DDP: search for unused parameters.")
 

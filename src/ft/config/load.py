@@ -38,7 +38,8 @@ ALIASES = {"sequence_length": "sequence_len", "max_seq_length": "sequence_len", 
            "model_config": "model_config_overrides", "evaluation_strategy": "eval_strategy",
            # ReLoRA's keys before Axolotl named them jagged restarts
            "relora_steps": "jagged_restart_steps", "relora_warmup_steps": "jagged_restart_warmup_steps",
-           "relora_anneal_steps": "jagged_restart_anneal_steps"}
+           "relora_anneal_steps": "jagged_restart_anneal_steps",
+           "sequence_parallel_degree": "context_parallel_size"}  # Axolotl's name before context_parallel_size
 # Axolotl's pure-precision keys refine ft's mixed-precision ones: `bf16: true` with `bfloat16: true` is pure bf16.
 REFINES = ("bfloat16", "float16")
 # Keys found in Axolotl configs that ft accepts and ignores, with the reason shown as a warning.

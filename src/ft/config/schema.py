@@ -154,6 +154,13 @@ def contradictions(cfg: FtConfig) -> list[Contradiction]:
     fsdp1_only = [o for o in d.fsdp if o in ("hybrid_shard", "hybrid_shard_zero2", "no_shard")]
     if fsdp1_only and d.fsdp_config.fsdp_version == 2:
         add("fsdp", f"`fsdp: {fsdp1_only[0]}` needs `fsdp_config.fsdp_version: 1`; FSDP2 shards full_shard or shard_grad_op")
+    if d.context_parallel_size and d.context_parallel_size > 1:
+        other = ("`rl`" if cfg.preference.rl else "`reward_model`" if cfg.preference.reward_model else "distillation"
+                 if cfg.distills else "`diffusion`" if cfg.diffusion.diffusion else "`process_reward_model`"
+                 if cfg.preference.process_reward_model else None)
+        if other:
+            add("context_parallel_size", f"context parallelism splits the sequences of supervised training, and {other} "
+                "trains otherwise; remove one of them")
     if a.relora:
         _relora(cfg, add)
     elif t.jagged_restart_steps is None and (t.jagged_restart_warmup_steps or t.jagged_restart_anneal_steps):
@@ -224,9 +231,6 @@ def contradictions(cfg: FtConfig) -> list[Contradiction]:
     if t.activation_offloading and not t.gradient_checkpointing:
         add("activation_offloading", "`activation_offloading` moves the checkpointed layer inputs to CPU memory: "
             "turn on `gradient_checkpointing` too")
-    if t.tiled_mlp and d.fsdp:
-        add("tiled_mlp", "`tiled_mlp` is not supported with fsdp (its recompute inside FSDP units is untested); "
-            "use gradient_checkpointing and activation_offloading, or DeepSpeed")
     e = cfg.evaluation
     for key, on in (("load_best_model_at_end", t.load_best_model_at_end), ("metric_for_best_model", t.metric_for_best_model),
                     ("do_causal_lm_eval", e.do_causal_lm_eval)):

@@ -65,15 +65,17 @@ def _chunk_loss(hidden: Any, labels: Any, head: Any, softcap: Optional[float], e
 
 
 def chunked_cross_entropy(hidden: Any, labels: Any, head: Any, *, softcap: Optional[float] = None,
-                          num_items_in_batch: Any = None, chunk: int = 1024, eaft: Optional[tuple[float, int]] = None) -> Any:
+                          num_items_in_batch: Any = None, chunk: int = 1024, eaft: Optional[tuple[float, int]] = None,
+                          shifted: bool = False) -> Any:
     """The causal-LM loss of `labels` (batch × tokens) from the final hidden states (batch × tokens × width), each
     token's term weighted by entropy_weights when `eaft` (alpha, k) is given. `head` may be the identity with the
-    logits for `hidden` (a model whose head ft does not run itself)."""
+    logits for `hidden` (a model whose head ft does not run itself). `shifted`: each position's label is already
+    the token it predicts (context parallelism's slices)."""
     import torch
     from torch.utils.checkpoint import checkpoint
 
-    targets = labels[:, 1:].reshape(-1)
-    states = hidden[:, :-1].reshape(-1, hidden.shape[-1])
+    targets = (labels if shifted else labels[:, 1:]).reshape(-1)
+    states = (hidden if shifted else hidden[:, :-1]).reshape(-1, hidden.shape[-1])
     trained = targets != IGNORE
     states, targets = states[trained], targets[trained]
     total = hidden.new_zeros((), dtype=torch.float32)

@@ -71,6 +71,7 @@ class FtTrainer(Trainer):
     cosine_schedule: Optional[tuple[Optional[float], float, bool]] = None
     jagged_restarts: Optional[tuple[int, int, int, float]] = None  # period, warmup, anneal, floor
     relora: Any = None  # ft.train.relora.ReLoRA: checkpoints hold its merged weights; the output is the whole model
+    context_parallel: Any = None  # ft.train.context_parallel.ContextParallel: each batch split over its group
 
     def create_accelerator_and_postprocess(self) -> None:
         """The Trainer's accelerator; under FSDP2 the modules of an 8-bit base's integer weights are left out of
@@ -249,7 +250,10 @@ class FtTrainer(Trainer):
         """The plain Trainer loss, or the same loss chunked over the final hidden states (ft.train.loss); with
         `eaft`, each token's term weighted by its entropy (from the hidden states, or from the model's logits where
         the chunked loss cannot run)."""
-        if not (self.chunked_loss or self.eaft) or "labels" not in inputs:
+        shifted = self.context_parallel is not None and "labels" in inputs
+        if shifted:  # this process's slice of its group's batches (ft.train.context_parallel)
+            inputs = self.context_parallel.split(inputs)
+        if not (self.chunked_loss or self.eaft or shifted) or "labels" not in inputs:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         import torch
 
@@ -265,11 +269,11 @@ class FtTrainer(Trainer):
                 outputs = model(**rest, logits_to_keep=1)
             loss = chunked_cross_entropy(hidden.value, inputs["labels"], causal_lm.get_output_embeddings(),
                                          softcap=getattr(text, "final_logit_softcapping", None), num_items_in_batch=items,
-                                         chunk=chunk_size(text.vocab_size), eaft=self.eaft)
+                                         chunk=chunk_size(text.vocab_size), eaft=self.eaft, shifted=shifted)
         else:  # the model's own logits, a chunk of positions at a time
             outputs = model(**rest)
             loss = chunked_cross_entropy(outputs["logits"], inputs["labels"], torch.nn.Identity(), num_items_in_batch=items,
-                                         chunk=chunk_size(text.vocab_size), eaft=self.eaft)
+                                         chunk=chunk_size(text.vocab_size), eaft=self.eaft, shifted=shifted)
         if self.args.average_tokens_across_devices and self.model_accepts_loss_kwargs and num_items_in_batch is not None:
             loss = loss * self.accelerator.num_processes  # as Trainer.compute_loss does
         outputs["loss"] = loss

@@ -1,0 +1,185 @@
+"""Context parallelism (`context_parallel_size: C`, Axolotl's key; all-gather context parallelism, as Llama 3 was
+trained): the processes form groups of C, and each group trains its micro batches as one sequence split C ways, so
+a process holds the activations of 1/C of the tokens.
+
+Per micro batch (`ContextParallel.split`): the C processes of a group put their batches together, each laid out
+flat (rows end to end, padding dropped; a document per row, or per packed sequence as its position ids restart),
+shift the labels within each document, pad the whole to a multiple of C, and each keeps its C-th slice: input ids,
+position ids (each document's own, so rotary embeddings are the unsplit sequence's) and shifted labels. In every
+attention layer (`attention`, registered in transformers' AttentionInterface), each process gathers the keys and
+values of its group (the gradient of each slice summed back to the process that made it) and attends from its
+queries to every key of the same document at or before the query (and within a sliding window, when the layer
+has one). The loss sums the slice's token losses over the batch's trained tokens, as without context
+parallelism: the gradients summed over the processes are those of the unsplit batches.
+
+The mask is a (slice × sequence) boolean, computed by sdpa; a fused kernel (ring or varlen flash attention on a
+GPU) is not used yet. Layers other than attention that read the whole sequence (Mamba, linear attention) cannot be
+split: such models are refused."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Optional
+
+from ft.data.labels import IGNORE
+from ft.errors import UserError
+
+log = logging.getLogger("ft")
+
+NAME = "ft_context_parallel"
+STATE: dict[str, Any] = {}  # the batch being trained: its group, documents and this process's slice (see split)
+# layers that run along the whole sequence, which a split sequence would cut (by class name)
+SEQUENTIAL = ("Mamba", "GatedDeltaNet", "LinearAttention", "Recurrent", "RWKV", "SSM")
+
+
+def _gather(x: Any, group: Any, dim: int) -> Any:
+    """The group's tensors `x` concatenated along `dim` (same shapes), with the gradient of each part summed back
+    to the process that gave it."""
+    import torch
+    import torch.distributed as dist
+
+    class Gather(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx: Any, part: Any) -> Any:  # noqa: ANN401
+            parts = [torch.empty_like(part) for _ in range(dist.get_world_size(group))]
+            dist.all_gather(parts, part.contiguous(), group=group)
+            return torch.cat(parts, dim=dim)
+
+        @staticmethod
+        def backward(ctx: Any, grad: Any) -> Any:  # noqa: ANN401
+            grad = grad.contiguous()
+            dist.all_reduce(grad, group=group)  # every process's gradient of every part (gloo has no reduce-scatter)
+            size = grad.shape[dim] // dist.get_world_size(group)
+            return grad.narrow(dim, dist.get_rank(group) * size, size)
+
+    return Gather.apply(x)
+
+
+def attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, scaling: Optional[float] = None,
+              dropout: float = 0.0, sliding_window: Optional[int] = None, **kwargs: Any) -> tuple[Any, None]:
+    """(1, heads, slice, dim) queries against the group's whole sequence of keys and values."""
+    import torch
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    group, docs, start = STATE["group"], STATE["docs"], STATE["start"]
+    keys, values = _gather(key, group, 2), _gather(value, group, 2)
+    length = query.shape[2]
+    q_index = torch.arange(start, start + length, device=query.device)
+    k_index = torch.arange(keys.shape[2], device=query.device)
+    allowed = (docs[q_index][:, None] == docs[None, :]) & (k_index[None, :] <= q_index[:, None]) & (docs[q_index] >= 0)[:, None]
+    if sliding_window:
+        allowed &= q_index[:, None] - k_index[None, :] < sliding_window
+    allowed |= (docs[q_index] < 0)[:, None] & (k_index[None, :] == q_index[:, None])  # padding sees itself (no NaN)
+    return sdpa_attention_forward(module, query, keys, values, allowed[None, None], scaling=scaling, dropout=dropout,
+                                  is_causal=False)
+
+
+def register() -> None:
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(NAME, attention)
+
+
+def check_model(model: Any) -> None:
+    """Refuse a model whose layers read the whole sequence besides attention, or whose scores are modified."""
+    from ft.model.packed_attention import modifies_scores
+
+    for module in model.modules():
+        name = type(module).__name__
+        if any(word.lower() in name.lower() for word in SEQUENTIAL):
+            raise UserError(f"context parallelism splits each sequence over processes, and this model's {name} layers "
+                            "run along the whole sequence; remove context_parallel_size")
+    config = getattr(model, "config", None)
+    if config is not None and modifies_scores(config):
+        raise UserError("context parallelism computes attention with sdpa, which cannot soft-cap this model's scores; "
+                        "remove context_parallel_size")
+
+
+class ContextParallel:
+    """The groups of `size` processes, and the split of each micro batch (module docstring)."""
+
+    def __init__(self, size: int) -> None:
+        import torch.distributed as dist
+
+        world, rank = dist.get_world_size(), dist.get_rank()
+        if world % size:
+            raise UserError(f"`context_parallel_size: {size}`, and this run has {world} processes: launch a multiple "
+                            f"of {size}")
+        self.size, self.index = size, rank % size
+        self.group = None
+        for first in range(0, world, size):  # every process makes every group, in the same order
+            group = dist.new_group(list(range(first, first + size)))
+            if first <= rank < first + size:
+                self.group = group
+
+    def _flat(self, inputs: dict[str, Any]) -> tuple[Any, Any, Any, Any, Any]:
+        """This process's batch as one flat sequence: ids, labels, positions, document numbers (from 0), and the
+        stretches the labels shift within as they would unsplit (each row of a padded batch; a packed row whole,
+        as its loss shifts over it)."""
+        import torch
+
+        ids, labels = inputs["input_ids"], inputs["labels"]
+        if "attention_mask" in inputs and inputs["attention_mask"] is not None and ids.shape[0] > 1 or "position_ids" not in inputs:
+            mask = inputs.get("attention_mask")
+            mask = torch.ones_like(ids, dtype=torch.bool) if mask is None else mask.bool()
+            rows = [(ids[i][mask[i]], labels[i][mask[i]]) for i in range(ids.shape[0])]
+            flat_ids = torch.cat([r[0] for r in rows])
+            flat_labels = torch.cat([r[1] for r in rows])
+            positions = torch.cat([torch.arange(len(r[0]), device=ids.device) for r in rows])
+            docs = torch.cat([torch.full((len(r[0]),), i, device=ids.device) for i, r in enumerate(rows)])
+            return flat_ids, flat_labels, positions, docs, docs
+        # packed: rows of documents end to end, their positions restarting at 0
+        flat_ids, flat_labels, positions = ids.reshape(-1), labels.reshape(-1), inputs["position_ids"].reshape(-1)
+        docs = torch.cumsum((positions == 0).long(), 0) - 1
+        stretches = torch.arange(ids.shape[0], device=ids.device).repeat_interleave(ids.shape[1])
+        return flat_ids, flat_labels, positions, docs, stretches
+
+    def split(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """This process's slice of its group's batches put together: input ids, position ids, labels shifted within
+        each document (the loss takes them unshifted); the rest of the split is kept in STATE for `attention`."""
+        import torch
+        import torch.distributed as dist
+
+        ids, labels, positions, docs, stretches = self._flat(inputs)
+        lengths = [torch.zeros(1, dtype=torch.long, device=ids.device) for _ in range(self.size)]
+        dist.all_gather(lengths, torch.tensor([len(ids)], device=ids.device), group=self.group)
+        lengths_list = [int(n) for n in lengths]
+        longest = max(lengths_list)
+
+        def together(x: Any, fill: int) -> Any:
+            padded = torch.full((longest,), fill, dtype=x.dtype, device=x.device)
+            padded[: len(x)] = x
+            parts = [torch.empty_like(padded) for _ in range(self.size)]
+            dist.all_gather(parts, padded, group=self.group)
+            return parts
+
+        def distinct(parts: list[Any]) -> list[Any]:  # numbers made distinct across the group
+            offset, out = 0, []
+            for part, n in zip(parts, lengths_list):
+                out.append(part[:n] + offset)
+                offset += int(part[:n].max()) + 1 if n else 0
+            return out
+
+        joined_docs, joined_stretches = distinct(together(docs, -1)), distinct(together(stretches, -1))
+        whole = {"ids": torch.cat([p[:n] for p, n in zip(together(ids, 0), lengths_list)]),
+                 "labels": torch.cat([p[:n] for p, n in zip(together(labels, IGNORE), lengths_list)]),
+                 "positions": torch.cat([p[:n] for p, n in zip(together(positions, 0), lengths_list)]),
+                 "docs": torch.cat(joined_docs), "stretches": torch.cat(joined_stretches)}
+        total = len(whole["ids"])
+        padded_total = -(-total // self.size) * self.size
+        pad = padded_total - total
+        if pad:
+            whole = {"ids": torch.cat([whole["ids"], whole["ids"].new_zeros(pad)]),
+                     "labels": torch.cat([whole["labels"], whole["labels"].new_full((pad,), IGNORE)]),
+                     "positions": torch.cat([whole["positions"], whole["positions"].new_zeros(pad)]),
+                     "docs": torch.cat([whole["docs"], whole["docs"].new_full((pad,), -1)]),
+                     "stretches": torch.cat([whole["stretches"], whole["stretches"].new_full((pad,), -1)])}
+        shifted = torch.full_like(whole["labels"], IGNORE)
+        same = whole["stretches"][1:] == whole["stretches"][:-1]
+        shifted[:-1] = torch.where(same, whole["labels"][1:], torch.full_like(whole["labels"][1:], IGNORE))
+        size = padded_total // self.size
+        start = self.index * size
+        STATE.update(group=self.group, docs=whole["docs"], start=start)
+        part = slice(start, start + size)
+        return {"input_ids": whole["ids"][part][None], "position_ids": whole["positions"][part][None],
+                "labels": shifted[part][None]}

@@ -1,0 +1,91 @@
+"""Context parallelism (`context_parallel_size`, Axolotl's ALST examples) on two CPU processes: each micro batch of
+the group split in two along the sequence, keys and values gathered in every attention layer; the run trains as
+one process on the same rows does (packed and padded batches), and what it cannot split is refused."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from compare import relative_difference
+from train_helpers import make_config
+
+pytestmark = pytest.mark.slow(seconds=25)
+
+LORA = {"adapter": "lora", "lora_r": 4, "lora_alpha": 8, "lora_target_linear": True}
+STEPS = {"max_steps": 3, "learning_rate": 0.01, "optimizer": "adamw_torch"}
+
+
+def _train(folder: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "ft", "train", "cfg.yml", *args], cwd=folder, env=env,
+                            capture_output=True, text=True, timeout=300)
+    if result.returncode != 0 and "terminate called without an active exception" in result.stderr and "ft: done:" in result.stderr:
+        result = subprocess.CompletedProcess(result.args, 0, result.stdout, result.stderr)  # gloo's teardown abort
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result
+
+
+def _losses(out: Path) -> list[float]:
+    return [r["loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+
+
+@pytest.mark.parametrize("packing", [True, False], ids=["packed", "padded"])
+def test_two_processes_splitting_each_sequence_train_as_one_process(packing: bool, tmp_path: Path, tiny_model_dir):
+    """1 process × micro batch 2 against a context-parallel group of 2 × micro batch 1: the group trains its two
+    rows as one sequence split in two, so each process computes half of the tokens; losses and adapter agree."""
+    keys = dict(sample_packing=packing, **STEPS, **LORA)
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir()
+    two.mkdir()
+    make_config(one, tiny_model_dir("llama"), micro_batch_size=2, **keys)
+    make_config(two, tiny_model_dir("llama"), micro_batch_size=1, context_parallel_size=2, **keys)
+    _train(one)
+    result = _train(two, "--num-processes", "2")
+    assert "context parallelism: groups of 2 processes" in result.stderr, result.stderr[-3000:]
+    a, b = _losses(one / "out"), _losses(two / "out")
+    assert len(a) == len(b) == 3 and all(abs(x - y) <= 1e-4 * abs(x) for x, y in zip(a, b)), (a, b)
+    from safetensors.torch import load_file
+
+    adapter = load_file(str(two / "out" / "adapter_model.safetensors"))
+    assert relative_difference(adapter, load_file(str(one / "out" / "adapter_model.safetensors"))) < 1e-3
+
+
+def test_the_split_gives_each_process_its_slice_and_the_attention_its_documents(tmp_path: Path, tiny_model_dir):
+    """In one process (a group of 1): the flat sequence, the labels shifted within each row, the documents."""
+    import torch
+    import torch.distributed as dist
+
+    from ft.train import context_parallel as CP
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo", init_method=f"file://{tmp_path}/rendezvous", rank=0, world_size=1)
+    try:
+        cp = CP.ContextParallel(1)
+        ids = torch.tensor([[5, 6, 7, 0], [8, 9, 0, 0]])
+        mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
+        labels = torch.tensor([[-100, 6, 7, -100], [-100, 9, -100, -100]])
+        got = cp.split({"input_ids": ids, "attention_mask": mask, "labels": labels})
+        assert got["input_ids"].tolist() == [[5, 6, 7, 8, 9]]
+        assert got["position_ids"].tolist() == [[0, 1, 2, 0, 1]]
+        assert got["labels"].tolist() == [[6, 7, -100, 9, -100]]  # shifted within each row, never across
+        assert CP.STATE["docs"].tolist() == [0, 0, 0, 1, 1]
+    finally:
+        dist.destroy_process_group()
+
+
+def test_what_cannot_be_split_is_refused(tmp_path: Path, tiny_model_dir):
+    from ft.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="context parallelism splits the sequences of supervised training"):
+        make_config(tmp_path, tiny_model_dir("llama"), context_parallel_size=2, rl="dpo",
+                    datasets=[{"path": "pairs.jsonl", "type": "preference"}])
+    make_config(tmp_path, tiny_model_dir("llama"), context_parallel_size=2, **LORA)
+    result = subprocess.run([sys.executable, "-m", "ft", "train", "cfg.yml"], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 2 and "launch a multiple of 2" in result.stderr, result.stderr[-2000:]
