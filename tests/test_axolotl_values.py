@@ -364,6 +364,9 @@ def test_dp_shard_size_is_the_number_of_processes_fsdp_shards_over(tmp_path: Pat
 
     with pytest.raises(UserError, match="`dp_shard_size: 2`, and this run has 1 process: ft shards each weight over every"):
         build_run(make_config(tmp_path, tiny_model_dir("llama"), dp_shard_size=2, fsdp=["full_shard"]), 1)
+    with pytest.raises(UserError, match="`dp_shard_size: 2` × context_parallel_size 2, and this run has 2 processes.*launch 4"):
+        build_run(make_config(tmp_path, tiny_model_dir("llama"), dp_shard_size=2, context_parallel_size=2,
+                              fsdp=["full_shard"]), 2)
 
 
 def test_evaluation_keys_of_axolotls_phi3_example(tmp_path: Path):

@@ -37,14 +37,15 @@ def _losses(out: Path) -> list[float]:
 
 @pytest.mark.parametrize("packing", [True, False], ids=["packed", "padded"])
 def test_two_processes_splitting_each_sequence_train_as_one_process(packing: bool, tmp_path: Path, tiny_model_dir):
-    """1 process × micro batch 2 against a context-parallel group of 2 × micro batch 1: the group trains its two
-    rows as one sequence split in two, so each process computes half of the tokens; losses and adapter agree."""
+    """1 process against a context-parallel group of 2, micro batch 2: the group draws the same micro batches as
+    the one process and splits each in two, so each process computes half of its tokens; losses and adapter
+    agree."""
     keys = dict(sample_packing=packing, **STEPS, **LORA)
     one, two = tmp_path / "one", tmp_path / "two"
     one.mkdir()
     two.mkdir()
     make_config(one, tiny_model_dir("llama"), micro_batch_size=2, **keys)
-    make_config(two, tiny_model_dir("llama"), micro_batch_size=1, context_parallel_size=2, **keys)
+    make_config(two, tiny_model_dir("llama"), micro_batch_size=2, context_parallel_size=2, **keys)
     _train(one)
     result = _train(two, "--num-processes", "2")
     assert "context parallelism: groups of 2 processes" in result.stderr, result.stderr[-3000:]

@@ -310,14 +310,15 @@ def test_fsdp2_lora_on_an_8bit_base_holds_the_integer_weights_whole_and_trains_a
 def test_fsdp2_with_context_parallelism_and_tiled_mlp_trains_as_one_process(tmp_path: Path, tiny_model_dir):
     """Axolotl's ALST recipe on FSDP2 (llama3-8b-fsdp2-alst): full fine-tuning, each packed micro batch of the
     group split over its 2 processes (context_parallel_size: 2), the MLPs run a tile of tokens at a time and
-    recomputed inside FSDP's units, gradient checkpointing on; the run follows one process on the same rows."""
+    recomputed inside FSDP's units, gradient checkpointing on; the group draws one process's micro batches and
+    follows its run."""
     keys = {"sample_packing": True, "tiled_mlp": True, "tiled_mlp_tokens": 16, "gradient_checkpointing": True,
             **STEPS, "max_steps": 3}
     one, two = tmp_path / "one", tmp_path / "two"
     one.mkdir()
     two.mkdir()
     make_config(one, tiny_model_dir("llama"), micro_batch_size=2, **keys)
-    make_config(two, tiny_model_dir("llama"), micro_batch_size=1, context_parallel_size=2,
+    make_config(two, tiny_model_dir("llama"), micro_batch_size=2, context_parallel_size=2,
                 fsdp_config={"fsdp_version": 2, "transformer_layer_cls_to_wrap": "LlamaDecoderLayer"}, **keys)
     _run(one, 1, fsdp_cpu=False)
     result = _run(two, 2)

@@ -51,10 +51,12 @@ def build_run(cfg: FtConfig, world: int) -> Run:
     if cfg.adapter.peft.loftq_config and sharding:
         raise UserError(f"LoftQ (`peft: loftq_config`) is not supported with {sharding} (each process holds a share of "
                         "every weight it quantizes); use DeepSpeed ZeRO-1/2 or DDP")
-    if cfg.distributed.dp_shard_size and cfg.distributed.dp_shard_size != world:
-        raise UserError(f"`dp_shard_size: {cfg.distributed.dp_shard_size}`, and this run has {world} process"
-                        f"{'es' if world > 1 else ''}: ft shards each weight over every process; launch "
-                        f"{cfg.distributed.dp_shard_size} processes or set dp_shard_size to {world}")
+    cp = cfg.distributed.context_parallel_size or 1  # Axolotl's mesh: dp_shard × context parallel groups
+    if cfg.distributed.dp_shard_size and cfg.distributed.dp_shard_size * cp != world:
+        wanted = cfg.distributed.dp_shard_size * cp
+        raise UserError(f"`dp_shard_size: {cfg.distributed.dp_shard_size}`" + (f" × context_parallel_size {cp}" if cp > 1 else "")
+                        + f", and this run has {world} process{'es' if world > 1 else ''}: ft shards each weight over "
+                        f"every process; launch {wanted} processes or set dp_shard_size to {world // cp or 1}")
     from ft.model.sharded import shards_at_load
 
     fsdp2 = bool(cfg.distributed.fsdp) and cfg.distributed.fsdp_config.fsdp_version == 2
@@ -222,6 +224,7 @@ def build_run(cfg: FtConfig, world: int) -> Run:
         CP.register()
         causal_lm_of(model).set_attn_implementation(CP.NAME)
         trainer.context_parallel = CP.ContextParallel(cp)
+        trainer.context_parallel.deal_batches(trainer.accelerator)
         log.info("context parallelism: groups of %d processes, each micro batch split %d ways (keys and values "
                  "gathered in every attention layer)", cp, cp)
     if t.jagged_restart_steps:

@@ -57,9 +57,10 @@ class FtConfig(BaseModel):
         return self
 
     def effective_batch_size(self, world_size: int = 1) -> int:
-        """Sequences per optimizer step: micro batch × accumulation × processes."""
+        """Sequences per optimizer step: micro batch × accumulation × processes (× groups of processes, under
+        context parallelism: a group draws one micro batch)."""
         t = self.training
-        return t.micro_batch_size * t.gradient_accumulation_steps * world_size
+        return t.micro_batch_size * t.gradient_accumulation_steps * max(world_size // (self.distributed.context_parallel_size or 1), 1)
 
     @property
     def distills(self) -> bool:

@@ -73,7 +73,14 @@ def estimate(cfg: Any, shape: Shape, gpus: int = 1, longest_batch: Optional[int]
     compute = 4 if m.precision == "fp32" else 2  # `auto` plans for a GPU: bf16
     pairs = cfg.preference.trains_pairs  # a micro batch of pairs holds two sequences a pair
     tokens = longest_batch or t.micro_batch_size * cfg.data.sequence_len * (2 if pairs else 1)
+    split = d.context_parallel_size or 1
+    whole = tokens
+    if split > 1 and gpus >= split:  # context parallelism: a GPU holds its slice of its group's micro batch
+        tokens = -(-tokens // split)
     plan = Plan({}, gpus=gpus, tokens=tokens)
+    if split > 1 and gpus >= split:
+        plan.notes.append(f"context_parallel_size {split}: each GPU holds 1/{split} of each micro batch's tokens, and a "
+                          f"(slice × sequence) attention mask of {tokens * whole / 2**30:.2f} GiB per layer call")
     embed, head = shape.embedding_params(), shape.head_params()
 
     # weights

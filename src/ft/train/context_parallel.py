@@ -2,15 +2,16 @@
 trained): the processes form groups of C, and each group trains its micro batches as one sequence split C ways, so
 a process holds the activations of 1/C of the tokens.
 
-Per micro batch (`ContextParallel.split`): the C processes of a group put their batches together, each laid out
-flat (rows end to end, padding dropped; a document per row, or per packed sequence as its position ids restart),
-shift the labels within each document, pad the whole to a multiple of C, and each keeps its C-th slice: input ids,
-position ids (each document's own, so rotary embeddings are the unsplit sequence's) and shifted labels. In every
+The data loaders are dealt over the groups (`deal_batches`): the C processes of a group draw the same micro
+batches. Per micro batch (`split`) each lays it out flat (rows end to end, padding dropped; a document per row, or
+per packed sequence as its position ids restart), shifts the labels as the unsplit loss would, pads to a multiple
+of C and keeps its C-th slice: input ids, position ids (each document's own, so rotary embeddings are the unsplit
+sequence's) and shifted labels. In every
 attention layer (`attention`, registered in transformers' AttentionInterface), each process gathers the keys and
 values of its group (the gradient of each slice summed back to the process that made it) and attends from its
 queries to every key of the same document at or before the query (and within a sliding window, when the layer
-has one). The loss sums the slice's token losses over the batch's trained tokens, as without context
-parallelism: the gradients summed over the processes are those of the unsplit batches.
+has one). The loss sums the slice's token losses over the batch's trained tokens (counted once per group),
+so the gradients summed over the processes are those of the unsplit batches.
 
 The mask is a (slice × sequence) boolean, computed by sdpa; a fused kernel (ring or varlen flash attention on a
 GPU) is not used yet. Layers other than attention that read the whole sequence (Mamba, linear attention) cannot be
@@ -134,52 +135,51 @@ class ContextParallel:
         stretches = torch.arange(ids.shape[0], device=ids.device).repeat_interleave(ids.shape[1])
         return flat_ids, flat_labels, positions, docs, stretches
 
+    def deal_batches(self, accelerator: Any) -> None:
+        """The processes of a group draw the same micro batches: the data loaders are dealt over the groups, not the
+        processes (accelerate's own preparation, told the number of groups and this group's number)."""
+        import torch.distributed as dist
+        from accelerate.data_loader import prepare_data_loader
+
+        groups, number = dist.get_world_size() // self.size, dist.get_rank() // self.size
+
+        def prepare(data_loader: Any, device_placement: Any = None, slice_fn_for_dispatch: Any = None) -> Any:
+            if getattr(data_loader, "_is_accelerate_prepared", False):
+                return data_loader
+            prepared = prepare_data_loader(
+                data_loader, accelerator.device, num_processes=groups, process_index=number,
+                split_batches=accelerator.split_batches, put_on_device=True if device_placement is None else device_placement,
+                rng_types=accelerator.rng_types.copy(), dispatch_batches=accelerator.dispatch_batches,
+                even_batches=accelerator.even_batches, use_seedable_sampler=accelerator.use_seedable_sampler,
+                data_seed=accelerator.dataloader_config.data_seed, non_blocking=accelerator.non_blocking)
+            accelerator._dataloaders.append(prepared)
+            return prepared
+
+        accelerator.prepare_data_loader = prepare  # this accelerator's, for the Trainer's loaders
+
     def split(self, inputs: dict[str, Any]) -> dict[str, Any]:
-        """This process's slice of its group's batches put together: input ids, position ids, labels shifted within
-        each document (the loss takes them unshifted); the rest of the split is kept in STATE for `attention`."""
+        """This process's slice of its group's micro batch (the same on every process of the group): input ids,
+        position ids, labels shifted as the unsplit loss shifts them (the loss takes them as they are); the rest of
+        the split is kept in STATE for `attention`."""
         import torch
         import torch.distributed as dist
 
         ids, labels, positions, docs, stretches = self._flat(inputs)
-        lengths = [torch.zeros(1, dtype=torch.long, device=ids.device) for _ in range(self.size)]
-        dist.all_gather(lengths, torch.tensor([len(ids)], device=ids.device), group=self.group)
-        lengths_list = [int(n) for n in lengths]
-        longest = max(lengths_list)
-
-        def together(x: Any, fill: int) -> Any:
-            padded = torch.full((longest,), fill, dtype=x.dtype, device=x.device)
-            padded[: len(x)] = x
-            parts = [torch.empty_like(padded) for _ in range(self.size)]
-            dist.all_gather(parts, padded, group=self.group)
-            return parts
-
-        def distinct(parts: list[Any]) -> list[Any]:  # numbers made distinct across the group
-            offset, out = 0, []
-            for part, n in zip(parts, lengths_list):
-                out.append(part[:n] + offset)
-                offset += int(part[:n].max()) + 1 if n else 0
-            return out
-
-        joined_docs, joined_stretches = distinct(together(docs, -1)), distinct(together(stretches, -1))
-        whole = {"ids": torch.cat([p[:n] for p, n in zip(together(ids, 0), lengths_list)]),
-                 "labels": torch.cat([p[:n] for p, n in zip(together(labels, IGNORE), lengths_list)]),
-                 "positions": torch.cat([p[:n] for p, n in zip(together(positions, 0), lengths_list)]),
-                 "docs": torch.cat(joined_docs), "stretches": torch.cat(joined_stretches)}
-        total = len(whole["ids"])
-        padded_total = -(-total // self.size) * self.size
-        pad = padded_total - total
+        mine = torch.tensor([len(ids), int(ids.sum())], device=ids.device)
+        seen = [torch.zeros_like(mine) for _ in range(self.size)]
+        dist.all_gather(seen, mine, group=self.group)
+        if any(not torch.equal(s, mine) for s in seen):
+            raise RuntimeError("the processes of a context-parallel group drew different micro batches")
+        pad = -(-len(ids) // self.size) * self.size - len(ids)
         if pad:
-            whole = {"ids": torch.cat([whole["ids"], whole["ids"].new_zeros(pad)]),
-                     "labels": torch.cat([whole["labels"], whole["labels"].new_full((pad,), IGNORE)]),
-                     "positions": torch.cat([whole["positions"], whole["positions"].new_zeros(pad)]),
-                     "docs": torch.cat([whole["docs"], whole["docs"].new_full((pad,), -1)]),
-                     "stretches": torch.cat([whole["stretches"], whole["stretches"].new_full((pad,), -1)])}
-        shifted = torch.full_like(whole["labels"], IGNORE)
-        same = whole["stretches"][1:] == whole["stretches"][:-1]
-        shifted[:-1] = torch.where(same, whole["labels"][1:], torch.full_like(whole["labels"][1:], IGNORE))
-        size = padded_total // self.size
+            ids, positions = torch.cat([ids, ids.new_zeros(pad)]), torch.cat([positions, positions.new_zeros(pad)])
+            labels = torch.cat([labels, labels.new_full((pad,), IGNORE)])
+            docs, stretches = torch.cat([docs, docs.new_full((pad,), -1)]), torch.cat([stretches, stretches.new_full((pad,), -1)])
+        shifted = torch.full_like(labels, IGNORE)
+        same = stretches[1:] == stretches[:-1]
+        shifted[:-1] = torch.where(same, labels[1:], torch.full_like(labels[1:], IGNORE))
+        size = len(ids) // self.size
         start = self.index * size
-        STATE.update(group=self.group, docs=whole["docs"], start=start)
+        STATE.update(group=self.group, docs=docs, start=start)
         part = slice(start, start + size)
-        return {"input_ids": whole["ids"][part][None], "position_ids": whole["positions"][part][None],
-                "labels": shifted[part][None]}
+        return {"input_ids": ids[part][None], "position_ids": positions[part][None], "labels": shifted[part][None]}

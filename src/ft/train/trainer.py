@@ -251,8 +251,10 @@ class FtTrainer(Trainer):
         `eaft`, each token's term weighted by its entropy (from the hidden states, or from the model's logits where
         the chunked loss cannot run)."""
         shifted = self.context_parallel is not None and "labels" in inputs
-        if shifted:  # this process's slice of its group's batches (ft.train.context_parallel)
+        if shifted:  # this process's slice of its group's batch (ft.train.context_parallel)
             inputs = self.context_parallel.split(inputs)
+            if num_items_in_batch is not None:  # every process of a group counted the same batch
+                num_items_in_batch = num_items_in_batch / self.context_parallel.size
         if not (self.chunked_loss or self.eaft or shifted) or "labels" not in inputs:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         import torch
