@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from train_helpers import WORDS, build, make_config, snapshot
+from train_helpers import WORDS, build, make_config, sampling_recorded, snapshot
 from ft.config import load_config
 from ft.errors import ConfigError
 from ft.train import ebft as E
@@ -126,12 +126,7 @@ def test_structured_gradient_is_grpo_over_the_samples_it_drew(tmp_path: Path, ti
     (adapter off) of each sample and of the answer, each computed here from plain forwards."""
     cfg = ebft_config(tmp_path, tiny_model_dir("llama"), "structured", **LORA)
     trainer, model, tokenizer = build(cfg)
-    with torch.no_grad():
-        for p in (p for n, p in model.named_parameters() if "lora_B" in n):
-            p.normal_(0, 0.3)
-    drawn = []
-    generate = trainer._generate
-    trainer._generate = lambda m, prompt, limit: drawn.append((prompt, generate(m, prompt, limit))) or drawn[-1][1]
+    drawn = sampling_recorded(trainer, model)
     batch = next(iter(trainer.get_train_dataloader()))
     torch.manual_seed(3)
     model.train()

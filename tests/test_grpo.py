@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import run_ft
-from train_helpers import WORDS, build, make_config
+from train_helpers import WORDS, build, make_config, sampling_recorded
 
 REWARDS = '''
 def gsm8k_like(cfg, *args, **kwargs):
@@ -77,12 +77,7 @@ def test_the_gradient_is_grpos_with_its_kl_term_over_the_rewarded_samples(tmp_pa
     monkeypatch.chdir(tmp_path)
     cfg = grpo_config(tmp_path, tiny_model_dir("llama"), **LORA)
     trainer, model, tokenizer = build(cfg)
-    with torch.no_grad():
-        for p in (p for n, p in model.named_parameters() if "lora_B" in n):
-            p.normal_(0, 0.3)
-    drawn = []
-    generate = trainer._generate
-    trainer._generate = lambda m, prompt, limit: drawn.append((prompt, generate(m, prompt, limit))) or drawn[-1][1]
+    drawn = sampling_recorded(trainer, model)
     batch = next(iter(trainer.get_train_dataloader()))
     answers = [row["answer"] for row in batch["ft_rewards_read"]]
     model.train()

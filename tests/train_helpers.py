@@ -77,3 +77,17 @@ def build(cfg: Any) -> tuple[Any, Any, Any]:
 
 def snapshot(model: Any) -> dict[str, Any]:
     return {n: p.detach().float().clone() for n, p in model.named_parameters()}
+
+
+def sampling_recorded(trainer: Any, model: Any) -> list:
+    """For the online trainers' gradient tests: LoRA's B matrices made non-zero (so the adapter changes what the
+    model samples and computes), and every (prompt, samples) the trainer draws recorded in the list returned."""
+    import torch
+
+    with torch.no_grad():
+        for p in (p for n, p in model.named_parameters() if "lora_B" in n):
+            p.normal_(0, 0.3)
+    drawn: list = []
+    generate = trainer._generate
+    trainer._generate = lambda m, prompt, limit: drawn.append((prompt, generate(m, prompt, limit))) or drawn[-1][1]
+    return drawn

@@ -276,7 +276,7 @@ def _relora(cfg: Any, add: Any) -> None:
     """ReLoRA merges plain LoRA into the weights it sits on and prunes Adam's moments, on one process or DDP."""
     a, q, t, d = cfg.adapter, cfg.quantization, cfg.training, cfg.distributed
     if a.adapter not in ("lora", "qlora"):
-        add("relora", f"ReLoRA merges LoRA into the base and starts it again: set `adapter: lora` or `qlora`"
+        add("relora", "ReLoRA merges LoRA into the base and starts it again: set `adapter: lora` or `qlora`"
             + (f" (this run has `adapter: {a.adapter}`)" if a.adapter else ""))
     elif not t.jagged_restart_steps:
         add("relora", "ReLoRA restarts every `jagged_restart_steps` steps: set it (e.g. 150)")

@@ -32,8 +32,6 @@ log = logging.getLogger("ft")
 def group_advantages(rewards: Any, weights: Any, aggregation: str, scale: bool, gather: Any = None) -> Any:
     """(prompts, samples) advantages from (prompts, samples, functions) rewards (NaN: none given); `gather` puts
     every process's values together for the batch statistics of normalize_then_sum."""
-    import torch
-
     if aggregation == "sum_then_normalize":
         total = (rewards * weights).nansum(dim=-1)
         centred = total - total.mean(dim=1, keepdim=True)
