@@ -52,9 +52,6 @@ class Registry(Generic[T]):
         hint = did_you_mean(name, list(self._entries) + list(self._aliases))
         raise ValueError(f"unknown {self.kind} `{name}`{hint}; valid: {valid}")
 
-    def __contains__(self, name: str) -> bool:
-        return name in self._entries or name in self._aliases
-
     def get(self, name: str) -> T:
         return self._entries[self.canonical(name)]
 
