@@ -31,8 +31,8 @@ def _train(folder: Path, *args: str) -> subprocess.CompletedProcess:
     return result
 
 
-def _losses(out: Path) -> list[float]:
-    return [r["loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+def _losses(out: Path, key: str = "loss") -> list[float]:
+    return [r[key] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if key in r]
 
 
 @pytest.mark.parametrize("packing", [True, False], ids=["packed", "padded"])
@@ -40,7 +40,7 @@ def test_two_processes_splitting_each_sequence_train_as_one_process(packing: boo
     """1 process against a context-parallel group of 2, micro batch 2: the group draws the same micro batches as
     the one process and splits each in two, so each process computes half of its tokens; losses and adapter
     agree."""
-    keys = dict(sample_packing=packing, **STEPS, **LORA)
+    keys = dict(sample_packing=packing, val_set_size=4, eval_steps=3, **STEPS, **LORA)
     one, two = tmp_path / "one", tmp_path / "two"
     one.mkdir()
     two.mkdir()
@@ -51,6 +51,8 @@ def test_two_processes_splitting_each_sequence_train_as_one_process(packing: boo
     assert "context parallelism: groups of 2 processes" in result.stderr, result.stderr[-3000:]
     a, b = _losses(one / "out"), _losses(two / "out")
     assert len(a) == len(b) == 3 and all(abs(x - y) <= 1e-4 * abs(x) for x, y in zip(a, b)), (a, b)
+    a, b = _losses(one / "out", "eval_loss"), _losses(two / "out", "eval_loss")  # evaluation splits its batches too
+    assert len(a) == len(b) == 1 and abs(a[0] - b[0]) <= 1e-4 * abs(a[0]), (a, b)
     from safetensors.torch import load_file
 
     adapter = load_file(str(two / "out" / "adapter_model.safetensors"))

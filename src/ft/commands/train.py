@@ -211,22 +211,12 @@ def build_run(cfg: FtConfig, world: int) -> Run:
         trainer.add_callback(FakeQuantizationFrom(cfg.quantization.qat.fake_quant_after_n_steps))
     cp = cfg.distributed.context_parallel_size
     if cp and cp > 1:
-        from ft.train import context_parallel as CP
-        from ft.train.loss import causal_lm_of
+        from ft.train.context_parallel import enable
 
-        if world % cp:
-            raise UserError(f"`context_parallel_size: {cp}`, and this run has {world} process{'es' if world > 1 else ''}: "
-                            f"launch a multiple of {cp} (ft train --num-processes {cp})")
         if prompt_learning:
             raise UserError(f"`adapter: {cfg.adapter.adapter}` puts virtual tokens before each row, which context "
                             "parallelism would split; use lora")
-        CP.check_model(causal_lm_of(model))
-        CP.register()
-        causal_lm_of(model).set_attn_implementation(CP.NAME)
-        trainer.context_parallel = CP.ContextParallel(cp)
-        trainer.context_parallel.deal_batches(trainer.accelerator)
-        log.info("context parallelism: groups of %d processes, each micro batch split %d ways (keys and values "
-                 "gathered in every attention layer)", cp, cp)
+        enable(trainer, model, cp, world)
     if t.jagged_restart_steps:
         trainer.jagged_restarts = (t.jagged_restart_steps, t.jagged_restart_warmup_steps or 10,
                                    t.jagged_restart_anneal_steps or 1, t.cosine_min_lr_ratio or 0.001)

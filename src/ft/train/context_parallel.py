@@ -183,3 +183,23 @@ class ContextParallel:
         STATE.update(group=self.group, docs=docs, start=start)
         part = slice(start, start + size)
         return {"input_ids": ids[part][None], "position_ids": positions[part][None], "labels": shifted[part][None]}
+
+
+def enable(trainer: Any, model: Any, size: int, world: int) -> None:
+    """Context parallelism for `trainer`: the model's attention, the groups, the data dealt over them."""
+    from ft.train.loss import causal_lm_of
+
+    if world % size:
+        raise UserError(f"`context_parallel_size: {size}`, and this run has {world} process{'es' if world > 1 else ''}: "
+                        f"launch a multiple of {size} (ft train --num-processes {size})")
+    causal_lm = causal_lm_of(model)
+    check_model(causal_lm)
+    if not trainer.model_accepts_loss_kwargs:  # its slices' losses are divided by the whole batch's token count
+        raise UserError(f"context parallelism is not supported with {type(causal_lm).__name__}, whose loss does not "
+                        "take the batch's token count; remove context_parallel_size")
+    register()
+    causal_lm.set_attn_implementation(NAME)
+    trainer.context_parallel = ContextParallel(size)
+    trainer.context_parallel.deal_batches(trainer.accelerator)
+    log.info("context parallelism: groups of %d processes, each micro batch split %d ways (keys and values gathered "
+             "in every attention layer)", size, size)
