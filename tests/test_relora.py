@@ -127,6 +127,15 @@ def test_the_run_writes_the_model_it_trained_and_resumes_to_the_same(quantized: 
     resumed, first = load_file(str(again / "out" / "model.safetensors")), load_file(str(out / "model.safetensors"))
     assert all(torch.allclose(resumed[k], first[k], atol=1e-6) for k in first), "the resumed run ended elsewhere"
 
+    # a run stopped while writing its output (its last checkpoint complete) finishes from it: the same whole model
+    last = tmp_path / "last"
+    shutil.copytree(out / "checkpoint-7", last / "out" / "checkpoint-7")
+    make_config(last, tiny_model_dir("llama"), **keys)
+    result = run_ft("train", "cfg.yml", cwd=last)
+    assert result.returncode == 0 and "holds the last step already" in result.stderr, result.stderr[-3000:]
+    finished = load_file(str(last / "out" / "model.safetensors"))
+    assert all(torch.allclose(finished[k], first[k], atol=1e-6) for k in first), "the finished run wrote another model"
+
 
 @pytest.mark.parametrize("keys, said", [
     ({"relora": True, "adapter": "lora", "jagged_restart_steps": 3, "optimizer": "sgd"}, "prunes Adam's moments"),

@@ -488,6 +488,9 @@ def run_train(cfg: FtConfig) -> dict[str, Any]:
         if checkpoint and _step_of(checkpoint) >= run.trainer.planned_steps():
             log.info("%s holds the last step already: finishing the run from it without training", checkpoint)
             result = run.trainer.finish_from(checkpoint)
+            if run.trainer.relora is not None:  # the base as merged up to that step, for the whole model written
+                run.trainer.relora.resume_from = Path(checkpoint)
+                run.trainer.relora.on_train_begin(None, None, None)
         else:
             if checkpoint:
                 log.info("resuming from %s", checkpoint)
