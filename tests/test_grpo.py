@@ -147,3 +147,14 @@ def test_a_missing_reward_module_is_said_at_the_start(tmp_path: Path, tiny_model
     grpo_config(tmp_path, tiny_model_dir("llama"), trl={"num_generations": 2, "reward_funcs": ["nowhere.reward"]})
     result = run_ft("train", "cfg.yml", cwd=tmp_path)
     assert result.returncode == 2 and "the reward function `nowhere.reward`: no module `nowhere`" in result.stderr, result.stderr[-2000:]
+
+
+def test_a_prompt_longer_than_sequence_len_is_dropped_not_cut(tmp_path: Path, tiny_model_dir):
+    """The samples continue a prompt's end, so a prompt is never truncated: it is dropped and counted."""
+    grpo_config(tmp_path, tiny_model_dir("llama"), sequence_len=40)
+    rows = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()]
+    rows[0]["question"] = " ".join(WORDS * 4)
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = run_ft("preprocess", "cfg.yml", cwd=tmp_path)
+    said = result.stdout + result.stderr
+    assert result.returncode == 0 and "rows read 8: kept 7, dropped 1 longer than sequence_len 40" in said, said[-2000:]

@@ -66,18 +66,18 @@ def build_run(cfg: FtConfig, world: int) -> Run:
                         "of each experts' weight apart from its scales); use FSDP2, DeepSpeed ZeRO-1/2 or DDP, or "
                         "remove it")
     on_gpu = torch.cuda.is_available()
-    pairs, reward, ebft = cfg.preference.trains_pairs, cfg.preference.reward_model, cfg.preference.samples
-    if ebft and sharding:
-        from ft.config.schema import EBFT_SHARDED
+    pairs, reward, sampled = cfg.preference.trains_pairs, cfg.preference.reward_model, cfg.preference.samples
+    if sampled and sharding:
+        from ft.config.schema import SAMPLING_SHARDED
 
-        raise UserError(EBFT_SHARDED.replace("rl: ebft", f"rl: {cfg.preference.rl}").format(sharding))
+        raise UserError(SAMPLING_SHARDED.format(rl=cfg.preference.rl, backend=sharding))
     if cfg.diffusion.diffusion and sharding:
         raise UserError(f"diffusion training is not supported with {sharding} yet (its loss runs the head a chunk of "
                         "positions at a time, outside the forward where the head is whole); use DDP or DeepSpeed ZeRO-1/2")
     # a pair's answers end to end; a reward model's rows padded (its score is read at each row's last token);
     # EBFT samples from each row by itself
     steps = cfg.preference.step_classes is not None
-    layout = PADDED if reward or ebft or steps else PADDING_FREE if pairs else batch_layout(d, t.group_by_length, on_gpu)
+    layout = PADDED if reward or sampled or steps else PADDING_FREE if pairs else batch_layout(d, t.group_by_length, on_gpu)
     prompt_learning = prompt_learning_method(cfg)
     if prompt_learning and t.use_eaft:
         raise UserError(f"`use_eaft` weights each token's loss, and `adapter: {cfg.adapter.adapter}` puts virtual tokens "
@@ -86,8 +86,8 @@ def build_run(cfg: FtConfig, world: int) -> Run:
         if sharding:  # seen: prompt tuning under ZeRO-3 on two ranks never finished its first step
             raise UserError(f"`adapter: {cfg.adapter.adapter}` is not supported with {sharding} yet (its virtual tokens "
                             "sit beside embeddings that are sharded); use DeepSpeed ZeRO-1/2 or DDP")
-        if pairs or cfg.distills or ebft or steps or cfg.diffusion.diffusion:
-            what = ("preference training" if pairs else "EBFT" if ebft else "a process reward model" if steps
+        if pairs or cfg.distills or sampled or steps or cfg.diffusion.diffusion:
+            what = ("preference training" if pairs else f"`rl: {cfg.preference.rl}`" if sampled else "a process reward model" if steps
                     else "diffusion training" if cfg.diffusion.diffusion else "distillation")
             raise UserError(f"`adapter: {cfg.adapter.adapter}` puts virtual tokens before each row, which {what} does "
                             "not take yet; use lora")
@@ -151,7 +151,7 @@ def build_run(cfg: FtConfig, world: int) -> Run:
         from ft.train.reward import RewardTrainer
 
         extra["trainer_class"] = RewardTrainer
-    elif ebft:
+    elif sampled:
         from ft.train.ebft_trainer import EbftTrainer
         from ft.train.grpo import GrpoTrainer
 
@@ -194,7 +194,7 @@ def build_run(cfg: FtConfig, world: int) -> Run:
         from ft.train.ebft_trainer import configure
 
         log.info(configure(trainer, cfg.online, model, tokenizer, full=cfg.adapter.adapter is None))
-    elif ebft:
+    elif sampled:
         from ft.train.grpo import configure as configure_grpo
 
         log.info(configure_grpo(trainer, cfg.preference.rl, cfg.online, model, tokenizer, full=cfg.adapter.adapter is None))

@@ -332,8 +332,8 @@ def prompt_contradictions(cfg: FtConfig, formats: Any) -> list[Contradiction]:
     return []
 
 
-EBFT_SHARDED = ("`rl: ebft` is not supported with {} yet (it samples token by token from weights that are whole only "
-                "inside each forward); use DDP or DeepSpeed ZeRO-1/2")
+SAMPLING_SHARDED = ("`rl: {rl}` is not supported with {backend} yet (it samples token by token from weights that are "
+                    "whole only inside each forward); use DDP or DeepSpeed ZeRO-1/2")
 
 
 def online_contradictions(cfg: FtConfig) -> list[Contradiction]:
@@ -353,7 +353,7 @@ def online_contradictions(cfg: FtConfig) -> list[Contradiction]:
         if cfg.data.sample_packing:
             found.append(Contradiction("sample_packing", f"`rl: {rl}` samples from each prompt by itself; remove `sample_packing`"))
         if d.fsdp:
-            found.append(Contradiction("rl", EBFT_SHARDED.replace("rl: ebft", f"rl: {rl}").format("fsdp")))
+            found.append(Contradiction("rl", SAMPLING_SHARDED.format(rl=rl, backend="fsdp")))
         return found
     if not ebft:
         return found
@@ -368,7 +368,7 @@ def online_contradictions(cfg: FtConfig) -> list[Contradiction]:
     if cfg.data.sample_packing:
         found.append(Contradiction("sample_packing", "`rl: ebft` samples from each row by itself; remove `sample_packing`"))
     if d.fsdp:
-        found.append(Contradiction("rl", EBFT_SHARDED.format("fsdp")))
+        found.append(Contradiction("rl", SAMPLING_SHARDED.format(rl="ebft", backend="fsdp")))
     return found
 
 

@@ -119,13 +119,13 @@ class RowTokenizer:
             with ThreadPoolExecutor(max_workers=1) as pool:
                 for start in range(0, len(rows), BATCH):
                     batch = rows[start : start + BATCH]
-                    texts, ranges, ends = self._render(batch, first_index + start)
+                    texts, ranges, ends, columns = self._render(batch, first_index + start)
                     encoding = pool.submit(self.backend.encode_batch, texts, add_special_tokens=False)
                     if pending is not None:
                         self._finish(*pending, out)
                         if progress is not None:
                             progress.advance(len(pending[3]))
-                    pending = (encoding, ranges, ends, batch, first_index + start)
+                    pending = (encoding, ranges, ends, batch, first_index + start, columns)
                 if pending is not None:
                     self._finish(*pending, out)
                     if progress is not None:
@@ -135,21 +135,30 @@ class RowTokenizer:
                 gc.enable()
         return out
 
-    def _render(self, batch: list[dict[str, Any]], first: int) -> tuple[list[str], list[Any], list[bool]]:
+    def _render(self, batch: list[dict[str, Any]], first: int) -> tuple[list[str], list[Any], list[bool], list[Any]]:
+        """Texts, trained ranges, whether each ends trained, and (rl: grpo's prompts) what each row's reward
+        functions read (None for other formats)."""
         assert self.fmt is not None
-        texts, ranges, ends_trained = [], [], []
+        texts, ranges, ends_trained, columns = [], [], [], []
+        prompts = getattr(self.fmt, "prompts_only", False)
         for i, row in enumerate(batch):
             try:
-                segments = self.fmt.segments(row)
+                if prompts:
+                    segments, read = self.fmt.prompt_and_columns(row)  # type: ignore[attr-defined]
+                    columns.append(read)
+                else:
+                    segments = self.fmt.segments(row)
+                    columns.append(None)
             except DataError as exc:
                 raise DataError(f"{self.where(first + i, row)}: {exc}") from None
             text, trained = trained_ranges(segments, self.data.train_on_inputs)
             texts.append(text)
             ranges.append(trained)
             ends_trained.append(self.data.train_on_inputs or bool(segments and segments[-1].train))
-        return texts, ranges, ends_trained
+        return texts, ranges, ends_trained, columns
 
-    def _finish(self, encoding: Any, ranges: list[Any], ends: list[bool], batch: list[dict], first: int, out: Tokenized) -> None:
+    def _finish(self, encoding: Any, ranges: list[Any], ends: list[bool], batch: list[dict], first: int,
+                columns: list[Any], out: Tokenized) -> None:
         assert self.fmt is not None
         bos_id, eos_id = self.tok.bos_token_id, self.tok.eos_token_id
         for i, (enc, trained, eos_trained) in enumerate(zip(encoding.result(), ranges, ends)):
@@ -165,7 +174,7 @@ class RowTokenizer:
                     targets = position_targets(batch[i], self.ds.logprobs_field, ids, labels)
                 except DataError as exc:
                     raise DataError(f"{self.where(first + i, batch[i])}: {exc}") from None
-            self._fit(first + i, batch[i], ids, labels, out, targets)
+            self._fit(first + i, batch[i], ids, labels, out, targets, columns[i])
 
     def _pretokenized(self, index: int, row: dict[str, Any]) -> tuple[list[int], list[int]]:
         ids = row.get("input_ids")
@@ -180,12 +189,16 @@ class RowTokenizer:
         return list(ids), list(labels)
 
     def _fit(self, index: int, row: dict[str, Any], ids: list[int], labels: list[int], out: Tokenized,
-             targets: Optional[list[Any]] = None) -> None:
+             targets: Optional[list[Any]] = None, columns: Any = None) -> None:
         """Apply sequence_len (split, drop or truncate), drop rows with nothing to learn, and count. `targets`:
         the teacher's entries per position (logprobs_field), cut as the row is."""
         limit, c = self.data.sequence_len, out.counts
         c.rows += 1
         pieces = [(ids, labels, 0)]
+        prompts = getattr(self.fmt, "prompts_only", False)  # rl: grpo's prompts: nothing of them is trained
+        if prompts and len(ids) > limit:
+            c.dropped_long += 1  # a prompt is not cut: the samples continue its end
+            return
         if len(ids) > limit:
             if self.fmt is not None and self.fmt.split_long:
                 pieces = [(ids[i : i + limit], labels[i : i + limit], i) for i in range(0, len(ids), limit)]
@@ -201,10 +214,6 @@ class RowTokenizer:
                         f"{self.where(index, row)}: the prompt alone is longer than sequence_len ({limit} tokens), "
                         "so truncating leaves nothing to train on; raise sequence_len or use excess_length_strategy: drop"
                     )
-        prompts = getattr(self.fmt, "prompts_only", False)  # rl: grpo's prompts: nothing of them is trained
-        if prompts and len(pieces) > 1 or prompts and len(pieces[0][0]) < len(ids):
-            c.dropped_long += 1  # a prompt is not cut: the samples continue its end
-            return
         kept, short = False, False
         for piece_ids, piece_labels, start in pieces:
             if self.data.min_sample_len and len(piece_ids) < self.data.min_sample_len:
@@ -218,7 +227,7 @@ class RowTokenizer:
 
                 if out.rewards_read is None:
                     out.rewards_read = []
-                out.rewards_read.append(json.dumps(self.fmt.reward_columns(row), default=str))  # type: ignore[union-attr]
+                out.rewards_read.append(json.dumps(columns, default=str))
             out.input_ids.append(piece_ids)
             out.labels.append(piece_labels)
             if targets is not None:

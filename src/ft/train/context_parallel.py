@@ -19,6 +19,7 @@ split: such models are refused."""
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any, Optional
 
@@ -35,13 +36,19 @@ SEQUENTIAL = ("Mamba", "GatedDeltaNet", "LinearAttention", "Recurrent", "RWKV", 
 
 def _gather(x: Any, group: Any, dim: int) -> Any:
     """The group's tensors `x` concatenated along `dim` (same shapes), with the gradient of each part summed back
-    to the process that gave it."""
+    to the process that gave it (`Gather`)."""
+    return _gather_function().apply(x, group, dim)
+
+
+@functools.lru_cache(maxsize=None)
+def _gather_function() -> Any:
     import torch
     import torch.distributed as dist
 
     class Gather(torch.autograd.Function):
         @staticmethod
-        def forward(ctx: Any, part: Any) -> Any:  # noqa: ANN401
+        def forward(ctx: Any, part: Any, group: Any, dim: int) -> Any:  # noqa: ANN401
+            ctx.group, ctx.dim = group, dim
             parts = [torch.empty_like(part) for _ in range(dist.get_world_size(group))]
             dist.all_gather(parts, part.contiguous(), group=group)
             return torch.cat(parts, dim=dim)
@@ -49,11 +56,11 @@ def _gather(x: Any, group: Any, dim: int) -> Any:
         @staticmethod
         def backward(ctx: Any, grad: Any) -> Any:  # noqa: ANN401
             grad = grad.contiguous()
-            dist.all_reduce(grad, group=group)  # every process's gradient of every part (gloo has no reduce-scatter)
-            size = grad.shape[dim] // dist.get_world_size(group)
-            return grad.narrow(dim, dist.get_rank(group) * size, size)
+            dist.all_reduce(grad, group=ctx.group)  # every process's gradient of every part (gloo has no reduce-scatter)
+            size = grad.shape[ctx.dim] // dist.get_world_size(ctx.group)
+            return grad.narrow(ctx.dim, dist.get_rank(ctx.group) * size, size), None, None
 
-    return Gather.apply(x)
+    return Gather
 
 
 def attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, scaling: Optional[float] = None,

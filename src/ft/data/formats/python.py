@@ -58,17 +58,20 @@ class PythonTransform(ChatTemplate):
             raise DataError(f"the transform `{self.ds.type}` returned no `prompt` for this row")
         return dict(out)
 
-    def segments(self, row: Mapping[str, Any]) -> list[Segment]:
-        prompt = self.transformed(row)["prompt"]
+    def prompt_and_columns(self, row: Mapping[str, Any]) -> tuple[list[Segment], dict[str, Any]]:
+        """The prompt (not trained) and what the reward functions are given of this row: its columns the transform
+        kept and those it made, the prompt as the transform made it (TRL's `prompts`); one call of the row
+        function."""
+        made = self.transformed(row)
+        prompt = made["prompt"]
         if isinstance(prompt, str):
-            return [Segment(prompt, False)]
-        if not isinstance(prompt, list) or not all(isinstance(t, Mapping) and "role" in t for t in prompt):
+            segments = [Segment(prompt, False)]
+        elif isinstance(prompt, list) and all(isinstance(t, Mapping) and "role" in t for t in prompt):
+            segments = [Segment(self.render([dict(t) for t in prompt], generation_prompt=True), False)]
+        else:
             raise DataError(f"the transform `{self.ds.type}` returned a `prompt` that is neither text nor a list of "
                             "turns ({role, content})")
-        return [Segment(self.render([dict(t) for t in prompt], generation_prompt=True), False)]
+        return segments, {**{k: v for k, v in row.items() if k not in self.removed}, **made}
 
-    def reward_columns(self, row: Mapping[str, Any]) -> dict[str, Any]:
-        """What the reward functions are given of this row: its columns the transform kept, and those it made,
-        the prompt as the transform made it (TRL's `prompts`)."""
-        out = self.transformed(row)
-        return {**{k: v for k, v in row.items() if k not in self.removed}, **out}
+    def segments(self, row: Mapping[str, Any]) -> list[Segment]:
+        return self.prompt_and_columns(row)[0]
