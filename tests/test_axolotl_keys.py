@@ -57,6 +57,7 @@ def test_every_key_set_is_answered_by_name(key: str, tmp_path: Path):
     ("cut_cross_entropy: true\n", "training", "chunked_cross_entropy", True),
     ("liger_fused_linear_cross_entropy: true\n", "training", "chunked_cross_entropy", True),
     ("liger_cross_entropy: true\n", "training", "chunked_cross_entropy", True),
+    ("adapter: lora\nlora_qkv_kernel: true\nlora_mlp_kernel: true\n", "adapter", "lora_fused", True),
     ("rl: dpo\ndpo_beta: 0.3\ndatasets:\n  - path: p.jsonl\n    type: preference\n", "preference", "rl_beta", 0.3),
     ("bfloat16: true\n", "model", "bf16", "full"),
     ("float16: true\n", "model", "fp16", True),

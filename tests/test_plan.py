@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -118,6 +119,29 @@ MEMORY_SETTINGS = {"plain": {}, "checkpointing": {"gradient_checkpointing": True
                    "2 of 4 layers checkpointed": {"gradient_checkpointing": True, "gradient_checkpointing_layers": 2}}
 
 
+def _planned_and_saved(cfg: Any, model_dir: Path, length: int) -> tuple[int, int]:
+    """(the plan's activations, checkpointed layer inputs and what the loss keeps; the bytes a forward through
+    ft's loss saves), the forward under bf16 autocast as the Trainer runs it on a GPU when the config says bf16."""
+    import contextlib
+
+    from ft.plan.estimate import estimate
+    from ft.plan.shapes import read_shape
+
+    trainer, model, _ = build(cfg)
+    model.train()
+    ids = torch.randint(5, 1000, (1, length))
+    autocast = cfg.model.precision == "bf16" and not cfg.model.pure_bf16
+    with torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext():
+        measured = _saved_bytes(lambda **batch: trainer.compute_loss(model, batch), {"input_ids": ids, "labels": ids}, model)
+    shape = read_shape(str(model_dir))
+    parts = estimate(cfg, shape).parts
+    kept_by_loss = length * shape.hidden * 4 if cfg.training.chunked_cross_entropy else length * shape.vocab * 4
+    planned = (parts.get("activations", 0) + parts.get("checkpointed layer inputs", 0)
+               + parts.get("activations of layers not checkpointed", 0) + kept_by_loss
+               + parts.get("16-bit copies of the weights (autocast)", 0))
+    return planned, measured
+
+
 @pytest.mark.parametrize("setting", list(MEMORY_SETTINGS))
 @pytest.mark.parametrize("length", [256, 1024])
 def test_activations_are_within_5_percent_of_what_a_forward_saves(setting, length, tmp_path: Path, mid_model):
@@ -126,21 +150,43 @@ def test_activations_are_within_5_percent_of_what_a_forward_saves(setting, lengt
     inputs and what the loss keeps (the plain loss: the fp32 log-softmax; the chunked one: the final hidden
     states). What lives only in the backward pass (the recomputed layer, an MLP tile, a chunk's logits) is the
     per-layer figure checked here, or a tile of it."""
-    from ft.plan.estimate import estimate
-    from ft.plan.shapes import read_shape
-
     keys = {"chunked_cross_entropy": False, **MEMORY_SETTINGS[setting]}
     cfg = make_config(tmp_path, mid_model, adapter="lora", lora_target_linear=True, bf16=False, micro_batch_size=1,
                       sequence_len=length, **keys)
-    trainer, model, _ = build(cfg)
-    model.train()
-    ids = torch.randint(5, 1000, (1, length))
-    measured = _saved_bytes(lambda **batch: trainer.compute_loss(model, batch), {"input_ids": ids, "labels": ids}, model)
-    shape = read_shape(str(mid_model))
-    parts = estimate(cfg, shape).parts
-    kept_by_loss = length * shape.hidden * 4 if keys["chunked_cross_entropy"] else length * shape.vocab * 4
-    planned = (parts.get("activations", 0) + parts.get("checkpointed layer inputs", 0)
-               + parts.get("activations of layers not checkpointed", 0) + kept_by_loss)
+    planned, measured = _planned_and_saved(cfg, mid_model, length)
+    assert abs(planned - measured) <= 0.05 * measured, (planned, measured)
+
+
+PRECISIONS = {  # the training's dtypes and LoRA's paths, at 512 tokens without checkpointing
+    "LoRA, bf16 base, ft's fused update": {"adapter": "lora", "lora_target_linear": True, "bf16": True},
+    "LoRA on q and v, bf16 base, PEFT's path": {"adapter": "lora", "lora_target_modules": ["q_proj", "v_proj"],
+                                                "bf16": True, "lora_fused": False},
+    "LoRA, bf16 base, PEFT's path": {"adapter": "lora", "lora_target_linear": True, "bf16": True, "lora_fused": False},
+    "LoRA with dropout, bf16 base": {"adapter": "lora", "lora_target_linear": True, "bf16": True, "lora_dropout": 0.1},
+    "QLoRA, ft's fused update": {"adapter": "qlora", "load_in_4bit": True, "lora_target_linear": True, "bf16": True},
+    "full fine-tuning, fp32": {"bf16": False},
+    "full fine-tuning, fp32 masters under bf16 autocast": {"bf16": True},
+    "full fine-tuning, pure bf16": {"bf16": "full"},
+}
+
+
+@pytest.mark.parametrize("setting", list(PRECISIONS))
+def test_activations_in_each_precision_are_within_5_percent_of_what_a_forward_saves(setting, tmp_path: Path, mid_model):
+    """The same count under bf16 autocast (each norm's fp32 copy, autocast's 16-bit copies of fp32 weights and
+    inputs) and on each of LoRA's paths: ft's fused update keeps no copy of a layer's input, PEFT's keeps one per
+    adapted layer (cast to fp32 and back), and with dropout its output and mask. The plan counts a GPU's dropout
+    mask (a byte per element); this CPU keeps it in the input's dtype (fp32 here), added to the plan below."""
+    length = 512
+    cfg = make_config(tmp_path, mid_model, micro_batch_size=1, sequence_len=length, chunked_cross_entropy=False,
+                      **PRECISIONS[setting])
+    planned, measured = _planned_and_saved(cfg, mid_model, length)
+    if cfg.adapter.lora_dropout:
+        from ft.plan.estimate import lora_targets
+        from ft.plan.shapes import read_shape
+
+        shape = read_shape(str(mid_model))
+        inputs = sum(shape.linears()[n][0] for n in lora_targets(cfg, shape))
+        planned += length * shape.layers * inputs * (4 - 1)
     assert abs(planned - measured) <= 0.05 * measured, (planned, measured)
 
 

@@ -412,7 +412,11 @@ def model_for_training(cfg: FtConfig, tokenizer: Any, layout: str, world: int = 
     model = prepare_for_training(model, q, checkpointing=t.gradient_checkpointing, adapter=bool(a.adapter),
                                  checkpointed_layers=layers)
     if a.adapter:
-        model = apply_adapter(a, model, grew, t.seed, on_meta, frozen_copy=cfg.preference.reference)
+        from ft.launch.deepspeed import zero_stage
+
+        ds = cfg.distributed.deepspeed
+        model = apply_adapter(a, model, grew, t.seed, on_meta, frozen_copy=cfg.preference.reference,
+                              zero3=bool(ds) and zero_stage(ds) == 3)
     if a.unfrozen_parameters:
         from ft.model.load import unfreeze_only
 

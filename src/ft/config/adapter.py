@@ -48,6 +48,11 @@ class AdapterConfig(Section):
         None, description="Modules trained in full and saved with the adapter (e.g. embed_tokens, lm_head)."
     )
     lora_model_dir: Optional[str] = Field(None, description="An adapter to continue training from (or to merge).")
+    lora_fused: bool = Field(
+        True, description="LoRA's update computed as one matmul pair and added in place into the base layer's output, "
+        "its backward reusing the input the base layer keeps (ft.model.fused_lora): the gradients of PEFT's path, "
+        "less memory (no per-layer input copy) and fewer passes. PEFT's own path runs where it does not apply "
+        "(dropout, DoRA, a LoRA bias, an 8-bit base, several adapters, ZeRO-3); false: PEFT's path everywhere.")
     lora_fan_in_fan_out: bool = Field(False, description="Set for models whose linear weights are stored transposed.")
     peft_use_rslora: bool = Field(False, description="Rank-stabilised LoRA: scale by alpha / sqrt(r).")
     peft_use_dora: bool = Field(False, description="DoRA: weight-decomposed LoRA.")

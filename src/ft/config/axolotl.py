@@ -123,6 +123,8 @@ KEYS: dict[str, Answer] = {
     "cut_cross_entropy": Answer(MAPPED, "Cut Cross-Entropy", (False,), _when_true("chunked_cross_entropy", True)),
     "liger_fused_linear_cross_entropy": Answer(MAPPED, "Liger's fused linear cross-entropy", (False,),
                                                _when_true("chunked_cross_entropy", True)),
+    **{f"lora_{part}_kernel": Answer(MAPPED, "Axolotl's LoRA kernels", (False,), _when_true("lora_fused", True))
+       for part in ("mlp", "qkv", "o")},  # ft's fused update (lora_fused, on by default) covers every linear layer
     "liger_cross_entropy": Answer(MAPPED, "Liger's cross-entropy", (False,), _when_true("chunked_cross_entropy", True)),
     "dpo_beta": Answer(MAPPED, "DPO's beta (Axolotl's old name)", (), _to("rl_beta")),
     "fsdp_version": Answer(MAPPED, "the FSDP version", (), lambda v: {"fsdp_config": {"fsdp_version": v}}),

@@ -67,11 +67,13 @@ def save_initial_adapter(model: Any, output_dir: str) -> str:
 
 
 def apply_adapter(a: AdapterConfig, model: Any, new_tokens: bool, seed: int, on_meta: bool = False,
-                  frozen_copy: bool = False) -> Any:
+                  frozen_copy: bool = False, zero3: bool = False) -> Any:
     """Wrap the model with LoRA (or load `lora_model_dir` to continue training it); print the counts. New LoRA
     weights are initialised from `seed` and their names (`seed_lora_weights`). `on_meta`: the base is on the
     meta device (ft.model.sharded), the LoRA weights are made real on the CPU. `frozen_copy`: the continued
-    adapter is also loaded frozen, as REFERENCE (a preference loss's reference)."""
+    adapter is also loaded frozen, as REFERENCE (a preference loss's reference). `lora_fused` gives LoRA's linear
+    layers the in-place update (ft.model.fused_lora), except under ZeRO-3 (`zero3`), which gathers A and B only
+    through their own modules' hooks."""
     from peft import PeftModel, get_peft_model
 
     if on_meta and (a.lora_model_dir or a.peft_use_dora):
@@ -138,6 +140,10 @@ def apply_adapter(a: AdapterConfig, model: Any, new_tokens: bool, seed: int, on_
             initialise(model, a.peft.loftq_config.loftq_bits, a.peft.loftq_config.loftq_iter)
         elif not a.peft_init_lora_weights:  # PiSSA and OLoRA start from the base weights themselves
             seed_lora_weights(model, seed)
+    if a.lora_fused and not zero3:
+        from ft.model.fused_lora import fuse
+
+        log.debug("lora_fused: %d LoRA layers add their update in place", fuse(model))
     trainable, total = count_parameters(model)
     log.info("trainable parameters: %s of %s (%.2f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / max(total, 1))
     return model

@@ -87,7 +87,7 @@ def estimate(cfg: Any, shape: Shape, gpus: int = 1, longest_batch: Optional[int]
     base = weight_bytes_of(shape, q.bits, compute, q.bnb_4bit_use_double_quant)
 
     # what trains, in which dtype
-    masters = (m.precision in ("bf16", "auto", "fp16") and not m.pure_bf16) or m.precision == "fp32"
+    masters = _masters(m)
     if a.adapter:
         trainable = method_trainable(cfg, shape, lora_targets(cfg, shape))
         to_save = set(a.lora_modules_to_save or ()) | ({"embed_tokens", "lm_head"} if m.tokens else set())
@@ -134,6 +134,8 @@ def estimate(cfg: Any, shape: Shape, gpus: int = 1, longest_batch: Optional[int]
     if unit:
         plan.parts["gathered layer (FSDP / ZeRO-3)"] = unit
 
+    if not a.adapter and masters and compute == 2 and stage < 3:  # autocast's 16-bit copies, kept for the backward
+        plan.parts["16-bit copies of the weights (autocast)"] = (shape.linear_params() + (head or embed)) * 2
     # activations and logits
     layer_in = tokens * shape.hidden * compute
     saved, tile = _layer_activations(cfg, shape, tokens, compute)
@@ -149,8 +151,9 @@ def estimate(cfg: Any, shape: Shape, gpus: int = 1, longest_batch: Optional[int]
             plan.parts["activations of layers not checkpointed"] = saved * (shape.layers - recomputed)
         if recomputed:
             plan.parts["one layer recomputed"] = saved + tile
-    else:
-        plan.parts["activations"] = saved * shape.layers
+    else:  # and with full fine-tuning the final norm's: its input's fp32 copy, normalized input and output
+        final = 0 if a.adapter else tokens * shape.hidden * (4 + 2 * (4 if compute == 4 or masters else compute))
+        plan.parts["activations"] = saved * shape.layers + final
         if tile:
             plan.parts["one MLP tile recomputed"] = tile
     k = cfg.distillation
@@ -190,27 +193,68 @@ def _stage(d: Any, gpus: int) -> int:
     if d.fsdp:
         return 2 if "shard_grad_op" in d.fsdp else 3
     if d.deepspeed:
-        from ft.launch.deepspeed import zero_stage
-
-        return zero_stage(d.deepspeed)
+        return _zero_stage(d.deepspeed)
     return 0
 
 
 def _layer_activations(cfg: Any, shape: Shape, tokens: int, compute: int) -> tuple[int, int]:
     """(bytes one decoder layer saves for its backward pass, bytes of one MLP tile recomputed in the backward
-    pass with tiled_mlp, else 0). Saved: the norms' inputs and outputs, q, k and v and the attention's output
-    (flash/sdpa keep no score matrix; o_proj reads a view of it), the MLP's gate, activation, up and product
-    (none with tiled_mlp: each tile recomputes them), fp32 norm statistics and the attention's log-sum-exp, and
-    LoRA dropout's outputs."""
-    t, a = cfg.training, cfg.adapter
-    h, q, kv, i = shape.hidden, shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim, shape.intermediate
+    pass with tiled_mlp, else 0), as autograd saves them (tests/test_plan.py counts them with saved-tensor hooks).
+
+    The residual stream is in the compute dtype, or fp32 for full fine-tuning of fp32 master weights under
+    autocast. Each RMSNorm keeps an fp32 copy of its input and, when its weight trains, its normalized input.
+    Attention keeps q, k, v, its output (o_proj's input) and its log-sum-exp (flash/sdpa keep no score matrix);
+    the MLP its gate, activation and up (none with tiled_mlp: each tile recomputes them). A linear layer's input
+    is kept once for the layers that read it when one of them needs it: its weight trains (under autocast from
+    fp32, one 16-bit copy per layer), or LoRA reads it (ft's fused path; PEFT's without a cast). PEFT's path
+    otherwise keeps a copy per adapted layer: cast to fp32 and back under autocast, or dropout's output and mask
+    (a byte per element on a GPU). LoRA also keeps each layer's rank-r product."""
+    m, a, q, t = cfg.model, cfg.adapter, cfg.quantization, cfg.training
+    h, qd, kv, i = shape.hidden, shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim, shape.intermediate
+    linears = shape.linears()
+    groups = {"o_proj": "o", "down_proj": "down"}  # the other linear layers read the pre-norms' outputs
+    from_fp32 = compute == 2 and not a.adapter and _masters(m)  # autocast over fp32 weights: an fp32 residual
+    resid = 4 if compute == 4 or from_fp32 else compute
     norms = 4 if shape.model_type == "gemma2" else 2
-    per_token = (norms * 2 * h + q + 2 * kv + q) * compute + (norms + shape.heads) * 4
-    per_mlp_token = 4 * i * compute
-    dropout = 0
-    if a.adapter and a.lora_dropout > 0:
-        inputs = {shape.linears()[n][0] for n in lora_targets(cfg, shape)}
-        dropout = sum(inputs) * (compute + 1)  # each distinct input's dropout output and mask
+    per_token = norms * (4 * h + (h * resid if not a.adapter else 0)) + (norms + shape.heads) * 4
+    per_token += (2 * qd + 2 * kv) * compute
+    per_mlp_token = 3 * i * compute
+    needed: set[str] = set()
+    if not a.adapter:
+        needed = {groups.get(n, n[0] if n in ("q_proj", "k_proj", "v_proj", "qkv_proj") else "mlp") for n in linears}
+        if from_fp32:  # each layer reading an fp32 pre-norm output keeps its own 16-bit copy
+            per_token += sum(linears[n][0] for n in linears if n not in groups) * 2
+            needed -= {"q", "mlp"}
+    elif a.adapter in ("lora", "qlora"):
+        names = lora_targets(cfg, shape)
+        per_token += len(names) * a.lora_r * compute  # x·Aᵀ, which B's gradient reads
+        inputs = sum(linears[n][0] for n in names)
+        if a.lora_dropout > 0:  # PEFT's path: each layer's dropout output (in its matmul's dtype) and mask
+            per_token += inputs * (compute + 1)
+        elif not _fused(cfg) and compute == 2 and q.bits is None:  # PEFT casts to fp32 and autocast back, per layer
+            per_token += inputs * compute
+        else:
+            needed = {groups.get(n, "q" if n in ("q_proj", "k_proj", "v_proj", "qkv_proj") else "mlp") for n in names}
+    per_token += (h * resid if "q" in needed else 0) + (h * resid if "mlp" in needed else 0)
+    per_mlp_token += i * compute if "down" in needed else 0  # o_proj's input is attention's output, kept anyway
     if t.tiled_mlp:
-        return tokens * (per_token + dropout), min(tokens, t.tiled_mlp_tokens) * per_mlp_token
-    return tokens * (per_token + dropout + per_mlp_token), 0
+        return tokens * per_token, min(tokens, t.tiled_mlp_tokens) * per_mlp_token
+    return tokens * (per_token + per_mlp_token), 0
+
+
+def _masters(m: Any) -> bool:
+    """Whether trainable full-size weights are fp32 masters (under autocast) rather than the compute dtype."""
+    return (m.precision in ("bf16", "auto", "fp16") and not m.pure_bf16) or m.precision == "fp32"
+
+
+def _fused(cfg: Any) -> bool:
+    """Whether LoRA's layers take ft's in-place update (ft.model.fused_lora) rather than PEFT's path."""
+    a, d = cfg.adapter, cfg.distributed
+    zero3 = bool(d.deepspeed) and _zero_stage(d.deepspeed) == 3
+    return a.lora_fused and a.lora_dropout == 0 and not a.peft_use_dora and cfg.quantization.bits != 8 and not zero3
+
+
+def _zero_stage(value: Any) -> int:
+    from ft.launch.deepspeed import zero_stage
+
+    return zero_stage(value)
