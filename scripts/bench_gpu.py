@@ -16,7 +16,9 @@ linear layers. Contenders, each over the same prepared tokens:
 - TRL packed: TRL's SFTTrainer, packing=True (BFD, padding-free), sdpa, as many sequence_len bins per step as ft
   packed (TRL from TRL_SITE or /tmp/trl-site when it is not installed; skipped, and said, when it is nowhere);
 - ft unpacked: `ft train`'s own composition (build_run), rows per micro batch laid end to end (padding-free);
-- ft packed, N bins: sample_packing, N bins of sequence_len tokens per micro batch.
+- ft packed, N bins: sample_packing, N bins of sequence_len tokens per micro batch;
+- ft packed, PEFT's LoRA path: the same with `lora_fused: false` (PEFT's forward in every LoRA layer: an input
+  copy per layer, the update scaled and added in separate passes), the baseline of ft's fused update.
 Each runs warm-up steps, then timed steps (each one's time kept): real (non-padding) tokens per second and
 per optimizer step, peak torch.cuda.max_memory_allocated, and MFU by the usual count: FLOPs per real token 4N
 for a frozen base (LoRA, QLoRA) or 6N for full fine-tuning (N the non-embedding weights plus the head; no
@@ -361,6 +363,8 @@ def main() -> None:
             contenders: dict[str, Any] = {  # ft packed first: the tuned Trainer takes as many tokens a step
                 **{f"ft packed, {b} bins": (run_ft, write_config(work, f"packed{b}", model, size, sample_packing=True, micro_batch_size=b), {})
                    for b in sorted(bins, reverse=True)},
+                f"ft packed, {top} bins, PEFT's LoRA path": (run_ft, write_config(work, "peftpath", model, size, sample_packing=True,
+                                                                        micro_batch_size=top, lora_fused=False), {}),
                 "ft unpacked": (run_ft, write_config(work, "unpacked", model, size, padding_free=True), {}),
                 "TRL packed": (run_trl, write_config(work, "trl", model, size), {"bins": top}),
                 "tuned Trainer": (run_padded, write_config(work, "tuned", model, size), {"tuned": True, "tokens": top_tokens}),

@@ -166,7 +166,10 @@ class FtProcess:
 
     def send_signal(self, sig: int) -> None:
         if self.poll() is None:
-            os.kill(self.pid, sig)
+            try:
+                os.kill(self.pid, sig)
+            except ProcessLookupError:  # it ended (and was reaped) between the poll and the signal
+                pass
 
     def kill(self) -> None:
         self.send_signal(signal.SIGKILL)

@@ -26,7 +26,7 @@ def test_the_gpu_check_runs_every_stage_in_smoke_mode(tmp_path: Path):
         assert f"{stage}: done" in summary, summary
     assert "skipped" in (out / "tests.log").read_text()  # the CUDA tests were collected (and skip here)
     one_b, eight_b = json.loads((out / "1b.json").read_text()), json.loads((out / "8b.json").read_text())
-    baselines = {"padded Trainer", "tuned Trainer", "ft unpacked"}
+    baselines = {"padded Trainer", "tuned Trainer", "ft unpacked", "ft packed, 2 bins, PEFT's LoRA path"}
     assert set(one_b["tiny"]) - {"TRL packed"} == baselines | {"ft packed, 2 bins"}
     assert set(eight_b["tiny-qlora"]) - {"TRL packed"} == baselines | {"ft packed, 2 bins"}
     for size, log in (("tiny", "1b.log"), ("tiny-qlora", "8b.log")):  # TRL where it is installed, else said

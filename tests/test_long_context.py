@@ -154,10 +154,12 @@ def test_activation_offloading_moves_no_view_and_no_cast_weight(tmp_path: Path, 
     """What a copy cannot free stays: views (the chunked loss's chunk inputs are slices of the final hidden
     states) and autocast's bf16 copies of the LoRA weights (a linear layer saves its cast weight as a transposed
     view of it). The hooks are offered both, so this can fail. Without checkpointing, so that what each layer
-    saves reaches the hooks too."""
+    saves reaches the hooks too. On PEFT's LoRA path (`lora_fused: false`): ft's fused update keeps the fp32 LoRA
+    weights themselves, not autocast's copies."""
     from ft.train.offload import ActivationOffload, cast_of_parameter
 
-    cfg = make_config(tmp_path, tiny_model_dir("llama"), adapter="lora", lora_target_linear=True, sample_packing=True, sequence_len=256)
+    cfg = make_config(tmp_path, tiny_model_dir("llama"), adapter="lora", lora_target_linear=True, sample_packing=True, sequence_len=256,
+                      lora_fused=False)
     trainer, model, _ = build(cfg)
     offered, moved = [], []
 

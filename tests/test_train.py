@@ -77,6 +77,17 @@ def test_nan_loss_stops_with_the_step(tmp_path: Path, tiny_model_dir):
     assert "became nan at step" in result.stderr or "became inf at step" in result.stderr
 
 
+def test_tokens_seen_are_the_collators_count_without_a_sync_a_step(tmp_path: Path, tiny_model_dir):
+    """The Trainer's own token count reads a device value every micro batch (a host sync on a GPU), as its
+    non-finite-loss filter would; ft turns both off and adds the collator's count at each training log."""
+    cfg = make_config(tmp_path, tiny_model_dir("llama"), max_steps=3, logging_steps=1, gradient_accumulation_steps=2,
+                      **METHODS["lora"])
+    trainer, _, _ = build(cfg)
+    assert trainer.args.include_num_input_tokens_seen == "no" and not trainer.args.logging_nan_inf_filter
+    trainer.train()
+    assert trainer.real_tokens > 0 and trainer.state.num_input_tokens_seen == trainer.real_tokens
+
+
 @pytest.mark.parametrize("arch", ["qwen2", "mistral", "gemma2", "phi3"])
 def test_other_architectures_train_with_lora(arch, tmp_path: Path, tiny_model_dir):
     cfg = make_config(tmp_path, tiny_model_dir(arch), max_steps=3, **METHODS["lora"])

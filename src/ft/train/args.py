@@ -95,7 +95,7 @@ def training_arguments(
         train_sampling_strategy="group_by_length" if t.group_by_length else "sequential" if sequential else "random",
         remove_unused_columns=False,
         prediction_loss_only=True,  # evaluation keeps no logits: ft computes no metrics from them
-        include_num_input_tokens_seen="non_padding",
+        include_num_input_tokens_seen="no",  # a device count read each micro batch (a host sync): FtTrainer.log adds the collator's
         use_cpu=not on_gpu,
         dataloader_num_workers=0,
     )

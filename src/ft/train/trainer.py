@@ -57,6 +57,7 @@ class FtTrainer(Trainer):
     reports_perplexity = True  # its loss is a language model's cross-entropy (its exp a perplexity)
     real_tokens = 0
     token_slots = 0
+    unlogged_tokens = 0  # real tokens since the last training log, this process (summed over processes at the log)
     largest_batch = 0  # token slots of the largest micro batch: what sets the activation memory
     chunked_loss = False
     eaft: Optional[tuple[float, int]] = None  # use_eaft: (eaft_alpha, eaft_k), the entropy weighting of the loss
@@ -159,7 +160,17 @@ class FtTrainer(Trainer):
         metric_for_best_model all see them (the Trainer picks the best checkpoint from this same dict)."""
         if self.eval_extras is not None and "eval_loss" in logs:
             logs.update(self.eval_extras(self.accelerator.unwrap_model(self.model)))
+        if "loss" in logs:  # the tokens trained since the last log, counted by the collator (no host sync a step)
+            self.state.num_input_tokens_seen += self.summed_over_processes(self.unlogged_tokens)
+            self.unlogged_tokens = 0
         super().log(logs, start_time)
+
+    def summed_over_processes(self, count: int) -> int:
+        if self.args.world_size <= 1:
+            return count
+        import torch
+
+        return int(self.accelerator.reduce(torch.tensor(count, device=self.args.device), reduction="sum"))
 
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
         """The Trainer's checkpoint, then fsynced and marked complete, then old ones rotated out."""
@@ -240,7 +251,9 @@ class FtTrainer(Trainer):
         real = inputs.pop(REAL_TOKENS, None)
         self.token_slots += int(inputs["input_ids"].numel())
         self.largest_batch = max(self.largest_batch, int(inputs["input_ids"].numel()))
-        self.real_tokens += real if real is not None else int(inputs["input_ids"].numel())
+        real = real if real is not None else int(inputs["input_ids"].numel())
+        self.real_tokens += real
+        self.unlogged_tokens += real
         if self.offload is None:
             return super().training_step(model, inputs, num_items_in_batch)
         with self.offload.active():  # the forward's saved tensors go to host memory; backward brings them back
