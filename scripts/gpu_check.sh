@@ -12,8 +12,9 @@
 # from the first line, the install included): a stage that would have under 20 s left is skipped and said, and
 # the check ends in time whatever the stages take. Each writes its log (and JSON, saved as soon as a contender
 # or trial ends) under $OUT and says what it skipped:
-#   tests       130  FT_TEST_GPU=1 pytest tests/test_gpu.py: packed rows equal rows alone (five architectures;
-#                    LoRA and QLoRA), the chunked loss, the bf16 base, offloading on a 32k row
+#   tests       150  FT_TEST_GPU=1 pytest tests/test_gpu.py: packed rows equal rows alone (five architectures;
+#                    LoRA and QLoRA), the chunked loss, the bf16 base, offloading on a 32k row, ft's fused LoRA
+#                    update against PEFT's path, Liger's kernels against the model's own layers
 #   8b          120  scripts/bench_gpu.py --sizes 8b-8l: Llama 3.1 8B's layers (8 of them), QLoRA with
 #                    checkpointing: ft packed and unpacked, TRL packed, the tuned and the plain Trainer; 20 timed
 #                    steps each; MFU by the usual count against the measured and the datasheet rate
@@ -24,7 +25,7 @@
 #   eval         30  scripts/bench_eval.py (batched generation) and scripts/bench_mc.py (multiple choice beside
 #                    lm-eval, when lm-eval is there)
 #   distill      30  scripts/bench_distill.py: ft's distillation beside TRL's GKDTrainer
-#   methods      90  scripts/compare_methods.py --shape 1b: seed 004's table of methods
+#   methods      70  scripts/compare_methods.py --shape 1b: seed 004's table of methods
 set -uo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-check}
@@ -89,7 +90,7 @@ if [ "$mode" = --suite ]; then
   exit $status
 fi
 
-stage tests 130 env FT_TEST_GPU=1 $PY -m pytest -q -p no:cacheprovider -rs "${TESTS_ARGS[@]}" tests/test_gpu.py
+stage tests 150 env FT_TEST_GPU=1 $PY -m pytest -q -p no:cacheprovider -rs "${TESTS_ARGS[@]}" tests/test_gpu.py
 stage 8b 120 $PY scripts/bench_gpu.py --sizes "${SIZES_8B[@]}" --rows $ROWS --out "$OUT/8b.json"
 stage 1b 90 $PY scripts/bench_gpu.py --sizes "${SIZES_1B[@]}" --rows $ROWS --out "$OUT/1b.json"
 stage context 110 $PY scripts/bench_context.py "${CONTEXT_ARGS[@]}" --out "$OUT/context.json"
@@ -97,6 +98,6 @@ stage plan 90 $PY scripts/plan_accuracy.py "${PLAN_ARGS[@]}"
 stage preference 45 $PY scripts/bench_preference.py "${PREFERENCE_ARGS[@]}" --out "$OUT/preference.json"
 stage eval 30 bash -c "$PY scripts/bench_eval.py --rows 64 --batch 16 && if $PY -c 'import lm_eval' 2>/dev/null; then $PY scripts/bench_mc.py --rows $MC_ROWS --repeats 1; else echo 'bench_mc: skipped (lm_eval is not installed)'; fi"
 stage distill 30 $PY scripts/bench_distill.py "${DISTILL_ARGS[@]}" --out "$OUT/distill.json"
-stage methods 90 $PY scripts/compare_methods.py "${METHODS_ARGS[@]}" --json "$OUT/methods.json"
+stage methods 70 $PY scripts/compare_methods.py "${METHODS_ARGS[@]}" --json "$OUT/methods.json"
 say "all stages ended (exit $status)"
 exit $status

@@ -10,7 +10,8 @@ mkdir -p "$(git rev-parse --git-dir)/info"  # fetch-wheels.sh writes the ignore 
 bash ../shared/gpu/fetch-wheels.sh import-linter==2.17 grimp==3.20 click==8.5.1 hypothesis==6.170.17 sortedcontainers==2.4.0 \
   hjson==3.1.0 einops==0.8.2 msgpack==1.2.4 ninja==1.13.2 psutil==7.2.2 py-cpuinfo==9.0.0 \
   sacrebleu==2.6.0 portalocker==4.4.2 colorama==0.4.6 lxml==6.1.3 tabulate==0.10.0 nltk==3.10.4 joblib==1.6.0 six==1.17.0 \
-  trl==1.16.0  # for scripts/bench_preference.py only (ft does not use it)
+  trl==1.16.0 \
+  liger-kernel==0.8.5  # trl: scripts/bench_preference.py only; liger-kernel: liger_* keys (tests/test_gpu.py)
 # DeepSpeed is published as source only: build its pure-Python wheel here (its ops compile on first use)
 python3 -m pip wheel -q --no-deps -w .whl deepspeed==0.19.8 rouge-score==0.1.2  # rouge-score too: source only
 # the seed configs, for the whole suite there (only the checkout travels; tests/conftest.py looks here first)

@@ -58,6 +58,7 @@ def test_every_key_set_is_answered_by_name(key: str, tmp_path: Path):
     ("liger_fused_linear_cross_entropy: true\n", "training", "chunked_cross_entropy", True),
     ("liger_cross_entropy: true\n", "training", "chunked_cross_entropy", True),
     ("adapter: lora\nlora_qkv_kernel: true\nlora_mlp_kernel: true\n", "adapter", "lora_fused", True),
+    ("liger_swiglu: true\n", "model", "liger_glu_activation", True),
     ("rl: dpo\ndpo_beta: 0.3\ndatasets:\n  - path: p.jsonl\n    type: preference\n", "preference", "rl_beta", 0.3),
     ("bfloat16: true\n", "model", "bf16", "full"),
     ("float16: true\n", "model", "fp16", True),
@@ -139,11 +140,11 @@ def test_ft_validate_says_what_was_mapped_and_ignored(tmp_path: Path):
     from conftest import run_ft
 
     (tmp_path / "cfg.yml").write_text(BASE + "plugins:\n  - axolotl.integrations.cut_cross_entropy.CutCrossEntropyPlugin\n"
-                                      "liger_rms_norm: true\nspecial_tokens:\nlocal_rank:\n")
+                                      "liger_layer_norm: true\nspecial_tokens:\nlocal_rank:\n")
     result = run_ft("validate", "cfg.yml", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "from Axolotl: plugin `axolotl.integrations.cut_cross_entropy.CutCrossEntropyPlugin` (Cut Cross-Entropy) → `chunked_cross_entropy: true`" in result.stderr
-    assert "from Axolotl: `liger_rms_norm` ignored (Liger kernels)" in result.stderr
+    assert "from Axolotl: `liger_layer_norm` ignored (Liger kernels)" in result.stderr
     assert "left empty, so not set: `special_tokens`, `local_rank`" in result.stderr
 
 

@@ -45,15 +45,16 @@ def test_torch_varlen_kernel_equals_the_reference(window, dtype):
     assert torch.allclose(got[0].float(), want, atol=2e-2), float((got[0].float() - want).abs().max())
 
 
-def _ft_model(tmp_path: Path, tiny_model_dir, arch: str, method: str, **config):
-    """A model exactly as ft train builds it for packed batches, on the GPU in bf16."""
+def _ft_model(tmp_path: Path, tiny_model_dir, arch: str, method: str, ft_keys: dict | None = None, **config):
+    """A model exactly as ft train builds it for packed batches, on the GPU in bf16 (`ft_keys`: more ft keys;
+    `config`: the model's own settings changed)."""
     from train_helpers import make_config
 
     from ft.commands.train import model_for_training
     from ft.tokenizer.load import load_tokenizer
 
     keys = {"adapter": "lora", "lora_r": 8, "lora_alpha": 16, "lora_target_linear": True, "bf16": True,
-            "sample_packing": True, **({"adapter": "qlora", "load_in_4bit": True} if method == "qlora" else {})}
+            "sample_packing": True, **({"adapter": "qlora", "load_in_4bit": True} if method == "qlora" else {}), **(ft_keys or {})}
     model_dir = tiny_model_dir(arch)
     if config:  # e.g. a sliding window shorter than the rows, on a copy of the shared tiny model
         import shutil
@@ -180,3 +181,49 @@ def test_quantized_base_stays_bf16_on_cuda(tmp_path: Path, tiny_model_dir):
     cfg = make_config(tmp_path, tiny_model_dir("llama"), bf16=True, adapter="qlora", load_in_4bit=True, lora_target_linear=True)
     model, _, _ = model_for_training(cfg, load_tokenizer(cfg.model), "packed")
     assert {p.dtype for n, p in model.named_parameters() if "lora_" not in n} == {torch.bfloat16, torch.uint8}
+
+
+@pytest.mark.parametrize("method", ["lora", "qlora"])
+def test_fused_lora_update_equals_peft_path_on_cuda(method, tmp_path: Path, tiny_model_dir, tiny_tokenizer):
+    """ft's in-place LoRA update (lora_fused) in bf16 on the GPU: the loss and LoRA gradients of PEFT's own path."""
+    model, _ = _ft_model(tmp_path, tiny_model_dir, "llama", method)
+    fused = [m for m in model.modules() if "forward" in vars(m) and hasattr(m, "lora_A")]
+    assert fused
+    ids = torch.tensor([tiny_tokenizer("a fused update " * 40)["input_ids"][:128]], device="cuda")
+
+    def loss_and_grads():
+        model.zero_grad()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        return float(loss), {n: p.grad.float().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    model.train()
+    loss, grads = loss_and_grads()
+    for m in fused:
+        del m.forward
+    loss_peft, grads_peft = loss_and_grads()
+    assert abs(loss - loss_peft) < LOSS_TOL * abs(loss_peft)
+    assert scaled_difference(grads, grads_peft) < GRAD_TOL
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma2"])
+def test_liger_kernels_keep_the_loss_and_gradients_on_cuda(arch, tmp_path: Path, tiny_model_dir, tiny_tokenizer):
+    """liger_rms_norm, liger_rope, liger_glu_activation (SwiGLU; GeGLU for Gemma-2): Liger's Triton kernels patched
+    in, and the loss and LoRA gradients of the model's own layers in bf16."""
+    pytest.importorskip("liger_kernel")
+    ids = torch.tensor([tiny_tokenizer("the kernels " * 60)["input_ids"][:128]], device="cuda")
+    results = []
+    for name, keys in (("own", {}), ("liger", {"liger_rms_norm": True, "liger_rope": True, "liger_glu_activation": True})):
+        (tmp_path / name).mkdir()
+        model, _ = _ft_model(tmp_path / name, tiny_model_dir, arch, "lora", ft_keys=keys)
+        liger = [m for m in model.modules() if getattr(getattr(m, "forward", None), "__module__", "").startswith("liger_kernel")]
+        assert bool(liger) == bool(keys), len(liger)
+        model.train()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        results.append((float(loss), {n: p.grad.float() for n, p in model.named_parameters() if p.requires_grad}))
+    (own_loss, own), (liger_loss, liger_grads) = results
+    assert abs(own_loss - liger_loss) < LOSS_TOL * abs(own_loss)
+    assert scaled_difference(liger_grads, own) < GRAD_TOL

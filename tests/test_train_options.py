@@ -447,3 +447,13 @@ def test_min_sample_len_drops_short_rows_and_says_how_many(tiny_tokenizer):
     out = tokenize(rows, tiny_tokenizer, min_sample_len=short + 1)
     assert len(out.input_ids) == 1 and out.counts.dropped_short == 1 and out.input_ids[0] == max(every.input_ids, key=len)
     assert tokenize(rows, tiny_tokenizer, min_sample_len=short).counts.dropped_short == 0
+
+
+def test_liger_kernels_without_a_gpu_leave_the_models_own_layers(tmp_path: Path, tiny_model_dir, caplog):
+    """liger_rms_norm, liger_rope and liger_glu_activation are Triton kernels (CUDA): on this CPU the run keeps the
+    model's own layers and says so (tests/test_gpu.py checks the kernels themselves on a GPU)."""
+    cfg = make_config(tmp_path, tiny_model_dir("llama"), liger_rms_norm=True, liger_rope=True, liger_glu_activation=True)
+    with caplog.at_level("WARNING", logger="ft"):
+        _, model, _ = build(cfg)
+    assert "liger_rms_norm, liger_rope, liger_glu_activation: Liger's kernels run on CUDA GPUs" in caplog.text
+    assert not any(getattr(getattr(m, "forward", None), "__module__", "").startswith("liger_kernel") for m in model.modules())

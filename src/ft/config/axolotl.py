@@ -125,6 +125,7 @@ KEYS: dict[str, Answer] = {
                                                _when_true("chunked_cross_entropy", True)),
     **{f"lora_{part}_kernel": Answer(MAPPED, "Axolotl's LoRA kernels", (False,), _when_true("lora_fused", True))
        for part in ("mlp", "qkv", "o")},  # ft's fused update (lora_fused, on by default) covers every linear layer
+    "liger_swiglu": Answer(MAPPED, "Liger's SwiGLU (its old name)", (False,), _when_true("liger_glu_activation", True)),
     "liger_cross_entropy": Answer(MAPPED, "Liger's cross-entropy", (False,), _when_true("chunked_cross_entropy", True)),
     "dpo_beta": Answer(MAPPED, "DPO's beta (Axolotl's old name)", (), _to("rl_beta")),
     "fsdp_version": Answer(MAPPED, "the FSDP version", (), lambda v: {"fsdp_config": {"fsdp_version": v}}),
@@ -377,7 +378,7 @@ is_falcon_derived_model is_llama_derived_model is_mistral_derived_model is_prepr
 kd_normalize_topk kd_online_server
 kd_online_server_base_url kd_online_timeout kd_online_topk kd_temperature_min kd_trainer 
  large_head_attention layer_offloading liger_cross_entropy liger_fused_linear_cross_entropy
-liger_glu_activation liger_layer_norm liger_rms_norm liger_rms_norm_gated liger_rope liger_swiglu
+liger_layer_norm liger_rms_norm_gated liger_swiglu
 liger_use_token_scaling llama4_linearized_experts
 lm_eval_model local_rank lora_alpha_pattern
 lora_embedding_kernel lora_mlp_kernel lora_o_kernel lora_on_cpu lora_qkv_kernel lora_rank_pattern low_cpu_mem_usage

@@ -72,6 +72,11 @@ class ModelConfig(Section):
     )
     fp16: Optional[bool] = Field(None, description="Train in float16 with loss scaling.")
     tf32: bool = Field(False, description="Allow TF32 matmuls on Ampere and newer GPUs.")
+    liger_rms_norm: bool = Field(False, description="RMSNorm by Liger's Triton kernel (CUDA GPUs; `pip install ft[liger]`) "
+                                 "in every norm of the model: less memory and time in the norms; without a GPU the model's own.")
+    liger_rope: bool = Field(False, description="The rotary embedding by Liger's Triton kernel (CUDA GPUs).")
+    liger_glu_activation: bool = Field(False, description="The MLP's gated activation (SwiGLU; GeGLU for Gemma) by "
+                                       "Liger's Triton kernel, which recomputes the activation in the backward pass (CUDA GPUs).")
     flash_attention: bool = Field(
         False,
         description="Use flash_attention_2. Needs flash-attn (`pip install ft[flash]`, GPU only); without it "

@@ -119,6 +119,12 @@ def load_model(m: ModelConfig, q: QuantizationConfig, tokenizer: Any, *, full: b
                         "linear layers, quantized with the rest): nothing more to quantize", type(model).__name__)
     if q.bits == 4 and not torch.cuda.is_available():
         guard_cpu_4bit(model)
+    if not on_meta:
+        from ft.model.kernels import apply_liger
+
+        applied = apply_liger(model, m)
+        if applied:
+            log.info("Liger's kernels: %s", ", ".join(applied))
     return model, grew
 
 

@@ -208,7 +208,9 @@ def _layer_activations(cfg: Any, shape: Shape, tokens: int, compute: int) -> tup
     is kept once for the layers that read it when one of them needs it: its weight trains (under autocast from
     fp32, one 16-bit copy per layer), or LoRA reads it (ft's fused path; PEFT's without a cast). PEFT's path
     otherwise keeps a copy per adapted layer: cast to fp32 and back under autocast, or dropout's output and mask
-    (a byte per element on a GPU). LoRA also keeps each layer's rank-r product."""
+    (a byte per element on a GPU). LoRA also keeps each layer's rank-r product. Liger's kernels (liger_rms_norm,
+    liger_glu_activation; what their autograd functions save, not measured here) keep a norm's input as it is and
+    the MLP's gate and up alone."""
     m, a, q, t = cfg.model, cfg.adapter, cfg.quantization, cfg.training
     h, qd, kv, i = shape.hidden, shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim, shape.intermediate
     linears = shape.linears()
@@ -216,9 +218,10 @@ def _layer_activations(cfg: Any, shape: Shape, tokens: int, compute: int) -> tup
     from_fp32 = compute == 2 and not a.adapter and _masters(m)  # autocast over fp32 weights: an fp32 residual
     resid = 4 if compute == 4 or from_fp32 else compute
     norms = 4 if shape.model_type == "gemma2" else 2
-    per_token = norms * (4 * h + (h * resid if not a.adapter else 0)) + (norms + shape.heads) * 4
+    copy = h * resid if m.liger_rms_norm else 4 * h  # Liger's norm keeps its input as it is (and no normalized copy)
+    per_token = norms * (copy + (h * resid if not a.adapter and not m.liger_rms_norm else 0)) + (norms + shape.heads) * 4
     per_token += (2 * qd + 2 * kv) * compute
-    per_mlp_token = 3 * i * compute
+    per_mlp_token = (2 if m.liger_glu_activation else 3) * i * compute  # Liger's GLU keeps gate and up, no activation
     needed: set[str] = set()
     if not a.adapter:
         needed = {groups.get(n, n[0] if n in ("q_proj", "k_proj", "v_proj", "qkv_proj") else "mlp") for n in linears}
