@@ -20,7 +20,8 @@
 #                    steps each; MFU by the usual count against the measured and the datasheet rate
 #   1b           90  the same at Llama 3.2 1B (16 layers, LoRA, bf16)
 #   context     110  scripts/bench_context.py --lengths: 8B QLoRA rows of 16k and 80k tokens under a 24 GiB cap
-#   plan         90  scripts/plan_accuracy.py --sizes 1b --lengths 4096: ft plan beside the measured peak
+#   plan         90  scripts/plan_accuracy.py --sizes 1b --lengths 4096: ft plan beside the measured peak (LoRA,
+#                    QLoRA, full; none, checkpointing, offloading: nine rows, five processes at once)
 #   preference   45  scripts/bench_preference.py: ft's DPO beside TRL's DPOTrainer
 #   eval         30  scripts/bench_eval.py (batched generation) and scripts/bench_mc.py (multiple choice beside
 #                    lm-eval, when lm-eval is there)
@@ -46,7 +47,7 @@ if [ "$mode" = --smoke ]; then
 else
   PY=python3
   SCALE=1
-  TESTS_ARGS=(); SIZES_1B=(1b); SIZES_8B=(8b-8l); ROWS=3000; PLAN_ARGS=(--sizes 1b --lengths 4096)
+  TESTS_ARGS=(); SIZES_1B=(1b); SIZES_8B=(8b-8l); ROWS=3000; PLAN_ARGS=(--sizes 1b --lengths 4096 --parallel 5)
   CONTEXT_ARGS=(--contenders ft-offload-tiled baseline --lengths 16384 81920 --cap-gb 24)
   PREFERENCE_ARGS=(--pairs 512 --batch 16 --steps 20 --hidden 1024 --layers 8)
   DISTILL_ARGS=(--rows 256 --batch 16 --steps 16 --hidden 1024 --layers 4)

@@ -8,7 +8,8 @@ Models: random-weight Llamas with real shapes (scripts/bench_gpu.py's: Llama 3.2
 128,256), built on the GPU. Settings per size and length: LoRA r=16 on all linear layers, QLoRA (nf4), full
 fine-tuning (1B only), each with and without gradient checkpointing, and with checkpointing plus activation
 offloading; one row of `length` tokens, micro batch 1. Each setting is `ft train`'s own composition
-(build_run) running two steps in a fresh process; measured: torch.cuda.max_memory_allocated and
+(build_run) running two steps in a fresh process (`--parallel` of them at once: on a GPU that holds them side by
+side each process's peak is its own; use --parallel 1 where the rows together would not fit); measured: torch.cuda.max_memory_allocated and
 max_memory_reserved; predicted: the plan's allocated bytes (without the context) and its peak. Target:
 within 10% on every row. Rows that run out of memory are marked so (the plan should say they do not fit).
 """
@@ -70,6 +71,7 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--memory", nargs="+", default=list(MEMORY), choices=list(MEMORY), help="which memory settings")
     parser.add_argument("--out", default=None, help="write the markdown table here too")
+    parser.add_argument("--parallel", type=int, default=3, help="rows measured at once, each in its own process")
     args = parser.parse_args()
 
     import torch
@@ -80,32 +82,36 @@ def main() -> None:
     lines = ["| size | method | memory | tokens | predicted allocated | measured allocated | error | measured reserved | predicted peak |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     print("\n".join(lines), flush=True)
+    from concurrent.futures import ThreadPoolExecutor
+
+    def run_row(model: Path, work: Path, size: str, method: str, memory: str, length: int) -> str:
+        code = ("import json, sys; sys.path.insert(0, sys.argv[1]); from plan_accuracy import one; "
+                "print('ROW ' + json.dumps(one(sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5], sys.argv[6])))")
+        proc = subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent), str(model), str(length), method,
+                               memory, str(work)], capture_output=True, text=True)
+        found = [x for x in proc.stdout.splitlines() if x.startswith("ROW ")]
+        if not found:
+            raise SystemExit(f"{size} {method} {memory} {length} failed:\n{proc.stderr[-3000:]}")
+        r = json.loads(found[0][4:])
+        gib = lambda n: f"{n / 2**30:.2f} GiB" if n is not None else "not measured (no GPU)"  # noqa: E731
+        error = (f"{100 * (r['predicted_allocated'] / r['measured_allocated'] - 1):+.1f}%"
+                 if r.get("measured_allocated") else "-")
+        line = (f"| {size} | {method} | {memory} | {length:,} | {gib(r['predicted_allocated'])} | "
+                f"{gib(r.get('measured_allocated')) if r['ok'] else 'out of memory'} | {error} | "
+                f"{gib(r.get('measured_reserved')) if r['ok'] else '-'} | {gib(r['predicted_peak'])} |")
+        print(line, flush=True)  # as each row ends: a run stopped at its time budget keeps what it measured
+        return line
+
     for size in args.sizes:
         work = Path(tempfile.mkdtemp(prefix=f"ft-plan-accuracy-{size}-"))
         model = build_model(size, work, device)
-        for method in args.methods:
-            if method == "full" and size == "8b":
-                continue
-            if method == "qlora" and device == "cpu":
-                continue  # bitsandbytes on CPU keeps other buffers than on CUDA; the CPU run only smoke-tests the code
-            for memory in args.memory:
-                for length in args.lengths:
-                    code = ("import json, sys; sys.path.insert(0, sys.argv[1]); from plan_accuracy import one; "
-                            "print('ROW ' + json.dumps(one(sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5], sys.argv[6])))")
-                    proc = subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent), str(model), str(length), method,
-                                           memory, str(work)], capture_output=True, text=True)
-                    found = [x for x in proc.stdout.splitlines() if x.startswith("ROW ")]
-                    if not found:
-                        raise SystemExit(f"{size} {method} {memory} {length} failed:\n{proc.stderr[-3000:]}")
-                    r = json.loads(found[0][4:])
-                    gib = lambda n: f"{n / 2**30:.2f} GiB" if n is not None else "not measured (no GPU)"  # noqa: E731
-                    error = (f"{100 * (r['predicted_allocated'] / r['measured_allocated'] - 1):+.1f}%"
-                             if r.get("measured_allocated") else "-")
-                    line = (f"| {size} | {method} | {memory} | {length:,} | {gib(r['predicted_allocated'])} | "
-                            f"{gib(r.get('measured_allocated')) if r['ok'] else 'out of memory'} | {error} | "
-                            f"{gib(r.get('measured_reserved')) if r['ok'] else '-'} | {gib(r['predicted_peak'])} |")
-                    lines.append(line)
-                    print(line, flush=True)
+        rows = [(method, memory, length) for method in args.methods for memory in args.memory for length in args.lengths
+                if not (method == "full" and size == "8b")
+                and not (method == "qlora" and device == "cpu")]  # bitsandbytes on CPU keeps other buffers than on CUDA
+        # each row is its own process (its own allocator and peak); several at once on the one GPU, whose memory
+        # holds them side by side: the peak each reports is its own
+        with ThreadPoolExecutor(max_workers=args.parallel) as pool:
+            lines += list(pool.map(lambda row: run_row(model, work, size, *row), rows))
     if args.out:
         Path(args.out).write_text("# `ft plan` accuracy\n\nscripts/plan_accuracy.py; target: within 10% on every row.\n\n" + "\n".join(lines) + "\n")
 
