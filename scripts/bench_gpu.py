@@ -19,6 +19,9 @@ linear layers. Contenders, each over the same prepared tokens:
 - ft packed, N bins: sample_packing, N bins of sequence_len tokens per micro batch;
 - ft packed, PEFT's LoRA path: the same with `lora_fused: false` (PEFT's forward in every LoRA layer: an input
   copy per layer, the update scaled and added in separate passes), the baseline of ft's fused update.
+The step after ft packed's timed ones (N the most bins) is profiled (torch.profiler): its GPU kernel time (on a CPU
+its ops' own time) by part: matmul, dequantization, attention, loss, optimizer, copies and communication,
+elementwise and other; written to the results (`profile`) and printed.
 Each runs warm-up steps, then timed steps (each one's time kept): real (non-padding) tokens per second and
 per optimizer step, peak torch.cuda.max_memory_allocated, and MFU by the usual count: FLOPs per real token 4N
 for a frozen base (LoRA, QLoRA) or 6N for full fine-tuning (N the non-embedding weights plus the head; no
@@ -186,7 +189,75 @@ class Clock:
                 "step_s": [round(x, 4) for x in self.steps]}
 
 
-def run_ft(cfg_path: Path, size: str, device: str) -> dict[str, Any]:
+CATEGORIES = (  # (category, words in a kernel's or op's name), the first that matches
+    ("dequantization", ("dequant",)),
+    ("attention", ("flash", "fmha", "attention", "scaled_dot_product", "sdpa")),
+    ("matmul", ("gemm", "cutlass", "cublas", "xmma", "nvjet", "aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm",
+                "splitk")),
+    ("loss", ("cross_entropy", "log_softmax", "nll_loss", "logsumexp")),
+    ("optimizer", ("adam", "multi_tensor", "_foreach")),
+    ("copies and communication", ("memcpy", "memset", "nccl", "aten::copy_", "aten::to")),
+)
+
+
+def category(name: str) -> str:
+    lowered = name.lower()
+    return next((c for c, words in CATEGORIES if any(w in lowered for w in words)), "elementwise and other")
+
+
+def profile_figures(prof: Any, device: str) -> dict[str, Any]:
+    """One profiled step's time by category: on a GPU each kernel's device time, on a CPU each op's own time."""
+    from torch.autograd import DeviceType
+
+    times: dict[str, float] = {}
+    for event in prof.key_averages():
+        if device == "cuda":
+            if event.device_type != DeviceType.CUDA:
+                continue
+            us = event.self_device_time_total
+        else:
+            if "::" not in event.key or event.key.startswith("autograd::"):
+                continue  # autograd's own entries: their work is in the ops they call
+            us = event.self_cpu_time_total
+        times[category(event.key)] = times.get(category(event.key), 0.0) + us / 1e3
+    total = sum(times.values()) or 1.0
+    return {"ms": {k: round(v, 2) for k, v in sorted(times.items(), key=lambda kv: -kv[1])},
+            "share": {k: round(v / total, 4) for k, v in times.items()}, "total_ms": round(total, 2)}
+
+
+class StepProfile:
+    """Profiles one step (a TrainerCallback): the step after the timed ones, so no timed step is slowed."""
+
+    def __init__(self, step: int, device: str) -> None:
+        self.step, self.device, self.prof, self.figures = step, device, None, None
+
+    def callback(self) -> Any:
+        from transformers import TrainerCallback
+
+        outer = self
+
+        class Callback(TrainerCallback):
+            def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+                if state.global_step == outer.step:
+                    from torch.profiler import ProfilerActivity, profile
+
+                    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if outer.device == "cuda" else [])
+                    outer.prof = profile(activities=acts)
+                    outer.prof.__enter__()
+
+            def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+                if outer.prof is not None and outer.figures is None:
+                    if outer.device == "cuda":
+                        import torch
+
+                        torch.cuda.synchronize()
+                    outer.prof.__exit__(None, None, None)
+                    outer.figures = profile_figures(outer.prof, outer.device)
+
+        return Callback()
+
+
+def run_ft(cfg_path: Path, size: str, device: str, profile: bool = False) -> dict[str, Any]:
     from ft.commands.config import load
     from ft.commands.train import build_run
 
@@ -195,9 +266,12 @@ def run_ft(cfg_path: Path, size: str, device: str) -> dict[str, Any]:
     _, _, _, _, warm, timed = SETUP[size]
     clock = Clock(warm, timed, lambda: run.trainer.real_tokens, device)
     run.trainer.add_callback(clock.callback())
+    step = StepProfile(warm + timed, device) if profile else None
+    if step is not None:
+        run.trainer.add_callback(step.callback())
     run.trainer.train()
     return {**clock.figures(), "slots_real": run.trainer.real_tokens / run.trainer.token_slots, "batches": run.layout,
-            "attention": run.attention}
+            "attention": run.attention, **({"profile": step.figures} if step is not None else {})}
 
 
 def _baseline_model(cfg_path: Path, size: str, device: str, upcast: bool) -> tuple[Any, Any, Any]:
@@ -361,8 +435,8 @@ def main() -> None:
             rows: dict[str, Any] = {}
             top_tokens = lambda: rows.get(f"ft packed, {top} bins", {}).get("tokens_per_step", top * 2048)  # noqa: E731
             contenders: dict[str, Any] = {  # ft packed first: the tuned Trainer takes as many tokens a step
-                **{f"ft packed, {b} bins": (run_ft, write_config(work, f"packed{b}", model, size, sample_packing=True, micro_batch_size=b), {})
-                   for b in sorted(bins, reverse=True)},
+                **{f"ft packed, {b} bins": (run_ft, write_config(work, f"packed{b}", model, size, sample_packing=True, micro_batch_size=b),
+                                            {"profile": b == top}) for b in sorted(bins, reverse=True)},
                 f"ft packed, {top} bins, PEFT's LoRA path": (run_ft, write_config(work, "peftpath", model, size, sample_packing=True,
                                                                         micro_batch_size=top, lora_fused=False), {}),
                 "ft unpacked": (run_ft, write_config(work, "unpacked", model, size, padding_free=True), {}),
@@ -381,7 +455,8 @@ def main() -> None:
                     print(f"{size} {name}: skipped ({exc})", file=sys.stderr, flush=True)
                     continue
                 rows[name]["peak_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan")
-                print(f"{size} {name}: {json.dumps({k: v for k, v in rows[name].items() if k != 'step_s'})}", file=sys.stderr, flush=True)
+                print(f"{size} {name}: {json.dumps({k: v for k, v in rows[name].items() if k not in ('step_s', 'profile')})}",
+                      file=sys.stderr, flush=True)
                 save()
             per_token = flops_per_token(model, work, size)
             packed = rows.get(f"ft packed, {top} bins", {}).get("tokens_per_s", float("nan"))
@@ -394,6 +469,13 @@ def main() -> None:
                 r["mfu_datasheet"] = r["tokens_per_s"] * per_token / sheet
                 print(f"| {name} | {r['batches']} | {r['tokens_per_s']:,.0f} | {r['tokens_per_step']:,.0f} | {r['step_s_median']:.3f} | "
                       f"{r['ft_packed_ratio']:.2f} | {r['peak_memory_gb']:.1f} | {100 * r['mfu']:.1f}% | {100 * r['mfu_datasheet']:.1f}% |")
+            profiled = next((r["profile"] for r in rows.values() if r.get("profile")), None)
+            if profiled:  # one step of ft packed (the step after the timed ones), by what its time went to
+                print(f"\n{size}: one step of ft packed, {top} bins, profiled ({profiled['total_ms']:,.1f} ms of "
+                      f"{'GPU kernels' if device == 'cuda' else 'CPU ops'})")
+                print("| part | ms | share |\n| --- | --- | --- |")
+                for part, ms in profiled["ms"].items():
+                    print(f"| {part} | {ms:,.1f} | {100 * profiled['share'][part]:.1f}% |")
             save()
         finally:
             shutil.rmtree(work, ignore_errors=True)

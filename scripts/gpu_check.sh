@@ -17,7 +17,8 @@
 #                    update against PEFT's path, Liger's kernels against the model's own layers
 #   8b          120  scripts/bench_gpu.py --sizes 8b-8l: Llama 3.1 8B's layers (8 of them), QLoRA with
 #                    checkpointing: ft packed and unpacked, TRL packed, the tuned and the plain Trainer; 20 timed
-#                    steps each; MFU by the usual count against the measured and the datasheet rate
+#                    steps each; MFU by the usual count against the measured and the datasheet rate; one step of
+#                    ft packed profiled by part (matmul, dequantization, attention, loss, optimizer, ...)
 #   1b           90  the same at Llama 3.2 1B (16 layers, LoRA, bf16)
 #   context     110  scripts/bench_context.py --lengths: 8B QLoRA rows of 16k and 80k tokens under a 24 GiB cap
 #   plan         90  scripts/plan_accuracy.py --sizes 1b --lengths 4096: ft plan beside the measured peak (LoRA,

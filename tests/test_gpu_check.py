@@ -34,6 +34,9 @@ def test_the_gpu_check_runs_every_stage_in_smoke_mode(tmp_path: Path):
     rows = [*one_b["tiny"].values(), *eight_b["tiny-qlora"].values()]
     assert all(row["tokens_per_s"] > 0 and row["timed_steps"] == 2 and len(row["step_s"]) == 2 for row in rows)
     assert "real tokens/step" in (out / "8b.log").read_text() and "MFU datasheet" in (out / "8b.log").read_text()
+    profile = eight_b["tiny-qlora"]["ft packed, 2 bins"]["profile"]  # one step by part (CPU ops here)
+    assert profile["ms"]["matmul"] > 0 and profile["ms"]["attention"] > 0 and abs(sum(profile["share"].values()) - 1) < 1e-3
+    assert "one step of ft packed, 2 bins, profiled" in (out / "8b.log").read_text()
     assert json.loads((out / "preference.json").read_text())["ft"]["real_tokens_per_s"] > 0
     assert json.loads((out / "distill.json").read_text())["ft"]["real_tokens_per_s"] > 0
     methods = json.loads((out / "methods.json").read_text())["rows"]
