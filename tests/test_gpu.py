@@ -227,3 +227,13 @@ def test_liger_kernels_keep_the_loss_and_gradients_on_cuda(arch, tmp_path: Path,
     (own_loss, own), (liger_loss, liger_grads) = results
     assert abs(own_loss - liger_loss) < LOSS_TOL * abs(own_loss)
     assert scaled_difference(liger_grads, own) < GRAD_TOL
+
+
+def test_fill_micro_batch_fills_the_gpu_with_the_same_rows_a_step(tmp_path: Path, tiny_model_dir):
+    """fill_micro_batch on a GPU with room: 1 × 8 becomes 8 × 1 for the tiny model (the same rows per step)."""
+    from train_helpers import build, make_config
+
+    cfg = make_config(tmp_path, tiny_model_dir("llama"), adapter="lora", bf16=True, micro_batch_size=1,
+                      gradient_accumulation_steps=8, fill_micro_batch=True)
+    trainer, _, _ = build(cfg)
+    assert (trainer.args.per_device_train_batch_size, trainer.args.gradient_accumulation_steps) == (8, 1)

@@ -328,3 +328,29 @@ def test_the_fewest_checkpointed_layers_that_fit_and_auto(tmp_path: Path, mid_mo
     for bad in (-1, "some"):
         with pytest.raises(ConfigError, match="gradient_checkpointing_layers"):
             make_config(tmp_path, mid_model, gradient_checkpointing=True, gradient_checkpointing_layers=bad)
+
+
+def test_fill_micro_batch_takes_the_fullest_micro_batch_that_fits_with_the_same_rows_a_step(tmp_path: Path, mid_model, caplog):
+    """fill_micro_batch: among micro batch sizes m with m × accumulation kept (1 × 8 → 2 × 4, 4 × 2, 8 × 1), the largest
+    whose plan fits the memory; as written when none larger fits, and on this CPU (no GPU memory to fill). That
+    such a trade keeps the gradients is tests/test_invariants.py's micro batch 4 = 1 × accumulation 4."""
+    from ft.plan.advice import _with, fullest_micro_batch
+    from ft.plan.estimate import estimate
+    from ft.plan.shapes import read_shape
+
+    cfg = make_config(tmp_path, mid_model, adapter="lora", lora_target_linear=True, micro_batch_size=1,
+                      gradient_accumulation_steps=8, sequence_len=1024)
+    shape = read_shape(str(mid_model))
+    peaks = {m: estimate(_with(cfg, training={"micro_batch_size": m, "gradient_accumulation_steps": 8 // m}), shape).peak
+             for m in (1, 2, 4, 8)}
+    assert peaks[1] < peaks[2] < peaks[4] < peaks[8]
+    assert fullest_micro_batch(cfg, shape, 1, (peaks[4] + peaks[8]) // 2) == (4, 2)
+    assert fullest_micro_batch(cfg, shape, 1, peaks[8]) == (8, 1)
+    assert fullest_micro_batch(cfg, shape, 1, peaks[1] - 1) == (1, 8)  # nothing fits: as written
+    (tmp_path / "fill").mkdir()
+    filled = make_config(tmp_path / "fill", mid_model, adapter="lora", micro_batch_size=1, gradient_accumulation_steps=8,
+                         fill_micro_batch=True)
+    with caplog.at_level("INFO", logger="ft"):
+        trainer, _, _ = build(filled)
+    assert "fill_micro_batch: micro_batch_size 1 as written (no GPU memory to fill)" in caplog.text
+    assert (trainer.args.per_device_train_batch_size, trainer.args.gradient_accumulation_steps) == (1, 8)

@@ -118,6 +118,29 @@ def auto_checkpointed_layers(cfg: FtConfig, gpus: int) -> Optional[int]:
     return count
 
 
+def filled_micro_batch(cfg: FtConfig, gpus: int) -> FtConfig:
+    """fill_micro_batch, at the start of a run: the config with the most rows (bins) per micro batch whose plan fits
+    what this process may hold on its GPU, gradient_accumulation_steps lowered by the same factor (the same rows per
+    optimizer step and, as ft normalizes the loss by the step's tokens, the same gradients); as written without a GPU."""
+    import torch
+
+    from ft.plan.advice import _with, fullest_micro_batch
+
+    t = cfg.training
+    if not torch.cuda.is_available():
+        log.info("fill_micro_batch: micro_batch_size %d as written (no GPU memory to fill)", t.micro_batch_size)
+        return cfg
+    free, _ = torch.cuda.mem_get_info()
+    budget = free + torch.cuda.memory_reserved()
+    size, steps = fullest_micro_batch(cfg, read_shape(cfg.model.base_model_config or cfg.model.base_model), gpus, budget)
+    if size == t.micro_batch_size:
+        log.info("fill_micro_batch: micro_batch_size %d as written (no larger one fits %s by ft plan's count)", size, gib(budget))
+        return cfg
+    log.info("fill_micro_batch: micro_batch_size %d × gradient_accumulation_steps %d instead of %d × %d (the same rows a "
+             "step) fit %s by ft plan's count", size, steps, t.micro_batch_size, t.gradient_accumulation_steps, gib(budget))
+    return _with(cfg, training={"micro_batch_size": size, "gradient_accumulation_steps": steps})
+
+
 def run_plan(cfg: FtConfig, gpu_memory: Optional[str], gpus: int, as_json: bool) -> dict[str, Any]:
     memory = parse_memory(gpu_memory) if gpu_memory else local_gpu_memory() or DEFAULT_MEMORY
     report = plan_report(cfg, memory, gpus)

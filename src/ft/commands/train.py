@@ -43,6 +43,10 @@ def build_run(cfg: FtConfig, world: int) -> Run:
     from ft.train.batches import pair_sets, training_sets
     from ft.train.trainer import build_trainer
 
+    if cfg.training.fill_micro_batch:
+        from ft.commands.plan import filled_micro_batch
+
+        cfg = filled_micro_batch(cfg, world)
     d, t = cfg.data, cfg.training
     sharding = shards_whole_modules(cfg.distributed, world)
     if t.tiled_mlp and sharding == "DeepSpeed ZeRO-3":

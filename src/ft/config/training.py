@@ -52,6 +52,11 @@ class TrainingConfig(Section):
     micro_batch_size: int = Field(1, ge=1, description="Sequences per device per forward pass.")
     eval_batch_size: Optional[int] = Field(None, ge=1, description="Sequences per device when evaluating (default: micro_batch_size).")
     gradient_accumulation_steps: int = Field(1, ge=1, description="Micro batches per optimizer step.")
+    fill_micro_batch: bool = Field(
+        False, description="On a GPU, at the start: the most rows (packed bins) per micro batch whose `ft plan` fits the "
+        "free memory, gradient_accumulation_steps lowered by the same factor (micro_batch_size × "
+        "gradient_accumulation_steps kept: the same rows per optimizer step and the same gradients, in fewer, fuller "
+        "kernel calls); the sizes as written without a GPU.")
     batch_size: Optional[int] = Field(
         None, ge=1, description="Axolotl's rows per optimizer step on each process: sets gradient_accumulation_steps "
         "to batch_size / micro_batch_size when that is not written.")

@@ -95,6 +95,18 @@ def fewest_checkpointed_layers(cfg: Any, shape: Shape, gpus: int, memory: int) -
     return fits[0] if fits else None
 
 
+def fullest_micro_batch(cfg: Any, shape: Shape, gpus: int, memory: int) -> tuple[int, int]:
+    """fill_micro_batch: (micro_batch_size, gradient_accumulation_steps) of the same product, so the same rows
+    (bins) per optimizer step, with the most in a micro batch whose plan fits `memory`; as written when no more fit."""
+    t = cfg.training
+    total = t.micro_batch_size * t.gradient_accumulation_steps
+    sizes = [m for m in range(t.micro_batch_size, total + 1) if total % m == 0 and m % t.micro_batch_size == 0]
+    fits = [m for m in sizes if estimate(_with(cfg, training={"micro_batch_size": m, "gradient_accumulation_steps": total // m}),
+                                         shape, gpus).peak <= memory]
+    size = max(fits, default=t.micro_batch_size)
+    return size, total // size
+
+
 def largest_settings(cfg: Any, shape: Shape, gpus: int, memory: int) -> tuple[int, int]:
     """The largest micro_batch_size (at this sequence_len) and sequence_len (at micro batch 1) that fit."""
     batch = largest(lambda b: estimate(_with(cfg, training={"micro_batch_size": b}), shape, gpus).peak <= memory, 1, 1024)
