@@ -37,6 +37,7 @@ def reference(tmp_path_factory, tiny_model_dir):
     return root, model, data, folder
 
 
+@pytest.mark.slow(seconds=67)
 def test_sigkill_at_random_moments_loses_nothing(reference):
     from safetensors.torch import load_file
 

@@ -128,6 +128,7 @@ def test_fsdp2_full_fine_tuning_saves_a_loadable_model_and_resumes(tmp_path: Pat
     assert relative_difference(_weights(again / "out", "model.safetensors"), full) < 1e-5
 
 
+@pytest.mark.slow(seconds=70)
 def test_fsdp2_qlora_each_process_loads_only_its_share_and_trains_as_one_process(tmp_path: Path):
     """The 70B FSDP + QLoRA recipe's loading path, on a 24-layer model: rank 1 builds the model on the meta
     device and reads and quantizes only its share of the checkpoint, one tensor at a time. Measured from
@@ -226,6 +227,7 @@ def test_fsdp2_qlora_with_quantized_experts_reads_its_share_and_trains_as_one_pr
     assert all(0.4 * whole["param_bytes"] <= r["param_bytes"] <= 0.6 * whole["param_bytes"] for r in ranks), (whole, ranks)
 
 
+@pytest.mark.slow(seconds=60)
 def test_fsdp2_qlora_share_loading_with_tied_embeddings_biases_and_fully_trained_weights(tmp_path: Path):
     """Qwen2 with tied embeddings (the head is saved under the embeddings' name) and biased 4-bit projections;
     and a Llama training its embeddings and head in full beside LoRA (read whole before FSDP shards them): each

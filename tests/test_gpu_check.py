@@ -13,7 +13,7 @@ import pytest
 
 from conftest import ROOT
 
-pytestmark = pytest.mark.slow(seconds=150)  # several processes or many runs; its tests take about this long each
+pytestmark = pytest.mark.slow(seconds=200)  # several processes or many runs; its tests take about this long each
 
 
 def test_the_gpu_check_runs_every_stage_in_smoke_mode(tmp_path: Path):

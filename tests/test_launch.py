@@ -43,6 +43,7 @@ def _adapter(out: Path) -> dict:
     return load_file(str(out / "adapter_model.safetensors"))
 
 
+@pytest.mark.slow(seconds=38)
 def test_two_processes_train_as_one_with_the_same_global_batch(tmp_path: Path, tiny_model_dir):
     """1 process × micro batch 4 against 2 processes × micro batch 2: the same rows per step (accelerate gives
     rank r every r-th batch of the one sampler), the loss averaged over both ranks' tokens. The two processes are
@@ -126,6 +127,7 @@ def test_a_dead_process_ends_the_whole_job_naming_its_rank(kind, code, said, tmp
     assert took < 90, took  # the survivor did not wait out a collective timeout (30 min)
 
 
+@pytest.mark.slow(seconds=43)
 def test_sigterm_with_a_peer_gone_exits_at_once_naming_the_checkpoint(tmp_path: Path, tiny_model_dir):
     """Rank 1 freezes at step 3 (a lost peer); rank 0 waits in the step's collective, where Python's signal
     handler cannot run. SIGTERM to ft: rank 0's watcher finds its peer silent within seconds and exits without

@@ -231,7 +231,7 @@ def _losses(out: Path) -> list[float]:
     return [r["loss"] for r in _records(out) if "loss" in r]
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=35)
 def test_the_reference_of_a_continued_adapter_is_that_adapter_and_full_fine_tuning_copies_the_model(tmp_path: Path, tiny_model_dir):
     """With lora_model_dir the reference is the continued adapter, frozen: the first loss is log 2 again (the base
     alone, the adapter switched off, would not give it). Full fine-tuning keeps a frozen copy: log 2 as well."""
@@ -252,7 +252,7 @@ def test_the_reference_of_a_continued_adapter_is_that_adapter_and_full_fine_tuni
     assert abs(_records(Path(cfg.training.output_dir))[0]["loss"] - math.log(2)) <= 1e-6
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=45)
 def test_a_stopped_preference_run_resumes_to_the_same_adapter_and_merges(tmp_path: Path, tiny_model_dir):
     """The run as it stood after its step-2 checkpoint (as a killed run leaves it), started again, ends where the
     uninterrupted run did; the adapter merges into a model that loads, and ft inference answers with it."""
@@ -279,7 +279,7 @@ def test_a_stopped_preference_run_resumes_to_the_same_adapter_and_merges(tmp_pat
     assert answer.returncode == 0 and answer.stdout.strip(), answer.stderr[-2000:]
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=33)
 @pytest.mark.parametrize("backend", ["ddp", "zero2"])
 def test_two_processes_train_pairs_as_one_process_does(tmp_path: Path, tiny_model_dir, backend):
     """Two processes of two pairs each average the same loss as one process of four pairs."""
@@ -299,7 +299,7 @@ def test_two_processes_train_pairs_as_one_process_does(tmp_path: Path, tiny_mode
     assert accuracy == [r["rewards/accuracies"] for r in _records(one / "out") if "loss" in r]  # averaged over processes
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=75)
 def test_precomputed_reference_log_probabilities_equal_the_live_reference_and_are_never_served_for_another_model(
         tmp_path: Path, tiny_model_dir):
     """precompute_ref_log_probs: the same losses as a reference forward per step; the values are cached beside
@@ -357,7 +357,7 @@ def test_plan_and_validate_describe_a_preference_run(tmp_path: Path, tiny_model_
     assert "pairs: 4 pair(s) per micro batch" in validate.stdout
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=55)
 def test_sigkill_at_random_moments_of_a_preference_run_loses_nothing(tmp_path: Path, tiny_model_dir):
     """The crash harness (tests/crash_harness.py) on a DPO run with checkpoints and evaluation: SIGKILLs at random
     moments (start, steps, checkpoint writes, the final save), then the same command to the end, twice; the
