@@ -416,11 +416,10 @@ def model_for_training(cfg: FtConfig, tokenizer: Any, layout: str, world: int = 
     model = prepare_for_training(model, q, checkpointing=t.gradient_checkpointing, adapter=bool(a.adapter),
                                  checkpointed_layers=layers)
     if a.adapter:
-        from ft.launch.deepspeed import zero_stage
+        from ft.launch.deepspeed import zero3
 
-        ds = cfg.distributed.deepspeed
         model = apply_adapter(a, model, grew, t.seed, on_meta, frozen_copy=cfg.preference.reference,
-                              zero3=bool(ds) and zero_stage(ds) == 3)
+                              zero3=zero3(cfg.distributed.deepspeed))
     if a.unfrozen_parameters:
         from ft.model.load import unfreeze_only
 

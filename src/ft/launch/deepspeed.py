@@ -39,6 +39,11 @@ def zero_stage(value: str | dict[str, Any]) -> int:
     return int(_stage(value if isinstance(value, dict) else read_json(value)))
 
 
+def zero3(value: Any) -> bool:
+    """Whether a `deepspeed:` value (unset, file or inline mapping) asks for ZeRO-3."""
+    return bool(value) and zero_stage(value) == 3
+
+
 def _stage(data: dict[str, Any]) -> Any:
     zero = data.get("zero_optimization")
     return zero.get("stage", 0) if isinstance(zero, dict) else 0

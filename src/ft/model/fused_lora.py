@@ -72,7 +72,7 @@ def _forward(self: nn.Module, x: torch.Tensor, *args: Any, **kwargs: Any) -> tor
     name = active[0] if len(active) == 1 else None
     if (args or kwargs or name is None or self.disable_adapters or self.merged or name not in self.lora_A
             or name in self.lora_variant or not isinstance(self.lora_dropout[name], nn.Identity)
-            or self.lora_B[name].bias is not None or self.lora_A[name].bias is not None):
+            or self.lora_B[name].bias is not None):
         return type(self).forward(self, x, *args, **kwargs)
     y = self.base_layer(x)
     if y._base is not None or not y.is_contiguous():  # bitsandbytes' 4-bit output with a bias is a view: a copy,

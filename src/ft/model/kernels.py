@@ -18,10 +18,9 @@ from ft.errors import ConfigError
 log = logging.getLogger("ft")
 
 
-def wanted(m: ModelConfig) -> dict[str, bool]:
-    """The kernels the config asks for, by key."""
-    return {k: v for k, v in (("liger_rms_norm", m.liger_rms_norm), ("liger_rope", m.liger_rope),
-                              ("liger_glu_activation", m.liger_glu_activation)) if v}
+def wanted(m: ModelConfig) -> list[str]:
+    """The keys of the kernels the config asks for."""
+    return [k for k in ("liger_rms_norm", "liger_rope", "liger_glu_activation") if getattr(m, k)]
 
 
 def apply_liger(model: Any, m: ModelConfig) -> list[str]:
@@ -38,13 +37,13 @@ def apply_liger(model: Any, m: ModelConfig) -> list[str]:
     try:
         from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN, _apply_liger_kernel_to_instance
     except ImportError:
-        raise ConfigError(f"`{next(iter(keys))}`: Liger's kernels are not installed: `pip install liger-kernel`, or "
+        raise ConfigError(f"`{keys[0]}`: Liger's kernels are not installed: `pip install liger-kernel`, or "
                           "remove the liger_* keys") from None
     model_type = model.config.model_type
     if model_type not in MODEL_TYPE_TO_APPLY_LIGER_FN:
-        raise ConfigError(f"`{next(iter(keys))}`: Liger has no kernels for model_type {model_type}; remove the liger_* "
+        raise ConfigError(f"`{keys[0]}`: Liger has no kernels for model_type {model_type}; remove the liger_* "
                           "keys")
     glu = m.liger_glu_activation
     _apply_liger_kernel_to_instance(model=model, rope=m.liger_rope, rms_norm=m.liger_rms_norm, swiglu=glu, geglu=glu,
                                     cross_entropy=False, fused_linear_cross_entropy=False)
-    return list(keys)
+    return keys

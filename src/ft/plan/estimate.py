@@ -193,7 +193,9 @@ def _stage(d: Any, gpus: int) -> int:
     if d.fsdp:
         return 2 if "shard_grad_op" in d.fsdp else 3
     if d.deepspeed:
-        return _zero_stage(d.deepspeed)
+        from ft.launch.deepspeed import zero_stage
+
+        return zero_stage(d.deepspeed)
     return 0
 
 
@@ -214,7 +216,6 @@ def _layer_activations(cfg: Any, shape: Shape, tokens: int, compute: int) -> tup
     m, a, q, t = cfg.model, cfg.adapter, cfg.quantization, cfg.training
     h, qd, kv, i = shape.hidden, shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim, shape.intermediate
     linears = shape.linears()
-    groups = {"o_proj": "o", "down_proj": "down"}  # the other linear layers read the pre-norms' outputs
     from_fp32 = compute == 2 and not a.adapter and _masters(m)  # autocast over fp32 weights: an fp32 residual
     resid = 4 if compute == 4 or from_fp32 else compute
     norms = 4 if shape.model_type == "gemma2" else 2
@@ -224,9 +225,9 @@ def _layer_activations(cfg: Any, shape: Shape, tokens: int, compute: int) -> tup
     per_mlp_token = (2 if m.liger_glu_activation else 3) * i * compute  # Liger's GLU keeps gate and up, no activation
     needed: set[str] = set()
     if not a.adapter:
-        needed = {groups.get(n, n[0] if n in ("q_proj", "k_proj", "v_proj", "qkv_proj") else "mlp") for n in linears}
+        needed = {_reads(n) for n in linears}
         if from_fp32:  # each layer reading an fp32 pre-norm output keeps its own 16-bit copy
-            per_token += sum(linears[n][0] for n in linears if n not in groups) * 2
+            per_token += sum(linears[n][0] for n in linears if _reads(n) in ("q", "mlp")) * 2
             needed -= {"q", "mlp"}
     elif a.adapter in ("lora", "qlora"):
         names = lora_targets(cfg, shape)
@@ -237,12 +238,18 @@ def _layer_activations(cfg: Any, shape: Shape, tokens: int, compute: int) -> tup
         elif not _fused(cfg) and compute == 2 and q.bits is None:  # PEFT casts to fp32 and autocast back, per layer
             per_token += inputs * compute
         else:
-            needed = {groups.get(n, "q" if n in ("q_proj", "k_proj", "v_proj", "qkv_proj") else "mlp") for n in names}
+            needed = {_reads(n) for n in names}
     per_token += (h * resid if "q" in needed else 0) + (h * resid if "mlp" in needed else 0)
     per_mlp_token += i * compute if "down" in needed else 0  # o_proj's input is attention's output, kept anyway
     if t.tiled_mlp:
         return tokens * per_token, min(tokens, t.tiled_mlp_tokens) * per_mlp_token
     return tokens * (per_token + per_mlp_token), 0
+
+
+def _reads(linear: str) -> str:
+    """What a decoder layer's linear layer reads: the attention's pre-norm output ("q"), the attention's output
+    ("o"), the MLP's pre-norm output ("mlp") or the MLP's gated product ("down")."""
+    return {"o_proj": "o", "down_proj": "down"}.get(linear, "q" if linear in ("q_proj", "k_proj", "v_proj", "qkv_proj") else "mlp")
 
 
 def _masters(m: Any) -> bool:
@@ -252,12 +259,9 @@ def _masters(m: Any) -> bool:
 
 def _fused(cfg: Any) -> bool:
     """Whether LoRA's layers take ft's in-place update (ft.model.fused_lora) rather than PEFT's path."""
-    a, d = cfg.adapter, cfg.distributed
-    zero3 = bool(d.deepspeed) and _zero_stage(d.deepspeed) == 3
-    return a.lora_fused and a.lora_dropout == 0 and not a.peft_use_dora and cfg.quantization.bits != 8 and not zero3
+    from ft.launch.deepspeed import zero3
 
+    a = cfg.adapter
+    return (a.lora_fused and a.lora_dropout == 0 and not a.peft_use_dora and cfg.quantization.bits != 8
+            and not zero3(cfg.distributed.deepspeed))
 
-def _zero_stage(value: Any) -> int:
-    from ft.launch.deepspeed import zero_stage
-
-    return zero_stage(value)
