@@ -13,6 +13,9 @@ import pytest
 
 from conftest import ROOT
 
+sys.path.insert(0, str(ROOT / "scripts"))
+from bench_gpu import SHAPES  # noqa: E402
+
 pytestmark = pytest.mark.slow(seconds=200)  # several processes or many runs; its tests take about this long each
 
 
@@ -43,8 +46,18 @@ def test_the_gpu_check_runs_every_stage_in_smoke_mode(tmp_path: Path):
     assert [r["method"] for r in methods] == ["lora", "prompt_tuning"]
     assert all(r["tokens_per_s"] > 0 and 0 < r["share"] < 100 for r in methods)
     trials = json.loads((out / "context.json").read_text())["trials"]
-    assert {(t["contender"], t["tokens"]) for t in trials} == {(k, 256) for k in ("ft-offload-tiled", "baseline")}
-    assert all(t["ok"] for t in trials)
+    assert [(t["contender"], t["tokens"]) for t in trials] == [(k, 256) for k in ("ft-offload-tiled", "ft", "baseline")]
+    assert all(t["ok"] and t["missing_layers"] == 2 for t in trials)  # the tiny model's 2 layers standing for 4
+    # one layer's tensors, gradients and AdamW states counted alike through ft's loading and the baseline's own
+    ft_layer, baseline_layer = trials[1]["per_layer_gb"] * 2**30, trials[2]["per_layer_gb"] * 2**30
+    assert abs(baseline_layer / ft_layer - 1) < 0.02, (ft_layer, baseline_layer)
+    hidden, _, heads, kv, mlp, _ = SHAPES["tiny-qlora"]  # LoRA r=16 on every linear layer, fp32 on a CPU
+    kv_width = kv * hidden // heads
+    linears = [(hidden, hidden), (hidden, kv_width), (hidden, kv_width), (hidden, hidden), (hidden, mlp), (hidden, mlp), (mlp, hidden)]
+    lora = sum(16 * (a + b) for a, b in linears) * 4 * 4  # the weight, its gradient, AdamW's two states
+    base = sum(a * b for a, b in linears)  # 4 bits each, with their quantization state: under 16 bits
+    assert lora + base / 2 < ft_layer < lora + 2 * base, (ft_layer, lora, base)
+    assert "| ft-offload-tiled | 256 | yes | no GPU |" in (out / "context.log").read_text()
     assert "outputs equal: 64 of 64" in (out / "eval.log").read_text()
     assert "× lm-eval" in (out / "eval.log").read_text()  # lm-eval is in the suite's environment
     plan = (out / "plan.log").read_text()
