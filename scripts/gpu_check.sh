@@ -7,6 +7,9 @@
 #   bash scripts/gpu_check.sh --suite   the whole test suite on the CUDA machine (a second command, if time is left)
 #   bash scripts/gpu_check.sh --smoke   every stage's code on this CPU with the tiny model and tiny sizes (the
 #                                       test suite runs this: tests/test_gpu_check.py), so no typo wastes GPU minutes
+#   STAGES="plan preference" CHECK_SECONDS=240 bash scripts/gpu_check.sh
+#                                       those stages only, within 240 s: a second command for the stages the first
+#                                       one had no time left for (they are said: "skipped: ... left")
 #
 # Each stage runs under its own budget (seconds) and under what is left of the whole check's 470 s (started
 # from the first line, the install included): a stage that would have under 20 s left is skipped and said, and
@@ -70,13 +73,23 @@ say "mode $mode, results in $OUT"
 
 # stage NAME BUDGET COMMAND...: runs COMMAND under its budget, or what is left of the check's (SIGINT, then SIGKILL
 # 10 s later), logs to $OUT/NAME.log
+for name in ${STAGES:-}; do
+  case $name in
+    tests|8b|1b|context|plan|preference|eval|distill|methods) ;;
+    *) say "STAGES: no stage is called $name (tests 8b 1b context plan preference eval distill methods)"; exit 2 ;;
+  esac
+done
 status=0
-deadline=$(( started + 470 * SCALE ))
+limit=${CHECK_SECONDS:-470}
+deadline=$(( started + limit * SCALE ))
 stage() {
   local name=$1 budget=$(( $2 * SCALE )); shift 2
+  if [ -n "${STAGES:-}" ] && [[ " $STAGES " != *" $name "* ]]; then
+    return  # not asked for (STAGES)
+  fi
   local left=$(( deadline - $(date +%s) - 10 ))
   if [ "$left" -lt $(( 20 * SCALE )) ]; then
-    say "$name: skipped: ${left} s left of the check's 470 s"; status=1; return
+    say "$name: skipped: ${left} s left of the check's $limit s"; status=1; return
   fi
   [ "$budget" -gt "$left" ] && budget=$left
   say "$name: start (budget $budget s)"

@@ -62,3 +62,17 @@ def test_the_gpu_check_runs_every_stage_in_smoke_mode(tmp_path: Path):
     assert "× lm-eval" in (out / "eval.log").read_text()  # lm-eval is in the suite's environment
     plan = (out / "plan.log").read_text()
     assert "| tiny | lora | none | 128 |" in plan and "| tiny | lora | offloading | 128 |" in plan
+
+
+@pytest.mark.slow(seconds=15)
+def test_stages_runs_only_the_stages_named_and_refuses_an_unknown_one(tmp_path: Path):
+    """A second command on the GPU machine runs the stages the first had no time left for (STAGES)."""
+    env = {**os.environ, "PYTHON": sys.executable, "STAGES": "plan", "CHECK_SECONDS": "100"}
+    result = subprocess.run(["bash", "scripts/gpu_check.sh", "--smoke"], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                            env={**env, "OUT": str(tmp_path / "one")})
+    summary = (tmp_path / "one/summary.log").read_text()
+    assert result.returncode == 0 and "plan: done" in summary, summary + result.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "one").iterdir()) == ["plan.log", "summary.log"]
+    result = subprocess.run(["bash", "scripts/gpu_check.sh", "--smoke"], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                            env={**env, "OUT": str(tmp_path / "two"), "STAGES": "plan contxt"})
+    assert result.returncode == 2 and "no stage is called contxt" in result.stdout, result.stdout
