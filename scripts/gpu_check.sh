@@ -27,8 +27,9 @@
 #                    offloading and tiled MLP, under a 24 GiB cap; at 16k tokens its step time beside ft without
 #                    offloading (the target: within 1.15×) and the plain baseline's fit; 8 of the 8B's layers, the
 #                    cap lowered by what the other 24 would hold (measured per layer in each trial)
-#   plan         90  scripts/plan_accuracy.py --sizes 1b --lengths 4096: ft plan beside the measured peak (LoRA,
-#                    QLoRA, full; none, checkpointing, offloading: nine rows, five processes at once)
+#   plan        150  scripts/plan_accuracy.py --sizes 1b 8b-8l --lengths 4096: ft plan beside the measured peak
+#                    (1B: LoRA, QLoRA, full; 8B-wide, 8 layers: LoRA, QLoRA; each with none, checkpointing,
+#                    offloading: fifteen rows, five processes at once)
 #   preference   45  scripts/bench_preference.py: ft's DPO beside TRL's DPOTrainer
 #   eval         30  scripts/bench_eval.py (batched generation) and scripts/bench_mc.py (multiple choice beside
 #                    lm-eval, when lm-eval is there)
@@ -54,7 +55,7 @@ if [ "$mode" = --smoke ]; then
 else
   PY=python3
   SCALE=1
-  TESTS_ARGS=(); SIZES_1B=(1b); SIZES_8B=(8b-8l); ROWS=3000; PLAN_ARGS=(--sizes 1b --lengths 4096 --parallel 5)
+  TESTS_ARGS=(); SIZES_1B=(1b); SIZES_8B=(8b-8l); ROWS=3000; PLAN_ARGS=(--sizes 1b 8b-8l --lengths 4096 --parallel 5)
   CONTEXT_ARGS=(--size 8b-8l --as-layers 32 --trials ft-offload-tiled:131072 ft:16384 ft-offload-tiled:16384 baseline:16384 --cap-gb 24)
   PREFERENCE_ARGS=(--pairs 512 --batch 16 --steps 20 --hidden 1024 --layers 8)
   DISTILL_ARGS=(--rows 256 --batch 16 --steps 16 --hidden 1024 --layers 4)
@@ -112,7 +113,7 @@ stage tests 150 env FT_TEST_GPU=1 $PY -m pytest -q -p no:cacheprovider -rs "${TE
 stage 8b 120 $PY scripts/bench_gpu.py --sizes "${SIZES_8B[@]}" --rows $ROWS --out "$OUT/8b.json"
 stage 1b 90 $PY scripts/bench_gpu.py --sizes "${SIZES_1B[@]}" --rows $ROWS --out "$OUT/1b.json"
 stage context 130 $PY scripts/bench_context.py "${CONTEXT_ARGS[@]}" --out "$OUT/context.json"
-stage plan 90 $PY scripts/plan_accuracy.py "${PLAN_ARGS[@]}"
+stage plan 150 $PY scripts/plan_accuracy.py "${PLAN_ARGS[@]}"
 stage preference 45 $PY scripts/bench_preference.py "${PREFERENCE_ARGS[@]}" --out "$OUT/preference.json"
 stage eval 30 bash -c "$PY scripts/bench_eval.py --rows 64 --batch 16 && if $PY -c 'import lm_eval' 2>/dev/null; then $PY scripts/bench_mc.py --rows $MC_ROWS --repeats 1; else echo 'bench_mc: skipped (lm_eval is not installed)'; fi"
 stage distill 30 $PY scripts/bench_distill.py "${DISTILL_ARGS[@]}" --out "$OUT/distill.json"
