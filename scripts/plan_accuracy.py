@@ -6,22 +6,24 @@
 
 Models: random-weight Llamas with real shapes (scripts/bench_gpu.py's: Llama 3.2 1B and Llama 3.1 8B, vocab
 128,256), built on the GPU. Settings per size and length: LoRA r=16 on all linear layers, QLoRA (nf4), full
-fine-tuning (1B only), each with and without gradient checkpointing, and with checkpointing plus activation
+fine-tuning (not at 8B), each with and without gradient checkpointing, and with checkpointing plus activation
 offloading; one row of `length` tokens, micro batch 1. Each setting is `ft train`'s own composition
-(build_run) running two steps in a fresh process (`--parallel` of them at once: on a GPU that holds them side by
-side each process's peak is its own; use --parallel 1 where the rows together would not fit); measured: torch.cuda.max_memory_allocated and
-max_memory_reserved; predicted: the plan's allocated bytes (without the context) and its peak. Target:
+(build_run) running two steps in a fresh process (up to `--parallel` of them at once, while their planned peaks,
+with a quarter more and the CUDA context, fit the GPU together: each process's peak is its own, and a smaller
+GPU runs fewer at once); measured: torch.cuda.max_memory_allocated and max_memory_reserved; predicted: the plan's allocated bytes (without the context) and its peak. Target:
 within 10% on every row. Rows that run out of memory are marked so (the plan should say they do not fit).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -34,27 +36,39 @@ MEMORY = {"none": {}, "checkpointing": {"gradient_checkpointing": True},
           "offloading": {"gradient_checkpointing": True, "activation_offloading": True}}
 
 
-def one(model: str, length: int, method: str, memory: str, work: str) -> dict:
-    """In a fresh process: the plan, then two real steps; both figures."""
-    import torch
+def row_config(model: Path, length: int, method: str, memory: str, work: Path, gpu: bool) -> Path:
+    """The row's folder: one row of `length` tokens and its config."""
     import yaml
 
-    from ft.commands.config import load
-    from ft.commands.plan import plan_report
-    from ft.commands.train import build_run
-
-    folder = Path(work) / f"{method}-{memory}-{length}"
+    folder = work / f"{method}-{memory}-{length}"
     folder.mkdir(parents=True)
     (folder / "row.jsonl").write_text(json.dumps({"input_ids": [(i * 7919) % 1000 + 5 for i in range(length)]}) + "\n")
-    body = {"base_model": model, "datasets": [{"path": str(folder / "row.jsonl")}], "sequence_len": length, "micro_batch_size": 1,
-            "max_steps": 2, "learning_rate": 1e-4, "bf16": torch.cuda.is_available(), "output_dir": str(folder / "out"),
+    body = {"base_model": str(model), "datasets": [{"path": str(folder / "row.jsonl")}], "sequence_len": length, "micro_batch_size": 1,
+            "max_steps": 2, "learning_rate": 1e-4, "bf16": gpu, "output_dir": str(folder / "out"),
             "use_tensorboard": False, "save_steps": 1000, **SETTINGS[method], **MEMORY[memory]}
     (folder / "cfg.yml").write_text(yaml.safe_dump(body))
-    cfg = load(folder / "cfg.yml")
-    report = plan_report(cfg, 1 << 50, 1)
-    row = {"predicted_allocated": report["allocated"], "predicted_peak": report["peak"]}
+    return folder / "cfg.yml"
+
+
+def planned(path: Path) -> dict:
+    """`ft plan`'s figures for the row (no model is loaded)."""
+    from ft.commands.config import load
+    from ft.commands.plan import plan_report
+
+    report = plan_report(load(path), 1 << 50, 1)
+    return {"predicted_allocated": report["allocated"], "predicted_peak": report["peak"]}
+
+
+def one(path: str) -> dict:
+    """In a fresh process: two real steps of the row's config; the plan beside the measured peak."""
+    import torch
+
+    from ft.commands.config import load
+    from ft.commands.train import build_run
+
+    row = planned(Path(path))
     try:
-        run = build_run(cfg, 1)
+        run = build_run(load(path), 1)
         run.trainer.train()
         gpu = torch.cuda.is_available()
         row.update(measured_allocated=torch.cuda.max_memory_allocated() if gpu else None,
@@ -62,6 +76,32 @@ def one(model: str, length: int, method: str, memory: str, work: str) -> dict:
     except torch.OutOfMemoryError:
         row.update(ok=False)
     return row
+
+
+class MemoryBudget:
+    """Rows side by side only while their planned peaks (+25% and 1 GiB of CUDA context each) fit the GPU together, so
+    that no row runs out of memory for its neighbours (a smaller GPU runs fewer at once); a row planned above
+    the whole GPU runs alone."""
+
+    def __init__(self, total: float) -> None:
+        import threading
+
+        self.total, self.used, self.running = total, 0.0, 0
+        self.changed = threading.Condition()
+
+    @contextlib.contextmanager
+    def hold(self, need: float) -> Iterator[None]:
+        with self.changed:
+            self.changed.wait_for(lambda: self.running == 0 or self.used + need <= self.total)
+            self.used += need
+            self.running += 1
+        try:
+            yield
+        finally:
+            with self.changed:
+                self.used -= need
+                self.running -= 1
+                self.changed.notify_all()
 
 
 def main() -> None:
@@ -84,11 +124,14 @@ def main() -> None:
     print("\n".join(lines), flush=True)
     from concurrent.futures import ThreadPoolExecutor
 
+    budget = MemoryBudget(torch.cuda.get_device_properties(0).total_memory - 2**30 if device == "cuda" else float("inf"))
+
     def run_row(model: Path, work: Path, size: str, method: str, memory: str, length: int) -> str:
+        path = row_config(model, length, method, memory, work, device == "cuda")
         code = ("import json, sys; sys.path.insert(0, sys.argv[1]); from plan_accuracy import one; "
-                "print('ROW ' + json.dumps(one(sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5], sys.argv[6])))")
-        proc = subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent), str(model), str(length), method,
-                               memory, str(work)], capture_output=True, text=True)
+                "print('ROW ' + json.dumps(one(sys.argv[2])))")
+        with budget.hold(1.25 * planned(path)["predicted_peak"] + 2**30):  # room for the plan being 25% low
+            proc = subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent), str(path)], capture_output=True, text=True)
         found = [x for x in proc.stdout.splitlines() if x.startswith("ROW ")]
         if not found:
             raise SystemExit(f"{size} {method} {memory} {length} failed:\n{proc.stderr[-3000:]}")
@@ -108,8 +151,8 @@ def main() -> None:
         rows = [(method, memory, length) for method in args.methods for memory in args.memory for length in args.lengths
                 if not (method == "full" and size.startswith("8b"))
                 and not (method == "qlora" and device == "cpu")]  # bitsandbytes on CPU keeps other buffers than on CUDA
-        # each row is its own process (its own allocator and peak); several at once on the one GPU, whose memory
-        # holds them side by side: the peak each reports is its own
+        # each row is its own process (its own allocator and peak); several at once on the one GPU while their
+        # planned peaks fit it together (MemoryBudget): the peak each reports is its own
         with ThreadPoolExecutor(max_workers=args.parallel) as pool:
             lines += list(pool.map(lambda row: run_row(model, work, size, *row), rows))
     if args.out:

@@ -1,5 +1,5 @@
-"""scripts/bench_context.py's search: the figures the README quotes come from it, and GPU time to rerun it
-is scarce, so its arithmetic is checked here with thresholds standing in for the GPU's memory."""
+"""scripts/bench_context.py's search and scripts/plan_accuracy.py's sharing of the GPU: GPU time to rerun them
+is scarce, so their arithmetic is checked here with thresholds standing in for the GPU's memory."""
 
 from __future__ import annotations
 
@@ -53,3 +53,37 @@ def test_a_trial_failing_for_another_reason_stops_the_search():
 
     with pytest.raises(TrialFailed):
         search([("ft", 24.0)], run, high=16, memory_gb=25.0, log=lambda line: None)
+
+
+def test_plan_accuracy_runs_rows_side_by_side_only_while_their_plans_fit_the_gpu():
+    """scripts/plan_accuracy.py's rows share the GPU by their planned peaks: one that would not fit beside the
+    running ones waits for them; one larger than the whole GPU runs alone."""
+    from plan_accuracy import MemoryBudget
+
+    budget = MemoryBudget(10.0)
+    entered = {name: threading.Event() for name in "abcd"}
+    leave = {name: threading.Event() for name in "abcd"}
+
+    def row(name: str, need: float) -> None:
+        with budget.hold(need):
+            entered[name].set()
+            leave[name].wait(10)
+
+    threads = {name: threading.Thread(target=row, args=(name, need)) for name, need in (("a", 6), ("b", 6), ("c", 3), ("d", 20))}
+    threads["a"].start()
+    assert entered["a"].wait(5)
+    threads["b"].start()
+    threads["c"].start()
+    assert entered["c"].wait(5)  # 6 + 3 fit in 10
+    assert not entered["b"].wait(0.3)  # 6 + 6 do not
+    leave["a"].set()
+    assert entered["b"].wait(5)  # 3 + 6 fit once a is gone
+    threads["d"].start()
+    assert not entered["d"].wait(0.3)  # larger than the GPU: alone
+    leave["b"].set()
+    leave["c"].set()
+    assert entered["d"].wait(5)
+    leave["d"].set()
+    for t in threads.values():
+        t.join(5)
+    assert budget.used == 0 and budget.running == 0
