@@ -60,7 +60,9 @@ SETUP = {  # micro batch of the unpacked contenders, bins per packed micro batch
 }
 
 
-DATASHEET_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0, "L4": 121.0}  # dense bf16
+# dense bf16 without sparsity; the first key in the device's name counts (the PCIe and NVL H100s before the SXM)
+DATASHEET_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0,
+                    "A10G": 125.0, "L4": 121.0}
 
 
 def datasheet_rate(name: str) -> float:
