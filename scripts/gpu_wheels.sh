@@ -18,3 +18,9 @@ python3 -m pip wheel -q --no-deps -w .whl deepspeed==0.19.8 rouge-score==0.1.2  
 grep -qx '/shared/' "$(git rev-parse --git-dir)/info/exclude" || echo '/shared/' >> "$(git rev-parse --git-dir)/info/exclude"
 rm -rf shared/seed-configs && mkdir -p shared && cp -r ../shared/seed-configs shared/
 du -sh .whl
+# the device tool carries ignored paths of 64 MiB in all
+carried=$(du -sb .whl shared | awk '{s += $1} END {print s}')
+if [ "$carried" -gt $(( 64 * 1024 * 1024 )) ]; then
+  echo "gpu_wheels.sh: .whl and shared hold $(( carried / 1024 / 1024 )) MiB, more than the 64 MiB the device tool carries" >&2
+  exit 1
+fi
