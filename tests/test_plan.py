@@ -354,3 +354,27 @@ def test_fill_micro_batch_takes_the_fullest_micro_batch_that_fits_with_the_same_
         trainer, _, _ = build(filled)
     assert "fill_micro_batch: micro_batch_size 1 as written (no GPU memory to fill)" in caplog.text
     assert (trainer.args.per_device_train_batch_size, trainer.args.gradient_accumulation_steps) == (1, 8)
+
+
+@pytest.mark.parametrize("method", ["grpo", "ebft-structured", "ebft-strided"])
+def test_the_plan_holds_the_samples_a_method_that_samples_trains_on(method: str, tmp_path: Path, tiny_model_dir, monkeypatch):
+    """`rl: grpo` and `rl: ebft` train on their own samples: the forward that trains holds micro_batch_size ×
+    samples sequences (padded to the longest), not micro_batch_size rows. The plan's count of them equals what the
+    training forward of a real step held, and its length (with the data's longest row) bounds it."""
+    from test_ebft import ebft_config
+    from test_grpo import LORA, grpo_config
+
+    from ft.plan.estimate import sampled_batch
+
+    monkeypatch.chdir(tmp_path)
+    cfg = (grpo_config(tmp_path, tiny_model_dir("llama"), rl="grpo", **LORA) if method == "grpo"
+           else ebft_config(tmp_path, tiny_model_dir("llama"), method.split("-")[1], **LORA))
+    trainer, model, _ = build(cfg)
+    held = []
+    model.register_forward_pre_hook(lambda m, args, kwargs: held.append(kwargs["input_ids"].shape) if torch.is_grad_enabled() else None,
+                                    with_kwargs=True)
+    trainer.train()
+    longest = max(len(row["input_ids"]) for row in trainer.train_dataset)
+    plan = sampled_batch(cfg, cfg.training.micro_batch_size * longest)
+    assert held and all(shape[0] == plan.sequences and shape[1] <= plan.length for shape in held), (held, plan)
+    assert plan.mask == plan.sequences * plan.length**2

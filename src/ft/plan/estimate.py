@@ -73,11 +73,16 @@ def estimate(cfg: Any, shape: Shape, gpus: int = 1, longest_batch: Optional[int]
     compute = 4 if m.precision == "fp32" else 2  # `auto` plans for a GPU: bf16
     pairs = cfg.preference.trains_pairs  # a micro batch of pairs holds two sequences a pair
     tokens = longest_batch or t.micro_batch_size * cfg.data.sequence_len * (2 if pairs else 1)
+    sampled = sampled_batch(cfg, longest_batch)
+    if sampled is not None:  # trained on its own samples: the forward that trains holds every sample
+        tokens = sampled.sequences * sampled.length
     split = d.context_parallel_size or 1
     whole = tokens
     if split > 1 and gpus >= split:  # context parallelism: a GPU holds its slice of its group's micro batch
         tokens = -(-tokens // split)
     plan = Plan({}, gpus=gpus, tokens=tokens)
+    if sampled is not None:
+        plan.notes.append(sampled.said)
     if split > 1 and gpus >= split:
         plan.notes.append(f"context_parallel_size {split}: each GPU holds 1/{split} of each micro batch's tokens, and a "
                           f"(slice × sequence) attention mask of {tokens * whole / 2**30:.2f} GiB per layer call")
@@ -163,7 +168,9 @@ def estimate(cfg: Any, shape: Shape, gpus: int = 1, longest_batch: Optional[int]
         t_bits = 4 if k.teacher_load_in_4bit else 8 if k.teacher_load_in_8bit else None
         plan.parts["teacher weights (frozen)"] = weight_bytes_of(teacher, t_bits, t_compute, True)
         plan.parts["teacher forward (no grad)"] = tokens * t_compute * (3 * teacher.hidden + 2 * teacher.intermediate)
-    chunked = (t.chunked_cross_entropy or cfg.distills) and not (stage >= 3)
+    if sampled is not None:
+        plan.parts["attention masks of the samples"] = sampled.mask
+    chunked = (t.chunked_cross_entropy or cfg.distills or sampled is not None) and not (stage >= 3)
     chunk = max(64, CHUNK_BYTES // (4 * shape.vocab))
     # the plain loss keeps the fp32 log-softmax for the backward pass; at its peak the logits in the compute
     # dtype and their fp32 upcast (none in fp32) exist beside it. The chunked loss: one chunk of fp32 logits
@@ -173,6 +180,39 @@ def estimate(cfg: Any, shape: Shape, gpus: int = 1, longest_batch: Optional[int]
     if cfg.preference.reward_model:  # one number per text, no vocabulary's logits
         plan.parts["logits and loss"] = 0
     return plan
+
+
+@dataclass(frozen=True)
+class Sampled:
+    sequences: int  # in the micro batch's training forward
+    length: int  # tokens each, padded to the longest
+    mask: int  # bytes of the boolean attention masks the forward builds (and attention keeps for its backward)
+    said: str
+
+
+def sampled_batch(cfg: Any, longest_batch: Optional[int] = None) -> Optional[Sampled]:
+    """What the training forward of a method that trains on the model's own samples holds, at the most: `rl: grpo`,
+    `gdpo` and structured `ebft` train on each prompt with its trl.num_generations answers of up to
+    max_completion_length tokens, right-padded to the longest (transformers' boolean mask of (length × length) a
+    sequence); strided `ebft` on n_samples_per_prompt copies of each text followed by generate_max_len sampled
+    tokens per anchor (anchors every `stride` tokens from context_length: a text without a prompt has the most),
+    each with its own (length × length) mask (ft.train.ebft.strided_layout). None for the other methods."""
+    rl, mbs = cfg.preference.rl, cfg.training.micro_batch_size
+    row = longest_batch // mbs if longest_batch else cfg.data.sequence_len  # a prompt's (or text's) tokens
+    from ft.config.online import EbftSettings, TrlSettings
+
+    e = cfg.online.ebft or EbftSettings()  # as the trainer takes it
+    if rl in ("grpo", "gdpo") or (rl == "ebft" and e.mode == "structured"):
+        trl = cfg.online.trl or TrlSettings()
+        n, length = mbs * trl.num_generations, row + trl.max_completion_length
+        return Sampled(n, length, n * length * length, f"`rl: {rl}`: a micro batch of {mbs} prompt(s) trains on "
+                       f"{n} samples of up to {length:,} tokens (prompt and answer)")
+    if rl == "ebft":
+        anchors = max(0, (row - e.generate_max_len - e.context_length) // e.stride + 1)
+        n, length = mbs * e.n_samples_per_prompt, row + e.generate_max_len * anchors
+        return Sampled(n, length, n * length * length, f"`rl: ebft` (strided): a micro batch of {mbs} text(s) trains on "
+                       f"{n} sequences of {length:,} tokens ({anchors} rollouts of {e.generate_max_len} tokens a text)")
+    return None
 
 
 def weight_bytes_of(shape: Shape, bits: Optional[int], compute: int, double_quant: bool) -> int:
