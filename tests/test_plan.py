@@ -378,3 +378,27 @@ def test_the_plan_holds_the_samples_a_method_that_samples_trains_on(method: str,
     plan = sampled_batch(cfg, cfg.training.micro_batch_size * longest)
     assert held and all(shape[0] == plan.sequences and shape[1] <= plan.length for shape in held), (held, plan)
     assert plan.mask == plan.sequences * plan.length**2
+
+
+@pytest.mark.parametrize("layout", ["padded", "padding_free", "packed"])
+def test_the_plan_holds_diffusions_attention_masks(layout: str, tmp_path: Path, tiny_model_dir):
+    """`diffusion:` attends fully within each row through one boolean mask over the batch: (length × length) per
+    padded row, or (tokens × tokens) over rows laid end to end: the plan's count equals the mask a real step
+    gives the model, for that step's batch."""
+    from test_diffusion import DIFFUSION, LORA
+
+    from ft.commands.plan import read_shape
+    from ft.plan.estimate import estimate
+
+    keys = {"padded": {"padding_free": False}, "padding_free": {"padding_free": True}, "packed": {"sample_packing": True}}[layout]
+    cfg = make_config(tmp_path, tiny_model_dir("llama"), max_steps=1, **keys, **LORA, **DIFFUSION)
+    trainer, model, _ = build(cfg)
+    masks = []
+    model.register_forward_pre_hook(lambda m, args, kwargs: masks.append(kwargs["attention_mask"]) if torch.is_grad_enabled() else None,
+                                    with_kwargs=True)
+    trainer.train()
+    (mask,) = masks
+    rows, length = mask.shape[0], mask.shape[-1]
+    assert rows == (cfg.training.micro_batch_size if layout == "padded" else 1) and mask.dtype == torch.bool
+    plan = estimate(cfg, read_shape(str(tiny_model_dir("llama"))), 1, rows * length)
+    assert plan.parts["attention masks (diffusion)"] == mask.numel() * mask.element_size()

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from ft.config.adapter import is_regex
+from ft.data.packing import PADDED, batch_layout
 from ft.plan.methods import trainable as method_trainable
 from ft.plan.shapes import DEFAULT_TARGETS, IA3_DEFAULT_TARGETS, Shape
 
@@ -170,7 +171,12 @@ def estimate(cfg: Any, shape: Shape, gpus: int = 1, longest_batch: Optional[int]
         plan.parts["teacher forward (no grad)"] = tokens * t_compute * (3 * teacher.hidden + 2 * teacher.intermediate)
     if sampled is not None:
         plan.parts["attention masks of the samples"] = sampled.mask
-    chunked = (t.chunked_cross_entropy or cfg.distills or sampled is not None) and not (stage >= 3)
+    diffusion = cfg.diffusion.diffusion is not None
+    if diffusion:  # full attention within each row, as a boolean mask over the batch's rows (train/diffusion.py):
+        # (row × row) per padded row, or (tokens × tokens) over a micro batch laid out as one flattened row
+        flat = batch_layout(cfg.data, t.group_by_length, on_gpu=True) != PADDED
+        plan.parts["attention masks (diffusion)"] = tokens * (tokens if flat else tokens // t.micro_batch_size)
+    chunked = (t.chunked_cross_entropy or cfg.distills or sampled is not None or diffusion) and not (stage >= 3)
     chunk = max(64, CHUNK_BYTES // (4 * shape.vocab))
     # the plain loss keeps the fp32 log-softmax for the backward pass; at its peak the logits in the compute
     # dtype and their fp32 upcast (none in fp32) exist beside it. The chunked loss: one chunk of fp32 logits
