@@ -259,8 +259,6 @@ def test_bad_settings_are_refused_in_one_sentence(keys: str, words: str, tmp_pat
 def test_cached_top_k_equals_the_live_top_k(tmp_path: Path, tiny_model_dir, teacher_dir):
     """The teacher's top-k computed once per row (kd_cache) gives the live top-k loss and gradients (within
     round-off: the cache runs each row alone, the live teacher the packed batch) and the same top-k ids."""
-    from ft.train.loss import causal_lm_of
-
     student, teacher = tiny_model_dir("llama"), teacher_dir("llama")
     results = []
     for cached in (False, True):

@@ -247,7 +247,6 @@ def contradictions(cfg: FtConfig) -> list[Contradiction]:
     if e.do_causal_lm_eval and d.fsdp:
         add("do_causal_lm_eval", "`do_causal_lm_eval` is not supported with fsdp (the weights are whole only inside the "
             "forward pass); run `ft eval cfg.yml` after training")
-    k = cfg.distillation
     found += distillation_contradictions(cfg)
     if cfg.distills and cfg.preference.rl:
         on = "samples of its own" if cfg.preference.rl == "ebft" else "pairs"

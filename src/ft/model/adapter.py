@@ -74,7 +74,7 @@ def apply_adapter(a: AdapterConfig, model: Any, new_tokens: bool, seed: int, on_
     adapter is also loaded frozen, as REFERENCE (a preference loss's reference). `lora_fused` gives LoRA's linear
     layers the in-place update (ft.model.fused_lora), except under ZeRO-3 (`zero3`), which gathers A and B only
     through their own modules' hooks."""
-    from peft import PeftModel, get_peft_model
+    from peft import get_peft_model
 
     if on_meta and (a.lora_model_dir or a.peft_use_dora):
         key = "lora_model_dir" if a.lora_model_dir else "peft_use_dora"

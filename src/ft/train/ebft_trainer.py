@@ -165,7 +165,7 @@ class EbftTrainer(MeanLossTrainer):
         advantage = E.advantages(reward, "grpo_scaled" if t.scale_rewards else "grpo")
 
         # one forward of the trained model over every sample (and answer, with ce_coef) of the micro batch
-        texts, owners, spans = [], [], []
+        texts, spans = [], []
         for g, (prompt, answer, samples) in enumerate(groups):
             for j, s in enumerate(samples):
                 texts.append(torch.cat([prompt, s]))
