@@ -136,6 +136,8 @@ def _planned_and_saved(cfg: Any, model_dir: Path, length: int) -> tuple[int, int
     shape = read_shape(str(model_dir))
     parts = estimate(cfg, shape).parts
     kept_by_loss = length * shape.hidden * 4 if cfg.training.chunked_cross_entropy else length * shape.vocab * 4
+    if shape.logit_softcap and not cfg.training.chunked_cross_entropy:  # Gemma-2: tanh's output, in the logits' dtype
+        kept_by_loss += length * shape.vocab * (2 if cfg.model.precision == "bf16" else 4)
     planned = (parts.get("activations", 0) + parts.get("checkpointed layer inputs", 0)
                + parts.get("activations of layers not checkpointed", 0) + kept_by_loss
                + parts.get("16-bit copies of the weights (autocast)", 0))
@@ -188,6 +190,49 @@ def test_activations_in_each_precision_are_within_5_percent_of_what_a_forward_sa
         inputs = sum(shape.linears()[n][0] for n in lora_targets(cfg, shape))
         planned += length * shape.layers * inputs * (4 - 1)
     assert abs(planned - measured) <= 0.05 * measured, (planned, measured)
+
+
+@pytest.fixture(scope="module")
+def mid_gemma2(tmp_path_factory) -> Path:
+    from ft.tiny import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("mid-gemma2"), "gemma2", hidden_size=512, intermediate_size=1376,
+                           num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=4, head_dim=64, query_pre_attn_scalar=64)
+
+
+@pytest.mark.parametrize("setting", ["LoRA, bf16 base", "full fine-tuning, fp32", "LoRA, bf16 base, packed"])
+def test_gemma2s_soft_capped_attention_keeps_its_scores_and_the_plan_counts_them(setting, tmp_path: Path, mid_gemma2):
+    """Gemma-2 soft-caps its attention scores, which no sdpa kernel computes: ft runs the model's eager attention
+    (per row when packed), which keeps each row's (heads × length × length) scores for the backward pass, as
+    tanh's output, softmax's fp32 output and the probabilities, with keys and values repeated per query head; at
+    512 tokens more than half of what a layer keeps. The plan's count is within 5% of what a forward saves."""
+    keys = {"LoRA, bf16 base": {"adapter": "lora", "lora_target_linear": True, "bf16": True},
+            "full fine-tuning, fp32": {"bf16": False},
+            "LoRA, bf16 base, packed": {"adapter": "lora", "lora_target_linear": True, "bf16": True, "sample_packing": True}}[setting]
+    length = 512
+    cfg = make_config(tmp_path, mid_gemma2, micro_batch_size=1, sequence_len=length, chunked_cross_entropy=False, **keys)
+    planned, measured = _planned_and_saved(cfg, mid_gemma2, length)
+    assert abs(planned - measured) <= 0.05 * measured, (planned, measured)
+
+
+def test_the_plan_says_flash_attention_spares_gemma2_its_scores(tmp_path: Path):
+    """27B Gemma-2, QLoRA with checkpointing, 8,192 tokens: without flash-attn the recomputed layer's eager scores
+    (32 heads × 8,192² × 8 bytes, 16 GiB) do not fit 24 GB, and the plan's first change is flash_attention."""
+    from ft.commands.config import load
+    from ft.commands.plan import plan_report
+
+    import yaml
+
+    body = {"base_model": str(CONFIGS / "gemma2-27b.json"), "datasets": [{"path": "d.jsonl", "type": "alpaca"}], "adapter": "qlora",
+            "load_in_4bit": True, "sequence_len": 8192, "gradient_checkpointing": True, "bf16": True}
+    (tmp_path / "cfg.yml").write_text(yaml.safe_dump(body))
+    eager = plan_report(load(tmp_path / "cfg.yml"), 24 << 30, 1)
+    (tmp_path / "cfg.yml").write_text(yaml.safe_dump({**body, "flash_attention": True}))
+    flash = plan_report(load(tmp_path / "cfg.yml"), 24 << 30, 1)
+    scores = 32 * 8192 * 8192 * (2 + 4 + 2)
+    assert eager["parts"]["one layer recomputed"] - flash["parts"]["one layer recomputed"] >= scores
+    assert not eager["fits"] and flash["fits"], (eager["peak"] / 2**30, flash["peak"] / 2**30)
+    assert eager["changes"][0]["change"].startswith("flash_attention: true") and eager["changes"][0]["fits"]
 
 
 SEED_OUTCOMES = [  # (what the seeds report, config, keys, GPUs, fits)

@@ -182,7 +182,8 @@ def estimate(cfg: Any, shape: Shape, gpus: int = 1, longest_batch: Optional[int]
     # dtype and their fp32 upcast (none in fp32) exist beside it. The chunked loss: one chunk of fp32 logits
     # and its log-softmax at a time.
     plan.parts["logits and loss"] = (min(tokens, chunk) * shape.vocab * 4 * (5 if cfg.distills else 2) if chunked
-                                     else tokens * shape.vocab * (4 + ((compute + 4) if compute == 2 else 4)))
+                                     else tokens * shape.vocab * (4 + ((compute + 4) if compute == 2 else 4)
+                                                                  + (compute if shape.logit_softcap else 0)))  # tanh's output
     if cfg.preference.reward_model:  # one number per text, no vocabulary's logits
         plan.parts["logits and loss"] = 0
     return plan
@@ -268,6 +269,12 @@ def _layer_activations(cfg: Any, shape: Shape, tokens: int, compute: int) -> tup
     copy = h * resid if m.liger_rms_norm else 4 * h  # Liger's norm keeps its input as it is (and no normalized copy)
     per_token = norms * (copy + (h * resid if not a.adapter and not m.liger_rms_norm else 0)) + (norms + shape.heads) * 4
     per_token += (2 * qd + 2 * kv) * compute
+    if _eager_scores(cfg, shape):  # the model's eager attention, per row (ft.model.packed_attention.per_row_eager):
+        # keys and values repeated per query head, no log-sum-exp, and each row's (heads × length × length) scores
+        # as tanh's output and the probabilities (compute dtype) and softmax's fp32 output (the same tensor in fp32);
+        # a row of sequence_len tokens at the most, so at most tokens × sequence_len scores per head
+        per_token += 2 * (qd - kv) * compute - shape.heads * 4
+        per_token += shape.heads * cfg.data.sequence_len * (8 if compute == 4 else 2 * compute + 4)
     per_mlp_token = (2 if m.liger_glu_activation else 3) * i * compute  # Liger's GLU keeps gate and up, no activation
     needed: set[str] = set()
     if not a.adapter:
@@ -290,6 +297,12 @@ def _layer_activations(cfg: Any, shape: Shape, tokens: int, compute: int) -> tup
     if t.tiled_mlp:
         return tokens * per_token, min(tokens, t.tiled_mlp_tokens) * per_mlp_token
     return tokens * (per_token + per_mlp_token), 0
+
+
+def _eager_scores(cfg: Any, shape: Shape) -> bool:
+    """Whether attention materializes its scores: soft-capped ones (Gemma-2), which only flash-attn computes in a
+    kernel (ft runs the model's eager attention otherwise: ft.model.load, ft.model.packed_attention)."""
+    return bool(shape.attention_softcap) and cfg.model.attention_request not in ("flash_attention_2", "flash_attention_3")
 
 
 def _reads(linear: str) -> str:

@@ -35,6 +35,8 @@ class Shape:
     tied: bool
     sliding_window: Optional[int] = None
     teacher: Optional["Shape"] = None  # a distillation run's live teacher
+    attention_softcap: Optional[float] = None  # Gemma-2's soft-capped attention scores (no sdpa kernel computes them)
+    logit_softcap: Optional[float] = None  # Gemma-2's soft-capped logits
 
     def linears(self) -> dict[str, tuple[int, int]]:
         """Each decoder layer's linear layers: name → (in features, out features)."""
@@ -79,9 +81,12 @@ def read_shape(source: str) -> Shape:
         raise ConfigError(f"`ft plan` models {', '.join(MODELLED)}; {source} is a `{kind}` model, which it does not "
                           "model (its estimate would be a guess)")
     heads = c["num_attention_heads"]
+    gemma2 = kind == "gemma2"  # transformers' Gemma2Config defaults where config.json is silent
     return Shape(kind, c["hidden_size"], c["num_hidden_layers"], heads, c.get("num_key_value_heads") or heads,
                  c.get("head_dim") or c["hidden_size"] // heads, c["intermediate_size"], c["vocab_size"],
-                 bool(c.get("tie_word_embeddings", kind == "gemma2")), c.get("sliding_window"))
+                 bool(c.get("tie_word_embeddings", gemma2)), c.get("sliding_window"),
+                 attention_softcap=c.get("attn_logit_softcapping", 50.0 if gemma2 else None),
+                 logit_softcap=c.get("final_logit_softcapping", 30.0 if gemma2 else None))
 
 
 def _config_path(source: str) -> Path:
