@@ -269,6 +269,8 @@ def _layer_activations(cfg: Any, shape: Shape, tokens: int, compute: int) -> tup
     copy = h * resid if m.liger_rms_norm else 4 * h  # Liger's norm keeps its input as it is (and no normalized copy)
     per_token = norms * (copy + (h * resid if not a.adapter and not m.liger_rms_norm else 0)) + (norms + shape.heads) * 4
     per_token += (2 * qd + 2 * kv) * compute
+    if "qkv_proj" in linears:  # Phi-3: v is a view of the fused projection's output, which it keeps whole
+        per_token += (qd + kv) * compute
     if _eager_scores(cfg, shape):  # the model's eager attention, per row (ft.model.packed_attention.per_row_eager):
         # keys and values repeated per query head, no log-sum-exp, and each row's (heads × length × length) scores
         # as tanh's output and the probabilities (compute dtype) and softmax's fp32 output (the same tensor in fp32);
