@@ -192,7 +192,8 @@ def _ft_steps(kind: str, model: str, ids: list[int], folder: Path, cap_gb: float
             "learning_rate": 1e-4, "lr_scheduler": "constant", "save_steps": 1000, "output_dir": str(folder / "out"),
             "use_tensorboard": False, **CONTENDERS[kind]}
     (folder / "cfg.yml").write_text(yaml.safe_dump(body))
-    run = build_run(load(folder / "cfg.yml"), 1)
+    cfg = load(folder / "cfg.yml")
+    run = build_run(cfg, 1)
     cap = Cap(run.model, cap_gb, as_layers)
     fits: list[bool] = []
 
@@ -209,7 +210,18 @@ def _ft_steps(kind: str, model: str, ids: list[int], folder: Path, cap_gb: float
     records = [json.loads(x) for x in (folder / "out/metrics.jsonl").read_text().splitlines()]
     last = [r for r in records if "loss" in r][-1]
     shutil.rmtree(folder, ignore_errors=True)
-    return cap.result(len(ids) / last["tokens_per_s"])
+    return {**cap.result(len(ids) / last["tokens_per_s"]), **planned(cfg)}
+
+
+def planned(cfg: Any) -> dict[str, Any]:
+    """`ft plan`'s figures for the model as built (its own depth), beside the second step's measured peak there."""
+    import torch
+
+    from ft.commands.plan import plan_report
+
+    report = plan_report(cfg, 1 << 50, 1)
+    return {"planned_allocated_gb": report["allocated"] / 2**30, "planned_parts_gb": {k: v / 2**30 for k, v in report["parts"].items()},
+            "measured_allocated_gb": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None}
 
 
 def _baseline_steps(model: str, ids: list[int], cap_gb: float, as_layers: int) -> dict[str, Any]:
@@ -368,14 +380,17 @@ def show_trials(trials: list[str], cap: float, size: str, as_layers: int, tried:
     ft_seconds = {n: o["seconds"] for (kind, n), o in zip(jobs, outcomes) if kind == "ft" and o["ok"]}
     deeper = f", standing for {as_layers} layers (the cap lowered by the missing layers' measured bytes)" if as_layers else ""
     print(f"\nsingle rows that train two steps under {cap:g} GiB ({size}, QLoRA nf4, gradient checkpointing{deeper})")
-    print("| contender | tokens | trains | peak | second step | × ft |\n| --- | --- | --- | --- | --- | --- |")
+    print("| contender | tokens | trains | peak | second step | × ft | ft plan, model as built | measured there |\n"
+          "| --- | --- | --- | --- | --- | --- | --- | --- |")
     for (kind, n), o in zip(jobs, outcomes):
         if not o["ok"]:
-            print(f"| {kind} | {n:,} | no | - | - | - |")
+            print(f"| {kind} | {n:,} | no | - | - | - | - | - |")
             continue
         ratio = f"{o['seconds'] / ft_seconds[n]:.2f}×" if n in ft_seconds and kind != "ft" else "-"
         peak = f"{o['peak_gb']:.2f} GiB" if o["peak_gb"] == o["peak_gb"] else "no GPU"  # NaN without one
-        print(f"| {kind} | {n:,} | yes | {peak} | {o['seconds']:.2f} s | {ratio} |")
+        plan = f"{o['planned_allocated_gb']:.2f} GiB" if "planned_allocated_gb" in o else "-"  # the baseline has none
+        there = f"{o['measured_allocated_gb']:.2f} GiB" if o.get("measured_allocated_gb") is not None else "-"
+        print(f"| {kind} | {n:,} | yes | {peak} | {o['seconds']:.2f} s | {ratio} | {plan} | {there} |")
 
 
 def save(path: str | None, result: dict[str, Any]) -> None:

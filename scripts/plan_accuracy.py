@@ -2,7 +2,7 @@
 """`ft plan`'s predicted peak beside the measured peak of real `ft train` steps, one row per setting.
 
     python scripts/plan_accuracy.py [--sizes 1b 8b] [--lengths 512 4096 16384] [--out docs/plan-accuracy.md]
-    python scripts/plan_accuracy.py --sizes tiny --lengths 128 256     (a CPU smoke run: no GPU figure)
+    python scripts/plan_accuracy.py --sizes tiny --lengths 128 256     (a CPU run: live tensor bytes, not a GPU's)
 
 Models: random-weight Llamas with real shapes (scripts/bench_gpu.py's: Llama 3.2 1B and Llama 3.1 8B, vocab
 128,256), built on the GPU. Settings per size and length: LoRA r=16 on all linear layers, QLoRA (nf4), full
@@ -12,6 +12,9 @@ offloading; one row of `length` tokens, micro batch 1. Each setting is `ft train
 with a quarter more and the CUDA context, fit the GPU together: each process's peak is its own, and a smaller
 GPU runs fewer at once); measured: torch.cuda.max_memory_allocated and max_memory_reserved; predicted: the plan's allocated bytes (without the context) and its peak. Target:
 within 10% on every row. Rows that run out of memory are marked so (the plan should say they do not fit).
+On a CPU, which keeps no allocator statistics, the measured figure is the peak of live tensor bytes over the two
+steps (LiveBytes: every storage the operators create, tracked until freed, plus the weights), in fp32: what a
+GPU allocates but for what kernels allocate inside themselves (flash attention's workspaces among them).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -60,7 +63,8 @@ def planned(path: Path) -> dict:
 
 
 def one(path: str) -> dict:
-    """In a fresh process: two real steps of the row's config; the plan beside the measured peak."""
+    """In a fresh process: two real steps of the row's config; the plan beside the measured peak (on a CPU, the
+    peak of live tensor bytes: LiveBytes)."""
     import torch
 
     from ft.commands.config import load
@@ -69,13 +73,62 @@ def one(path: str) -> dict:
     row = planned(Path(path))
     try:
         run = build_run(load(path), 1)
-        run.trainer.train()
         gpu = torch.cuda.is_available()
-        row.update(measured_allocated=torch.cuda.max_memory_allocated() if gpu else None,
-                   measured_reserved=torch.cuda.max_memory_reserved() if gpu else None, ok=True)
+        if gpu:
+            run.trainer.train()
+            row.update(measured_allocated=torch.cuda.max_memory_allocated(), measured_reserved=torch.cuda.max_memory_reserved(), ok=True)
+        else:
+            before = sum({t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
+                          for t in [*run.model.parameters(), *run.model.buffers()]}.values())
+            with LiveBytes() as live:
+                run.trainer.train()
+            row.update(measured_allocated=before + live.peak, measured_reserved=None, ok=True)
     except torch.OutOfMemoryError:
         row.update(ok=False)
     return row
+
+
+def live_bytes_class() -> Any:
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Live(TorchDispatchMode):
+        """On a CPU, which keeps no allocator statistics: the bytes of the tensor storages that the operators run
+        under it create (outputs that alias an input excluded), while they are alive, and their peak; what
+        kernels allocate inside themselves is not seen."""
+
+        def __init__(self) -> None:
+            from torch.utils.weak import WeakIdKeyDictionary
+
+            super().__init__()
+            self.seen = WeakIdKeyDictionary()
+            self.now = self.peak = 0
+
+        def _free(self, n: int) -> None:
+            self.now -= n
+
+        def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            import weakref
+
+            import torch
+            from torch.utils._pytree import tree_flatten
+
+            out = func(*args, **(kwargs or {}))
+            inputs = {t.untyped_storage().data_ptr() for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)}
+            for t in tree_flatten(out)[0]:
+                if isinstance(t, torch.Tensor) and t.device.type == "cpu":
+                    storage = t.untyped_storage()
+                    if storage not in self.seen and storage.data_ptr() not in inputs:
+                        self.seen[storage] = n = storage.nbytes()
+                        self.now += n
+                        weakref.finalize(storage, self._free, n)
+                        self.peak = max(self.peak, self.now)
+            return out
+
+    return Live
+
+
+def LiveBytes() -> Any:  # noqa: N802 (a class made on first use: torch is imported only here)
+    return live_bytes_class()()
 
 
 class MemoryBudget:
@@ -136,7 +189,7 @@ def main() -> None:
         if not found:
             raise SystemExit(f"{size} {method} {memory} {length} failed:\n{proc.stderr[-3000:]}")
         r = json.loads(found[0][4:])
-        gib = lambda n: f"{n / 2**30:.2f} GiB" if n is not None else "not measured (no GPU)"  # noqa: E731
+        gib = lambda n: "-" if n is None else f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"  # noqa: E731
         error = (f"{100 * (r['predicted_allocated'] / r['measured_allocated'] - 1):+.1f}%"
                  if r.get("measured_allocated") else "-")
         line = (f"| {size} | {method} | {memory} | {length:,} | {gib(r['predicted_allocated'])} | "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -58,10 +59,13 @@ def test_the_gpu_check_runs_every_stage_in_smoke_mode(tmp_path: Path):
     base = sum(a * b for a, b in linears)  # 4 bits each, with their quantization state: under 16 bits
     assert lora + base / 2 < ft_layer < lora + 2 * base, (ft_layer, lora, base)
     assert "| ft-offload-tiled | 256 | yes | no GPU |" in (out / "context.log").read_text()
+    assert all(t["planned_allocated_gb"] > 0 for t in trials[:2])  # ft plan beside each ft trial's measured peak
     assert "outputs equal: 64 of 64" in (out / "eval.log").read_text()
     assert "× lm-eval" in (out / "eval.log").read_text()  # lm-eval is in the suite's environment
     plan = (out / "plan.log").read_text()
     assert "| tiny | lora | none | 128 |" in plan and "| tiny | lora | offloading | 128 |" in plan
+    rows = [line for line in plan.splitlines() if line.startswith("| tiny | lora |")]
+    assert len(rows) == 2 and all(re.search(r" MiB \| [+-]\d+\.\d% \|", row) for row in rows), plan  # measured on the CPU
 
 
 @pytest.mark.slow(seconds=15)
