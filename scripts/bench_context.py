@@ -2,8 +2,8 @@
 """The longest single row that trains two steps within a GPU memory cap, for 8B QLoRA with checkpointing.
 
     python scripts/bench_context.py [--cap-gb 24 16 48] [--contenders ft ft-offload ft-offload-tiled baseline]
-    python scripts/bench_context.py --size 8b-8l --as-layers 32 --trials ft-offload-tiled:131072 ft:16384 ft-offload-tiled:16384
-                                       (those trials only, one at a time: the GPU check's short form)
+    python scripts/bench_context.py --size 8b-8l --as-layers 32 --trials ft-offload-tiled:131072,114688 ft:16384
+                                       (those trials only, one at a time; 114,688 only if 131,072 does not fit)
     python scripts/bench_context.py --high 2048 --unit 512 --contenders ft baseline   (a CPU smoke run)
 
 Model: a random-weight Llama with Llama 3.1 8B's shape (vocab 128,256), built from a config on the GPU
@@ -26,7 +26,7 @@ The search runs for every (contender, cap) pair at once: each round probes a few
 trial's fit does not depend on its neighbours: each has its own cap). Then, each alone on the GPU, every
 contender's second-step time at --time-at tokens (16,384) under the first cap, beside ft's.
 With --trials, no search: those CONTENDER:TOKENS trials, one at a time in the order given (each second-step
-time is its own), each time beside ft's at the same length. Trials that offload activations run one at a
+time is its own), each time beside ft's at the same length; CONTENDER:N1,N2 tries N2 only if N1 does not fit. Trials that offload activations run one at a
 time in the search too: each pins host memory for its activations (~21 GiB at 80k tokens on 8B's 32 layers),
 and side by side they could exhaust it.
 A trial that fails for another reason than GPU memory (pinned host memory included) stops the run with its
@@ -368,15 +368,20 @@ def main() -> None:
 
 def show_trials(trials: list[str], cap: float, size: str, as_layers: int, tried: Any, log: Any) -> None:
     """Each CONTENDER:TOKENS trial alone, in order (so each second-step time is its own), then a table with each
-    step time beside ft's at the same length (the offloading target: within 1.15× ft)."""
-    jobs = [(kind, int(tokens)) for kind, tokens in (t.split(":") for t in trials)]
-    unknown = [kind for kind, _ in jobs if kind not in CONTENDERS]
+    step time beside ft's at the same length (the offloading target: within 1.15× ft). CONTENDER:N1,N2,... tries
+    N1, and each next length only while the one before did not fit (the longest of them that fits)."""
+    specs = [(kind, [int(n) for n in lengths.split(",")]) for kind, lengths in (t.split(":") for t in trials)]
+    unknown = [kind for kind, _ in specs if kind not in CONTENDERS]
     if unknown:
         raise SystemExit(f"unknown contender {unknown[0]}: one of {', '.join(CONTENDERS)}")
-    outcomes = []
-    for kind, tokens in jobs:
-        outcomes.append(tried(kind, tokens, cap))
-        log(f"{kind}, {tokens} tokens: {'fits' if outcomes[-1]['ok'] else 'out of memory'}")
+    jobs, outcomes = [], []
+    for kind, lengths in specs:
+        for tokens in lengths:
+            jobs.append((kind, tokens))
+            outcomes.append(tried(kind, tokens, cap))
+            log(f"{kind}, {tokens} tokens: {'fits' if outcomes[-1]['ok'] else 'out of memory'}")
+            if outcomes[-1]["ok"]:
+                break
     ft_seconds = {n: o["seconds"] for (kind, n), o in zip(jobs, outcomes) if kind == "ft" and o["ok"]}
     deeper = f", standing for {as_layers} layers (the cap lowered by the missing layers' measured bytes)" if as_layers else ""
     print(f"\nsingle rows that train two steps under {cap:g} GiB ({size}, QLoRA nf4, gradient checkpointing{deeper})")

@@ -87,3 +87,26 @@ def test_plan_accuracy_runs_rows_side_by_side_only_while_their_plans_fit_the_gpu
     for t in threads.values():
         t.join(5)
     assert budget.used == 0 and budget.running == 0
+
+
+def test_trials_try_each_next_length_only_while_the_one_before_did_not_fit(capsys):
+    """bench_context.py --trials KIND:N1,N2,N3: the longest of the lengths that fits, trying no more after it; each
+    trial alone, in order."""
+    from bench_context import show_trials
+
+    ran = []
+
+    def tried(kind: str, tokens: int, cap: float) -> dict:
+        ran.append((kind, tokens))
+        fits = tokens <= {"ft-offload-tiled": 114688, "ft": 16384, "baseline": 0}[kind]
+        return {"ok": True, "seconds": tokens / 1000, "peak_gb": 20.0} if fits else {"ok": False}
+
+    show_trials(["ft-offload-tiled:131072,114688,102400", "ft:16384", "ft-offload-tiled:16384", "baseline:16384,8192"],
+                24.0, "8b-8l", 32, tried, lambda line: None)
+    assert ran == [("ft-offload-tiled", 131072), ("ft-offload-tiled", 114688), ("ft", 16384), ("ft-offload-tiled", 16384),
+                   ("baseline", 16384), ("baseline", 8192)]
+    table = capsys.readouterr().out
+    assert "| ft-offload-tiled | 131,072 | no |" in table and "| ft-offload-tiled | 114,688 | yes |" in table
+    assert "| ft-offload-tiled | 16,384 | yes | 20.00 GiB | 16.38 s | 1.00× |" in table
+    with pytest.raises(SystemExit, match="unknown contender"):
+        show_trials(["fft:1024"], 24.0, "8b-8l", 32, tried, lambda line: None)
