@@ -23,11 +23,12 @@
 #                    steps each; MFU by the usual count against the measured and the datasheet rate; one step of
 #                    ft packed profiled by part (matmul, dequantization, attention, loss, optimizer, ...)
 #   1b           90  the same at Llama 3.2 1B (16 layers, LoRA, bf16)
-#   context     170  scripts/bench_context.py --trials: at 16k tokens, 8B QLoRA's step time with offloading and
+#   context     200  scripts/bench_context.py --trials: at 16k tokens, 8B QLoRA's step time with offloading and
 #                    tiled MLP beside ft without them (the target: within 1.15×); Llama 3.1 8B's full 131,072-token
-#                    context with them under a 24 GiB cap (114,688 only if it does not fit); the plain baseline's
-#                    fit at 16k; 8 of the 8B's layers, the cap lowered by what the other 24 would hold (measured
-#                    per layer in each trial), each trial alone on the GPU
+#                    context with them under a 24 GiB cap (114,688, then 102,400, only while it does not fit: ft plan
+#                    says 131,072 needs 28.6 GiB and 103,484 is the longest that fits); the plain baseline's fit at
+#                    16k; 8 of the 8B's layers, the cap lowered by what the other 24 would hold (measured per layer
+#                    in each trial), each trial alone on the GPU
 #   plan        150  scripts/plan_accuracy.py --sizes 1b 8b-8l --lengths 4096: ft plan beside the measured peak
 #                    (1B: LoRA, QLoRA, full; 8B-wide, 8 layers: LoRA, QLoRA; each with none, checkpointing,
 #                    offloading: fifteen rows, five processes at once)
@@ -57,7 +58,7 @@ else
   PY=python3
   SCALE=1
   TESTS_ARGS=(); SIZES_1B=(1b); SIZES_8B=(8b-8l); ROWS=3000; PLAN_ARGS=(--sizes 1b 8b-8l --lengths 4096 --parallel 5)
-  CONTEXT_ARGS=(--size 8b-8l --as-layers 32 --trials ft:16384 ft-offload-tiled:16384 ft-offload-tiled:131072,114688 baseline:16384 --cap-gb 24)
+  CONTEXT_ARGS=(--size 8b-8l --as-layers 32 --trials ft:16384 ft-offload-tiled:16384 ft-offload-tiled:131072,114688,102400 baseline:16384 --cap-gb 24)
   PREFERENCE_ARGS=(--pairs 512 --batch 16 --steps 20 --hidden 1024 --layers 8)
   DISTILL_ARGS=(--rows 256 --batch 16 --steps 16 --hidden 1024 --layers 4)
   MC_ROWS=400
@@ -113,7 +114,7 @@ fi
 stage tests 150 env FT_TEST_GPU=1 $PY -m pytest -q -p no:cacheprovider -rs "${TESTS_ARGS[@]}" tests/test_gpu.py
 stage 8b 120 $PY scripts/bench_gpu.py --sizes "${SIZES_8B[@]}" --rows $ROWS --out "$OUT/8b.json"
 stage 1b 90 $PY scripts/bench_gpu.py --sizes "${SIZES_1B[@]}" --rows $ROWS --out "$OUT/1b.json"
-stage context 170 $PY scripts/bench_context.py "${CONTEXT_ARGS[@]}" --out "$OUT/context.json"
+stage context 200 $PY scripts/bench_context.py "${CONTEXT_ARGS[@]}" --out "$OUT/context.json"
 stage plan 150 $PY scripts/plan_accuracy.py "${PLAN_ARGS[@]}"
 stage preference 45 $PY scripts/bench_preference.py "${PREFERENCE_ARGS[@]}" --out "$OUT/preference.json"
 stage eval 30 bash -c "$PY scripts/bench_eval.py --rows 64 --batch 16 && if $PY -c 'import lm_eval' 2>/dev/null; then $PY scripts/bench_mc.py --rows $MC_ROWS --repeats 1; else echo 'bench_mc: skipped (lm_eval is not installed)'; fi"

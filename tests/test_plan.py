@@ -235,23 +235,24 @@ def test_each_architectures_activations_are_within_5_percent_of_what_a_forward_s
 
 
 def test_the_plan_says_flash_attention_spares_gemma2_its_scores(tmp_path: Path):
-    """27B Gemma-2, QLoRA with checkpointing, 8,192 tokens: without flash-attn the recomputed layer's eager scores
-    (32 heads × 8,192² × 8 bytes, 16 GiB) do not fit 24 GB, and the plan's first change is flash_attention."""
+    """27B Gemma-2, QLoRA with checkpointing, 6,144 tokens: without flash-attn the recomputed layer's eager scores
+    (32 heads × 6,144² × 8 bytes, 9 GiB) do not fit 24 GB; with it the plan fits, and the plan offers it."""
     from ft.commands.config import load
     from ft.commands.plan import plan_report
 
     import yaml
 
     body = {"base_model": str(CONFIGS / "gemma2-27b.json"), "datasets": [{"path": "d.jsonl", "type": "alpaca"}], "adapter": "qlora",
-            "load_in_4bit": True, "sequence_len": 8192, "gradient_checkpointing": True, "bf16": True}
+            "load_in_4bit": True, "sequence_len": 6144, "gradient_checkpointing": True, "bf16": True}
     (tmp_path / "cfg.yml").write_text(yaml.safe_dump(body))
     eager = plan_report(load(tmp_path / "cfg.yml"), 24 << 30, 1)
     (tmp_path / "cfg.yml").write_text(yaml.safe_dump({**body, "flash_attention": True}))
     flash = plan_report(load(tmp_path / "cfg.yml"), 24 << 30, 1)
-    scores = 32 * 8192 * 8192 * (2 + 4 + 2)
+    scores = 32 * 6144 * 6144 * (2 + 4 + 2)
     assert eager["parts"]["one layer recomputed"] - flash["parts"]["one layer recomputed"] >= scores
     assert not eager["fits"] and flash["fits"], (eager["peak"] / 2**30, flash["peak"] / 2**30)
-    assert eager["changes"][0]["change"].startswith("flash_attention: true") and eager["changes"][0]["fits"]
+    offered = {c["change"]: c for c in eager["changes"]}
+    assert offered["flash_attention: true (pip install ft[flash])"]["fits"], eager["changes"]
 
 
 SEED_OUTCOMES = [  # (what the seeds report, config, keys, GPUs, fits)
@@ -466,3 +467,27 @@ def test_the_plan_holds_diffusions_attention_masks(layout: str, tmp_path: Path, 
     assert rows == (cfg.training.micro_batch_size if layout == "padded" else 1) and mask.dtype == torch.bool
     plan = estimate(cfg, read_shape(str(tiny_model_dir("llama"))), 1, rows * length)
     assert plan.parts["attention masks (diffusion)"] == mask.numel() * mask.element_size()
+
+
+@pytest.mark.parametrize("memory, length", [("none", 1024), ("checkpointing", 1024), ("checkpointing", 4096)])
+def test_the_plans_peak_is_within_5_percent_of_a_whole_steps_on_this_cpu(memory: str, length: int, tmp_path: Path, mid_model):
+    """The whole step, not only what the forward saves: scripts/plan_accuracy.py's row (LoRA r=16 on every linear
+    layer, one row of `length` tokens) trained two steps, its peak of live tensor bytes (LiveBytes: every storage
+    the operators create, until freed, plus the weights) against the plan's allocated bytes: the weights,
+    optimizer states and gradients, the activations kept, and the larger of the loss's phase and one layer's
+    backward with its gradients in flight (which are not alive together). The plan counts a GPU flash attention's
+    own workspace, which this CPU's kernels do not allocate: taken off here."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from plan_accuracy import one, row_config
+
+    from ft.commands.config import load
+    from ft.plan.estimate import estimate, flash_workspace
+    from ft.plan.shapes import read_shape
+
+    path = row_config(mid_model, length, "lora", memory, tmp_path, False)
+    cfg, shape = load(path), read_shape(str(mid_model))
+    planned = estimate(cfg, shape).allocated - length * flash_workspace(shape, 4, cfg)
+    measured = one(str(path))["measured_allocated"]
+    assert abs(planned - measured) <= 0.05 * measured, (planned, measured)

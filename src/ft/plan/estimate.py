@@ -6,8 +6,9 @@ upcasts them); LoRA weights in fp32 (peft), fp32 master weights for trainable fu
 `bf16: true` (pure bf16 under `bf16: full`); gradients in the trainable weights' dtype; optimizer states as
 each optimizer keeps them; the activations a decoder layer saves for its backward pass (all layers, or with
 checkpointing each layer's input plus one layer recomputed; offloaded inputs on the host; a tiled MLP one tile
-at a time); the logits as the loss builds them (a chunk at a time, or whole); and per-GPU sharding under
-ZeRO-1/2/3 and FSDP, with CPU offload. The constants below are the parts no formula gives.
+at a time); the logits as the loss builds them (a chunk at a time, or whole); the peak as the larger of the
+loss's backward and one layer's, with its gradients in flight (flash attention's own workspace among them); and
+per-GPU sharding under ZeRO-1/2/3 and FSDP, with CPU offload. The constants below are the parts no formula gives.
 """
 
 from __future__ import annotations
@@ -157,11 +158,16 @@ def estimate(cfg: Any, shape: Shape, gpus: int = 1, longest_batch: Optional[int]
             plan.parts["activations of layers not checkpointed"] = saved * (shape.layers - recomputed)
         if recomputed:
             plan.parts["one layer recomputed"] = saved + tile
+        recomputing = saved if recomputed else 0
     else:  # and with full fine-tuning the final norm's: its input's fp32 copy, normalized input and output
         final = 0 if a.adapter else tokens * shape.hidden * (4 + 2 * (4 if compute == 4 or masters else compute))
         plan.parts["activations"] = saved * shape.layers + final
         if tile:
             plan.parts["one MLP tile recomputed"] = tile
+        recomputing = 0  # every layer's activations are counted above
+    # the peak is the larger of two phases: one layer's backward (below) and the loss's, which ends before it
+    backward = layer_backward(cfg, shape, tokens, compute, recomputing, tile)
+    plan.parts["gradients in flight (one layer's backward)"] = backward - recomputing - tile
     k = cfg.distillation
     teacher = shape.teacher if k.on and not k.kd_cache else None
     if teacher is not None:  # frozen, beside the model: its weights, and one layer's forward at a time (no grad)
@@ -179,14 +185,41 @@ def estimate(cfg: Any, shape: Shape, gpus: int = 1, longest_batch: Optional[int]
     chunked = (t.chunked_cross_entropy or cfg.distills or sampled is not None or diffusion) and not (stage >= 3)
     chunk = max(64, CHUNK_BYTES // (4 * shape.vocab))
     # the plain loss keeps the fp32 log-softmax for the backward pass; at its peak the logits in the compute
-    # dtype and their fp32 upcast (none in fp32) exist beside it. The chunked loss: one chunk of fp32 logits
-    # and its log-softmax at a time.
-    plan.parts["logits and loss"] = (min(tokens, chunk) * shape.vocab * 4 * (5 if cfg.distills else 2) if chunked
-                                     else tokens * shape.vocab * (4 + ((compute + 4) if compute == 2 else 4)
-                                                                  + (compute if shape.logit_softcap else 0)))  # tanh's output
+    # dtype and their fp32 upcast (none in fp32) exist beside it. The chunked loss: one chunk at a time, in its
+    # backward the chunk's fp32 logits, log-softmax and gradient.
+    loss = (min(tokens, chunk) * shape.vocab * 4 * (5 if cfg.distills else 3) if chunked
+            else tokens * shape.vocab * (4 + ((compute + 4) if compute == 2 else 4)
+                                         + (compute if shape.logit_softcap else 0)))  # tanh's output
     if cfg.preference.reward_model:  # one number per text, no vocabulary's logits
-        plan.parts["logits and loss"] = 0
+        loss = 0
+    plan.parts["logits and loss, beyond a layer's backward"] = max(0, loss - backward)
     return plan
+
+
+def layer_backward(cfg: Any, shape: Shape, tokens: int, compute: int, saved: int, tile: int) -> int:
+    """What one decoder layer's backward holds at its peak (its recomputed activations `saved`, or 0 when they are
+    counted with every layer's; the MLP `tile`): at the MLP, the activations and the tile with the incoming
+    gradient and the product's; at the attention, once the MLP's are freed, the incoming gradient, the norm's
+    fp32 one, those of the attention's output, q, k and v, and what a GPU's flash attention allocates inside
+    itself (flash_workspace). Its loss's backward has ended by then."""
+    t = cfg.training
+    h, qd, kv, i = shape.hidden, shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim, shape.intermediate
+    resid = 4 if compute == 4 or (compute == 2 and not cfg.adapter.adapter and _masters(cfg.model)) else compute
+    mlp_tokens = min(tokens, t.tiled_mlp_tokens) if t.tiled_mlp else tokens
+    mlp_saved = 0 if t.tiled_mlp else min(saved, tokens * 4 * i * compute)
+    at_mlp = saved + tile + tokens * h * resid + mlp_tokens * 2 * i * compute
+    at_attention = (saved - mlp_saved + tokens * (h * resid + h * 4 + (2 * qd + 2 * kv) * compute
+                                                   + flash_workspace(shape, compute, cfg)))
+    return max(at_mlp, at_attention)
+
+
+def flash_workspace(shape: Shape, compute: int, cfg: Any) -> int:
+    """Per token, what a GPU's flash attention backward allocates inside itself, which this CPU's kernels do not
+    show: dq accumulated in fp32, and with grouped keys dk and dv per query head before they are summed."""
+    if _eager_scores(cfg, shape):
+        return 0
+    qd = shape.heads * shape.head_dim
+    return qd * 4 + (2 * qd * compute if shape.kv_heads < shape.heads else 0)
 
 
 @dataclass(frozen=True)
