@@ -349,7 +349,7 @@ def main() -> None:
         result["longest"] = {f"{kind} {cap:g}": units * args.unit for (kind, cap), units in longest.items()}
         save(args.out, result)
         cap = args.cap_gb[0]
-        result["step_seconds"] = {kind: (trial(kind, model, args.time_at, cap, work) if longest[(kind, cap)] * args.unit >= args.time_at
+        result["step_seconds"] = {kind: (trial(kind, model, args.time_at, cap, work, args.as_layers) if longest[(kind, cap)] * args.unit >= args.time_at
                                          else {"ok": False}) for kind in args.contenders}
         save(args.out, result)
         log("step times done")
