@@ -26,9 +26,9 @@ The search runs for every (contender, cap) pair at once: each round probes a few
 trial's fit does not depend on its neighbours: each has its own cap). Then, each alone on the GPU, every
 contender's second-step time at --time-at tokens (16,384) under the first cap, beside ft's.
 With --trials, no search: those CONTENDER:TOKENS trials, one at a time in the order given (each second-step
-time is its own), each time beside ft's at the same length; CONTENDER:N1,N2 tries N2 only if N1 does not fit. Trials that offload activations run one at a
-time in the search too: each pins host memory for its activations (~21 GiB at 80k tokens on 8B's 32 layers),
-and side by side they could exhaust it.
+time is its own), each time beside ft's at the same length; CONTENDER:N1,N2 tries N2 only if N1 does not fit.
+Trials that offload activations run one at a time in the search too: each pins host memory for its activations
+(~21 GiB at 80k tokens on 8B's 32 layers), and side by side they could exhaust it.
 A trial that fails for another reason than GPU memory (pinned host memory included) stops the run with its
 error. The JSON (--out) is written after every trial.
 """
@@ -183,6 +183,7 @@ def _ft_steps(kind: str, model: str, ids: list[int], folder: Path, cap_gb: float
 
     from ft.commands.config import load
     from ft.commands.train import build_run
+    from plan_accuracy import planned
 
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "row.jsonl").write_text(json.dumps({"input_ids": ids}) + "\n")
@@ -192,8 +193,7 @@ def _ft_steps(kind: str, model: str, ids: list[int], folder: Path, cap_gb: float
             "learning_rate": 1e-4, "lr_scheduler": "constant", "save_steps": 1000, "output_dir": str(folder / "out"),
             "use_tensorboard": False, **CONTENDERS[kind]}
     (folder / "cfg.yml").write_text(yaml.safe_dump(body))
-    cfg = load(folder / "cfg.yml")
-    run = build_run(cfg, 1)
+    run = build_run(load(folder / "cfg.yml"), 1)
     cap = Cap(run.model, cap_gb, as_layers)
     fits: list[bool] = []
 
@@ -209,19 +209,11 @@ def _ft_steps(kind: str, model: str, ids: list[int], folder: Path, cap_gb: float
         return {"ok": False}
     records = [json.loads(x) for x in (folder / "out/metrics.jsonl").read_text().splitlines()]
     last = [r for r in records if "loss" in r][-1]
+    # `ft plan` for the model as built (its own depth) beside the second step's measured peak there
+    there = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
+    plan = planned(folder / "cfg.yml")["predicted_allocated"] / 2**30
     shutil.rmtree(folder, ignore_errors=True)
-    return {**cap.result(len(ids) / last["tokens_per_s"]), **planned(cfg)}
-
-
-def planned(cfg: Any) -> dict[str, Any]:
-    """`ft plan`'s figures for the model as built (its own depth), beside the second step's measured peak there."""
-    import torch
-
-    from ft.commands.plan import plan_report
-
-    report = plan_report(cfg, 1 << 50, 1)
-    return {"planned_allocated_gb": report["allocated"] / 2**30, "planned_parts_gb": {k: v / 2**30 for k, v in report["parts"].items()},
-            "measured_allocated_gb": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None}
+    return {**cap.result(len(ids) / last["tokens_per_s"]), "planned_allocated_gb": plan, "measured_allocated_gb": there}
 
 
 def _baseline_steps(model: str, ids: list[int], cap_gb: float, as_layers: int) -> dict[str, Any]:

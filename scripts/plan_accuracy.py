@@ -10,8 +10,8 @@ fine-tuning (not at 8B), each with and without gradient checkpointing, and with 
 offloading; one row of `length` tokens, micro batch 1. Each setting is `ft train`'s own composition
 (build_run) running two steps in a fresh process (up to `--parallel` of them at once, while their planned peaks,
 with a quarter more and the CUDA context, fit the GPU together: each process's peak is its own, and a smaller
-GPU runs fewer at once); measured: torch.cuda.max_memory_allocated and max_memory_reserved; predicted: the plan's allocated bytes (without the context) and its peak. Target:
-within 10% on every row. Rows that run out of memory are marked so (the plan should say they do not fit).
+GPU runs fewer at once); measured: torch.cuda.max_memory_allocated and max_memory_reserved; predicted: the
+plan's allocated bytes (without the context) and its peak. Target: within 10% on every row. Rows that run out of memory are marked so (the plan should say they do not fit).
 On a CPU, which keeps no allocator statistics, the measured figure is the peak of live tensor bytes over the two
 steps (LiveBytes: every storage the operators create, tracked until freed, plus the weights), in fp32: what a
 GPU allocates but for what kernels allocate inside themselves (flash attention's workspaces among them).
@@ -25,8 +25,14 @@ import json
 import subprocess
 import sys
 import tempfile
+import weakref
 from pathlib import Path
 from typing import Any, Iterator
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+from torch.utils.weak import WeakIdKeyDictionary
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -65,8 +71,6 @@ def planned(path: Path) -> dict:
 def one(path: str) -> dict:
     """In a fresh process: two real steps of the row's config; the plan beside the measured peak (on a CPU, the
     peak of live tensor bytes: LiveBytes)."""
-    import torch
-
     from ft.commands.config import load
     from ft.commands.train import build_run
 
@@ -88,47 +92,31 @@ def one(path: str) -> dict:
     return row
 
 
-def live_bytes_class() -> Any:
-    from torch.utils._python_dispatch import TorchDispatchMode
+class LiveBytes(TorchDispatchMode):
+    """On a CPU, which keeps no allocator statistics: the bytes of the tensor storages that the operators run under
+    it create (outputs that alias an input excluded), while they are alive, and their peak; what kernels allocate
+    inside themselves is not seen."""
 
-    class Live(TorchDispatchMode):
-        """On a CPU, which keeps no allocator statistics: the bytes of the tensor storages that the operators run
-        under it create (outputs that alias an input excluded), while they are alive, and their peak; what
-        kernels allocate inside themselves is not seen."""
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen = WeakIdKeyDictionary()
+        self.now = self.peak = 0
 
-        def __init__(self) -> None:
-            from torch.utils.weak import WeakIdKeyDictionary
+    def _free(self, n: int) -> None:
+        self.now -= n
 
-            super().__init__()
-            self.seen = WeakIdKeyDictionary()
-            self.now = self.peak = 0
-
-        def _free(self, n: int) -> None:
-            self.now -= n
-
-        def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-            import weakref
-
-            import torch
-            from torch.utils._pytree import tree_flatten
-
-            out = func(*args, **(kwargs or {}))
-            inputs = {t.untyped_storage().data_ptr() for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)}
-            for t in tree_flatten(out)[0]:
-                if isinstance(t, torch.Tensor) and t.device.type == "cpu":
-                    storage = t.untyped_storage()
-                    if storage not in self.seen and storage.data_ptr() not in inputs:
-                        self.seen[storage] = n = storage.nbytes()
-                        self.now += n
-                        weakref.finalize(storage, self._free, n)
-                        self.peak = max(self.peak, self.now)
-            return out
-
-    return Live
-
-
-def LiveBytes() -> Any:  # noqa: N802 (a class made on first use: torch is imported only here)
-    return live_bytes_class()()
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        inputs = {t.untyped_storage().data_ptr() for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)}
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor) and t.device.type == "cpu":
+                storage = t.untyped_storage()
+                if storage not in self.seen and storage.data_ptr() not in inputs:
+                    self.seen[storage] = n = storage.nbytes()
+                    self.now += n
+                    weakref.finalize(storage, self._free, n)
+                    self.peak = max(self.peak, self.now)
+        return out
 
 
 class MemoryBudget:
@@ -166,8 +154,6 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="write the markdown table here too")
     parser.add_argument("--parallel", type=int, default=3, help="rows measured at once, each in its own process")
     args = parser.parse_args()
-
-    import torch
 
     from bench_gpu import build_model
 

@@ -105,14 +105,6 @@ def _saved_bytes(forward, batch, model) -> int:
     return sum(seen.values())
 
 
-@pytest.fixture(scope="module")
-def mid_model(tmp_path_factory) -> Path:
-    from ft.tiny import make_tiny_model
-
-    return make_tiny_model(tmp_path_factory.mktemp("mid"), hidden_size=512, intermediate_size=1376, num_hidden_layers=4,
-                           num_attention_heads=8, num_key_value_heads=4)
-
-
 MEMORY_SETTINGS = {"plain": {}, "checkpointing": {"gradient_checkpointing": True}, "tiled MLP": {"tiled_mlp": True, "tiled_mlp_tokens": 128},
                    "tiled MLP, checkpointing": {"tiled_mlp": True, "tiled_mlp_tokens": 128, "gradient_checkpointing": True},
                    "chunked loss": {"chunked_cross_entropy": True},
@@ -207,6 +199,11 @@ def mid_of(tmp_path_factory):
         return built[arch]
 
     return get
+
+
+@pytest.fixture(scope="module")
+def mid_model(mid_of) -> Path:
+    return mid_of("llama")
 
 
 LORA_BF16 = {"adapter": "lora", "lora_target_linear": True, "bf16": True}
