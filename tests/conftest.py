@@ -15,6 +15,11 @@ os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 # FT_TEST_GPU=1 python -m pytest tests/test_gpu.py (they skip without CUDA).
 if os.environ.get("FT_TEST_GPU") != "1":
     os.environ["CUDA_VISIBLE_DEVICES"] = ""
+# Every process the suite starts runs tests/inject/sitecustomize.py first: torchrun's ranks of `ft` hand
+# themselves to the worker's fork server (tests/ftproc.py), and FT_TEST_INJECT's hooks install themselves.
+_INJECT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "inject")
+if _INJECT not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_INJECT, os.environ.get("PYTHONPATH")) if p)
 
 import subprocess  # noqa: E402
 from pathlib import Path  # noqa: E402

@@ -10,9 +10,14 @@ A run goes to a fresh interpreter (`python -m ft`) instead whenever the fork ser
 - a command that imports no ML library (`ft validate`, `ft plan`, `ft --help`): they are fast anyway, and some
   tests check what they import;
 - an environment that differs from the fork server's in a variable that a library may read at import
-  (IMPORT_TIME_PREFIXES: a changed HOME, TMPDIR or PYTHONPATH, an injected sitecustomize, FT_TEST_*);
+  (IMPORT_TIME_PREFIXES: a changed HOME, TMPDIR or PYTHONPATH, another FT_* variable); tests/inject's hooks
+  (FT_TEST_INJECT) do not count: a forked run installs them as it starts, on the modules imported already;
 - `--debug` (the fork server hid the libraries' import-time messages as ft does without it);
 - FT_FRESH_PROCESSES=1 in the environment: every run in a fresh interpreter (for comparing).
+
+The ranks that torchrun starts for a multi-process run come to the same server, through a Unix socket
+(FT_TEST_FORK_SOCKET), from the interpreters torchrun started (tests/inject/sitecustomize.py), under the
+same rules; what torchrun and ft's launcher tell a rank (RUN_TIME) is read once it runs.
 """
 
 from __future__ import annotations
@@ -45,15 +50,35 @@ SET_BY_FT = {"HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRESS_BARS"
              "DATASETS_VERBOSITY", "TORCHINDUCTOR_CACHE_DIR"}
 
 
+# ...nor for what is read once a run runs: what torchrun and ft's launcher tell each rank, and tests/inject's
+# hooks (a forked run installs them as it starts)
+RUN_TIME = {"RANK", "LOCAL_RANK", "GROUP_RANK", "ROLE_RANK", "ROLE_NAME", "WORLD_SIZE", "LOCAL_WORLD_SIZE",
+            "GROUP_WORLD_SIZE", "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "FT_RANK_ERRORS", "FT_TEST_INJECT",
+            "FT_TEST_RECORD", "FT_TEST_FORK_SOCKET"}
+RUN_TIME_PREFIXES = ("TORCHELASTIC_", "TORCH_NCCL_")
+
+
 def _significant(env: dict[str, str]) -> dict[str, str]:
     """The variables of `env` that a library may read at import (above)."""
-    return {k: v for k, v in env.items() if k.startswith(IMPORT_TIME_PREFIXES) and k not in SET_BY_FT}
+    return {k: v for k, v in env.items() if k.startswith(IMPORT_TIME_PREFIXES) and k not in SET_BY_FT
+            and k not in RUN_TIME and not k.startswith(RUN_TIME_PREFIXES)}
+
+
+def differs(env: dict[str, str], server_env: dict[str, str]) -> str:
+    """Why a run in `env` cannot be forked from a server started in `server_env` ("" when it can)."""
+    if env.get("FT_FRESH_PROCESSES") == "1":
+        return "FT_FRESH_PROCESSES=1"
+    mine, theirs = _significant(env), _significant(server_env)
+    return ", ".join(sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k)))
 
 
 class _Server:
     """The client side: one server process, a thread reading its answers, the exit codes by pid."""
 
     def __init__(self) -> None:
+        # where the ranks' stand-ins find this server (tests/inject/sitecustomize.py): in this process's
+        # environment, so every process started from here on has it
+        os.environ["FT_TEST_FORK_SOCKET"] = os.path.join(tempfile.mkdtemp(prefix="ftfork-"), "ranks")
         self.env = dict(os.environ)
         self.proc = subprocess.Popen([sys.executable, str(SERVER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      env=self.env, cwd=str(SERVER.parent))
@@ -119,11 +144,18 @@ def start_server() -> None:
         _get_server()
 
 
+def server_pid() -> int | None:
+    """The pid of this process's fork server once it has its libraries imported (None: FT_FRESH_PROCESSES=1)."""
+    if os.environ.get("FT_FRESH_PROCESSES") == "1" or not _get_server().alive():
+        return None
+    return _get_server().proc.pid
+
+
 def _forkable(args: Sequence[str], env: dict[str, str]) -> bool:
     if os.environ.get("FT_FRESH_PROCESSES") == "1" or not args or args[0] not in HEAVY or "--debug" in args:
         return False
     server = _get_server()
-    return _significant(env) == _significant(server.env) and server.alive()
+    return not differs(env, server.env) and server.alive()
 
 
 class FtProcess:

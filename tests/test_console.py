@@ -84,8 +84,10 @@ def test_several_processes_say_each_thing_once(tmp_path: Path, tiny_model_dir):
     that LoRA never leaves), and no line of ft's is said twice."""
     make_config(tmp_path, tiny_model_dir("llama"), adapter="lora", lora_r=4, lora_alpha=8, lora_target_linear=True,
                 gradient_checkpointing=True, micro_batch_size=2, max_steps=3)
+    # fresh interpreters, ranks too (tests/ftproc.py): what the libraries say as they are imported counts here
     result = subprocess.run([sys.executable, "-m", "ft", "train", "cfg.yml", "--num-processes", "2"], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                            capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "FT_FRESH_PROCESSES": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
     assert not [line for line in lines if "Warning" in line or "warnings.warn" in line or re.match(r"\[rank\d\]", line)], lines

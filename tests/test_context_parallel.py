@@ -7,11 +7,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+import ftproc
 from compare import relative_difference
 from train_helpers import make_config
 
@@ -23,8 +23,7 @@ STEPS = {"max_steps": 3, "learning_rate": 0.01, "optimizer": "adamw_torch"}
 
 def _train(folder: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-m", "ft", "train", "cfg.yml", *args], cwd=folder, env=env,
-                            capture_output=True, text=True, timeout=300)
+    result = ftproc.run(["train", "cfg.yml", *args], cwd=folder, env=env, timeout=300)
     if result.returncode != 0 and "terminate called without an active exception" in result.stderr and "ft: done:" in result.stderr:
         result = subprocess.CompletedProcess(result.args, 0, result.stdout, result.stderr)  # gloo's teardown abort
     assert result.returncode == 0, result.stderr[-4000:]
@@ -89,6 +88,5 @@ def test_what_cannot_be_split_is_refused(tmp_path: Path, tiny_model_dir):
         make_config(tmp_path, tiny_model_dir("llama"), context_parallel_size=2, rl="dpo",
                     datasets=[{"path": "pairs.jsonl", "type": "preference"}])
     make_config(tmp_path, tiny_model_dir("llama"), context_parallel_size=2, **LORA)
-    result = subprocess.run([sys.executable, "-m", "ft", "train", "cfg.yml"], cwd=tmp_path, capture_output=True,
-                            text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    result = ftproc.run(["train", "cfg.yml"], cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
     assert result.returncode == 2 and "launch a multiple of 2" in result.stderr, result.stderr[-2000:]

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_ft
 from train_helpers import make_config
 
 pytestmark = pytest.mark.slow(seconds=30)  # several processes or many runs; its tests take about this long each
@@ -28,8 +29,7 @@ def _two_ranks(cwd: Path, inject: str = "") -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     if inject:
         (cwd / "record").mkdir(exist_ok=True)
-        env.update(FT_TEST_INJECT=inject, FT_TEST_RECORD=str(cwd / "record"), PYTHONPATH=os.pathsep.join(
-            [str(ROOT / "tests/inject"), os.environ.get("PYTHONPATH", "")]))
+        env.update(FT_TEST_INJECT=inject, FT_TEST_RECORD=str(cwd / "record"))
     result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600, env=env)
     if result.returncode != 0 and "terminate called without an active exception" in result.stderr \
             and (cwd / "out/summary.json").is_file():
@@ -154,8 +154,7 @@ def test_distillation_on_two_ranks_trains_like_one_process(backend: str, tmp_pat
             result = _two_ranks(tmp_path / name)
             assert "distillation from" in result.stderr, result.stderr[-4000:]
         else:
-            subprocess.run([sys.executable, "-m", "ft", "train", "cfg.yml"], cwd=tmp_path / name, check=True,
-                           capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+            assert run_ft("train", "cfg.yml", cwd=tmp_path / name, env={"OMP_NUM_THREADS": "1"}).returncode == 0
         adapters.append(load_file(tmp_path / name / "out/adapter_model.safetensors"))
     moved = [n for n in adapters[0] if "lora_B" in n]
     worst = max(float((adapters[0][n] - adapters[1][n]).abs().max() / adapters[0][n].abs().max()) for n in moved)

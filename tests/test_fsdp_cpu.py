@@ -13,11 +13,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+import ftproc
 from compare import relative_difference
 from train_helpers import make_config
 
@@ -33,10 +33,9 @@ def _run(folder: Path, processes: int, *args: str, fsdp_cpu: bool = True, inject
     (folder / "record").mkdir(exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "FT_TEST_RECORD": str(folder / "record"),
            "FT_TEST_INJECT": ("fsdp_cpu:0:0," if fsdp_cpu else "") + inject + "record:0:0",
-           "PYTHONPATH": os.pathsep.join([str(TESTS / "inject"), *path, os.environ.get("PYTHONPATH", "")])}
+           **({"PYTHONPATH": os.pathsep.join([*path, os.environ["PYTHONPATH"]])} if path else {})}
     launch = ("--num-processes", str(processes)) if processes > 1 else ()
-    result = subprocess.run([sys.executable, "-m", "ft", "train", "cfg.yml", *launch, *args], cwd=folder, env=env,
-                            capture_output=True, text=True, timeout=300)
+    result = ftproc.run(["train", "cfg.yml", *launch, *args], cwd=folder, env=env, timeout=300)
     if result.returncode != 0 and "terminate called without an active exception" in result.stderr \
             and "ft: done:" in result.stderr:
         # A rank that had finished aborted at interpreter exit in gloo's teardown (seen in CI, as in

@@ -8,12 +8,12 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
+import ftproc
 from compare import relative_difference
 from conftest import DATA, SHARED
 from train_helpers import make_config
@@ -25,12 +25,9 @@ LORA = {"adapter": "lora", "lora_r": 4, "lora_alpha": 8, "lora_target_linear": T
 
 
 def ft_launch(cwd: Path, *args: str, inject: str = "", timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    if inject:
-        env["FT_TEST_INJECT"] = inject
-        env["PYTHONPATH"] = os.pathsep.join([str(TESTS / "inject"), env.get("PYTHONPATH", "")])
-    return subprocess.run([sys.executable, "-m", "ft", "train", "cfg.yml", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout, env=env)
+    """`ft train cfg.yml ARGS` to its end; `inject`: tests/inject/sitecustomize.py's FT_TEST_INJECT."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **({"FT_TEST_INJECT": inject} if inject else {})}
+    return ftproc.run(["train", "cfg.yml", *args], cwd=cwd, env=env, timeout=timeout)
 
 
 def _losses(out: Path) -> list[float]:
@@ -62,6 +59,29 @@ def test_two_processes_train_as_one_with_the_same_global_batch(tmp_path: Path, t
     a, b = _losses(tmp_path / "one/out"), _losses(tmp_path / "two/out")
     assert len(a) == len(b) == 4 and all(abs(x - y) <= 1e-4 * abs(x) for x, y in zip(a, b)), (a, b)
     assert relative_difference(_adapter(tmp_path / "two/out"), _adapter(tmp_path / "one/out")) < 1e-3
+
+
+def test_the_ranks_run_forked_from_the_workers_fork_server_or_fresh_when_asked(tmp_path: Path, tiny_model_dir):
+    """The suite's two-rank runs cost a run's work, not two interpreters' imports: each rank torchrun starts
+    hands itself to the pytest worker's fork server (tests/inject/sitecustomize.py, tests/ftproc.py), and with
+    FT_FRESH_PROCESSES=1 runs as torchrun's own child instead."""
+    make_config(tmp_path, tiny_model_dir("llama"), micro_batch_size=2, max_steps=1, **LORA)
+    server = ftproc.server_pid()
+    if server is None:
+        pytest.skip("FT_FRESH_PROCESSES=1: every run is a fresh interpreter")
+    parents = {}
+    for fresh in ("0", "1"):
+        record = tmp_path / f"record-{fresh}"
+        record.mkdir()
+        result = ftproc.run(["train", "cfg.yml", "--num-processes", "2", "--output-dir", str(tmp_path / f"out-{fresh}")],
+                            cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1", "FT_TEST_INJECT": "whoami:0:0",
+                                               "FT_TEST_RECORD": str(record), **({"FT_FRESH_PROCESSES": "1"} if fresh == "1" else {})})
+        assert result.returncode == 0, result.stderr[-3000:]
+        who = [json.loads((record / f"who-rank-{rank}.json").read_text()) for rank in (0, 1)]
+        assert who[0]["pid"] != who[1]["pid"]
+        parents[fresh] = {w["ppid"] for w in who}
+    assert parents["0"] == {server}, parents
+    assert len(parents["1"]) == 1 and server not in parents["1"], parents  # torchrun's agent
 
 
 @pytest.mark.skipif(not (SHARED / "seed-configs").is_dir(), reason="../shared/seed-configs is not here")
@@ -100,12 +120,12 @@ def test_two_machines_on_loopback_train_together(tmp_path: Path, tiny_model_dir)
         folder = tmp_path / f"machine{rank}"
         folder.mkdir()
         make_config(folder, tiny_model_dir("llama"), micro_batch_size=2, max_steps=3, **LORA)
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        procs.append(subprocess.Popen([sys.executable, "-m", "ft", "train", "cfg.yml", "--num-processes", "1", "--num-machines", "2",
-                                       "--machine-rank", str(rank), "--main-process-ip", "127.0.0.1", "--main-process-port", port],
-                                      cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    outputs = [p.communicate(timeout=300) for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], [o[1][-3000:] for o in outputs]
+        procs.append(ftproc.FtProcess(["train", "cfg.yml", "--num-processes", "1", "--num-machines", "2", "--machine-rank",
+                                       str(rank), "--main-process-ip", "127.0.0.1", "--main-process-port", port],
+                                      cwd=folder, env={**os.environ, "OMP_NUM_THREADS": "1"}))
+    codes = [p.wait(300) for p in procs]
+    outputs = [p.output() for p in procs]
+    assert codes == [0, 0], [o[1][-3000:] for o in outputs]
     assert "distributed: 2 processes, DDP" in outputs[0][1]
     assert json.loads((tmp_path / "machine0/out/summary.json").read_text())["steps"] == 3  # rank 0 saves
 
@@ -133,17 +153,16 @@ def test_sigterm_with_a_peer_gone_exits_at_once_naming_the_checkpoint(tmp_path: 
     handler cannot run. SIGTERM to ft: rank 0's watcher finds its peer silent within seconds and exits without
     trying to save (a checkpoint needs every process), naming the checkpoint that stands."""
     make_config(tmp_path, tiny_model_dir("llama"), micro_batch_size=2, max_steps=50, save_steps=1, **LORA)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "FT_TEST_INJECT": "freeze:1:3",
-           "PYTHONPATH": os.pathsep.join([str(TESTS / "inject"), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen([sys.executable, "-m", "ft", "train", "cfg.yml", "--num-processes", "2"], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = ftproc.FtProcess(["train", "cfg.yml", "--num-processes", "2"], cwd=tmp_path,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "FT_TEST_INJECT": "freeze:1:3"})
     deadline = time.monotonic() + 120
     while not (tmp_path / "out/checkpoint-2/ft_complete.json").exists() and time.monotonic() < deadline:
         time.sleep(0.5)
     time.sleep(3)  # rank 1 is frozen at step 3 by now, rank 0 waits in its collective
     started = time.monotonic()
     proc.send_signal(15)
-    _, stderr = proc.communicate(timeout=120)
+    proc.wait(120)
+    _, stderr = proc.output()
     assert proc.returncode != 0 and time.monotonic() - started < 60, stderr[-3000:]
     assert "another process of this run is gone: stopping without saving" in stderr, stderr[-3000:]
     assert f"checkpoint-2 in {tmp_path / 'out'} stands" in stderr, stderr[-3000:]

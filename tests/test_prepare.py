@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+import ftproc
 from conftest import run_ft
 from ft.commands.config import load as load_config
 from ft.commands.preprocess import prepare_data as prepare
@@ -201,9 +200,9 @@ def test_preprocess_cli_reports_and_debug_marks_trained_tokens(project: Path):
 
 def test_concurrent_processes_prepare_once(project: Path):
     """Two processes at once (as under accelerate launch): one builds, the other waits and reads."""
-    cmd = [sys.executable, "-m", "ft", "preprocess", "cfg.yml"]
-    procs = [subprocess.Popen(cmd, cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    outs = [p.communicate(timeout=300) for p in procs]
-    assert all(p.returncode == 0 for p in procs), outs
+    procs = [ftproc.FtProcess(["preprocess", "cfg.yml"], cwd=project) for _ in range(2)]
+    codes = [p.wait(300) for p in procs]
+    outs = [p.output() for p in procs]
+    assert codes == [0, 0], outs
     said = sorted("built" if "built in" in o else "hit" for o, _ in outs)
     assert said == ["built", "hit"]

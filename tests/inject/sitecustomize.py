@@ -1,5 +1,15 @@
-"""Test-only hooks into real `ft train` processes (tests/test_launch.py and tests/test_fsdp_cpu.py put this folder
-on PYTHONPATH). Nothing here runs unless FT_TEST_INJECT is set, and it never ships: the product has no such hook.
+"""Test-only hooks into real `ft` processes: the suite puts this folder on PYTHONPATH (tests/conftest.py), so every
+Python process it starts runs this first. It never ships: the product has no such hook.
+
+A rank that torchrun starts (`python -u -m ft ...` with LOCAL_RANK and TORCHELASTIC_RUN_ID set) hands itself to its
+pytest worker's fork server (tests/ftproc_server.py, at FT_TEST_FORK_SOCKET), which has the libraries imported:
+this interpreter stays what torchrun watches, passing its stdin, stdout and stderr to the forked rank, passing on
+every signal it gets, and ending as the rank ends (its exit code, or killed by the same signal). Where the
+server cannot stand for a fresh interpreter (an environment a library reads at import differs, or
+FT_FRESH_PROCESSES=1), it says so and the rank runs here. A rank forked so is torchrun's real rank in all but
+its import phase, as every run of tests/ftproc.py is.
+
+Nothing else here runs unless FT_TEST_INJECT is set (here at the start, or in a forked run as it starts).
 
 FT_TEST_INJECT holds comma-separated KIND:RANK:STEP items; that rank, at that step:
 - raise: raises RuntimeError; config: raises a DataError (a data mistake, exit 2); kill: SIGKILLs itself;
@@ -14,6 +24,7 @@ FT_TEST_INJECT holds comma-separated KIND:RANK:STEP items; that rank, at that st
   its parameters;
 - offload_cpu (rank, step ignored): activation_offloading moves CPU tensors too (every saved activation, whatever
   its size), so that its pack and unpack hooks run in CPU processes; `record` then counts how many it moved;
+- whoami (rank, step ignored): each process writes its pid and its parent's to $FT_TEST_RECORD/who-rank-N.json;
 - load_peak (rank, step ignored): a timer samples, every few milliseconds from the import of ft's model loader to its
   first training step, the bytes of all tensor storage the process holds (every live tensor found by the
   garbage collector, storages counted once, meta tensors none), and writes the largest to
@@ -22,11 +33,16 @@ FT_TEST_INJECT holds comma-separated KIND:RANK:STEP items; that rank, at that st
 
 import os
 
-spec = os.environ.get("FT_TEST_INJECT")
-if spec:
+import sys
+
+
+def install() -> None:
+    """FT_TEST_INJECT's hooks: on the named modules as they are imported, or at once where they are (a forked run)."""
+    spec = os.environ.get("FT_TEST_INJECT")
+    if not spec:
+        return
     import importlib.abc
     import importlib.util
-    import sys
 
     items = [item.split(":") for item in spec.split(",")]
     rank_here = os.environ.get("RANK", "0")
@@ -139,6 +155,11 @@ if spec:
         module.ActivationOffload.__init__ = init
 
     kinds = {kind for kind, _, _ in items}
+    if "whoami" in kinds:
+        import json
+
+        with open(os.path.join(os.environ["FT_TEST_RECORD"], f"who-rank-{rank_here}.json"), "w") as f:
+            json.dump({"pid": os.getpid(), "ppid": os.getppid()}, f)
     PATCHES = {}
     if kinds & {"raise", "config", "kill", "freeze", "record", "load_peak"}:
         PATCHES["ft.train.trainer"] = patch_trainer
@@ -171,4 +192,58 @@ if spec:
             found.loader.exec_module = run
             return found
 
-    sys.meta_path.insert(0, Patcher())
+    for name in [name for name in PATCHES if name in sys.modules]:  # a forked run: imported already
+        PATCHES.pop(name)(sys.modules[name])
+    if PATCHES:
+        sys.meta_path.insert(0, Patcher())
+
+
+def hand_over() -> None:
+    """A torchrun rank of `ft`: run it forked from the fork server (above), and end as it ends."""
+    path = os.environ.get("FT_TEST_FORK_SOCKET")
+    argv = sys.orig_argv[1:]
+    if argv[:1] == ["-u"]:
+        argv = argv[1:]
+    if not path or argv[:2] != ["-m", "ft"] or "LOCAL_RANK" not in os.environ or "TORCHELASTIC_RUN_ID" not in os.environ:
+        return
+    import json
+    import signal
+    import socket
+
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        server.connect(path)
+        request = {"args": argv[2:], "cwd": os.getcwd(), "env": dict(os.environ)}
+        socket.send_fds(server, [json.dumps(request).encode()], [0, 1, 2])
+        answer = json.loads(server.recv(1 << 16))
+    except (OSError, ValueError):  # no server (the worker is ending): a fresh rank
+        server.close()
+        return
+    if "fresh" in answer:
+        server.close()
+        return
+    rank = answer["pid"]
+
+    def pass_on(signum, frame):
+        try:
+            os.kill(rank, signum)
+        except ProcessLookupError:
+            pass
+
+    code = 1
+    try:  # from here on this interpreter only stands in for the rank: whatever happens, it never runs one itself
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2):
+            signal.signal(signum, pass_on)
+        message = server.recv(1 << 16)  # the rank's end (nothing: the server is gone, and so is the rank)
+        code = json.loads(message)["exit"] if message else 1
+        if code < 0:  # ended by a signal: this process ends by the same one, as torchrun would have seen the rank end
+            if -code != signal.SIGKILL:
+                signal.signal(-code, signal.SIG_DFL)
+            os.kill(os.getpid(), -code)
+    finally:
+        os._exit(code if code >= 0 else 128 - code)
+
+
+if __name__ == "sitecustomize":
+    hand_over()
+    install()
