@@ -2,7 +2,7 @@
 """The longest single row that trains two steps within a GPU memory cap, for 8B QLoRA with checkpointing.
 
     python scripts/bench_context.py [--cap-gb 24 16 48] [--contenders ft ft-offload ft-offload-tiled baseline]
-    python scripts/bench_context.py --size 8b-8l --as-layers 32 --trials ft-offload-tiled:131072,114688 ft:16384
+    python scripts/bench_context.py --size 8b-8l --as-layers 32 --trials ft-long:131072,114688 ft:16384
                                        (those trials only, one at a time; 114,688 only if 131,072 does not fit)
     python scripts/bench_context.py --high 2048 --unit 512 --contenders ft baseline   (a CPU smoke run)
 
@@ -13,6 +13,7 @@ outside the cap):
 - ft: `ft train`'s own composition (the chunked loss, no fp32 upcast of the 4-bit base);
 - ft-offload: the same with activation_offloading;
 - ft-offload-tiled: the same with activation_offloading and tiled_mlp;
+- ft-long: the same with chunked_rms_norm too (each norm keeps its input as it is, not an fp32 copy);
 - baseline: plain transformers + peft + bitsandbytes (prepare_model_for_kbit_training, sdpa, the model's own
   loss), stepped by hand under bf16 autocast.
 Both steps run under the cap; the second (the larger: the optimizer's states exist) under the cap less what
@@ -52,6 +53,7 @@ CONTENDERS = {  # the config keys each ft contender adds
     "ft": {},
     "ft-offload": {"activation_offloading": True},
     "ft-offload-tiled": {"activation_offloading": True, "tiled_mlp": True},
+    "ft-long": {"activation_offloading": True, "tiled_mlp": True, "chunked_rms_norm": True},
     "baseline": None,
 }
 OOM_WORDS = ("out of memory", "outofmemoryerror")

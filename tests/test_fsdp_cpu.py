@@ -311,10 +311,11 @@ def test_fsdp2_lora_on_an_8bit_base_holds_the_integer_weights_whole_and_trains_a
 def test_fsdp2_with_context_parallelism_and_tiled_mlp_trains_as_one_process(tmp_path: Path, tiny_model_dir):
     """Axolotl's ALST recipe on FSDP2 (llama3-8b-fsdp2-alst): full fine-tuning, each packed micro batch of the
     group split over its 2 processes (context_parallel_size: 2), the MLPs run a tile of tokens at a time and
-    recomputed inside FSDP's units, gradient checkpointing on; the group draws one process's micro batches and
-    follows its run."""
+    recomputed inside FSDP's units, gradient checkpointing on, and the norms (their weights trained, and sharded
+    on the two processes) by ft's chunked function (chunked_rms_norm); the group draws one process's micro batches
+    and follows its run."""
     keys = {"sample_packing": True, "tiled_mlp": True, "tiled_mlp_tokens": 16, "gradient_checkpointing": True,
-            **STEPS, "max_steps": 3}
+            "chunked_rms_norm": True, **STEPS, "max_steps": 3}
     one, two = tmp_path / "one", tmp_path / "two"
     one.mkdir()
     two.mkdir()
@@ -324,6 +325,7 @@ def test_fsdp2_with_context_parallelism_and_tiled_mlp_trains_as_one_process(tmp_
     _run(one, 1, fsdp_cpu=False)
     result = _run(two, 2)
     assert "FSDP2" in result.stderr and "context parallelism: groups of 2" in result.stderr, result.stderr[-3000:]
+    assert "chunked_rms_norm: 5 RMSNorms" in result.stderr, result.stderr[-3000:]  # two layers' two, and the final one
     a, b = _losses(one / "out"), _losses(two / "out")
     assert len(a) == len(b) == 3 and all(abs(x - y) <= 1e-4 * abs(x) for x, y in zip(a, b)), (a, b)
     assert relative_difference(_weights(two / "out", "model.safetensors"), _weights(one / "out", "model.safetensors")) < 1e-4

@@ -229,6 +229,34 @@ def test_liger_kernels_keep_the_loss_and_gradients_on_cuda(arch, tmp_path: Path,
     assert scaled_difference(liger_grads, own) < GRAD_TOL
 
 
+@pytest.mark.parametrize("arch", ["llama", "gemma2"])
+def test_chunked_rms_norm_keeps_the_loss_and_gradients_and_holds_less_on_cuda(arch, tmp_path: Path, tiny_model_dir):
+    """chunked_rms_norm in bf16 on the GPU, one 16k-token row with LoRA: the loss and LoRA gradients of the model's
+    own norms, and what the forward leaves allocated for the backward lower by about the fp32 copies of their inputs
+    that the model's norms keep (two a layer for Llama, four for Gemma-2, and the final one), each norm's bf16 input
+    kept instead."""
+    ids = torch.randint(5, 1000, (1, 16384), device="cuda")
+    results = []
+    for name, keys in (("own", {}), ("chunked", {"chunked_rms_norm": True})):
+        (tmp_path / name).mkdir()
+        model, _ = _ft_model(tmp_path / name, tiny_model_dir, arch, "lora", ft_keys=keys)
+        norms = [m for m in model.modules() if type(m).__name__.endswith("RMSNorm")]
+        assert all(("forward" in vars(m)) == bool(keys) for m in norms)
+        model.train()
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model(input_ids=ids, labels=ids).loss
+        held = torch.cuda.memory_allocated() - before
+        loss.backward()
+        results.append((float(loss), held, {n: p.grad.float() for n, p in model.named_parameters() if p.requires_grad}))
+    (own_loss, own_held, own), (loss, held, grads) = results
+    assert abs(own_loss - loss) < LOSS_TOL * abs(own_loss)
+    assert scaled_difference(grads, own) < GRAD_TOL
+    saved_per_norm = 16384 * model.config.hidden_size * (4 - 2)  # an fp32 copy against the bf16 input itself
+    assert own_held - held > 0.8 * len(norms) * saved_per_norm, (own_held, held)
+
+
 def test_fill_micro_batch_fills_the_gpu_with_the_same_rows_a_step(tmp_path: Path, tiny_model_dir):
     """fill_micro_batch on a GPU with room: 1 × 8 becomes 8 × 1 for the tiny model (the same rows per step)."""
     from train_helpers import build, make_config

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -123,6 +124,19 @@ def test_activation_offloading_needs_checkpointing(tmp_path: Path):
     assert result.returncode == 0, result.stderr
 
 
+def _one_packed_step(folder: Path, model_dir: Path, **keys) -> tuple[float, dict, Any]:
+    """One packed batch of rows up to 256 tokens through ft's own trainer, forward and backward: (the loss, the
+    trainable weights' gradients, the model)."""
+    folder.mkdir()
+    trainer, model, _ = build(make_config(folder, model_dir, sample_packing=True, sequence_len=256, **keys))
+    batch = next(iter(trainer.get_train_dataloader()))
+    batch.pop("ft_real_tokens")
+    model.train()
+    loss = trainer.compute_loss(model, batch)
+    loss.backward()
+    return float(loss), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}, model
+
+
 @pytest.mark.parametrize("checkpointing", [False, True])
 def test_tiled_mlp_gives_the_gradients_of_the_whole_mlp(checkpointing, tmp_path: Path, tiny_model_dir):
     """Tiles of 16 tokens (every row spans several), one packed batch through ft's own trainer: the same
@@ -130,18 +144,9 @@ def test_tiled_mlp_gives_the_gradients_of_the_whole_mlp(checkpointing, tmp_path:
     import functools
 
     def grads(name: str, **keys):
-        folder = tmp_path / name
-        folder.mkdir()
-        cfg = make_config(folder, tiny_model_dir("llama"), adapter="lora", lora_target_linear=True, sample_packing=True,
-                          sequence_len=256, gradient_checkpointing=checkpointing, **keys)
-        trainer, model, _ = build(cfg)
-        batch = next(iter(trainer.get_train_dataloader()))
-        batch.pop("ft_real_tokens")
-        model.train()
-        loss = trainer.compute_loss(model, batch)
-        loss.backward()
-        tiled = [isinstance(m.forward, functools.partial) for n, m in model.named_modules() if n.endswith(".mlp")]
-        return float(loss), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}, tiled
+        loss, grads, model = _one_packed_step(tmp_path / name, tiny_model_dir("llama"), adapter="lora", lora_target_linear=True,
+                                              gradient_checkpointing=checkpointing, **keys)
+        return loss, grads, [isinstance(m.forward, functools.partial) for n, m in model.named_modules() if n.endswith(".mlp")]
 
     tiled_loss, tiled_grads, tiled = grads("tiled", tiled_mlp=True, tiled_mlp_tokens=16)
     whole_loss, whole_grads, whole = grads("whole")
@@ -183,3 +188,94 @@ def test_activation_offloading_moves_no_view_and_no_cast_weight(tmp_path: Path, 
         trainer.compute_loss(model, {k: v for k, v in batch.items() if k != "ft_real_tokens"}).backward()
     assert trainer.chunked_loss and {"view", "cast weight", "other"} <= set(offered), set(offered)
     assert moved and set(moved) == {"other"}, moved
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral", "gemma2", "phi3"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_the_chunked_rms_norm_is_each_architectures_own_norm(arch, dtype, tiny_model_dir, monkeypatch):
+    """chunked_rms_norm (ft.model.rms_norm), chunks of 3 tokens over 2 rows of 7: the forward equals the model's own
+    norm bit for bit; the gradients of the input and of the weight (a full fine-tune trains it) equal autograd's
+    through the model's norm within fp32 round-off (bf16: within a unit of its last place)."""
+    import functools
+
+    from ft.model import rms_norm
+
+    model = _model(tiny_model_dir, arch).to(dtype)
+    norms = [m for m in model.modules() if type(m).__name__.endswith("RMSNorm")]
+    monkeypatch.setattr(rms_norm, "CHUNK_BYTES", 4 * norms[0].weight.shape[0] * 3)
+    torch.manual_seed(1)
+    for norm in norms:  # the models start their norms at one weight (Gemma's at zero): a random one here
+        torch.nn.init.normal_(norm.weight)
+    x = torch.randn(2, 7, norms[0].weight.shape[0], dtype=dtype, requires_grad=True)
+    grad = torch.randn(2, 7, norms[0].weight.shape[0], dtype=dtype)
+
+    def run(norm):
+        x.grad, norm.weight.grad = None, None
+        out = norm(x)
+        out.backward(grad)
+        return out.detach(), x.grad.clone(), norm.weight.grad.clone()
+
+    own = [run(norm) for norm in norms]
+    assert rms_norm.chunk_norms(model) == len(norms) > 0
+    assert all(isinstance(norm.forward, functools.partial) for norm in norms)
+    bound = 1e-5 if dtype == torch.float32 else 1e-2
+    for norm, (out, dx, dw) in zip(norms, own):
+        ours, our_dx, our_dw = run(norm)
+        assert torch.equal(ours, out)
+        assert relative_difference({"dx": our_dx.float(), "dw": our_dw.float()}, {"dx": dx.float(), "dw": dw.float()}) < bound
+
+
+def test_the_plan_counts_the_chunk_the_norm_works_in():
+    from ft.model import rms_norm
+    from ft.plan import estimate
+
+    assert estimate.NORM_CHUNK_BYTES == rms_norm.CHUNK_BYTES
+
+
+def test_a_norm_of_another_formula_is_left_as_it_is(caplog):
+    """A class named like a norm whose forward ft does not compute (here: no mean, a sum) keeps its own forward."""
+    from ft.model.rms_norm import chunk_norms
+
+    class OtherRMSNorm(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.ones(8))
+            self.variance_epsilon = 1e-6
+
+        def forward(self, x):
+            return self.weight * x * torch.rsqrt(x.pow(2).sum(-1, keepdim=True) + self.variance_epsilon)
+
+    model = torch.nn.Sequential(OtherRMSNorm())
+    with caplog.at_level("INFO", logger="ft"):
+        assert chunk_norms(model) == 0
+    assert "OtherRMSNorm computes another formula than the norms ft knows: left as it is" in caplog.text
+
+
+@pytest.mark.parametrize("arch, keys", [("llama", {"adapter": "lora", "lora_target_linear": True, "gradient_checkpointing": True}),
+                                        ("gemma2", {"adapter": "lora", "lora_target_linear": True}), ("llama", {})],
+                         ids=["llama-lora-checkpointing", "gemma2-lora", "llama-full"])
+def test_ft_train_with_chunked_rms_norm_gives_the_same_loss_and_gradients(arch, keys, tmp_path: Path, tiny_model_dir):
+    """One packed batch through ft's own trainer, fp32: the same loss and gradients (the norms' own, in a full
+    fine-tune) with the chunked norms as with the model's."""
+    import functools
+
+    def grads(name: str, **more):
+        loss, grads, model = _one_packed_step(tmp_path / name, tiny_model_dir(arch), **keys, **more)
+        replaced = {isinstance(m.forward, functools.partial) for m in model.modules() if type(m).__name__.endswith("RMSNorm")}
+        assert replaced == {bool(more)}, replaced
+        return loss, grads
+
+    chunked_loss, chunked = grads("chunked", chunked_rms_norm=True)
+    own_loss, own = grads("own")
+    assert abs(chunked_loss - own_loss) < 1e-6 * abs(own_loss)
+    assert relative_difference(chunked, own) < 1e-5
+    if not keys:
+        assert any("norm" in n for n in own)  # the norms' weights trained, and their gradients compared
+
+
+def test_chunked_rms_norm_and_liger_rms_norm_are_one_choice(tmp_path: Path):
+    from conftest import run_ft
+
+    (tmp_path / "cfg.yml").write_text("base_model: m\ndatasets:\n  - path: d.jsonl\nchunked_rms_norm: true\nliger_rms_norm: true\n")
+    result = run_ft("validate", "cfg.yml", cwd=tmp_path)
+    assert result.returncode == 2 and "`chunked_rms_norm` and `liger_rms_norm` both replace the model's norms; keep one" in result.stderr, result.stderr

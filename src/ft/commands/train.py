@@ -408,6 +408,10 @@ def model_for_training(cfg: FtConfig, tokenizer: Any, layout: str, world: int = 
         from ft.model.tiled_mlp import tile_mlps
 
         tile_mlps(model, t.tiled_mlp_tokens)
+    if t.chunked_rms_norm:
+        from ft.model.rms_norm import chunk_norms
+
+        chunk_norms(model)
     layers = t.gradient_checkpointing_layers
     if layers == "auto":
         from ft.commands.plan import auto_checkpointed_layers

@@ -229,6 +229,8 @@ def contradictions(cfg: FtConfig) -> list[Contradiction]:
     elif t.gradient_checkpointing_layers is not None and t.activation_offloading:
         add("gradient_checkpointing_layers", "`activation_offloading` moves every layer's saved activations to the host, "
             "checkpointed or not; keep one of it and `gradient_checkpointing_layers`")
+    if t.chunked_rms_norm and cfg.model.liger_rms_norm:
+        add("chunked_rms_norm", "`chunked_rms_norm` and `liger_rms_norm` both replace the model's norms; keep one")
     if t.activation_offloading and not t.gradient_checkpointing:
         add("activation_offloading", "`activation_offloading` moves the checkpointed layer inputs to CPU memory: "
             "turn on `gradient_checkpointing` too")

@@ -164,6 +164,12 @@ class TrainingConfig(Section):
         "intermediate per tile in the backward pass: less memory for long sequences, one more MLP forward.",
     )
     tiled_mlp_tokens: int = Field(8192, ge=1, description="Tokens per MLP tile (with tiled_mlp).")
+    chunked_rms_norm: bool = Field(
+        False,
+        description="Every RMSNorm by ft's own function: it keeps its input as it is for the backward pass (the "
+        "model's own norm keeps an fp32 copy) and works a chunk of tokens at a time; the same results, less memory "
+        "for long sequences (2 GiB per norm at 131,072 tokens of an 8B model), on any device.",
+    )
     activation_offloading: bool = Field(
         False,
         description="Keep what the backward pass needs (with gradient_checkpointing: each layer's input) in pinned "

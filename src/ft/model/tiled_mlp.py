@@ -2,9 +2,9 @@
 intermediate (14,336 wide in Llama 3.1 8B: 2.3 GB per tensor at 80k tokens) recomputed tile by tile in the
 backward pass, so one tile's intermediates are alive at once instead of the whole sequence's.
 
-The MLP is per token, so the result is the same; the price is one more MLP forward per step. This module is
-the one place ft replaces a forward: the instance's `forward` attribute of each `.mlp` module (the module
-tree, and so the names in saved adapters, stays as it is), and it says so in the log.
+The MLP is per token, so the result is the same; the price is one more MLP forward per step. It replaces the
+instance's `forward` attribute of each `.mlp` module, as chunked_rms_norm does the norms' (ft.model.rms_norm): the
+module tree, and so the names in saved adapters, stays as it is; and it says so in the log.
 """
 
 from __future__ import annotations

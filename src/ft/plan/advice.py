@@ -47,6 +47,8 @@ def candidate_changes(cfg: Any, gpus: int) -> list[tuple[str, Any, int]]:
         out.append(("chunked_cross_entropy: true", _with(cfg, training={"chunked_cross_entropy": True}), gpus))
     if not t.tiled_mlp:
         out.append(("tiled_mlp: true", _with(cfg, training={"tiled_mlp": True}), gpus))
+    if not t.chunked_rms_norm and not cfg.model.liger_rms_norm:
+        out.append(("chunked_rms_norm: true", _with(cfg, training={"chunked_rms_norm": True}), gpus))
     if cfg.model.attention_request not in ("flash_attention_2", "flash_attention_3"):  # lowers the plan where the
         # eager attention keeps its scores (Gemma-2's soft-capping); the same plan elsewhere, so not suggested there
         out.append(("flash_attention: true (pip install ft[flash])",

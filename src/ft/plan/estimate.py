@@ -29,6 +29,7 @@ COMMUNICATION = int(0.25 * GiB)  # NCCL's buffers, per GPU, with several process
 NF4_SCALES = 1 / 64  # one 8-bit absmax per block of 64 weights (double quantization) ...
 NF4_SCALES_PLAIN = 4 / 64  # ... or one fp32 absmax per block without it
 CHUNK_BYTES = 1 << 28  # the chunked loss's fp32 logits per chunk (ft.train.loss.CHUNK_BYTES)
+NORM_CHUNK_BYTES = 1 << 26  # chunked_rms_norm's fp32 chunk (ft.model.rms_norm.CHUNK_BYTES)
 STATE_BYTES = {  # optimizer state bytes per trainable parameter, for fp32 weights (AdamW: two moments)
     "adamw_torch": 8, "adamw_torch_fused": 8, "paged_adamw_32bit": 8, "adamw_bnb_8bit": 2, "paged_adamw_8bit": 2,
     "lion_8bit": 1, "paged_lion_8bit": 1, "adagrad": 4, "rmsprop": 4, "sgd": 0, "adafactor": 0.1,
@@ -208,8 +209,11 @@ def layer_backward(cfg: Any, shape: Shape, tokens: int, compute: int, saved: int
     mlp_tokens = min(tokens, t.tiled_mlp_tokens) if t.tiled_mlp else tokens
     mlp_saved = 0 if t.tiled_mlp else min(saved, tokens * 4 * i * compute)
     at_mlp = saved + tile + tokens * h * resid + mlp_tokens * 2 * i * compute
-    at_attention = (saved - mlp_saved + tokens * (h * resid + h * 4 + (2 * qd + 2 * kv) * compute
-                                                   + flash_workspace(shape, compute, cfg)))
+    norm_grad = h * resid if _lean_norms(cfg) else h * 4  # the model's norm computes its gradient in fp32
+    # ft's chunked norm: three chunk-sized fp32 tensors in its backward (ft.model.rms_norm)
+    norm_work = 3 * min(tokens * h * 4, NORM_CHUNK_BYTES) if t.chunked_rms_norm else 0
+    at_attention = (saved - mlp_saved + norm_work + tokens * (h * resid + norm_grad + (2 * qd + 2 * kv) * compute
+                                                              + flash_workspace(shape, compute, cfg)))
     return max(at_mlp, at_attention)
 
 
@@ -292,15 +296,16 @@ def _layer_activations(cfg: Any, shape: Shape, tokens: int, compute: int) -> tup
     otherwise keeps a copy per adapted layer: cast to fp32 and back under autocast, or dropout's output and mask
     (a byte per element on a GPU). LoRA also keeps each layer's rank-r product. Liger's kernels (liger_rms_norm,
     liger_glu_activation; what their autograd functions save, not measured here) keep a norm's input as it is and
-    the MLP's gate and up alone."""
+    the MLP's gate and up alone; ft's chunked_rms_norm keeps its input as it is too (tests/test_plan.py)."""
     m, a, q, t = cfg.model, cfg.adapter, cfg.quantization, cfg.training
     h, qd, kv, i = shape.hidden, shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim, shape.intermediate
     linears = shape.linears()
     from_fp32 = compute == 2 and not a.adapter and _masters(m)  # autocast over fp32 weights: an fp32 residual
     resid = 4 if compute == 4 or from_fp32 else compute
     norms = 4 if shape.model_type == "gemma2" else 2
-    copy = h * resid if m.liger_rms_norm else 4 * h  # Liger's norm keeps its input as it is (and no normalized copy)
-    per_token = norms * (copy + (h * resid if not a.adapter and not m.liger_rms_norm else 0)) + (norms + shape.heads) * 4
+    lean = _lean_norms(cfg)  # Liger's norm and ft's chunked one keep their input as it is, and no normalized copy
+    copy = h * resid if lean else 4 * h
+    per_token = norms * (copy + (h * resid if not a.adapter and not lean else 0)) + (norms + shape.heads) * 4
     per_token += (2 * qd + 2 * kv) * compute
     if "qkv_proj" in linears:  # Phi-3: v is a view of the fused projection's output, which it keeps whole
         per_token += (qd + kv) * compute
@@ -332,6 +337,12 @@ def _layer_activations(cfg: Any, shape: Shape, tokens: int, compute: int) -> tup
     if t.tiled_mlp:
         return tokens * per_token, min(tokens, t.tiled_mlp_tokens) * per_mlp_token
     return tokens * (per_token + per_mlp_token), 0
+
+
+def _lean_norms(cfg: Any) -> bool:
+    """Whether the norms keep their input as it is (and compute their gradient in its dtype) rather than an fp32
+    copy: Liger's kernel, or ft's chunked_rms_norm (ft.model.rms_norm)."""
+    return cfg.model.liger_rms_norm or cfg.training.chunked_rms_norm
 
 
 def _eager_scores(cfg: Any, shape: Shape) -> bool:
