@@ -19,16 +19,16 @@ import functools
 import logging
 from typing import Any
 
+import torch
+
 log = logging.getLogger("ft")
 
 CHUNK_BYTES = 1 << 26  # fp32 bytes of one chunk of rows (64 MiB): the temporaries of the forward and backward
 STYLES = ("llama", "gemma")
 
 
-def _normalized(x: Any, eps: float) -> tuple[Any, Any]:
+def _normalized(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(x in fp32 times its reciprocal root mean square, that factor): as the models compute it."""
-    import torch
-
     x32 = x.float()
     factor = torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
     return x32 * factor, factor
@@ -38,57 +38,49 @@ def _rows(width: int) -> int:
     return max(1, CHUNK_BYTES // (4 * width))
 
 
-def _function() -> Any:
-    import torch
+class ChunkedRMSNorm(torch.autograd.Function):
+    """x → the norm of `style` with `weight`; saves x itself, the weight and one fp32 factor per token."""
 
-    class ChunkedRMSNorm(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx: Any, x: Any, weight: Any, eps: float, style: str) -> Any:
-            flat = x.reshape(-1, x.shape[-1])
-            dtype = x.dtype if style == "gemma" else torch.promote_types(weight.dtype, x.dtype)
-            out = torch.empty(flat.shape, dtype=dtype, device=x.device)
-            factors = torch.empty(flat.shape[0], 1, dtype=torch.float32, device=x.device)
-            step = _rows(flat.shape[1])
-            for start in range(0, flat.shape[0], step):
-                y, factor = _normalized(flat[start:start + step], eps)
-                factors[start:start + step] = factor
-                if style == "gemma":
-                    out[start:start + step] = (y * (1.0 + weight.float())).to(dtype)
-                else:
-                    out[start:start + step] = weight * y.to(x.dtype)
-            ctx.save_for_backward(x, weight, factors)
-            ctx.style = style
-            return out.view(*x.shape[:-1], x.shape[-1])
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, eps: float, style: str) -> torch.Tensor:
+        flat = x.reshape(-1, x.shape[-1])
+        dtype = x.dtype if style == "gemma" else torch.promote_types(weight.dtype, x.dtype)
+        out = torch.empty(flat.shape, dtype=dtype, device=x.device)
+        factors = torch.empty(flat.shape[0], 1, dtype=torch.float32, device=x.device)
+        step = _rows(flat.shape[1])
+        for start in range(0, flat.shape[0], step):
+            y, factor = _normalized(flat[start:start + step], eps)
+            factors[start:start + step] = factor
+            if style == "gemma":
+                out[start:start + step] = (y * (1.0 + weight.float())).to(dtype)
+            else:
+                out[start:start + step] = weight * y.to(x.dtype)
+        ctx.save_for_backward(x, weight, factors)
+        ctx.style = style
+        return out.view(*x.shape[:-1], x.shape[-1])
 
-        @staticmethod
-        def backward(ctx: Any, grad: Any) -> Any:
-            x, weight, factors = ctx.saved_tensors
-            flat, g_flat = x.reshape(-1, x.shape[-1]), grad.reshape(-1, x.shape[-1])
-            dx = torch.empty_like(flat)
-            dw = torch.zeros(flat.shape[1], dtype=torch.float32, device=x.device) if ctx.needs_input_grad[1] else None
-            step = _rows(flat.shape[1])
-            for start in range(0, flat.shape[0], step):  # three chunk-sized fp32 tensors at a time: y, dy, dy·y
-                factor, g = factors[start:start + step], g_flat[start:start + step]
-                y = flat[start:start + step].float() * factor
-                if ctx.style == "gemma":
-                    dy = g * (1.0 + weight.float())  # fp32 by promotion: the model's g.float() · (1 + w)
-                    if dw is not None:
-                        dw += (g * y).sum(0)
-                else:  # the model's autograd: weight * y.to(dtype), then the cast's gradient back in fp32
-                    dy = (g * weight).float()
-                    if dw is not None:
-                        dw += (g * y.to(x.dtype)).float().sum(0)
-                # d/dx of y = x·r, r = (mean(x²) + eps)^-1/2: r·dy − x·r³·mean(dy·x) = r·(dy − y·mean(dy·y))
-                dy.addcmul_(y, (dy * y).mean(-1, keepdim=True), value=-1).mul_(factor)
-                dx[start:start + step] = dy
-            return dx.view_as(x), (dw.to(weight.dtype) if dw is not None else None), None, None
-
-    return ChunkedRMSNorm
-
-
-@functools.lru_cache(maxsize=1)
-def chunked_function() -> Any:
-    return _function()
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
+        x, weight, factors = ctx.saved_tensors
+        flat, g_flat = x.reshape(-1, x.shape[-1]), grad.reshape(-1, x.shape[-1])
+        dx = torch.empty_like(flat)
+        dw = torch.zeros(flat.shape[1], dtype=torch.float32, device=x.device) if ctx.needs_input_grad[1] else None
+        step = _rows(flat.shape[1])
+        for start in range(0, flat.shape[0], step):  # three chunk-sized fp32 tensors at a time: y, dy, dy·y
+            factor, g = factors[start:start + step], g_flat[start:start + step]
+            y = flat[start:start + step].float() * factor
+            if ctx.style == "gemma":
+                dy = g * (1.0 + weight.float())  # fp32 by promotion: the model's g.float() · (1 + w)
+                if dw is not None:
+                    dw += (g * y).sum(0)
+            else:  # the model's autograd: weight * y.to(dtype), then the cast's gradient back in fp32
+                dy = (g * weight).float()
+                if dw is not None:
+                    dw += (g * y.to(x.dtype)).float().sum(0)
+            # d/dx of y = x·r, r = (mean(x²) + eps)^-1/2: r·dy − x·r³·mean(dy·x) = r·(dy − y·mean(dy·y))
+            dy.addcmul_(y, (dy * y).mean(-1, keepdim=True), value=-1).mul_(factor)
+            dx[start:start + step] = dy
+        return dx.view_as(x), (dw.to(weight.dtype) if dw is not None else None), None, None
 
 
 def _eps(module: Any) -> float | None:
@@ -100,13 +92,12 @@ def _eps(module: Any) -> float | None:
 
 
 def _forward(module: Any, style: str, hidden: Any) -> Any:
-    return chunked_function().apply(hidden, module.weight, _eps(module), style)
+    return ChunkedRMSNorm.apply(hidden, module.weight, _eps(module), style)
 
 
 def _style(module: Any) -> str | None:
     """The formula the module's own forward computes ('llama', 'gemma' or None), from one small input and a random
     weight of its weight's shape and dtype (on the CPU: the module may still be on the meta device)."""
-    import torch
     from torch.func import functional_call
 
     shape, dtype = module.weight.shape, module.weight.dtype
@@ -116,7 +107,7 @@ def _style(module: Any) -> str | None:
     with torch.no_grad():
         own = functional_call(module, {"weight": weight}, (x,))
         for style in STYLES:
-            ours = chunked_function().apply(x, weight, _eps(module), style)
+            ours = ChunkedRMSNorm.apply(x, weight, _eps(module), style)
             if ours.dtype == own.dtype and torch.equal(ours, own):
                 return style
     return None
