@@ -25,14 +25,14 @@ FT_TEST_INJECT holds comma-separated KIND:RANK:STEP items; that rank, at that st
 - offload_cpu (rank, step ignored): activation_offloading moves CPU tensors too (every saved activation, whatever
   its size), so that its pack and unpack hooks run in CPU processes; `record` then counts how many it moved;
 - whoami (rank, step ignored): each process writes its pid and its parent's to $FT_TEST_RECORD/who-rank-N.json;
-- load_peak (rank, step ignored): a timer samples, every few milliseconds from the import of ft's model loader to its
-  first training step, the bytes of all tensor storage the process holds (every live tensor found by the
-  garbage collector, storages counted once, meta tensors none), and writes the largest to
-  $FT_TEST_RECORD/load-rank-N.json: what the process materialised while loading, whoever allocated it.
+- load_peak (rank, step ignored): a timer samples, every few milliseconds from the import of ft's model loader (in a
+  forked run, imported already: from the run's start) to its first training step, the bytes of all tensor storage
+  the process holds (every live tensor found by the garbage collector, storages counted once, meta tensors none),
+  and writes the largest to $FT_TEST_RECORD/load-rank-N.json: what the process materialised while loading,
+  whoever allocated it.
 """
 
 import os
-
 import sys
 
 
