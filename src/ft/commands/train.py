@@ -370,6 +370,7 @@ def model_for_training(cfg: FtConfig, tokenizer: Any, layout: str, world: int = 
     when the model cannot take flattened batches); and the attention kernel in words. A 4-bit base under
     FSDP2 on several processes stays on the meta device until FSDP has sharded it (ft.model.sharded)."""
     from ft.model.adapter import apply_adapter
+    from ft.model.layers import change_layers
     from ft.model.load import load_model, prepare_for_training, use_packed_attention
     from ft.model.precision import describe_training_precision, keep_trainable_in_fp32, master_weights, resolve_dtype
     from ft.data.packing import PADDED
@@ -388,30 +389,7 @@ def model_for_training(cfg: FtConfig, tokenizer: Any, layout: str, world: int = 
         attention = "sdpa, full attention within each row (diffusion)"
     else:
         layout, attention = use_packed_attention(model, layout, probe=not on_meta) if layout != PADDED else (layout, "")
-    if q.qat:
-        from ft.model.qat import prepare
-
-        prepare(model, q.qat)
-    if q.fp8:
-        from ft.model.fp8 import convert
-
-        log.info("fp8: %d linear layers compute in float8 (torchao; the first and last stay in %s)", convert(model),
-                 m.precision)
-        if q.fp8_enable_fsdp_float8_all_gather:
-            log.info("fp8_enable_fsdp_float8_all_gather: FSDP2 gathers the weights in the training dtype; the matmuls are "
-                     "float8 either way (gathering in float8 did not follow one process's run: docs/methods.md)")
-    if q.use_onebitllms:
-        from ft.model.bitnet import to_bitnet
-
-        log.info("use_onebitllms: %d linear layers train as BitNet b1.58 (ternary weights, 8-bit inputs)", to_bitnet(model))
-    if t.tiled_mlp:
-        from ft.model.tiled_mlp import tile_mlps
-
-        tile_mlps(model, t.tiled_mlp_tokens)
-    if t.chunked_rms_norm:
-        from ft.model.rms_norm import chunk_norms
-
-        chunk_norms(model)
+    change_layers(model, m, q, t)
     layers = t.gradient_checkpointing_layers
     if layers == "auto":
         from ft.commands.plan import auto_checkpointed_layers
