@@ -220,7 +220,6 @@ def test_unfrozen_parameters(tmp_path: Path):
     assert "has no `adapter:`" in _refused(tmp_path, f"{BASE}lora_target_parameters: [mlp.experts.down_proj]\n")
 
 
-@pytest.mark.slow(seconds=10)  # a few processes or runs: first in the queue, not in the fast tier
 def test_unfrozen_parameters_with_an_adapter_pick_its_weights_by_the_base_names(tmp_path: Path, tiny_model_dir):
     """Axolotl's Gemma 3 QLoRA examples (unfrozen_parameters: [^model.language_model.*, ^lm_head.*] to leave the
     vision tower out): with an adapter, only its weights on matching layers train, and only those change."""

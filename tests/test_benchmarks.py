@@ -104,7 +104,6 @@ def test_choices_are_the_tokens_training_takes_the_loss_on(tmp_path: Path, tiny_
             assert tuple(ids[:-1]) == r.context_ids + choice  # training's tokens, its end of sequence aside
 
 
-@pytest.mark.slow(seconds=14)  # a few processes or runs: first in the queue, not in the fast tier
 def test_acc_and_acc_norm_equal_lm_eval_on_the_same_local_task(tmp_path: Path, tiny_model_dir):
     """ft's scorer and the harness side by side: the task holds the prompts as ft renders them; the
     per-choice log-likelihoods agree and so do acc and acc_norm, row for row. (The prompts end in no space:

@@ -40,7 +40,6 @@ def _check_common(text: str, out: Path) -> None:
     assert lines[-1].startswith("ft: done: 12 steps"), lines[-3:]
 
 
-@pytest.mark.slow(seconds=10)  # a few processes or runs: first in the queue, not in the fast tier
 def test_a_job_log_reads_top_to_bottom(tmp_path: Path, tiny_model_dir):
     make_config(tmp_path, tiny_model_dir("llama"), **KEYS)
     result = subprocess.run([sys.executable, "-m", "ft", "train", "cfg.yml"], cwd=tmp_path, capture_output=True, text=True,
@@ -53,7 +52,6 @@ def test_a_job_log_reads_top_to_bottom(tmp_path: Path, tiny_model_dir):
     assert progress and progress[-1].startswith("train  step 12/12 (100%)") and "tok/s" in progress[-1]
 
 
-@pytest.mark.slow(seconds=10)  # a few processes or runs: first in the queue, not in the fast tier
 def test_a_terminal_gets_one_progress_bar(tmp_path: Path, tiny_model_dir):
     make_config(tmp_path, tiny_model_dir("llama"), **KEYS)
     main, child = pty.openpty()

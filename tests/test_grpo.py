@@ -47,7 +47,6 @@ def _normalized(values: list[float]) -> list[float]:
     return [(v - mean) / (std + 1e-4) for v in values]
 
 
-@pytest.mark.slow(seconds=9)  # a few processes or runs: first in the queue, not in the fast tier
 def test_advantages_are_grpos_and_gdpos_formulas():
     from ft.train.grpo import group_advantages
 

@@ -22,7 +22,6 @@ QAT = {"activation_dtype": "int8", "weight_dtype": "int4", "group_size": 32}
 
 
 @pytest.mark.skipif(not (SITE / "torchao").is_dir(), reason="torchao is not in .venv/qat (README's test command puts it there)")
-@pytest.mark.slow(seconds=12)  # a few processes or runs: first in the queue, not in the fast tier
 @pytest.mark.parametrize("check", ["groups_and_head", "trains_and_saves", "fp8_trains_and_saves"])
 def test_qat(check: str, tmp_path: Path, tiny_model_dir):
     """groups_and_head: every linear layer but the head fake-quantizes, int4 weights take at most 16 values a
