@@ -114,14 +114,19 @@ class Ranks:
             return
         pid = os.fork()
         if pid == 0:
-            self.listener.close()
-            for other in [conn, *self.conns]:
-                other.close()
+            conn.close()
+            self.close_in_child()
             child(request, tuple(fds))
         for fd in fds:
             os.close(fd)
         self.conns[conn] = pid
         send(conn, {"pid": pid})
+
+    def close_in_child(self) -> None:
+        """In a forked run or rank: the server's sockets are not its own."""
+        self.listener.close()
+        for conn in self.conns:
+            conn.close()
 
     def gone(self, conn: socket.socket) -> None:
         """A stand-in's socket is readable: it sends nothing after its request, so it has ended."""
@@ -132,14 +137,13 @@ class Ranks:
         except ProcessLookupError:
             pass
 
-    def ended(self, pid: int, code: int) -> bool:
+    def ended(self, pid: int, code: int) -> None:
+        """A rank has ended: its stand-in ends with the same code."""
         for conn, rank in list(self.conns.items()):
             if rank == pid:
                 send(conn, {"exit": code})
                 del self.conns[conn]
                 conn.close()
-                return True
-        return False
 
 
 def main() -> None:
@@ -162,6 +166,8 @@ def main() -> None:
                     request = json.loads(line)
                     pid = os.fork()
                     if pid == 0:
+                        if ranks:
+                            ranks.close_in_child()
                         child(request)
                     children.add(pid)
                     answer({"id": request["id"], "pid": pid})
