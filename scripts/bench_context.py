@@ -14,6 +14,8 @@ outside the cap):
 - ft-offload: the same with activation_offloading;
 - ft-offload-tiled: the same with activation_offloading and tiled_mlp;
 - ft-long: the same with chunked_rms_norm too (each norm keeps its input as it is, not an fp32 copy);
+- ft-selective: ft with selective_checkpointing (each layer keeps its attention output: the backward pass
+  recomputes the rest of the layer but not attention);
 - baseline: plain transformers + peft + bitsandbytes (prepare_model_for_kbit_training, sdpa, the model's own
   loss), stepped by hand under bf16 autocast.
 Both steps run under the cap; the second (the larger: the optimizer's states exist) under the cap less what
@@ -54,6 +56,7 @@ CONTENDERS = {  # the config keys each ft contender adds
     "ft-offload": {"activation_offloading": True},
     "ft-offload-tiled": {"activation_offloading": True, "tiled_mlp": True},
     "ft-long": {"activation_offloading": True, "tiled_mlp": True, "chunked_rms_norm": True},
+    "ft-selective": {"selective_checkpointing": True},
     "baseline": None,
 }
 OOM_WORDS = ("out of memory", "outofmemoryerror")

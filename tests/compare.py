@@ -40,3 +40,18 @@ def scaled_difference(got: Tensors, want: Tensors) -> float:
     pairs = _pairs(got, want)
     scale = max(float(b.detach().abs().max()) for _, b in pairs) or 1.0
     return max(float((a.detach().double() - b.detach().double()).abs().max()) for a, b in pairs) / scale
+
+
+def update_difference(got: Tensors, want: Tensors, start: Tensors) -> float:
+    """Weights trained two ways from the same `start`: max over tensors of max|got - want| over the largest change
+    training made to that tensor (max|want - start|). After several Adam steps this is the measure to bound: Adam
+    divides each gradient by its own running size, so a weight whose gradient is near zero moves by a step-sized
+    amount whatever its rounding, and the weights of two summation orders differ by a share of the update, not of
+    the weight (a weight that did not move is compared absolutely)."""
+    worst = 0.0
+    starts = _pairs(start, want)
+    for (a, b), (s, _) in zip(_pairs(got, want), starts):
+        a, b, s = a.detach().double(), b.detach().double(), s.detach().double()
+        moved = float((b - s).abs().max()) if b.numel() else 0.0
+        worst = max(worst, float((a - b).abs().max()) / (moved if moved > 0 else 1.0) if b.numel() else 0.0)
+    return worst

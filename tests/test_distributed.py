@@ -58,12 +58,14 @@ def test_two_ranks_get_the_same_packed_batches(tmp_path: Path, tiny_model_dir):
 
 @pytest.mark.parametrize("stage", [2, 3])
 def test_deepspeed_zero_trains_on_two_ranks(stage: int, tmp_path: Path, tiny_model_dir):
-    """With gradient checkpointing; under ZeRO-2 the MLP is also tiled 32 tokens at a time (ZeRO-3 refuses it)."""
-    tiled = {"tiled_mlp": True, "tiled_mlp_tokens": 32} if stage == 2 else {}
+    """With gradient checkpointing; under ZeRO-2 the MLP is also tiled 32 tokens at a time (ZeRO-3 refuses it), under
+    ZeRO-3 the layers keep their attention outputs (selective_checkpointing) while their weights are gathered."""
+    tiled = {"tiled_mlp": True, "tiled_mlp_tokens": 32} if stage == 2 else {"selective_checkpointing": True}
     make_config(tmp_path, tiny_model_dir("llama"), micro_batch_size=2, max_steps=8, save_steps=4, learning_rate=0.01,
                 deepspeed=str(ROOT / f"deepspeed_configs/zero{stage}.json"), gradient_checkpointing=True, **tiled, **LORA)
     result = _two_ranks(tmp_path)
     assert f"distributed: 2 processes, DeepSpeed ZeRO stage {stage}" in result.stderr, result.stderr[-4000:]
+    assert ("selective_checkpointing: 2 of 2 recomputed layers keep" in result.stderr) == (stage == 3), result.stderr[-4000:]
     # ZeRO-3 gathers the head only inside the forward: the chunked loss gives way to the plain one there
     assert ("chunked cross-entropy off: DeepSpeed ZeRO-3" in result.stderr) == (stage == 3), result.stderr[-4000:]
     losses = _losses(tmp_path / "out")

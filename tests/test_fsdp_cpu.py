@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 import ftproc
-from compare import relative_difference
+from compare import relative_difference, update_difference
 from train_helpers import make_config
 
 pytestmark = pytest.mark.slow(seconds=50)  # several processes or many runs; its tests take about this long each
@@ -313,7 +313,8 @@ def test_fsdp2_with_context_parallelism_and_tiled_mlp_trains_as_one_process(tmp_
     group split over its 2 processes (context_parallel_size: 2), the MLPs run a tile of tokens at a time and
     recomputed inside FSDP's units, gradient checkpointing on, and the norms (their weights trained, and sharded
     on the two processes) by ft's chunked function (chunked_rms_norm); the group draws one process's micro batches
-    and follows its run."""
+    and follows its run. The two processes' layers also keep their attention outputs (selective_checkpointing,
+    whose gradients are plain checkpointing's: tests/test_selective_checkpointing.py)."""
     keys = {"sample_packing": True, "tiled_mlp": True, "tiled_mlp_tokens": 16, "gradient_checkpointing": True,
             "chunked_rms_norm": True, **STEPS, "max_steps": 3}
     one, two = tmp_path / "one", tmp_path / "two"
@@ -321,11 +322,16 @@ def test_fsdp2_with_context_parallelism_and_tiled_mlp_trains_as_one_process(tmp_
     two.mkdir()
     make_config(one, tiny_model_dir("llama"), micro_batch_size=2, **keys)
     make_config(two, tiny_model_dir("llama"), micro_batch_size=2, context_parallel_size=2,
-                fsdp_config={"fsdp_version": 2, "transformer_layer_cls_to_wrap": "LlamaDecoderLayer"}, **keys)
+                fsdp_config={"fsdp_version": 2, "transformer_layer_cls_to_wrap": "LlamaDecoderLayer"},
+                selective_checkpointing=True, **keys)
     _run(one, 1, fsdp_cpu=False)
     result = _run(two, 2)
     assert "FSDP2" in result.stderr and "context parallelism: groups of 2" in result.stderr, result.stderr[-3000:]
     assert "chunked_rms_norm: 5 RMSNorms" in result.stderr, result.stderr[-3000:]  # two layers' two, and the final one
+    assert "selective_checkpointing: 2 of 2 recomputed layers keep" in result.stderr, result.stderr[-3000:]
     a, b = _losses(one / "out"), _losses(two / "out")
     assert len(a) == len(b) == 3 and all(abs(x - y) <= 1e-4 * abs(x) for x, y in zip(a, b)), (a, b)
-    assert relative_difference(_weights(two / "out", "model.safetensors"), _weights(one / "out", "model.safetensors")) < 1e-4
+    # three Adam steps: the two summation orders differ by a share of what training moved (6.8e-4 on an AVX512-BF16
+    # EPYC, 2.2e-4 of the weights' size); with each process's queries seeing only its own slice's keys: 1.09
+    start = _weights(tiny_model_dir("llama"), "model.safetensors")
+    assert update_difference(_weights(two / "out", "model.safetensors"), _weights(one / "out", "model.safetensors"), start) < 1e-2

@@ -47,7 +47,7 @@ def test_the_gpu_check_runs_every_stage_in_smoke_mode(tmp_path: Path):
     assert [r["method"] for r in methods] == ["lora", "prompt_tuning"]
     assert all(r["tokens_per_s"] > 0 and 0 < r["share"] < 100 for r in methods)
     trials = json.loads((out / "context.json").read_text())["trials"]
-    assert [(t["contender"], t["tokens"]) for t in trials] == [(k, 256) for k in ("ft-offload-tiled", "ft", "baseline", "ft-long")]
+    assert [(t["contender"], t["tokens"]) for t in trials] == [(k, 256) for k in ("ft-offload-tiled", "ft", "baseline", "ft-long", "ft-selective")]
     assert all(t["ok"] and t["missing_layers"] == 2 for t in trials)  # the tiny model's 2 layers standing for 4
     # one layer's tensors, gradients and AdamW states counted alike through ft's loading and the baseline's own
     ft_layer, baseline_layer = trials[1]["per_layer_gb"] * 2**30, trials[2]["per_layer_gb"] * 2**30
@@ -59,14 +59,15 @@ def test_the_gpu_check_runs_every_stage_in_smoke_mode(tmp_path: Path):
     base = sum(a * b for a, b in linears)  # 4 bits each, with their quantization state: under 16 bits
     assert lora + base / 2 < ft_layer < lora + 2 * base, (ft_layer, lora, base)
     assert "| ft-offload-tiled | 256 | yes | no GPU |" in (out / "context.log").read_text()
-    assert all(t["planned_allocated_gb"] > 0 for t in (*trials[:2], trials[3]))  # ft plan beside each ft trial's peak
+    assert all(t["planned_allocated_gb"] > 0 for t in (*trials[:2], *trials[3:]))  # ft plan beside each ft trial's peak
     assert "| ft-long | 256 | yes | no GPU |" in (out / "context.log").read_text()
+    assert "| ft-selective | 256 | yes | no GPU |" in (out / "context.log").read_text()
     assert "outputs equal: 64 of 64" in (out / "eval.log").read_text()
     assert "× lm-eval" in (out / "eval.log").read_text()  # lm-eval is in the suite's environment
     plan = (out / "plan.log").read_text()
-    assert "| tiny | lora | none | 128 |" in plan and "| tiny | lora | offloading | 128 |" in plan
+    assert all(f"| tiny | lora | {memory} | 128 |" in plan for memory in ("none", "offloading", "selective"))
     rows = [line for line in plan.splitlines() if line.startswith("| tiny | lora |")]
-    assert len(rows) == 2 and all(re.search(r" MiB \| [+-]\d+\.\d% \|", row) for row in rows), plan  # measured on the CPU
+    assert len(rows) == 3 and all(re.search(r" MiB \| [+-]\d+\.\d% \|", row) for row in rows), plan  # measured on the CPU
 
 
 @pytest.mark.slow(seconds=8)

@@ -396,7 +396,8 @@ def model_for_training(cfg: FtConfig, tokenizer: Any, layout: str, world: int = 
 
         layers = auto_checkpointed_layers(cfg, world)
     model = prepare_for_training(model, q, checkpointing=t.gradient_checkpointing, adapter=bool(a.adapter),
-                                 checkpointed_layers=layers)
+                                 checkpointed_layers=layers, selective=t.selective_checkpointing,
+                                 selective_sliding=t.selective_checkpointing_sliding_window)
     if a.adapter:
         from ft.launch.deepspeed import zero3
 

@@ -263,7 +263,6 @@ KEYS: dict[str, Answer] = {
                                         _when_true("quantize_moe_experts", True)),
     "nonexpert_quantization": _refused("quantizing the non-expert weights"),
     "layer_offloading": _refused("layer offloading (ft offloads activations: activation_offloading)", False),
-    "selective_checkpointing": _refused("selective checkpointing"),
     "dynamic_checkpoint": _refused("dynamic checkpointing"),
     "fp32_norms": _refused("fp32 norm layers", False),
     "fp32_norm_classes": _refused("fp32 norm layers"),
@@ -402,7 +401,7 @@ remove_unused_columns resources_per_worker ring_attn_func role_boundaries rope_s
 s2_attention sage_attention sample_packing_bin_size sample_packing_eff_est sample_packing_group_size
 sample_packing_mp_start_method sample_packing_sequentially save_compressed save_first_step
 save_safetensors scaling_softmax scaling_softmax_bias scaling_softmax_factor sdpa_varlen
-selective_checkpointing shrink_embeddings shuffle_before_merging_datasets
+shrink_embeddings shuffle_before_merging_datasets
 skip_prepare_dataset spectrum_model_name spectrum_top_fraction streaming streaming_multipack_buffer_size
 tensor_parallel_size tiled_mlp_num_shards tiled_mlp_use_original_mlp tokenizer_legacy tokenizer_save_jinja_files
 tokenizer_use_mistral_common torch_compile_backend torch_compile_options torch_empty_cache_steps torchdistx_path

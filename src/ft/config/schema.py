@@ -229,6 +229,12 @@ def contradictions(cfg: FtConfig) -> list[Contradiction]:
     elif t.gradient_checkpointing_layers is not None and t.activation_offloading:
         add("gradient_checkpointing_layers", "`activation_offloading` moves every layer's saved activations to the host, "
             "checkpointed or not; keep one of it and `gradient_checkpointing_layers`")
+    if t.selective_checkpointing and not t.gradient_checkpointing:
+        add("selective_checkpointing", "`selective_checkpointing` chooses what the layers gradient checkpointing "
+            "recomputes keep: turn on `gradient_checkpointing` too")
+    if t.selective_checkpointing_sliding_window and not t.selective_checkpointing:
+        add("selective_checkpointing_sliding_window", "it extends `selective_checkpointing` to the sliding-window "
+            "layers: turn on `selective_checkpointing` too")
     if t.chunked_rms_norm and cfg.model.liger_rms_norm:
         add("chunked_rms_norm", "`chunked_rms_norm` and `liger_rms_norm` both replace the model's norms; keep one")
     if t.activation_offloading and not t.gradient_checkpointing:

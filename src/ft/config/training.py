@@ -11,6 +11,10 @@ from ft.config.context import canonical
 from ft.config.sparsity import LlmCompressor
 
 
+# the attention types (transformers' `layer_types`) of layers whose attention spans a window of keys: they
+# recompute it under selective_checkpointing unless selective_checkpointing_sliding_window
+SLIDING_LAYER_TYPES = ("sliding_attention", "chunked_attention")
+
 class GradientAccumulationSettings(Section):
     sync_each_batch: bool = Field(
         False, description="Reduce the gradients across processes after every micro batch instead of once a step: the "
@@ -102,6 +106,17 @@ class TrainingConfig(Section):
         "others' activations: fewer recomputed layers (faster steps) where memory allows some (`ft plan` counts it). "
         "`auto`: the fewest that fit the GPU's free memory by ft plan's count, chosen at the start (every layer "
         "without a GPU).")
+    selective_checkpointing: bool = Field(
+        False, description="With gradient_checkpointing: each recomputed layer keeps its attention output (and the "
+        "softmax statistics its backward reads), so the backward pass recomputes the projections, norms and MLP but "
+        "not attention, the part that grows with the square of the row length: one hidden-state-sized tensor more per "
+        "layer (`ft plan` counts it) for most of checkpointing's extra compute at long context. Attention a model "
+        "computes itself (eager, Gemma-2's soft-capping) is recomputed as before. Axolotl's `selective_checkpointing: "
+        "{save: [attention]}` reads as true.")
+    selective_checkpointing_sliding_window: bool = Field(
+        False, description="With selective_checkpointing: the sliding-window layers of a hybrid model (its config's "
+        "layer_types) keep their attention outputs too; without it they recompute them (a window's keys per token: "
+        "cheap). Axolotl's `selective_checkpointing: {save_sliding_window: true}`.")
     eval_strategy: Optional[Literal["steps", "epoch", "no"]] = Field(
         None, description="`no`: never evaluate during training (the held-out rows stay held out); `epoch`: once an "
         "epoch unless evals_per_epoch says more often; `steps` (the default): as eval_steps or evals_per_epoch say.")
@@ -203,6 +218,38 @@ class TrainingConfig(Section):
             raise Contradiction("batch_size", f"{size} is not micro_batch_size × gradient_accumulation_steps "
                                 f"({micro} × {data['gradient_accumulation_steps']}); keep one of them")
         return data
+
+    @model_validator(mode="before")
+    @classmethod
+    def _selective_from_axolotl(cls, data: Any) -> Any:
+        """Axolotl's `selective_checkpointing:` as a mapping (save, save_sliding_window, recompute_layer_types,
+        offload) read as ft's two keys; what ft does not do is said with its fix."""
+        if not isinstance(data, dict) or not isinstance(data.get("selective_checkpointing"), dict):
+            return data
+        given = dict(data["selective_checkpointing"])
+        unknown = sorted(set(given) - {"save", "save_sliding_window", "recompute_layer_types", "offload"})
+        if unknown:
+            raise Contradiction("selective_checkpointing", f"`{unknown[0]}` is not a setting of it; it takes save, "
+                                "save_sliding_window, recompute_layer_types and offload")
+        saved = given.get("save") or ["attention"]
+        other = [s for s in (saved if isinstance(saved, list) else [saved]) if "attention" not in str(s) and "attn" not in str(s)]
+        if other:
+            raise Contradiction("selective_checkpointing", f"saving the outputs of `{other[0]}` is not supported by ft "
+                                "yet: ft keeps the attention outputs only; set `save: [attention]`")
+        if given.get("offload"):
+            raise Contradiction("selective_checkpointing", "`offload: true` is not supported by ft yet: the kept "
+                                "attention outputs stay on the GPU; remove it (activation_offloading moves the layer inputs)")
+        types = given.get("recompute_layer_types")
+        sliding = bool(given.get("save_sliding_window"))
+        if types is not None:
+            if not isinstance(types, list) or not set(map(str, types)) <= set(SLIDING_LAYER_TYPES):
+                raise Contradiction("selective_checkpointing", "`recompute_layer_types` takes sliding_attention and "
+                                    "chunked_attention: the layers that recompute their attention")
+            sliding = sliding or not types
+        out = {**data, "selective_checkpointing": True}
+        if sliding:
+            out["selective_checkpointing_sliding_window"] = True
+        return out
 
     @model_validator(mode="after")
     def _cosine_floor_needs_cosine(self) -> "TrainingConfig":

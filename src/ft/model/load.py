@@ -204,13 +204,16 @@ def unfreeze_only(model: Any, patterns: tuple[str, ...], adapter: bool = False) 
 
 
 def prepare_for_training(model: Any, q: QuantizationConfig, *, checkpointing: bool, adapter: bool,
-                         checkpointed_layers: Optional[int] = None) -> Any:
+                         checkpointed_layers: Optional[int] = None, selective: bool = False,
+                         selective_sliding: bool = False) -> Any:
     """Freeze a quantized base and turn on gradient checkpointing.
 
     Unlike peft's prepare_model_for_kbit_training, the frozen 16-bit parameters of a quantized base
     (embeddings, head, norms) stay in the compute dtype: upcasting them to fp32 costs an 8B model 4 GB and
     runs the whole residual stream in fp32; the trainable LoRA weights are fp32 anyway (peft). It also keeps
     one dtype for every frozen parameter, which FSDP needs to flatten a unit.
+    `selective`: the checkpointed layers keep their attention outputs (ft.model.selective), the sliding-window
+    layers' only with `selective_sliding`.
     """
     if q.bits is not None:
         for p in model.parameters():
@@ -225,6 +228,10 @@ def prepare_for_training(model: Any, q: QuantizationConfig, *, checkpointing: bo
             model.enable_input_require_grads()  # frozen embeddings: checkpointed blocks still need a grad path
         if checkpointed_layers is not None:
             checkpoint_first(model, checkpointed_layers)
+        if selective:
+            from ft.model.selective import save_attention
+
+            save_attention(model, sliding_too=selective_sliding)
     return model
 
 

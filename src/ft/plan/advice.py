@@ -26,6 +26,8 @@ def candidate_changes(cfg: Any, gpus: int) -> list[tuple[str, Any, int]]:
     out: list[tuple[str, Any, int]] = []
     if not t.gradient_checkpointing:
         out.append(("gradient_checkpointing: true", _with(cfg, training={"gradient_checkpointing": True}), gpus))
+    if t.selective_checkpointing:
+        out.append(("selective_checkpointing: false", _with(cfg, training={"selective_checkpointing": False}), gpus))
     if t.gradient_checkpointing and not t.activation_offloading:
         out.append(("activation_offloading: true", _with(cfg, training={"activation_offloading": True}), gpus))
     elif not t.gradient_checkpointing:

@@ -157,9 +157,13 @@ def estimate(cfg: Any, shape: Shape, gpus: int = 1, longest_batch: Optional[int]
         plan.parts["checkpointed layer inputs"] = inputs
         if recomputed < shape.layers:
             plan.parts["activations of layers not checkpointed"] = saved * (shape.layers - recomputed)
-        if recomputed:
-            plan.parts["one layer recomputed"] = saved + tile
-        recomputing = saved if recomputed else 0
+        kept = tokens * kept_attention(cfg, shape, compute)  # selective_checkpointing: per layer that keeps its attention
+        keeping = kept and sum(keeps_attention(cfg, shape, i) for i in range(recomputed))
+        if keeping:
+            plan.parts["attention outputs kept (selective_checkpointing)"] = kept * keeping
+        if recomputed:  # the layer recomputed reuses its kept attention output, counted above
+            plan.parts["one layer recomputed"] = saved + tile - (kept if keeping else 0)
+        recomputing = saved - (kept if keeping else 0) if recomputed else 0
     else:  # and with full fine-tuning the final norm's: its input's fp32 copy, normalized input and output
         final = 0 if a.adapter else tokens * shape.hidden * (4 + 2 * (4 if compute == 4 or masters else compute))
         plan.parts["activations"] = saved * shape.layers + final
@@ -337,6 +341,26 @@ def _layer_activations(cfg: Any, shape: Shape, tokens: int, compute: int) -> tup
     if t.tiled_mlp:
         return tokens * per_token, min(tokens, t.tiled_mlp_tokens) * per_mlp_token
     return tokens * (per_token + per_mlp_token), 0
+
+
+def kept_attention(cfg: Any, shape: Shape, compute: int) -> int:
+    """Bytes per token a layer keeps under selective_checkpointing (ft.model.selective): the attention kernel's
+    output in the compute dtype and its fp32 log-sum-exp per query head; 0 where attention is the model's own
+    (eager: nothing is kept) or the key is off."""
+    t = cfg.training
+    if not (t.gradient_checkpointing and t.selective_checkpointing) or _eager_scores(cfg, shape):
+        return 0
+    return shape.heads * shape.head_dim * compute + shape.heads * 4
+
+
+def keeps_attention(cfg: Any, shape: Shape, layer: int) -> bool:
+    """Whether the layer keeps its attention outputs under selective_checkpointing: full-attention layers, and the
+    sliding-window ones with selective_checkpointing_sliding_window."""
+    from ft.config.training import SLIDING_LAYER_TYPES
+
+    types = shape.layer_types
+    return (cfg.training.selective_checkpointing_sliding_window or layer >= len(types)
+            or types[layer] not in SLIDING_LAYER_TYPES)
 
 
 def _lean_norms(cfg: Any) -> bool:

@@ -37,6 +37,7 @@ class Shape:
     teacher: Optional["Shape"] = None  # a distillation run's live teacher
     attention_softcap: Optional[float] = None  # Gemma-2's soft-capped attention scores (no sdpa kernel computes them)
     logit_softcap: Optional[float] = None  # Gemma-2's soft-capped logits
+    layer_types: tuple[str, ...] = ()  # each layer's attention (`full_attention`, `sliding_attention`), where it varies
 
     def linears(self) -> dict[str, tuple[int, int]]:
         """Each decoder layer's linear layers: name → (in features, out features)."""
@@ -86,7 +87,22 @@ def read_shape(source: str) -> Shape:
                  c.get("head_dim") or c["hidden_size"] // heads, c["intermediate_size"], c["vocab_size"],
                  bool(c.get("tie_word_embeddings", gemma2)), c.get("sliding_window"),
                  attention_softcap=c.get("attn_logit_softcapping", 50.0 if gemma2 else None),
-                 logit_softcap=c.get("final_logit_softcapping", 30.0 if gemma2 else None))
+                 logit_softcap=c.get("final_logit_softcapping", 30.0 if gemma2 else None),
+                 layer_types=_layer_types(c, kind))
+
+
+def _layer_types(c: dict, kind: str) -> tuple[str, ...]:
+    """Each layer's attention type as transformers reads the config: its `layer_types`, or what the config class
+    derives without them (Gemma-2: sliding windows in every other layer from the first; Qwen2: from layer
+    max_window_layers on, with use_sliding_window)."""
+    layers = c["num_hidden_layers"]
+    if c.get("layer_types"):
+        return tuple(c["layer_types"])
+    if kind == "gemma2":
+        return tuple("sliding_attention" if i % 2 == 0 else "full_attention" for i in range(layers))
+    if kind == "qwen2" and c.get("use_sliding_window") and c.get("sliding_window") is not None:
+        return tuple("sliding_attention" if i >= c.get("max_window_layers", 28) else "full_attention" for i in range(layers))
+    return ()
 
 
 def _config_path(source: str) -> Path:
