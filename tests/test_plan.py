@@ -535,7 +535,7 @@ def test_selective_checkpointing_raises_a_whole_steps_peak_by_the_attention_outp
         plan = estimate(load(path), read_shape(str(mid_model)))
         rows[memory] = (plan.allocated, one(str(path))["measured_allocated"], plan.parts)
     planned, measured = rows["selective"][0] - rows["checkpointing"][0], rows["selective"][1] - rows["checkpointing"][1]
-    kept = rows["selective"][2]["attention outputs kept (selective_checkpointing)"]
+    kept = rows["selective"][2]["attention outputs kept (selective)"]
     assert kept == 4 * 1024 * (512 * 4 + 8 * 4)  # four layers: each token's attention output and log-sum-exp, fp32
     assert planned > 0 and abs(planned - measured) <= 0.02 * measured, rows
 
@@ -569,7 +569,7 @@ def test_the_plan_reads_each_layers_attention_type_as_transformers_does(arch, ov
                 + ("attn_implementation: flash_attention_2\n" if arch == "gemma2" else ""))
         (tmp_path / "cfg.yml").write_text(body)
         shape = read_shape(str(folder))
-        kept = estimate(load(tmp_path / "cfg.yml"), shape).parts["attention outputs kept (selective_checkpointing)"]
+        kept = estimate(load(tmp_path / "cfg.yml"), shape).parts["attention outputs kept (selective)"]
         assert kept == keeping * 256 * (shape.heads * shape.head_dim * 4 + shape.heads * 4), (sliding, kept)
 
 
@@ -586,7 +586,7 @@ def test_a_plan_over_the_gpu_with_selective_checkpointing_offers_it_off(tmp_path
                                       "bf16: true\ngradient_checkpointing: true\nselective_checkpointing: true\n")
     cfg, shape = load(tmp_path / "cfg.yml"), read_shape(str(CONFIGS / "llama3-8b.json"))
     plan = estimate(cfg, shape)
-    kept = plan.parts["attention outputs kept (selective_checkpointing)"]
+    kept = plan.parts["attention outputs kept (selective)"]
     assert kept == 32 * 32768 * (4096 * 2 + 32 * 4)
     off = {c.what: c.plan for c in ranked_changes(cfg, shape, 1, plan)}["selective_checkpointing: false"]
     assert plan.allocated - off.allocated == kept - kept // 32 and off.peak < plan.peak

@@ -160,7 +160,7 @@ def estimate(cfg: Any, shape: Shape, gpus: int = 1, longest_batch: Optional[int]
         kept = tokens * kept_attention(cfg, shape, compute)  # selective_checkpointing: per layer that keeps its attention
         keeping = kept and sum(keeps_attention(cfg, shape, i) for i in range(recomputed))
         if keeping:
-            plan.parts["attention outputs kept (selective_checkpointing)"] = kept * keeping
+            plan.parts["attention outputs kept (selective)"] = kept * keeping
         if recomputed:  # the layer recomputed reuses its kept attention output, counted above
             plan.parts["one layer recomputed"] = saved + tile - (kept if keeping else 0)
         recomputing = saved - (kept if keeping else 0) if recomputed else 0
