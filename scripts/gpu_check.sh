@@ -17,7 +17,8 @@
 # or trial ends) under $OUT and says what it skipped:
 #   tests       150  FT_TEST_GPU=1 pytest tests/test_gpu.py: packed rows equal rows alone (five architectures;
 #                    LoRA and QLoRA), the chunked loss, the bf16 base, offloading on a 32k row, ft's fused LoRA
-#                    update against PEFT's path, Liger's kernels against the model's own layers, chunked norms on a 4k row
+#                    update against PEFT's path, Liger's kernels against the model's own layers, chunked norms and
+#                    selective checkpointing on a 4k row
 #   8b          120  scripts/bench_gpu.py --sizes 8b-8l: Llama 3.1 8B's layers (8 of them), QLoRA with
 #                    checkpointing: ft packed and unpacked, TRL packed, the tuned and the plain Trainer; 20 timed
 #                    steps each; MFU by the usual count against the measured and the datasheet rate; one step of

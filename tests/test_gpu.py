@@ -266,3 +266,39 @@ def test_fill_micro_batch_fills_the_gpu_with_the_same_rows_a_step(tmp_path: Path
                       gradient_accumulation_steps=8, fill_micro_batch=True)
     trainer, _, _ = build(cfg)
     assert (trainer.args.per_device_train_batch_size, trainer.args.gradient_accumulation_steps) == (8, 1)
+
+
+@pytest.mark.parametrize("method", ["lora", "qlora"])
+def test_selective_checkpointing_keeps_the_attention_kernels_outputs_on_cuda(method, tmp_path: Path, tiny_model_dir):
+    """selective_checkpointing in bf16 on the GPU, one 4k-token row: plain checkpointing's loss and gradients, the
+    attention kernel's forward run once a layer (twice with plain checkpointing), and what the forward leaves for the
+    backward higher by each layer's attention output (bf16) and log-sum-exp (fp32 per query head)."""
+    from collections import Counter
+
+    from test_selective_checkpointing import OpCalls, _kernel_forwards
+
+    tokens = 4096
+    ids = torch.randint(5, 1000, (1, tokens), device="cuda")
+    results = []
+    for name, keys in (("plain", {}), ("selective", {"selective_checkpointing": True})):
+        (tmp_path / name).mkdir()
+        model, _ = _ft_model(tmp_path / name, tiny_model_dir, "llama", method,
+                             ft_keys={"gradient_checkpointing": True, **keys})
+        model.train()
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        with OpCalls() as ops:
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = model(input_ids=ids, labels=ids).loss
+            held = torch.cuda.memory_allocated() - before
+            loss.backward()
+        results.append((float(loss), held, _kernel_forwards(ops.calls),
+                        {n: p.grad.float() for n, p in model.named_parameters() if p.requires_grad}))
+    (plain_loss, plain_held, plain_kernels, plain), (loss, held, kernels, grads) = results
+    c = model.config
+    assert kernels and plain_kernels == Counter({op: 2 * n for op, n in kernels.items()}), (kernels, plain_kernels)
+    assert sum(kernels.values()) == c.num_hidden_layers
+    assert abs(plain_loss - loss) < LOSS_TOL * abs(plain_loss)
+    assert scaled_difference(grads, plain) < GRAD_TOL
+    kept = c.num_hidden_layers * tokens * (c.num_attention_heads * (c.hidden_size // c.num_attention_heads) * 2 + c.num_attention_heads * 4)
+    assert abs((held - plain_held) - kept) <= 0.1 * kept, (held, plain_held, kept)
