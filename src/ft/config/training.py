@@ -15,6 +15,7 @@ from ft.config.sparsity import LlmCompressor
 # recompute it under selective_checkpointing unless selective_checkpointing_sliding_window
 SLIDING_LAYER_TYPES = ("sliding_attention", "chunked_attention")
 
+
 class GradientAccumulationSettings(Section):
     sync_each_batch: bool = Field(
         False, description="Reduce the gradients across processes after every micro batch instead of once a step: the "

@@ -158,12 +158,14 @@ def estimate(cfg: Any, shape: Shape, gpus: int = 1, longest_batch: Optional[int]
         if recomputed < shape.layers:
             plan.parts["activations of layers not checkpointed"] = saved * (shape.layers - recomputed)
         kept = tokens * kept_attention(cfg, shape, compute)  # selective_checkpointing: per layer that keeps its attention
-        keeping = kept and sum(keeps_attention(cfg, shape, i) for i in range(recomputed))
+        keeping = sum(keeps_attention(cfg, shape, i) for i in range(recomputed)) if kept else 0
         if keeping:
             plan.parts["attention outputs kept (selective)"] = kept * keeping
-        if recomputed:  # the layer recomputed reuses its kept attention output, counted above
-            plan.parts["one layer recomputed"] = saved + tile - (kept if keeping else 0)
-        recomputing = saved - (kept if keeping else 0) if recomputed else 0
+        # the last layer recomputed (the first through its backward) reuses its kept attention output, counted above
+        reused = kept if keeping and keeps_attention(cfg, shape, recomputed - 1) else 0
+        if recomputed:
+            plan.parts["one layer recomputed"] = saved + tile - reused
+        recomputing = saved - reused if recomputed else 0
     else:  # and with full fine-tuning the final norm's: its input's fp32 copy, normalized input and output
         final = 0 if a.adapter else tokens * shape.hidden * (4 + 2 * (4 if compute == 4 or masters else compute))
         plan.parts["activations"] = saved * shape.layers + final
