@@ -90,3 +90,34 @@ def test_what_cannot_be_split_is_refused(tmp_path: Path, tiny_model_dir):
     make_config(tmp_path, tiny_model_dir("llama"), context_parallel_size=2, **LORA)
     result = ftproc.run(["train", "cfg.yml"], cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
     assert result.returncode == 2 and "launch a multiple of 2" in result.stderr, result.stderr[-2000:]
+
+
+@pytest.mark.parametrize("window", [None, 4])
+@pytest.mark.parametrize("size", [1, 2, 3])
+def test_each_slices_runs_attend_as_the_whole_sequences_document_mask(size: int, window, tmp_path: Path):
+    """No processes: documents of 7, 1, 12 and 5 tokens and 5 of padding (30 tokens) cut in `size` slices; each
+    slice's queries through `segments` and the per-run kernel (ft.model.packed_attention.per_row, the CPU path;
+    test_gpu.py holds torch's varlen kernel to it) equal the rows of one dense attention over the whole sequence
+    with a document-causal mask (and window), query heads reading kv head h // 2. Padding attends to itself."""
+    import torch
+
+    from ft.model.packed_attention import per_row
+    from ft.train.context_parallel import segments
+
+    torch.manual_seed(0)
+    docs = [0] * 7 + [1] + [2] * 12 + [3] * 5 + [-1] * 5
+    total, heads, kv_heads, dim = len(docs), 4, 2, 8
+    q, k, v = torch.randn(total, heads, dim), torch.randn(total, kv_heads, dim), torch.randn(total, kv_heads, dim)
+    d, i = torch.tensor(docs), torch.arange(total)
+    allowed = (d[:, None] == d[None, :]) & (i[None, :] <= i[:, None])
+    if window:
+        allowed &= i[None, :] > i[:, None] - window
+    scores = torch.einsum("qhd,khd->hqk", q, k.repeat_interleave(2, dim=1)) * 0.3
+    want = torch.einsum("hqk,khd->qhd", scores.masked_fill(~allowed, float("-inf")).softmax(-1), v.repeat_interleave(2, dim=1))
+    length = total // size
+    for start in range(0, total, length):
+        cu_q, cu_k, first = segments(docs, start, length)
+        assert cu_q[-1] == length and cu_k[-1] == start + length - first
+        got = per_row(q[start:start + length], k[first:start + length], v[first:start + length], cu_q, length, 0.3,
+                      window, cu_k=cu_k)
+        assert torch.allclose(got, want[start:start + length], atol=1e-5), (start, float((got - want[start:start + length]).abs().max()))

@@ -45,6 +45,33 @@ def test_torch_varlen_kernel_equals_the_reference(window, dtype):
     assert torch.allclose(got[0].float(), want, atol=2e-2), float((got[0].float() - want).abs().max())
 
 
+@pytest.mark.parametrize("window", [None, 5])
+def test_torch_varlen_kernel_takes_queries_after_earlier_keys_as_context_parallelism_does(window):
+    """Context parallelism's runs (ft.train.context_parallel.segments): each run's queries are the last of its keys,
+    the causal mask aligned to the bottom right, through torch's varlen kernel in bf16 and through per_row (fp32), the
+    rows with and without keys before their first query; the gradients of q, k and v too."""
+    from ft.model.packed_attention import attend, kernel_available, per_row
+
+    if not kernel_available(64, window):
+        pytest.skip("torch's varlen kernel is not in this torch")
+    torch.manual_seed(0)
+    queries, keys, heads, kv_heads, dim = [30, 1, 120, 9], [30, 40, 300, 9], 8, 2, 64
+    q = torch.randn(sum(queries), heads, dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    k, v = (torch.randn(sum(keys), kv_heads, dim, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(2))
+    cu_q, cu_k = [0], [0]
+    for a, b in zip(queries, keys):
+        cu_q.append(cu_q[-1] + a)
+        cu_k.append(cu_k[-1] + b)
+    as_tensor = lambda edges: torch.tensor(edges, dtype=torch.int32, device="cuda")  # noqa: E731
+    got = attend(q, k, v, as_tensor(cu_q), max(queries), dim**-0.5, window, cu_k=as_tensor(cu_k), longest_k=max(keys))
+    grads = torch.autograd.grad(got.float().square().sum(), (q, k, v))
+    flat = [t.detach().float().requires_grad_() for t in (q, k, v)]
+    want = per_row(*flat, cu_q, max(queries), dim**-0.5, window, cu_k=cu_k)
+    want_grads = torch.autograd.grad(want.square().sum(), flat)
+    assert scaled_difference([got.float()], [want]) < 2e-2
+    assert scaled_difference([g.float() for g in grads], list(want_grads)) < GRAD_TOL
+
+
 def _ft_model(tmp_path: Path, tiny_model_dir, arch: str, method: str, ft_keys: dict | None = None, **config):
     """A model exactly as ft train builds it for packed batches, on the GPU in bf16 (`ft_keys`: more ft keys;
     `config`: the model's own settings changed)."""

@@ -5,7 +5,8 @@ The collator computes the row boundaries once per batch (`boundaries`: cumulativ
 row, under the names transformers' flash-attention path reads, `cu_seq_lens_q` ... `max_length_k`) and
 every layer receives them: no host sync and no Python loop over rows per layer on a GPU. Two kernels keep
 one contract, (q, k, v as tokens × heads × head_dim, cumulative lengths, longest row, scale, window) →
-tokens × query heads × head_dim:
+tokens × query heads × head_dim, with optional key boundaries of their own (context parallelism: a row's
+queries are the last of its keys), and `attend` picks one:
 - `torch_varlen`: PyTorch's own varlen flash attention (`torch.nn.attention.varlen.varlen_attn`, CUDA,
   fp16/bf16, head_dim ≤ 256), no extra package;
 - `per_row`: each row through sdpa with its own causal (and sliding-window) mask; the CPU path, and the
@@ -89,6 +90,8 @@ _last_edges: list[Any] = [None, []]  # (a weak reference to the last boundary te
 def _edges(cu: Any) -> list[int]:
     """The row boundaries as Python ints for the per-row paths. Every layer of a forward (and its recompute)
     receives the same tensor, so it is read to the host once per batch, not once per layer."""
+    if isinstance(cu, list):
+        return cu
     ref, values = _last_edges
     if ref is None or ref() is not cu:
         values = cu.tolist()
@@ -114,8 +117,11 @@ def _repeat_kv(t: Any, groups: int) -> Any:
     return t if groups == 1 else t.repeat_interleave(groups, dim=1)
 
 
-def torch_varlen(q: Any, k: Any, v: Any, cu: Any, longest: int, scale: float, window: Optional[int]) -> Any:
-    """PyTorch's varlen flash attention, called in the form the installed version has.
+def torch_varlen(q: Any, k: Any, v: Any, cu: Any, longest: int, scale: float, window: Optional[int],
+                 cu_k: Any = None, longest_k: Optional[int] = None) -> Any:
+    """PyTorch's varlen flash attention, called in the form the installed version has. `cu_k`, `longest_k`: keys
+    of other lengths than the queries' (context parallelism: a slice's queries against their documents' keys up
+    to them), the queries being each run's last (the flash kernel's causal mask is aligned to the bottom right).
 
     Grouped-query attention: the flash kernel reads query head h from kv head h // (query heads / kv heads)
     itself, so k and v go in unrepeated. torch ≥ 2.12 asks for `enable_gqa=True` (and checks the head counts);
@@ -131,34 +137,54 @@ def torch_varlen(q: Any, k: Any, v: Any, cu: Any, longest: int, scale: float, wi
         kwargs["is_causal"] = True
     if q.shape[1] != k.shape[1] and "enable_gqa" in params:  # torch ≥ 2.12
         kwargs["enable_gqa"] = True
-    return varlen_attn(q, k, v, cu, cu, longest, longest, **kwargs)
+    if cu_k is None:
+        cu_k, longest_k = cu, longest
+    return varlen_attn(q, k, v, cu, cu_k, longest, longest_k, **kwargs)
 
 
-def per_row(q: Any, k: Any, v: Any, cu: Any, longest: int, scale: float, window: Optional[int], dropout: float = 0.0) -> Any:
-    """The same contract as `torch_varlen`, row by row through sdpa (the CPU path and the reference)."""
+def per_row(q: Any, k: Any, v: Any, cu: Any, longest: int, scale: float, window: Optional[int], dropout: float = 0.0,
+            cu_k: Any = None) -> Any:
+    """The same contract as `torch_varlen`, row by row through sdpa (the CPU path and the reference). Boundaries are
+    tensors or lists; with `cu_k`, each row's queries are its last keys' (a causal mask aligned to the bottom right)."""
     import torch
     import torch.nn.functional as F
 
     groups = q.shape[1] // k.shape[1]
     k, v = _repeat_kv(k, groups), _repeat_kv(v, groups)
     edges = _edges(cu)
+    key_edges = edges if cu_k is None else _edges(cu_k)
     pieces = []
-    for start, end in zip(edges, edges[1:]):
-        qi, ki, vi = (t[start:end].transpose(0, 1)[None] for t in (q, k, v))
-        n = end - start
+    for start, end, key_start, key_end in zip(edges, edges[1:], key_edges, key_edges[1:]):
+        qi = q[start:end].transpose(0, 1)[None]
+        ki, vi = (t[key_start:key_end].transpose(0, 1)[None] for t in (k, v))
+        n, before = end - start, (key_end - key_start) - (end - start)  # keys before the first query
         mask = None
-        if window is not None and window < n:
-            i = torch.arange(n, device=q.device)
-            mask = (i[None, :] <= i[:, None]) & (i[None, :] > i[:, None] - window)
+        if before or (window is not None and window < n):
+            i, j = torch.arange(n, device=q.device)[:, None] + before, torch.arange(key_end - key_start, device=q.device)[None, :]
+            mask = (j <= i) & ((j > i - window) if window is not None else True)
         out = F.scaled_dot_product_attention(qi, ki, vi, attn_mask=mask, is_causal=mask is None, scale=scale, dropout_p=dropout)
         pieces.append(out[0].transpose(0, 1))
     return torch.cat(pieces, dim=0)
 
 
-def varlen_attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, **kwargs: Any) -> tuple[Any, None]:
-    """transformers' attention-function form: query (batch, heads, tokens, d), output (batch, tokens, heads, d)."""
+def attend(q: Any, k: Any, v: Any, cu: Any, longest: int, scale: float, window: Optional[int], dropout: float = 0.0,
+           cu_k: Any = None, longest_k: Optional[int] = None) -> Any:
+    """(tokens, heads, d) queries of rows laid end to end against their keys: torch's varlen kernel on a GPU where it
+    applies (fp16/bf16; fp32 inputs computed in bf16 and returned in fp32), per_row elsewhere."""
     import torch
 
+    square = cu_k is None or "window_size" in _varlen_parameters()  # torch 2.10's causal flag: square rows only
+    if q.is_cuda and dropout == 0.0 and square and kernel_available(q.shape[-1], window):
+        dtype = q.dtype
+        if dtype not in (torch.float16, torch.bfloat16):  # e.g. fp32 activations under peft's k-bit preparation
+            half = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            q, k, v = q.to(half), k.to(half), v.to(half)
+        return torch_varlen(q, k, v, cu, longest, scale, window, cu_k, longest_k).to(dtype)
+    return per_row(q, k, v, cu, longest, scale, window, dropout, cu_k)
+
+
+def varlen_attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, **kwargs: Any) -> tuple[Any, None]:
+    """transformers' attention-function form: query (batch, heads, tokens, d), output (batch, tokens, heads, d)."""
     if any(kwargs.get(name) is not None for name in SCORE_MODIFIERS):
         return per_row_eager(module, query, key, value, attention_mask, **kwargs)
     batch, heads, length, dim = query.shape
@@ -166,15 +192,7 @@ def varlen_attention(module: Any, query: Any, key: Any, value: Any, attention_ma
     q, k, v = (t.transpose(1, 2).reshape(batch * length, t.shape[1], dim) for t in (query, key, value))
     scale = kwargs.get("scaling") or getattr(module, "scaling", None) or dim**-0.5
     window = _window(module, kwargs)
-    dropout = float(kwargs.get("dropout") or 0.0)
-    if q.is_cuda and dropout == 0.0 and kernel_available(dim, window):
-        dtype = q.dtype
-        if dtype not in (torch.float16, torch.bfloat16):  # e.g. fp32 activations under peft's k-bit preparation
-            half = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-            q, k, v = q.to(half), k.to(half), v.to(half)
-        out = torch_varlen(q, k, v, cu, longest, scale, window).to(dtype)
-    else:
-        out = per_row(q, k, v, cu, longest, scale, window, dropout)
+    out = attend(q, k, v, cu, longest, scale, window, float(kwargs.get("dropout") or 0.0))
     return out.reshape(batch, length, heads, dim), None
 
 

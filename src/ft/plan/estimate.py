@@ -87,8 +87,9 @@ def estimate(cfg: Any, shape: Shape, gpus: int = 1, longest_batch: Optional[int]
     if sampled is not None:
         plan.notes.append(sampled.said)
     if split > 1 and gpus >= split:
-        plan.notes.append(f"context_parallel_size {split}: each GPU holds 1/{split} of each micro batch's tokens, and a "
-                          f"(slice × sequence) attention mask of {tokens * whole / 2**30:.2f} GiB per layer call")
+        plan.notes.append(f"context_parallel_size {split}: each GPU holds 1/{split} of each micro batch's tokens, and in "
+                          "each attention layer the keys and values its documents reach, gathered from the group (up to "
+                          "the whole sequence's; not counted here)")
     embed, head = shape.embedding_params(), shape.head_params()
 
     # weights

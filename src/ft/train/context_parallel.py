@@ -13,8 +13,9 @@ queries to every key of the same document at or before the query (and within a s
 has one). The loss sums the slice's token losses over the batch's trained tokens (counted once per group),
 so the gradients summed over the processes are those of the unsplit batches.
 
-The mask is a (slice × sequence) boolean, computed by sdpa; a fused kernel (ring or varlen flash attention on a
-GPU) is not used yet. Layers other than attention that read the whole sequence (Mamba, linear attention) cannot be
+The slice's queries run as a varlen batch (`segments`): each run of one document's queries against that document's
+keys up to the run's end, through torch's varlen flash kernel on a GPU (no mask is built) and sdpa run by run
+elsewhere (ft.model.packed_attention.attend). Layers other than attention that read the whole sequence (Mamba, linear attention) cannot be
 split: such models are refused."""
 
 from __future__ import annotations
@@ -63,23 +64,43 @@ def _gather_function() -> Any:
     return Gather
 
 
+def segments(docs: list[int], start: int, size: int) -> tuple[list[int], list[int], int]:
+    """A slice's attention as rows of a varlen batch: the slice [start, start + size) of a flat sequence whose tokens
+    belong to the documents `docs` (in order; the padding at the end, -1, one more) cut where its documents change.
+    Each run of queries attends to its document's keys from the document's first token up to the run's end, so the
+    runs' keys lie end to end from the first run's document start: (query boundaries within the slice, key
+    boundaries from that first key, the first key's index in the sequence). Every query is its run's last keys' (a
+    causal mask aligned to the bottom right)."""
+    end = start + size
+    first = start
+    while first > 0 and docs[first - 1] == docs[start]:
+        first -= 1
+    cu_q, cu_k = [0], [0]
+    for i in range(start + 1, end + 1):
+        if i == end or docs[i] != docs[i - 1]:
+            cu_q.append(i - start)
+            cu_k.append(i - first)
+    return cu_q, cu_k, first
+
+
 def attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, scaling: Optional[float] = None,
               dropout: float = 0.0, sliding_window: Optional[int] = None, **kwargs: Any) -> tuple[Any, None]:
-    """(1, heads, slice, dim) queries against the group's whole sequence of keys and values."""
-    import torch
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    """(1, heads, slice, dim) queries against their documents' keys in the group's whole sequence (`segments`), as a
+    varlen batch: torch's varlen flash kernel on a GPU, sdpa run by run elsewhere (ft.model.packed_attention.attend)."""
+    from ft.model.packed_attention import attend
 
-    group, docs, start = STATE["group"], STATE["docs"], STATE["start"]
+    group, first = STATE["group"], STATE["first"]
     keys, values = _gather(key, group, 2), _gather(value, group, 2)
-    length = query.shape[2]
-    q_index = torch.arange(start, start + length, device=query.device)
-    k_index = torch.arange(keys.shape[2], device=query.device)
-    allowed = (docs[q_index][:, None] == docs[None, :]) & (k_index[None, :] <= q_index[:, None]) & (docs[q_index] >= 0)[:, None]
-    if sliding_window:
-        allowed &= q_index[:, None] - k_index[None, :] < sliding_window
-    allowed |= (docs[q_index] < 0)[:, None] & (k_index[None, :] == q_index[:, None])  # padding sees itself (no NaN)
-    return sdpa_attention_forward(module, query, keys, values, allowed[None, None], scaling=scaling, dropout=dropout,
-                                  is_causal=False)
+    _, heads, length, dim = query.shape
+    end = STATE["start"] + length
+    q = query[0].transpose(0, 1).contiguous()  # (slice, heads, dim), as the kernels take it
+    k, v = (t[0, :, first:end].transpose(0, 1).contiguous() for t in (keys, values))  # the keys its documents reach
+    cu_q, cu_k = STATE["cu_q"], STATE["cu_k"]
+    if q.is_cuda:
+        cu_q, cu_k = STATE["cu_q_device"], STATE["cu_k_device"]
+    scale = scaling or getattr(module, "scaling", None) or dim**-0.5
+    out = attend(q, k, v, cu_q, STATE["longest_q"], scale, sliding_window or None, dropout, cu_k, STATE["longest_k"])
+    return out[None], None
 
 
 def register() -> None:
@@ -99,8 +120,8 @@ def check_model(model: Any) -> None:
                             "run along the whole sequence; remove context_parallel_size")
     config = getattr(model, "config", None)
     if config is not None and modifies_scores(config):
-        raise UserError("context parallelism computes attention with sdpa, which cannot soft-cap this model's scores; "
-                        "remove context_parallel_size")
+        raise UserError("context parallelism computes attention with the varlen kernels, which cannot soft-cap this "
+                        "model's scores; remove context_parallel_size")
 
 
 class ContextParallel:
@@ -187,7 +208,11 @@ class ContextParallel:
         shifted[:-1] = torch.where(same, labels[1:], torch.full_like(labels[1:], IGNORE))
         size = len(ids) // self.size
         start = self.index * size
-        STATE.update(group=self.group, docs=docs, start=start)
+        cu_q, cu_k, first = segments(docs.tolist(), start, size)
+        STATE.update(group=self.group, docs=docs, start=start, first=first, cu_q=cu_q, cu_k=cu_k,
+                     longest_q=max(b - a for a, b in zip(cu_q, cu_q[1:])), longest_k=max(b - a for a, b in zip(cu_k, cu_k[1:])),
+                     cu_q_device=torch.tensor(cu_q, dtype=torch.int32, device=ids.device),
+                     cu_k_device=torch.tensor(cu_k, dtype=torch.int32, device=ids.device))
         part = slice(start, start + size)
         return {"input_ids": ids[part][None], "position_ids": positions[part][None], "labels": shifted[part][None]}
 
