@@ -68,14 +68,17 @@ def test_ft_train_with_the_chunked_loss_equals_the_plain_loss(tmp_path: Path, ti
     assert relative_difference(chunked_weights, plain_weights) < 1e-5
 
 
-def test_activation_offloading_changes_no_gradient(tmp_path: Path, tiny_model_dir):
+@pytest.mark.parametrize("selective", [False, True], ids=["plain", "selective"])
+def test_activation_offloading_changes_no_gradient(selective, tmp_path: Path, tiny_model_dir):
     """The pack/unpack hooks really move the checkpointed layer inputs (on CPU: to other host buffers),
-    and training comes out the same to the bit."""
+    and training comes out the same to the bit; with selective_checkpointing too (the layers keeping their
+    attention outputs while their inputs move) against plain checkpointing without offloading."""
     from ft.train.offload import ActivationOffload
 
     offload = ActivationOffload(devices=("cpu",), min_bytes=0)
     keys = {"gradient_checkpointing": True}
-    _, moved_losses, moved_weights = _train(tmp_path, tiny_model_dir, "offloaded", offload=offload, **keys)
+    _, moved_losses, moved_weights = _train(tmp_path, tiny_model_dir, "offloaded", offload=offload,
+                                            selective_checkpointing=selective, **keys)
     _, kept_losses, kept_weights = _train(tmp_path, tiny_model_dir, "kept", **keys)
     assert offload.moved >= 3 * 2  # at least each layer's input, every step
     assert moved_losses == kept_losses
