@@ -60,6 +60,22 @@ def pytest_sessionstart(session) -> None:
         ftproc.start_server()
 
 
+@pytest.fixture(autouse=True)
+def _environment_as_the_suite_set_it():
+    """What a test's in-process run leaves in os.environ (accelerate's and transformers' variables, ft's cache
+    folders) is taken back after it: the next tests, and the runs they start, begin from the suite's environment,
+    which is the fork server's (a variable a library reads at import that differs from the server's makes every
+    later run of the worker a fresh interpreter: tests/ftproc.py). FT_TEST_FORK_SOCKET, the server's address,
+    stays."""
+    before = dict(os.environ)
+    yield
+    for key in set(os.environ) - set(before) - {"FT_TEST_FORK_SOCKET"}:
+        del os.environ[key]
+    for key, value in before.items():
+        if os.environ.get(key) != value:
+            os.environ[key] = value
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
     from ft.tiny import build_tokenizer

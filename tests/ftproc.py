@@ -151,6 +151,12 @@ def server_pid() -> int | None:
     return _get_server().proc.pid
 
 
+def server_env() -> dict[str, str]:
+    """The environment this process's fork server started in: a run whose environment differs from it where a
+    library reads one at import (`differs`) runs in a fresh interpreter instead."""
+    return _get_server().env
+
+
 def _forkable(args: Sequence[str], env: dict[str, str]) -> bool:
     if os.environ.get("FT_FRESH_PROCESSES") == "1" or not args or args[0] not in HEAVY or "--debug" in args:
         return False

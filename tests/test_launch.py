@@ -73,9 +73,12 @@ def test_the_ranks_run_forked_from_the_workers_fork_server_or_fresh_when_asked(t
     for fresh in ("0", "1"):
         record = tmp_path / f"record-{fresh}"
         record.mkdir()
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "FT_TEST_INJECT": "whoami:0:0", "FT_TEST_RECORD": str(record),
+               **({"FT_FRESH_PROCESSES": "1"} if fresh == "1" else {})}
+        refused = ftproc.differs(env, ftproc.server_env())  # what would make the server answer "fresh"
+        assert (refused == "FT_FRESH_PROCESSES=1") if fresh == "1" else not refused, refused
         result = ftproc.run(["train", "cfg.yml", "--num-processes", "2", "--output-dir", str(tmp_path / f"out-{fresh}")],
-                            cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1", "FT_TEST_INJECT": "whoami:0:0",
-                                               "FT_TEST_RECORD": str(record), **({"FT_FRESH_PROCESSES": "1"} if fresh == "1" else {})})
+                            cwd=tmp_path, env=env)
         assert result.returncode == 0, result.stderr[-3000:]
         who = [json.loads((record / f"who-rank-{rank}.json").read_text()) for rank in (0, 1)]
         assert who[0]["pid"] != who[1]["pid"]
