@@ -15,8 +15,8 @@ so the gradients summed over the processes are those of the unsplit batches.
 
 The slice's queries run as a varlen batch (`segments`): each run of one document's queries against that document's
 keys up to the run's end, through torch's varlen flash kernel on a GPU (no mask is built) and sdpa run by run
-elsewhere (ft.model.packed_attention.attend). Layers other than attention that read the whole sequence (Mamba, linear attention) cannot be
-split: such models are refused."""
+elsewhere (ft.model.packed_attention.attend). Layers other than attention that read the whole sequence (Mamba,
+linear attention) cannot be split: such models are refused."""
 
 from __future__ import annotations
 
@@ -91,7 +91,7 @@ def attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any
 
     group, first = STATE["group"], STATE["first"]
     keys, values = _gather(key, group, 2), _gather(value, group, 2)
-    _, heads, length, dim = query.shape
+    length, dim = query.shape[2], query.shape[3]
     end = STATE["start"] + length
     q = query[0].transpose(0, 1).contiguous()  # (slice, heads, dim), as the kernels take it
     k, v = (t[0, :, first:end].transpose(0, 1).contiguous() for t in (keys, values))  # the keys its documents reach
