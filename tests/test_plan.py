@@ -590,3 +590,24 @@ def test_a_plan_over_the_gpu_with_selective_checkpointing_offers_it_off(tmp_path
     assert kept == 32 * 32768 * (4096 * 2 + 32 * 4)
     off = {c.what: c.plan for c in ranked_changes(cfg, shape, 1, plan)}["selective_checkpointing: false"]
     assert plan.allocated - off.allocated == kept - kept // 32 and off.peak < plan.peak
+
+
+def test_the_plan_says_when_selective_checkpointing_fits_too(tmp_path: Path):
+    """Llama 3 8B QLoRA at 8,192 tokens with checkpointing on 24 GB: `ft plan` says selective checkpointing fits too,
+    with its peak (the plan with the key on); not for Gemma-2's eager attention (nothing to keep), nor once it is on."""
+    from ft.commands.config import load
+    from ft.commands.plan import plan_report
+    from ft.plan.estimate import estimate
+    from ft.plan.shapes import read_shape
+
+    body = ("datasets:\n  - path: d.jsonl\nsequence_len: 8192\nadapter: qlora\nload_in_4bit: true\n"
+            "lora_target_linear: true\nbf16: true\ngradient_checkpointing: true\n")
+    (tmp_path / "cfg.yml").write_text(f"base_model: {CONFIGS / 'llama3-8b.json'}\n" + body)
+    result = run_ft("plan", "cfg.yml", "--gpu-memory", "24GB", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    (tmp_path / "on.yml").write_text(f"base_model: {CONFIGS / 'llama3-8b.json'}\n" + body + "selective_checkpointing: true\n")
+    on = estimate(load(tmp_path / "on.yml"), read_shape(str(CONFIGS / "llama3-8b.json")))
+    assert f"selective_checkpointing: true fits too (peak {on.peak / 2**30:.1f} GiB)" in result.stdout, result.stdout
+    assert "selective_peak" not in plan_report(load(tmp_path / "on.yml"), 24 * 10**9, 1)
+    (tmp_path / "gemma.yml").write_text(f"base_model: {CONFIGS / 'gemma2-27b.json'}\n" + body)
+    assert "selective_peak" not in plan_report(load(tmp_path / "gemma.yml"), 24 * 10**9, 1)

@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 from ft.config import FtConfig
 from ft.errors import ConfigError
-from ft.plan.advice import fewest_checkpointed_layers, largest_settings, longest_batch, ranked_changes
+from ft.plan.advice import _with, fewest_checkpointed_layers, largest_settings, longest_batch, ranked_changes
 from ft.plan.estimate import GiB, estimate
 from ft.plan.shapes import read_shape
 
@@ -89,6 +89,10 @@ def plan_report(cfg: FtConfig, memory: int, gpus: int, real_lengths: bool = True
     if cfg.training.gradient_checkpointing and not cfg.training.activation_offloading:
         report["fewest_checkpointed_layers"] = fewest_checkpointed_layers(cfg, shape, gpus, memory)
         report["layers"] = shape.layers
+    if cfg.training.gradient_checkpointing and not cfg.training.selective_checkpointing:
+        selective = estimate(_with(cfg, training={"selective_checkpointing": True}), shape, gpus)
+        if selective.peak > plan.peak:  # the layers keep something (not a model's own eager attention)
+            report["selective_peak"] = selective.peak
     real = real_longest_batch(cfg) if real_lengths else None
     if real is not None:
         with_data = estimate(cfg, shape, gpus, real)
@@ -124,7 +128,7 @@ def filled_micro_batch(cfg: FtConfig, gpus: int) -> FtConfig:
     optimizer step and, as ft normalizes the loss by the step's tokens, the same gradients); as written without a GPU."""
     import torch
 
-    from ft.plan.advice import _with, fullest_micro_batch
+    from ft.plan.advice import fullest_micro_batch
 
     t = cfg.training
     if not torch.cuda.is_available():
@@ -178,4 +182,7 @@ def run_plan(cfg: FtConfig, gpu_memory: Optional[str], gpus: int, as_json: bool)
         print(f"gradient checkpointing: the first {report['fewest_checkpointed_layers']} of {report['layers']} layers "
               "recomputed fit (gradient_checkpointing_layers: that number, or auto to choose at the start); the others "
               "keep their activations and skip the recompute")
+    if report.get("selective_peak") and report["selective_peak"] <= memory:
+        print(f"selective_checkpointing: true fits too (peak {gib(report['selective_peak'])}): the recomputed layers "
+              "keep their attention outputs, and the backward pass does not run attention again")
     return report
