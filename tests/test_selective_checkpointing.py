@@ -51,7 +51,9 @@ def _step(folder: Path, model_dir: Path, **keys) -> tuple[float, dict, Counter, 
 
 
 def _kernel_forwards(calls: Counter) -> Counter:
-    return Counter({op: n for op, n in calls.items() if "attention" in op and "backward" not in op})
+    """The attention kernels' forward calls: sdpa's (aten::_scaled_dot_product_*_attention*), torch's varlen
+    (torch_attn::_varlen_attn) and flash-attn's (flash_attn::_flash_attn_*_forward)."""
+    return Counter({op: n for op, n in calls.items() if ("attention" in op or "attn" in op) and "backward" not in op})
 
 
 @pytest.mark.parametrize("method", list(METHODS))
