@@ -96,3 +96,26 @@ def tiny_model_dir(tmp_path_factory):
         return built[arch]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def mid_of(tmp_path_factory):
+    """A factory: mid_of(arch) → a model of hidden 512 and 4 layers of that architecture (built once): the plan's
+    measurements (tests/test_plan.py, tests/test_selective_checkpointing.py)."""
+    from ft.tiny import make_tiny_model
+
+    built: dict[str, Path] = {}
+
+    def get(arch: str) -> Path:
+        if arch not in built:
+            extra = {"head_dim": 64, "query_pre_attn_scalar": 64} if arch == "gemma2" else {}
+            built[arch] = make_tiny_model(tmp_path_factory.mktemp(f"mid-{arch}"), arch, hidden_size=512, intermediate_size=1376,
+                                          num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=4, **extra)
+        return built[arch]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def mid_model(mid_of) -> Path:
+    return mid_of("llama")

@@ -13,9 +13,10 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from compare import relative_difference
-from conftest import run_ft
+from conftest import DATA, run_ft
 from train_helpers import build, make_config
 
+CONFIGS = DATA / "model_configs"  # public configs: Llama-3-8B, Gemma-2-27B, ...
 ARCHS = ["llama", "qwen2", "mistral", "gemma2", "phi3"]
 METHODS = {"lora": {"adapter": "lora", "lora_target_linear": True},
            "qlora": {"adapter": "qlora", "load_in_4bit": True, "lora_target_linear": True}, "full": {}}
@@ -128,3 +129,100 @@ def test_axolotls_selective_checkpointing_reads_as_fts_keys(given, sliding, tmp_
                                       f"selective_checkpointing: {given}\n")
     t = load(tmp_path / "cfg.yml").training
     assert t.selective_checkpointing is True and t.selective_checkpointing_sliding_window is sliding
+
+
+def test_selective_checkpointing_raises_a_whole_steps_peak_by_the_attention_outputs_the_plan_says(tmp_path: Path, mid_model):
+    """scripts/plan_accuracy.py's row (LoRA, 1,024 tokens, fp32) trained two steps on this CPU with plain and with
+    selective checkpointing: the peak of live tensor bytes grows by what the plan says within 2%, the attention
+    outputs that the layers not yet through their backward pass keep (the layer being recomputed reuses its own)."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from plan_accuracy import one, row_config
+
+    from ft.commands.config import load
+    from ft.plan.estimate import estimate
+    from ft.plan.shapes import read_shape
+
+    rows = {}
+    for memory in ("checkpointing", "selective"):
+        path = row_config(mid_model, 1024, "lora", memory, tmp_path, False)
+        plan = estimate(load(path), read_shape(str(mid_model)))
+        rows[memory] = (plan.allocated, one(str(path))["measured_allocated"], plan.parts)
+    planned, measured = rows["selective"][0] - rows["checkpointing"][0], rows["selective"][1] - rows["checkpointing"][1]
+    kept = rows["selective"][2]["attention outputs kept (selective)"]
+    assert kept == 4 * 1024 * (512 * 4 + 8 * 4)  # four layers: each token's attention output and log-sum-exp, fp32
+    assert planned > 0 and abs(planned - measured) <= 0.02 * measured, rows
+
+
+@pytest.mark.parametrize("arch, overrides", [("qwen2", {"use_sliding_window": True, "sliding_window": 64, "max_window_layers": 2}),
+                                             ("gemma2", {}), ("llama", {})])
+def test_the_plan_reads_each_layers_attention_type_as_transformers_does(arch, overrides, tmp_path: Path):
+    """The layer types of config.json, and without them (an older config) what transformers' config class derives:
+    the layers that keep their attention outputs under selective_checkpointing are the full-attention ones."""
+    import json
+
+    from transformers import AutoConfig
+
+    from ft.commands.config import load
+    from ft.plan.estimate import estimate
+    from ft.plan.shapes import read_shape
+    from ft.tiny import make_tiny_model
+
+    folder = make_tiny_model(tmp_path / "model", arch, num_hidden_layers=4, **overrides)
+    expected = AutoConfig.from_pretrained(folder).get_text_config()
+    expected = tuple(getattr(expected, "layer_types", None) or ())
+    config = json.loads((folder / "config.json").read_text())
+    assert read_shape(str(folder)).layer_types == expected
+    config.pop("layer_types", None)
+    (folder / "config.json").write_text(json.dumps(config))
+    assert read_shape(str(folder)).layer_types == tuple(getattr(AutoConfig.from_pretrained(folder), "layer_types", None) or ())
+    full = sum(t != "sliding_attention" for t in expected) if expected else 4
+    for sliding, keeping in ((False, full), (True, 4)):
+        body = (f"base_model: {folder}\ndatasets:\n  - path: d.jsonl\nsequence_len: 256\nbf16: false\ngradient_checkpointing: true\n"
+                f"selective_checkpointing: true\nselective_checkpointing_sliding_window: {str(sliding).lower()}\n"
+                + ("attn_implementation: flash_attention_2\n" if arch == "gemma2" else ""))
+        (tmp_path / "cfg.yml").write_text(body)
+        shape = read_shape(str(folder))
+        kept = estimate(load(tmp_path / "cfg.yml"), shape).parts["attention outputs kept (selective)"]
+        assert kept == keeping * 256 * (shape.heads * shape.head_dim * 4 + shape.heads * 4), (sliding, kept)
+
+
+def test_a_plan_over_the_gpu_with_selective_checkpointing_offers_it_off(tmp_path: Path):
+    """Llama 3 8B, QLoRA, 32,768 tokens: the kept attention outputs (32 layers, bf16 output and fp32 log-sum-exp
+    per query head) are among the plan's changes, turned off, saving what they hold but for the recomputed layer's."""
+    from ft.commands.config import load
+    from ft.plan.advice import ranked_changes
+    from ft.plan.estimate import estimate
+    from ft.plan.shapes import read_shape
+
+    (tmp_path / "cfg.yml").write_text(f"base_model: {CONFIGS / 'llama3-8b.json'}\ndatasets:\n  - path: d.jsonl\n"
+                                      "sequence_len: 32768\nadapter: qlora\nload_in_4bit: true\nlora_target_linear: true\n"
+                                      "bf16: true\ngradient_checkpointing: true\nselective_checkpointing: true\n")
+    cfg, shape = load(tmp_path / "cfg.yml"), read_shape(str(CONFIGS / "llama3-8b.json"))
+    plan = estimate(cfg, shape)
+    kept = plan.parts["attention outputs kept (selective)"]
+    assert kept == 32 * 32768 * (4096 * 2 + 32 * 4)
+    off = {c.what: c.plan for c in ranked_changes(cfg, shape, 1, plan)}["selective_checkpointing: false"]
+    assert plan.allocated - off.allocated == kept - kept // 32 and off.peak < plan.peak
+
+
+def test_the_plan_says_when_selective_checkpointing_fits_too(tmp_path: Path):
+    """Llama 3 8B QLoRA at 8,192 tokens with checkpointing on 24 GB: `ft plan` says selective checkpointing fits too,
+    with its peak (the plan with the key on); not for Gemma-2's eager attention (nothing to keep), nor once it is on."""
+    from ft.commands.config import load
+    from ft.commands.plan import plan_report
+    from ft.plan.estimate import estimate
+    from ft.plan.shapes import read_shape
+
+    body = ("datasets:\n  - path: d.jsonl\nsequence_len: 8192\nadapter: qlora\nload_in_4bit: true\n"
+            "lora_target_linear: true\nbf16: true\ngradient_checkpointing: true\n")
+    (tmp_path / "cfg.yml").write_text(f"base_model: {CONFIGS / 'llama3-8b.json'}\n" + body)
+    result = run_ft("plan", "cfg.yml", "--gpu-memory", "24GB", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    (tmp_path / "on.yml").write_text(f"base_model: {CONFIGS / 'llama3-8b.json'}\n" + body + "selective_checkpointing: true\n")
+    on = estimate(load(tmp_path / "on.yml"), read_shape(str(CONFIGS / "llama3-8b.json")))
+    assert f"selective_checkpointing: true fits too (peak {on.peak / 2**30:.1f} GiB)" in result.stdout, result.stdout
+    assert "selective_peak" not in plan_report(load(tmp_path / "on.yml"), 24 * 10**9, 1)
+    (tmp_path / "gemma.yml").write_text(f"base_model: {CONFIGS / 'gemma2-27b.json'}\n" + body)
+    assert "selective_peak" not in plan_report(load(tmp_path / "gemma.yml"), 24 * 10**9, 1)
