@@ -76,7 +76,7 @@ def test_the_split_gives_each_process_its_slice_and_the_attention_its_documents(
         assert got["input_ids"].tolist() == [[5, 6, 7, 8, 9]]
         assert got["position_ids"].tolist() == [[0, 1, 2, 0, 1]]
         assert got["labels"].tolist() == [[6, 7, -100, 9, -100]]  # shifted within each row, never across
-        assert CP.STATE["docs"].tolist() == [0, 0, 0, 1, 1]
+        assert CP.STATE["cu_q"] == CP.STATE["cu_k"] == [0, 3, 5] and CP.STATE["first"] == 0  # its two documents
     finally:
         dist.destroy_process_group()
 

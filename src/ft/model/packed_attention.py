@@ -173,8 +173,8 @@ def attend(q: Any, k: Any, v: Any, cu: Any, longest: int, scale: float, window: 
     applies (fp16/bf16; fp32 inputs computed in bf16 and returned in fp32), per_row elsewhere."""
     import torch
 
-    square = cu_k is None or "window_size" in _varlen_parameters()  # torch 2.10's causal flag: square rows only
-    if q.is_cuda and dropout == 0.0 and square and kernel_available(q.shape[-1], window):
+    aligned = cu_k is None or "window_size" in _varlen_parameters()  # torch 2.10's causal flag: square rows only
+    if q.is_cuda and dropout == 0.0 and aligned and kernel_available(q.shape[-1], window):
         dtype = q.dtype
         if dtype not in (torch.float16, torch.bfloat16):  # e.g. fp32 activations under peft's k-bit preparation
             half = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

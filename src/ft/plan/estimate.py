@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from ft.config.adapter import is_regex
+from ft.config.training import SLIDING_LAYER_TYPES
 from ft.data.packing import PADDED, batch_layout
 from ft.plan.methods import trainable as method_trainable
 from ft.plan.shapes import DEFAULT_TARGETS, IA3_DEFAULT_TARGETS, Shape
@@ -80,7 +81,6 @@ def estimate(cfg: Any, shape: Shape, gpus: int = 1, longest_batch: Optional[int]
     if sampled is not None:  # trained on its own samples: the forward that trains holds every sample
         tokens = sampled.sequences * sampled.length
     split = d.context_parallel_size or 1
-    whole = tokens
     if split > 1 and gpus >= split:  # context parallelism: a GPU holds its slice of its group's micro batch
         tokens = -(-tokens // split)
     plan = Plan({}, gpus=gpus, tokens=tokens)
@@ -359,8 +359,6 @@ def kept_attention(cfg: Any, shape: Shape, compute: int) -> int:
 def keeps_attention(cfg: Any, shape: Shape, layer: int) -> bool:
     """Whether the layer keeps its attention outputs under selective_checkpointing: full-attention layers, and the
     sliding-window ones with selective_checkpointing_sliding_window."""
-    from ft.config.training import SLIDING_LAYER_TYPES
-
     types = shape.layer_types
     return (cfg.training.selective_checkpointing_sliding_window or layer >= len(types)
             or types[layer] not in SLIDING_LAYER_TYPES)

@@ -209,7 +209,7 @@ class ContextParallel:
         size = len(ids) // self.size
         start = self.index * size
         cu_q, cu_k, first = segments(docs.tolist(), start, size)
-        STATE.update(group=self.group, docs=docs, start=start, first=first, cu_q=cu_q, cu_k=cu_k,
+        STATE.update(group=self.group, start=start, first=first, cu_q=cu_q, cu_k=cu_k,
                      longest_q=max(b - a for a, b in zip(cu_q, cu_q[1:])), longest_k=max(b - a for a, b in zip(cu_k, cu_k[1:])),
                      cu_q_device=torch.tensor(cu_q, dtype=torch.int32, device=ids.device),
                      cu_k_device=torch.tensor(cu_k, dtype=torch.int32, device=ids.device))
