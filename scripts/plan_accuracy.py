@@ -46,8 +46,8 @@ MEMORY = {"none": {}, "checkpointing": {"gradient_checkpointing": True},
           "selective": {"gradient_checkpointing": True, "selective_checkpointing": True}}
 
 
-def row_config(model: Path, length: int, method: str, memory: str, work: Path, gpu: bool) -> Path:
-    """The row's folder: one row of `length` tokens and its config."""
+def row_config(model: Path, length: int, method: str, memory: str, work: Path, gpu: bool, **extra: Any) -> Path:
+    """The row's folder: one row of `length` tokens and its config (with `extra` keys)."""
     import yaml
 
     folder = work / f"{method}-{memory}-{length}"
@@ -55,29 +55,34 @@ def row_config(model: Path, length: int, method: str, memory: str, work: Path, g
     (folder / "row.jsonl").write_text(json.dumps({"input_ids": [(i * 7919) % 1000 + 5 for i in range(length)]}) + "\n")
     body = {"base_model": str(model), "datasets": [{"path": str(folder / "row.jsonl")}], "sequence_len": length, "micro_batch_size": 1,
             "max_steps": 2, "learning_rate": 1e-4, "bf16": gpu, "output_dir": str(folder / "out"),
-            "use_tensorboard": False, "save_steps": 1000, **SETTINGS[method], **MEMORY[memory]}
+            "use_tensorboard": False, "save_steps": 1000, **SETTINGS[method], **MEMORY[memory], **extra}
     (folder / "cfg.yml").write_text(yaml.safe_dump(body))
     return folder / "cfg.yml"
 
 
-def planned(path: Path) -> dict:
+def planned(path: Path, gpus: int = 1) -> dict:
     """`ft plan`'s figures for the row (no model is loaded)."""
     from ft.commands.config import load
     from ft.commands.plan import plan_report
 
-    report = plan_report(load(path), 1 << 50, 1)
+    report = plan_report(load(path), 1 << 50, gpus)
     return {"predicted_allocated": report["allocated"], "predicted_peak": report["peak"]}
 
 
 def one(path: str) -> dict:
-    """In a fresh process: two real steps of the row's config; the plan beside the measured peak (on a CPU, the
-    peak of live tensor bytes: LiveBytes)."""
+    """In a fresh process (or each of torchrun's): two real steps of the row's config; the plan beside the measured
+    peak (on a CPU, the peak of live tensor bytes from the start of training, LiveBytes, with the weights)."""
+    import os
+
+    from transformers import TrainerCallback
+
     from ft.commands.config import load
     from ft.commands.train import build_run
 
-    row = planned(Path(path))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    row = {**planned(Path(path), world), "rank": int(os.environ.get("RANK", "0"))}
     try:
-        run = build_run(load(path), 1)
+        run = build_run(load(path), world)
         gpu = torch.cuda.is_available()
         if gpu:
             run.trainer.train()
@@ -85,9 +90,17 @@ def one(path: str) -> dict:
         else:
             before = sum({t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
                           for t in [*run.model.parameters(), *run.model.buffers()]}.values())
-            with LiveBytes() as live:
+            live, begun = LiveBytes(), []
+
+            class Begin(TrainerCallback):  # what preparing the model for several processes leaves is not the step's
+                def on_train_begin(self, *args: Any, **kwargs: Any) -> None:
+                    begun.append(live.now)
+                    live.peak = live.now
+
+            run.trainer.add_callback(Begin())
+            with live:
                 run.trainer.train()
-            row.update(measured_allocated=before + live.peak, measured_reserved=None, ok=True)
+            row.update(measured_allocated=before + live.peak - begun[0], measured_reserved=None, ok=True)
     except torch.OutOfMemoryError:
         row.update(ok=False)
     return row
@@ -154,7 +167,18 @@ def main() -> None:
     parser.add_argument("--memory", nargs="+", default=list(MEMORY), choices=list(MEMORY), help="which memory settings")
     parser.add_argument("--out", default=None, help="write the markdown table here too")
     parser.add_argument("--parallel", type=int, default=3, help="rows measured at once, each in its own process")
+    parser.add_argument("--one", metavar="CONFIG", help="measure this config alone (under torchrun: each process) and "
+                        "add its row, as JSON, to the file --to names")
+    parser.add_argument("--to", help="with --one")
     args = parser.parse_args()
+    if args.one:
+        from ft.launch.backend import end_processes
+
+        row = one(args.one)
+        with open(args.to, "a") as out:
+            out.write(json.dumps(row) + "\n")
+        end_processes()
+        return
 
     from bench_gpu import build_model
 

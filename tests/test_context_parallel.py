@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from train_helpers import make_config
 
 pytestmark = pytest.mark.slow(seconds=25)
 
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 LORA = {"adapter": "lora", "lora_r": 4, "lora_alpha": 8, "lora_target_linear": True}
 STEPS = {"max_steps": 3, "learning_rate": 0.01, "optimizer": "adamw_torch"}
 
@@ -121,3 +123,31 @@ def test_each_slices_runs_attend_as_the_whole_sequences_document_mask(size: int,
         got = per_row(q[start:start + length], k[first:start + length], v[first:start + length], cu_q, length, 0.3,
                       window, cu_k=cu_k)
         assert torch.allclose(got, want[start:start + length], atol=1e-5), (start, float((got - want[start:start + length]).abs().max()))
+
+
+@pytest.mark.parametrize("memory, layers", [("none", 4), ("checkpointing", 1)])
+def test_the_plan_counts_the_keys_and_values_a_slice_gathers(memory: str, layers: int, tmp_path: Path, mid_model):
+    """Two processes split one document of 1,024 tokens (scripts/plan_accuracy.py's row, LoRA, fp32, hidden 512,
+    4 layers, 4 kv heads of 64): the second's queries reach every key, the first's only its own 512. The second's
+    peak of live tensor bytes exceeds the first's by the plan's part for the keys and values beyond a slice's own
+    (every layer keeps them without checkpointing, the one recomputed with it), within 2%, beside what only this
+    CPU keeps: sdpa's mask aligning the causal mask to the bottom right, in fp32 (a GPU's varlen kernel builds
+    none)."""
+    sys.path.insert(0, str(SCRIPTS))
+    from plan_accuracy import row_config
+
+    from ft.commands.config import load
+    from ft.plan.estimate import estimate
+    from ft.plan.shapes import read_shape
+
+    path = row_config(mid_model, 1024, "lora", memory, tmp_path, False, context_parallel_size=2)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(SCRIPTS / "plan_accuracy.py"), "--one", str(path), "--to", str(tmp_path / "rows.jsonl")]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-4000:]
+    first, last = sorted(map(json.loads, (tmp_path / "rows.jsonl").read_text().splitlines()), key=lambda r: r["rank"])
+    part = estimate(load(path), read_shape(str(mid_model)), 2).parts["gathered keys and values (context parallelism)"]
+    assert part == layers * 2 * 512 * (4 * 64) * 4  # keys and values of the other 512 tokens, fp32
+    mask = layers * 512 * 1024 * 4
+    measured = last["measured_allocated"] - first["measured_allocated"]
+    assert abs(part + mask - measured) <= 0.02 * measured, (part, mask, measured)

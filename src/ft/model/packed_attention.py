@@ -112,11 +112,6 @@ def modifies_scores(config: Any) -> bool:
     return any(getattr(text, name, None) is not None for name in SCORE_MODIFYING_CONFIG)
 
 
-def _repeat_kv(t: Any, groups: int) -> Any:
-    """(tokens, kv heads, d) → (tokens, kv heads × groups, d): query head h reads kv head h // groups."""
-    return t if groups == 1 else t.repeat_interleave(groups, dim=1)
-
-
 def torch_varlen(q: Any, k: Any, v: Any, cu: Any, longest: int, scale: float, window: Optional[int],
                  cu_k: Any = None, longest_k: Optional[int] = None) -> Any:
     """PyTorch's varlen flash attention, called in the form the installed version has. `cu_k`, `longest_k`: keys
@@ -145,12 +140,14 @@ def torch_varlen(q: Any, k: Any, v: Any, cu: Any, longest: int, scale: float, wi
 def per_row(q: Any, k: Any, v: Any, cu: Any, longest: int, scale: float, window: Optional[int], dropout: float = 0.0,
             cu_k: Any = None) -> Any:
     """The same contract as `torch_varlen`, row by row through sdpa (the CPU path and the reference). Boundaries are
-    tensors or lists; with `cu_k`, each row's queries are its last keys' (a causal mask aligned to the bottom right)."""
+    tensors or lists; with `cu_k`, each row's queries are its last keys' (a causal mask aligned to the bottom right).
+    Grouped keys go in unrepeated (sdpa's enable_gqa: query head h reads kv head h // groups), and a single row's
+    output is sdpa's own, uncopied: what the backward keeps is what the GPU's varlen kernel keeps (but for the
+    bottom-right mask, which sdpa takes as a tensor)."""
     import torch
     import torch.nn.functional as F
 
-    groups = q.shape[1] // k.shape[1]
-    k, v = _repeat_kv(k, groups), _repeat_kv(v, groups)
+    grouped = q.shape[1] != k.shape[1]
     edges = _edges(cu)
     key_edges = edges if cu_k is None else _edges(cu_k)
     pieces = []
@@ -162,9 +159,10 @@ def per_row(q: Any, k: Any, v: Any, cu: Any, longest: int, scale: float, window:
         if before or (window is not None and window < n):
             i, j = torch.arange(n, device=q.device)[:, None] + before, torch.arange(key_end - key_start, device=q.device)[None, :]
             mask = (j <= i) & ((j > i - window) if window is not None else True)
-        out = F.scaled_dot_product_attention(qi, ki, vi, attn_mask=mask, is_causal=mask is None, scale=scale, dropout_p=dropout)
+        out = F.scaled_dot_product_attention(qi, ki, vi, attn_mask=mask, is_causal=mask is None, scale=scale, dropout_p=dropout,
+                                             enable_gqa=grouped)
         pieces.append(out[0].transpose(0, 1))
-    return torch.cat(pieces, dim=0)
+    return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=0)
 
 
 def attend(q: Any, k: Any, v: Any, cu: Any, longest: int, scale: float, window: Optional[int], dropout: float = 0.0,

@@ -86,10 +86,12 @@ def estimate(cfg: Any, shape: Shape, gpus: int = 1, longest_batch: Optional[int]
     plan = Plan({}, gpus=gpus, tokens=tokens)
     if sampled is not None:
         plan.notes.append(sampled.said)
+    gathered = gathered_grads = 0  # context parallelism's keys and values beyond the slice's own, per layer
     if split > 1 and gpus >= split:
         plan.notes.append(f"context_parallel_size {split}: each GPU holds 1/{split} of each micro batch's tokens, and in "
-                          "each attention layer the keys and values its documents reach, gathered from the group (up to "
-                          "the whole sequence's; not counted here)")
+                          "each attention layer the keys and values its documents reach, gathered from the group (the "
+                          "whole sequence's on the GPU holding its end, as planned here)")
+        gathered, gathered_grads = _gathered(shape, tokens, split, compute)
     embed, head = shape.embedding_params(), shape.head_params()
 
     # weights
@@ -166,15 +168,19 @@ def estimate(cfg: Any, shape: Shape, gpus: int = 1, longest_batch: Optional[int]
         reused = kept if keeping and keeps_attention(cfg, shape, recomputed - 1) else 0
         if recomputed:
             plan.parts["one layer recomputed"] = saved + tile - reused
-        recomputing = saved - reused if recomputed else 0
+            if gathered:
+                plan.parts["gathered keys and values (context parallelism)"] = gathered
+        recomputing = saved - reused + gathered if recomputed else 0
     else:  # and with full fine-tuning the final norm's: its input's fp32 copy, normalized input and output
         final = 0 if a.adapter else tokens * shape.hidden * (4 + 2 * (4 if compute == 4 or masters else compute))
         plan.parts["activations"] = saved * shape.layers + final
+        if gathered:
+            plan.parts["gathered keys and values (context parallelism)"] = gathered * shape.layers
         if tile:
             plan.parts["one MLP tile recomputed"] = tile
         recomputing = 0  # every layer's activations are counted above
     # the peak is the larger of two phases: one layer's backward (below) and the loss's, which ends before it
-    backward = layer_backward(cfg, shape, tokens, compute, recomputing, tile)
+    backward = layer_backward(cfg, shape, tokens, compute, recomputing, tile, gathered_grads)
     plan.parts["gradients in flight (one layer's backward)"] = backward - recomputing - tile
     k = cfg.distillation
     teacher = shape.teacher if k.on and not k.kd_cache else None
@@ -204,12 +210,13 @@ def estimate(cfg: Any, shape: Shape, gpus: int = 1, longest_batch: Optional[int]
     return plan
 
 
-def layer_backward(cfg: Any, shape: Shape, tokens: int, compute: int, saved: int, tile: int) -> int:
+def layer_backward(cfg: Any, shape: Shape, tokens: int, compute: int, saved: int, tile: int, gathered: int = 0) -> int:
     """What one decoder layer's backward holds at its peak (its recomputed activations `saved`, or 0 when they are
     counted with every layer's; the MLP `tile`): at the MLP, the activations and the tile with the incoming
     gradient and the product's; at the attention, once the MLP's are freed, the incoming gradient, the norm's
     fp32 one, those of the attention's output, q, k and v, and what a GPU's flash attention allocates inside
-    itself (flash_workspace). Its loss's backward has ended by then."""
+    itself (flash_workspace), with context parallelism's `gathered` gradients beyond the slice's own (_gathered).
+    Its loss's backward has ended by then."""
     t = cfg.training
     h, qd, kv, i = shape.hidden, shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim, shape.intermediate
     resid = 4 if compute == 4 or (compute == 2 and not cfg.adapter.adapter and _masters(cfg.model)) else compute
@@ -220,8 +227,18 @@ def layer_backward(cfg: Any, shape: Shape, tokens: int, compute: int, saved: int
     # ft's chunked norm: three chunk-sized fp32 tensors in its backward (ft.model.rms_norm)
     norm_work = 3 * min(tokens * h * 4, NORM_CHUNK_BYTES) if t.chunked_rms_norm else 0
     at_attention = (saved - mlp_saved + norm_work + tokens * (h * resid + norm_grad + (2 * qd + 2 * kv) * compute
-                                                              + flash_workspace(shape, compute, cfg)))
+                                                              + flash_workspace(shape, compute, cfg)) + gathered)
     return max(at_mlp, at_attention)
+
+
+def _gathered(shape: Shape, tokens: int, split: int, compute: int) -> tuple[int, int]:
+    """Context parallelism (ft.train.context_parallel), on the GPU whose slice of `tokens` ends the sequence: its
+    attention layers reach every key and value of the group's `split` slices. (Bytes each attention layer keeps for
+    its backward beyond its slice's own keys and values; bytes its backward holds beyond the slice's own key and
+    value gradients: theirs over the whole sequence, and the whole sequence's buffer that sums each one back.)"""
+    per_token = shape.kv_heads * shape.head_dim * compute
+    beyond = 2 * (split - 1) * tokens * per_token
+    return beyond, beyond + split * tokens * per_token
 
 
 def flash_workspace(shape: Shape, compute: int, cfg: Any) -> int:

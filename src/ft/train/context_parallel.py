@@ -35,10 +35,12 @@ STATE: dict[str, Any] = {}  # the batch being trained: its group, documents and 
 SEQUENTIAL = ("Mamba", "GatedDeltaNet", "LinearAttention", "Recurrent", "RWKV", "SSM")
 
 
-def _gather(x: Any, group: Any, dim: int) -> Any:
-    """The group's tensors `x` concatenated along `dim` (same shapes), with the gradient of each part summed back
-    to the process that gave it (`Gather`)."""
-    return _gather_function().apply(x, group, dim)
+def _gather(x: Any, group: Any, first: int, end: int) -> Any:
+    """The keys (or values) `x`, (1, heads, slice, dim), of the group's slices end to end, tokens [first, end) of
+    them, as (tokens, heads, dim): what this slice's queries reach. The gradient of every process's part is summed
+    back to the process that gave it (`Gather`): one whole-sequence buffer in the backward pass, freed once this
+    process's part is taken."""
+    return _gather_function().apply(x, group, first, end)
 
 
 @functools.lru_cache(maxsize=None)
@@ -48,18 +50,23 @@ def _gather_function() -> Any:
 
     class Gather(torch.autograd.Function):
         @staticmethod
-        def forward(ctx: Any, part: Any, group: Any, dim: int) -> Any:  # noqa: ANN401
-            ctx.group, ctx.dim = group, dim
+        def forward(ctx: Any, part: Any, group: Any, first: int, end: int) -> Any:  # noqa: ANN401
+            ctx.group, ctx.first, ctx.end = group, first, end
+            part = part[0].transpose(0, 1).contiguous()  # (slice, heads, dim)
+            ctx.size = part.shape[0]
             parts = [torch.empty_like(part) for _ in range(dist.get_world_size(group))]
-            dist.all_gather(parts, part.contiguous(), group=group)
-            return torch.cat(parts, dim=dim)
+            dist.all_gather(parts, part, group=group)
+            return torch.cat(parts)[first:end].clone()  # not a view: the whole sequence's is freed here
 
         @staticmethod
         def backward(ctx: Any, grad: Any) -> Any:  # noqa: ANN401
-            grad = grad.contiguous()
-            dist.all_reduce(grad, group=ctx.group)  # every process's gradient of every part (gloo has no reduce-scatter)
-            size = grad.shape[ctx.dim] // dist.get_world_size(ctx.group)
-            return grad.narrow(ctx.dim, dist.get_rank(ctx.group) * size, size), None, None
+            size, rank = ctx.size, dist.get_rank(ctx.group)
+            whole = grad.new_zeros((size * dist.get_world_size(ctx.group), *grad.shape[1:]))
+            whole[ctx.first:ctx.end] = grad
+            del grad
+            dist.all_reduce(whole, group=ctx.group)  # every process's gradient of every part (gloo has no reduce-scatter)
+            mine = whole[rank * size:(rank + 1) * size].clone()
+            return mine.transpose(0, 1)[None], None, None, None
 
     return Gather
 
@@ -90,11 +97,10 @@ def attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any
     from ft.model.packed_attention import attend
 
     group, first = STATE["group"], STATE["first"]
-    keys, values = _gather(key, group, 2), _gather(value, group, 2)
     length, dim = query.shape[2], query.shape[3]
     end = STATE["start"] + length
     q = query[0].transpose(0, 1).contiguous()  # (slice, heads, dim), as the kernels take it
-    k, v = (t[0, :, first:end].transpose(0, 1).contiguous() for t in (keys, values))  # the keys its documents reach
+    k, v = _gather(key, group, first, end), _gather(value, group, first, end)  # the keys its documents reach
     cu_q, cu_k = STATE["cu_q"], STATE["cu_k"]
     if q.is_cuda:
         cu_q, cu_k = STATE["cu_q_device"], STATE["cu_k_device"]
