@@ -151,3 +151,27 @@ def test_the_plan_counts_the_keys_and_values_a_slice_gathers(memory: str, layers
     mask = layers * 512 * 1024 * 4
     measured = last["measured_allocated"] - first["measured_allocated"]
     assert abs(part + mask - measured) <= 0.02 * measured, (part, mask, measured)
+
+
+def test_ft_plan_says_a_gpus_share_of_a_split_micro_batch_and_what_a_single_gpu_cannot_split(tmp_path: Path, mid_model):
+    """`ft plan --num-gpus 2` for context_parallel_size 2: the micro batch whole and each GPU's half, the gathered keys
+    and values among the parts (in the figures' column); on one GPU, no split, and the note saying why."""
+    import yaml
+
+    from conftest import run_ft
+
+    body = {"base_model": str(mid_model), "datasets": [{"path": "rows.jsonl"}], "sequence_len": 4096,
+            "micro_batch_size": 1, "adapter": "lora", "lora_r": 8, "lora_alpha": 16, "gradient_checkpointing": True,
+            "context_parallel_size": 2, "output_dir": "out"}
+    (tmp_path / "cfg.yml").write_text(yaml.safe_dump(body))
+    two = run_ft("plan", "cfg.yml", "--num-gpus", "2", cwd=tmp_path)
+    assert two.returncode == 0, two.stderr
+    assert "micro batch of 4,096 tokens (every row at sequence_len), 2,048 per GPU (context parallelism)" in two.stdout
+    part = next(line for line in two.stdout.splitlines() if "gathered keys and values" in line)
+    peak = next(line for line in two.stdout.splitlines() if line.strip().startswith("peak"))
+    assert part.index("iB") == peak.index("iB"), two.stdout
+    one = run_ft("plan", "cfg.yml", "--json", cwd=tmp_path)
+    report = json.loads(one.stdout)
+    assert report["tokens_per_micro_batch"] == report["tokens_per_gpu"] == 4096
+    assert "gathered keys and values (context parallelism)" not in report["parts"]
+    assert any("needs a multiple of 2 GPUs (--num-gpus 2)" in n for n in report["notes"]), report["notes"]

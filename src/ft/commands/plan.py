@@ -79,7 +79,7 @@ def plan_report(cfg: FtConfig, memory: int, gpus: int, real_lengths: bool = True
     plan = estimate(cfg, shape, gpus)
     report: dict[str, Any] = {
         "model": f"{shape.model_type}, {shape.total_params() / 1e9:.2f}B parameters", "gpus": gpus, "gpu_memory": memory,
-        "tokens_per_micro_batch": plan.tokens, "parts": plan.parts, "host": plan.host, "allocated": plan.allocated,
+        "tokens_per_micro_batch": plan.micro_batch, "tokens_per_gpu": plan.tokens, "parts": plan.parts, "host": plan.host, "allocated": plan.allocated,
         "peak": plan.peak, "fits": plan.peak <= memory, "notes": plan.notes,
     }
     if not report["fits"]:
@@ -152,13 +152,17 @@ def run_plan(cfg: FtConfig, gpu_memory: Optional[str], gpus: int, as_json: bool)
         print(json.dumps(report, indent=1))
         return report
     where = f"{gpus} GPUs of {gib(memory)}" if gpus > 1 else f"one GPU of {gib(memory)}"
-    print(f"{report['model']}; micro batch of {report['tokens_per_micro_batch']:,} tokens (every row at sequence_len); {where}")
+    split = "" if report["tokens_per_gpu"] == report["tokens_per_micro_batch"] else \
+        f", {report['tokens_per_gpu']:,} per GPU (context parallelism)"
+    print(f"{report['model']}; micro batch of {report['tokens_per_micro_batch']:,} tokens (every row at sequence_len){split}; {where}")
     print("per GPU:")
+    overhead = "allocator overhead, CUDA context" + (", NCCL" if gpus > 1 else "")
+    width = max(len(name) for name in [*report["parts"], overhead])  # the figures in one column
     for name, size in report["parts"].items():
         if size:
-            print(f"  {name:<36} {gib(size):>10}")
-    print(f"  {'allocator overhead, CUDA context' + (', NCCL' if gpus > 1 else ''):<36} {gib(report['peak'] - report['allocated']):>10}")
-    print(f"  {'peak':<36} {gib(report['peak']):>10}   {'fits' if report['fits'] else 'does NOT fit'}")
+            print(f"  {name:<{width}} {gib(size):>10}")
+    print(f"  {overhead:<{width}} {gib(report['peak'] - report['allocated']):>10}")
+    print(f"  {'peak':<{width}} {gib(report['peak']):>10}   {'fits' if report['fits'] else 'does NOT fit'}")
     for name, size in report["host"].items():
         print(f"host memory: {name} {gib(size)}")
     for note in report["notes"]:

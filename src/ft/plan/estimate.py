@@ -44,7 +44,8 @@ class Plan:
     parts: dict[str, int]
     host: dict[str, int] = field(default_factory=dict)
     gpus: int = 1
-    tokens: int = 0
+    tokens: int = 0  # a GPU's tokens of the micro batch
+    micro_batch: int = 0  # the micro batch's tokens (more than a GPU's under context parallelism)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -81,9 +82,10 @@ def estimate(cfg: Any, shape: Shape, gpus: int = 1, longest_batch: Optional[int]
     if sampled is not None:  # trained on its own samples: the forward that trains holds every sample
         tokens = sampled.sequences * sampled.length
     split = d.context_parallel_size or 1
+    whole = tokens
     if split > 1 and gpus >= split:  # context parallelism: a GPU holds its slice of its group's micro batch
         tokens = -(-tokens // split)
-    plan = Plan({}, gpus=gpus, tokens=tokens)
+    plan = Plan({}, gpus=gpus, tokens=tokens, micro_batch=whole)
     if sampled is not None:
         plan.notes.append(sampled.said)
     gathered = gathered_grads = 0  # context parallelism's keys and values beyond the slice's own, per layer
@@ -92,6 +94,9 @@ def estimate(cfg: Any, shape: Shape, gpus: int = 1, longest_batch: Optional[int]
                           "each attention layer the keys and values its documents reach, gathered from the group (the "
                           "whole sequence's on the GPU holding its end, as planned here)")
         gathered, gathered_grads = _gathered(shape, tokens, split, compute)
+    elif split > 1:
+        plan.notes.append(f"context_parallel_size {split} needs a multiple of {split} GPUs (--num-gpus {split}); planned "
+                          "without it: a GPU holds whole micro batches")
     embed, head = shape.embedding_params(), shape.head_params()
 
     # weights
