@@ -79,7 +79,8 @@ def plan_report(cfg: FtConfig, memory: int, gpus: int, real_lengths: bool = True
     plan = estimate(cfg, shape, gpus)
     report: dict[str, Any] = {
         "model": f"{shape.model_type}, {shape.total_params() / 1e9:.2f}B parameters", "gpus": gpus, "gpu_memory": memory,
-        "tokens_per_micro_batch": plan.micro_batch, "tokens_per_gpu": plan.tokens, "parts": plan.parts, "host": plan.host, "allocated": plan.allocated,
+        "tokens_per_micro_batch": plan.micro_batch, "tokens_per_gpu": plan.tokens, "parts": plan.parts,
+        "host": plan.host, "allocated": plan.allocated,
         "peak": plan.peak, "fits": plan.peak <= memory, "notes": plan.notes,
     }
     if not report["fits"]:
@@ -154,7 +155,8 @@ def run_plan(cfg: FtConfig, gpu_memory: Optional[str], gpus: int, as_json: bool)
     where = f"{gpus} GPUs of {gib(memory)}" if gpus > 1 else f"one GPU of {gib(memory)}"
     split = "" if report["tokens_per_gpu"] == report["tokens_per_micro_batch"] else \
         f", {report['tokens_per_gpu']:,} per GPU (context parallelism)"
-    print(f"{report['model']}; micro batch of {report['tokens_per_micro_batch']:,} tokens (every row at sequence_len){split}; {where}")
+    print(f"{report['model']}; micro batch of {report['tokens_per_micro_batch']:,} tokens (every row at sequence_len)"
+          f"{split}; {where}")
     print("per GPU:")
     overhead = "allocator overhead, CUDA context" + (", NCCL" if gpus > 1 else "")
     width = max(len(name) for name in [*report["parts"], overhead])  # the figures in one column
