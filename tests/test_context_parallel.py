@@ -125,14 +125,15 @@ def test_each_slices_runs_attend_as_the_whole_sequences_document_mask(size: int,
         assert torch.allclose(got, want[start:start + length], atol=1e-5), (start, float((got - want[start:start + length]).abs().max()))
 
 
-@pytest.mark.parametrize("memory, layers", [("none", 4), ("checkpointing", 1)])
-def test_the_plan_counts_the_keys_and_values_a_slice_gathers(memory: str, layers: int, tmp_path: Path, mid_model):
+@pytest.mark.parametrize("memory, layers, extra", [("none", 4, {}), ("checkpointing", 1, {}),
+                                                  ("checkpointing", 2, {"gradient_checkpointing_layers": 2})])
+def test_the_plan_counts_the_keys_and_values_a_slice_gathers(memory: str, layers: int, extra: dict, tmp_path: Path, mid_model):
     """Two processes split one document of 1,024 tokens (scripts/plan_accuracy.py's row, LoRA, fp32, hidden 512,
     4 layers, 4 kv heads of 64): the second's queries reach every key, the first's only its own 512. The second's
     peak of live tensor bytes exceeds the first's by the plan's part for the keys and values beyond a slice's own
-    (every layer keeps them without checkpointing, the one recomputed with it), within 2%, beside what only this
-    CPU keeps: sdpa's mask aligning the causal mask to the bottom right, in fp32 (a GPU's varlen kernel builds
-    none)."""
+    (every layer keeps them without checkpointing, the one recomputed with it, and when only the first two layers
+    are checkpointed the last two, whose backward runs first), within 2%, beside what only this CPU keeps: sdpa's mask aligning the causal mask to the bottom right,
+    in fp32 (a GPU's varlen kernel builds none)."""
     sys.path.insert(0, str(SCRIPTS))
     from plan_accuracy import row_config
 
@@ -140,7 +141,7 @@ def test_the_plan_counts_the_keys_and_values_a_slice_gathers(memory: str, layers
     from ft.plan.estimate import estimate
     from ft.plan.shapes import read_shape
 
-    path = row_config(mid_model, 1024, "lora", memory, tmp_path, False, context_parallel_size=2)
+    path = row_config(mid_model, 1024, "lora", memory, tmp_path, False, context_parallel_size=2, **extra)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(SCRIPTS / "plan_accuracy.py"), "--one", str(path), "--to", str(tmp_path / "rows.jsonl")]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})

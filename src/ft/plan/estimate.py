@@ -31,6 +31,8 @@ NF4_SCALES = 1 / 64  # one 8-bit absmax per block of 64 weights (double quantiza
 NF4_SCALES_PLAIN = 4 / 64  # ... or one fp32 absmax per block without it
 CHUNK_BYTES = 1 << 28  # the chunked loss's fp32 logits per chunk (ft.train.loss.CHUNK_BYTES)
 NORM_CHUNK_BYTES = 1 << 26  # chunked_rms_norm's fp32 chunk (ft.model.rms_norm.CHUNK_BYTES)
+GATHERED = "gathered keys and values (context parallelism)"
+IN_FLIGHT = "gradients in flight (one layer's backward)"
 STATE_BYTES = {  # optimizer state bytes per trainable parameter, for fp32 weights (AdamW: two moments)
     "adamw_torch": 8, "adamw_torch_fused": 8, "paged_adamw_32bit": 8, "adamw_bnb_8bit": 2, "paged_adamw_8bit": 2,
     "lion_8bit": 1, "paged_lion_8bit": 1, "adagrad": 4, "rmsprop": 4, "sgd": 0, "adafactor": 0.1,
@@ -163,30 +165,37 @@ def estimate(cfg: Any, shape: Shape, gpus: int = 1, longest_batch: Optional[int]
             plan.host["offloaded layer inputs (pinned)"] = inputs
             inputs = 2 * layer_in  # the copy in flight and the one coming back
         plan.parts["checkpointed layer inputs"] = inputs
-        if recomputed < shape.layers:
-            plan.parts["activations of layers not checkpointed"] = saved * (shape.layers - recomputed)
         kept = tokens * kept_attention(cfg, shape, compute)  # selective_checkpointing: per layer that keeps its attention
         keeping = sum(keeps_attention(cfg, shape, i) for i in range(recomputed)) if kept else 0
         if keeping:
             plan.parts["attention outputs kept (selective)"] = kept * keeping
         # the last layer recomputed (the first through its backward) reuses its kept attention output, counted above
         reused = kept if keeping and keeps_attention(cfg, shape, recomputed - 1) else 0
-        if recomputed:
+        recomputing = saved - reused + gathered if recomputed else 0
+        held = shape.layers - recomputed  # the last layers, not checkpointed: theirs is the first backward to run
+        if not held:  # the peak is the larger of two phases: one layer's backward and the loss's, which ends before it
             plan.parts["one layer recomputed"] = saved + tile - reused
             if gathered:
-                plan.parts["gathered keys and values (context parallelism)"] = gathered
-        recomputing = saved - reused + gathered if recomputed else 0
+                plan.parts[GATHERED] = gathered
+            backward = layer_backward(cfg, shape, tokens, compute, recomputing, tile, gathered_grads)
+            plan.parts[IN_FLIGHT] = backward - recomputing - tile
+        else:  # three phases: the loss's and the first layers' backward, with every activation of those not
+            # checkpointed; then a recomputed layer's backward, theirs freed
+            plan.parts["activations of layers not checkpointed"] = saved * held
+            if gathered:
+                plan.parts[GATHERED] = gathered * held
+            backward = _first_backward(cfg, shape, tokens, compute, tile, gathered_grads, plan)
+            if recomputed:
+                later = layer_backward(cfg, shape, tokens, compute, recomputing, tile, gathered_grads)
+                first = (saved + gathered) * held + backward
+                plan.parts["one layer recomputed, beyond the layers not checkpointed"] = max(0, later - first)
+                backward = max(backward, later - (saved + gathered) * held)
     else:  # and with full fine-tuning the final norm's: its input's fp32 copy, normalized input and output
         final = 0 if a.adapter else tokens * shape.hidden * (4 + 2 * (4 if compute == 4 or masters else compute))
         plan.parts["activations"] = saved * shape.layers + final
         if gathered:
-            plan.parts["gathered keys and values (context parallelism)"] = gathered * shape.layers
-        if tile:
-            plan.parts["one MLP tile recomputed"] = tile
-        recomputing = 0  # every layer's activations are counted above
-    # the peak is the larger of two phases: one layer's backward (below) and the loss's, which ends before it
-    backward = layer_backward(cfg, shape, tokens, compute, recomputing, tile, gathered_grads)
-    plan.parts["gradients in flight (one layer's backward)"] = backward - recomputing - tile
+            plan.parts[GATHERED] = gathered * shape.layers
+        backward = _first_backward(cfg, shape, tokens, compute, tile, gathered_grads, plan)
     k = cfg.distillation
     teacher = shape.teacher if k.on and not k.kd_cache else None
     if teacher is not None:  # frozen, beside the model: its weights, and one layer's forward at a time (no grad)
@@ -213,6 +222,16 @@ def estimate(cfg: Any, shape: Shape, gpus: int = 1, longest_batch: Optional[int]
         loss = 0
     plan.parts["logits and loss, beyond a layer's backward"] = max(0, loss - backward)
     return plan
+
+
+def _first_backward(cfg: Any, shape: Shape, tokens: int, compute: int, tile: int, gathered: int, plan: Plan) -> int:
+    """The backward of a layer whose activations are counted with every layer's (no checkpointing, or a layer not
+    checkpointed): its MLP tile and its gradients in flight, as parts of `plan`; what it holds beyond its activations."""
+    backward = layer_backward(cfg, shape, tokens, compute, 0, tile, gathered)
+    if tile:
+        plan.parts["one MLP tile recomputed"] = tile
+    plan.parts[IN_FLIGHT] = backward - tile
+    return backward
 
 
 def layer_backward(cfg: Any, shape: Shape, tokens: int, compute: int, saved: int, tile: int, gathered: int = 0) -> int:
