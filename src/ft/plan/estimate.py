@@ -33,6 +33,10 @@ CHUNK_BYTES = 1 << 28  # the chunked loss's fp32 logits per chunk (ft.train.loss
 NORM_CHUNK_BYTES = 1 << 26  # chunked_rms_norm's fp32 chunk (ft.model.rms_norm.CHUNK_BYTES)
 GATHERED = "gathered keys and values (context parallelism)"
 IN_FLIGHT = "gradients in flight (one layer's backward)"
+OVERLAP = "less: gradients made as activations are freed"
+# what the forward keeps and the backward frees layer by layer, as it makes the layers' gradients
+FREED_IN_BACKWARD = ("activations", "activations of layers not checkpointed", "16-bit copies of the weights (autocast)",
+                     "attention outputs kept (selective)", GATHERED)
 STATE_BYTES = {  # optimizer state bytes per trainable parameter, for fp32 weights (AdamW: two moments)
     "adamw_torch": 8, "adamw_torch_fused": 8, "paged_adamw_32bit": 8, "adamw_bnb_8bit": 2, "paged_adamw_8bit": 2,
     "lion_8bit": 1, "paged_lion_8bit": 1, "adagrad": 4, "rmsprop": 4, "sgd": 0, "adafactor": 0.1,
@@ -221,6 +225,15 @@ def estimate(cfg: Any, shape: Shape, gpus: int = 1, longest_batch: Optional[int]
     if cfg.preference.reward_model:  # one number per text, no vocabulary's logits
         loss = 0
     plan.parts["logits and loss, beyond a layer's backward"] = max(0, loss - backward)
+    # the backward pass makes each layer's gradients as it frees the layer's activations: not all alive at once
+    layer_grads = 0 if stage >= 2 else (trainable - full_copies) * weight_bytes if a.adapter else \
+        (shape.linear_params() + shape.other_params()) * weight_bytes
+    freed = sum(plan.parts.get(name, 0) for name in FREED_IN_BACKWARD)
+    if t.gradient_checkpointing and not t.activation_offloading:
+        freed += plan.parts["checkpointed layer inputs"]
+    overlap = min(freed, layer_grads)
+    if overlap:  # counted above in full, and in the activations
+        plan.parts[OVERLAP] = -overlap
     return plan
 
 
