@@ -272,10 +272,12 @@ def _gathered(shape: Shape, tokens: int, split: int, compute: int) -> tuple[int,
     """Context parallelism (ft.train.context_parallel), on the GPU whose slice of `tokens` ends the sequence: its
     attention layers reach every key and value of the group's `split` slices. (Bytes each attention layer keeps for
     its backward beyond its slice's own keys and values; bytes its backward holds beyond the slice's own key and
-    value gradients: theirs over the whole sequence, and the whole sequence's buffer that sums each one back.)"""
+    value gradients: theirs over the whole sequence, with grouped keys the flash kernel's per-query-head copies of
+    them (flash_workspace), and the whole sequence's buffer that sums each one back.)"""
     per_token = shape.kv_heads * shape.head_dim * compute
     beyond = 2 * (split - 1) * tokens * per_token
-    return beyond, beyond + split * tokens * per_token
+    per_head_copies = 2 * shape.heads * shape.head_dim * compute if shape.kv_heads < shape.heads else 0
+    return beyond, beyond + (split - 1) * tokens * per_head_copies + split * tokens * per_token
 
 
 def flash_workspace(shape: Shape, compute: int, cfg: Any) -> int:
