@@ -3,6 +3,7 @@
 
     python scripts/plan_accuracy.py [--sizes 1b 8b] [--lengths 512 4096 16384] [--out docs/plan-accuracy.md]
     python scripts/plan_accuracy.py --sizes tiny --lengths 128 256     (a CPU run: live tensor bytes, not a GPU's)
+    torchrun --nproc-per-node 2 scripts/plan_accuracy.py --one CONFIG --to ROWS.jsonl   (one config, each process's row)
 
 Models: random-weight Llamas with real shapes (scripts/bench_gpu.py's: Llama 3.2 1B and Llama 3.1 8B, vocab
 128,256), built on the GPU. Settings per size and length: LoRA r=16 on all linear layers, QLoRA (nf4), full
