@@ -56,6 +56,32 @@ def test_two_ranks_get_the_same_packed_batches(tmp_path: Path, tiny_model_dir):
     assert steps == -(-per_rank // 2)
 
 
+def test_ddp_gradients_are_its_buckets_and_full_fine_tuning_with_accumulation_trains_as_one_process(tmp_path: Path,
+                                                                                                      tiny_model_dir):
+    """Full fine-tuning, 1 process × micro batch 4 against DDP's 2 × micro batch 1 × accumulation 2 (the same rows a
+    step): the same losses and weights. In each rank the weights' gradients are views of DDP's all-reduce buckets
+    (gradient_as_bucket_view), a few storages for every weight's gradient, not a copy beside the buckets."""
+    from safetensors.torch import load_file
+
+    from compare import relative_difference
+
+    keys = dict(max_steps=3, learning_rate=1e-3, optimizer="adamw_torch")
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    make_config(tmp_path / "one", tiny_model_dir("llama"), micro_batch_size=4, **keys)
+    make_config(tmp_path / "two", tiny_model_dir("llama"), micro_batch_size=1, gradient_accumulation_steps=2, **keys)
+    one = run_ft("train", "cfg.yml", cwd=tmp_path / "one", env={"OMP_NUM_THREADS": "1"})
+    assert one.returncode == 0, one.stderr[-3000:]
+    _two_ranks(tmp_path / "two", inject="record:0:0")
+    a, b = _losses(tmp_path / "one/out"), _losses(tmp_path / "two/out")
+    assert len(a) == len(b) == 3 and all(abs(x - y) <= 1e-4 * abs(x) for x, y in zip(a, b)), (a, b)
+    whole = load_file(str(tmp_path / "one/out/model.safetensors"))
+    assert relative_difference(load_file(str(tmp_path / "two/out/model.safetensors")), whole) < 1e-3
+    for rank in (0, 1):
+        record = json.loads((tmp_path / f"two/record/rank-{rank}.json").read_text())
+        assert record["grads"] == len(whole) and record["grad_storages"] <= 2, record
+
+
 @pytest.mark.parametrize("stage", [2, 3])
 def test_deepspeed_zero_trains_on_two_ranks(stage: int, tmp_path: Path, tiny_model_dir):
     """With gradient checkpointing; under ZeRO-2 the MLP is also tiled 32 tokens at a time (ZeRO-3 refuses it), under

@@ -21,7 +21,7 @@ FT_TEST_INJECT holds comma-separated KIND:RANK:STEP items; that rank, at that st
   not: torch 2.13's FullyShardedDataParallel needs an accelerator device);
 - record (rank, step ignored): in its second step each rank writes to $FT_TEST_RECORD/rank-N.json how many
   parameter and optimizer-state elements it holds (a sharded tensor counts its local shard), and the bytes of
-  its parameters;
+  its parameters; after that step's backward pass, how many weights have a gradient and in how many storages;
 - offload_cpu (rank, step ignored): activation_offloading moves CPU tensors too (every saved activation, whatever
   its size), so that its pack and unpack hooks run in CPU processes; `record` then counts how many it moved;
 - whoami (rank, step ignored): each process writes its pid and its parent's to $FT_TEST_RECORD/who-rank-N.json;
@@ -115,7 +115,10 @@ def install() -> None:
                 record = {"params": sum(local_numel(p) for p in params),
                           "param_bytes": sum(local_numel(p) * p.element_size() for p in params), "trainable": sum(local_numel(p) for p in params if p.requires_grad),
                           "optimizer_state": sum(local_numel(v) for v in state), "sharded": any(hasattr(p, "to_local") for p in params),
-                          "fsdp": bool(self.is_fsdp_enabled), "offloaded": self.offload.moved if self.offload else 0}
+                          "fsdp": bool(self.is_fsdp_enabled), "offloaded": self.offload.moved if self.offload else 0,
+                          "grads": sum(p.grad is not None for p in params)}
+                if not self.is_fsdp_enabled and not self.is_deepspeed_enabled:  # their gradients: their own buffers
+                    record["grad_storages"] = len({p.grad.untyped_storage().data_ptr() for p in params if p.grad is not None})
                 with open(os.path.join(os.environ["FT_TEST_RECORD"], f"rank-{rank_here}.json"), "w") as f:
                     json.dump(record, f)
             return loss

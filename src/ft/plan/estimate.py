@@ -225,8 +225,9 @@ def estimate(cfg: Any, shape: Shape, gpus: int = 1, longest_batch: Optional[int]
     if cfg.preference.reward_model:  # one number per text, no vocabulary's logits
         loss = 0
     plan.parts["logits and loss, beyond a layer's backward"] = max(0, loss - backward)
-    # the backward pass makes each layer's gradients as it frees the layer's activations: not all alive at once
-    layer_grads = 0 if stage >= 2 else (trainable - full_copies) * weight_bytes if a.adapter else \
+    # the backward pass makes each layer's gradients as it frees the layer's activations: not all alive at once (with
+    # several GPUs they live in buffers made before the first step: DDP's buckets, DeepSpeed's and FSDP's own)
+    layer_grads = 0 if gpus > 1 else (trainable - full_copies) * weight_bytes if a.adapter else \
         (shape.linear_params() + shape.other_params()) * weight_bytes
     freed = sum(plan.parts.get(name, 0) for name in FREED_IN_BACKWARD)
     if t.gradient_checkpointing and not t.activation_offloading:

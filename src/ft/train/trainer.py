@@ -74,6 +74,17 @@ class FtTrainer(Trainer):
     relora: Any = None  # ft.train.relora.ReLoRA: checkpoints hold its merged weights; the output is the whole model
     context_parallel: Any = None  # ft.train.context_parallel.ContextParallel: each batch split over its group
 
+    def _build_accelerator_args(self, **kwargs: Any) -> dict[str, Any]:
+        """The Trainer's accelerator settings, with DDP's gradients as views of its all-reduce buckets (torch's
+        gradient_as_bucket_view): the buckets are the gradients, not a second copy of them beside each weight's."""
+        from accelerate.utils import DistributedDataParallelKwargs
+
+        args = super()._build_accelerator_args(**kwargs)
+        for handler in args.get("kwargs_handlers", []):
+            if isinstance(handler, DistributedDataParallelKwargs):
+                handler.gradient_as_bucket_view = True
+        return args
+
     def create_accelerator_and_postprocess(self) -> None:
         """The Trainer's accelerator; under FSDP2 the modules of an 8-bit base's integer weights are left out of
         the sharding, whole on every process (ft.model.quantize.held_whole)."""
