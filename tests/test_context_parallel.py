@@ -132,8 +132,8 @@ def test_the_plan_counts_the_keys_and_values_a_slice_gathers(memory: str, layers
     4 layers, 4 kv heads of 64): the second's queries reach every key, the first's only its own 512. The second's
     peak of live tensor bytes exceeds the first's by the plan's part for the keys and values beyond a slice's own
     (every layer keeps them without checkpointing, the one recomputed with it, and when only the first two layers
-    are checkpointed the last two, whose backward runs first), within 2%, beside what only this CPU keeps: sdpa's mask aligning the causal mask to the bottom right,
-    in fp32 (a GPU's varlen kernel builds none)."""
+    are checkpointed the last two, whose backward runs first), within 2%, beside what only this CPU keeps: sdpa's
+    mask aligning the causal mask to the bottom right, in fp32 (a GPU's varlen kernel builds none)."""
     sys.path.insert(0, str(SCRIPTS))
     from plan_accuracy import row_config
 
