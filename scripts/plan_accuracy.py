@@ -8,7 +8,8 @@
 Models: random-weight Llamas with real shapes (scripts/bench_gpu.py's: Llama 3.2 1B and Llama 3.1 8B, vocab
 128,256), built on the GPU. Settings per size and length: LoRA r=16 on all linear layers, QLoRA (nf4), full
 fine-tuning (not at 8B), each with and without gradient checkpointing, and with checkpointing plus activation
-offloading or plus selective checkpointing; one row of `length` tokens, micro batch 1. Each setting is `ft train`'s own composition
+offloading or plus selective checkpointing, or of the first 4 layers only (partial); one row of `length` tokens,
+micro batch 1. Each setting is `ft train`'s own composition
 (build_run) running two steps in a fresh process (up to `--parallel` of them at once, while their planned peaks,
 with a quarter more and the CUDA context, fit the GPU together: each process's peak is its own, and a smaller
 GPU runs fewer at once); measured: torch.cuda.max_memory_allocated and max_memory_reserved; predicted: the
@@ -44,7 +45,8 @@ SETTINGS = {
 }
 MEMORY = {"none": {}, "checkpointing": {"gradient_checkpointing": True},
           "offloading": {"gradient_checkpointing": True, "activation_offloading": True},
-          "selective": {"gradient_checkpointing": True, "selective_checkpointing": True}}
+          "selective": {"gradient_checkpointing": True, "selective_checkpointing": True},
+          "partial": {"gradient_checkpointing": True, "gradient_checkpointing_layers": 4}}
 
 
 def row_config(model: Path, length: int, method: str, memory: str, work: Path, gpu: bool, **extra: Any) -> Path:
