@@ -95,7 +95,9 @@ def one(path: str) -> dict:
                           for t in [*run.model.parameters(), *run.model.buffers()]}.values())
             live, begun = LiveBytes(), []
 
-            class Begin(TrainerCallback):  # what preparing the model for several processes leaves is not the step's
+            # from the start of training: with several CPU processes accelerate's model.to() makes the weights anew
+            # (counted in `before` already), and DDP makes its gradient buckets, before it
+            class Begin(TrainerCallback):
                 def on_train_begin(self, *args: Any, **kwargs: Any) -> None:
                     begun.append(live.now)
                     live.peak = live.now

@@ -191,9 +191,9 @@ def estimate(cfg: Any, shape: Shape, gpus: int = 1, longest_batch: Optional[int]
             backward = _first_backward(cfg, shape, tokens, compute, tile, gathered_grads, plan)
             if recomputed:
                 later = layer_backward(cfg, shape, tokens, compute, recomputing, tile, gathered_grads)
-                first = (saved + gathered) * held + backward
-                plan.parts["one layer recomputed, beyond the layers not checkpointed"] = max(0, later - first)
-                backward = max(backward, later - (saved + gathered) * held)
+                held_bytes = (saved + gathered) * held  # the first phase's: freed before a recomputed layer's backward
+                plan.parts["one layer recomputed, beyond the layers not checkpointed"] = max(0, later - held_bytes - backward)
+                backward = max(backward, later - held_bytes)
     else:  # and with full fine-tuning the final norm's: its input's fp32 copy, normalized input and output
         final = 0 if a.adapter else tokens * shape.hidden * (4 + 2 * (4 if compute == 4 or masters else compute))
         plan.parts["activations"] = saved * shape.layers + final
