@@ -13,7 +13,8 @@ outside the cap):
 - ft: `ft train`'s own composition (the chunked loss, no fp32 upcast of the 4-bit base);
 - ft-offload: the same with activation_offloading;
 - ft-offload-tiled: the same with activation_offloading and tiled_mlp;
-- ft-long: the same with chunked_rms_norm too (each norm keeps its input as it is, not an fp32 copy);
+- ft-long: the same with chunked_rms_norm (each norm keeps its input as it is, not an fp32 copy) and
+  grouped_attention_backward (each attention backward a group of key/value heads at a time) too;
 - ft-selective: ft with selective_checkpointing (each layer keeps its attention output: the backward pass
   recomputes the rest of the layer but not attention);
 - baseline: plain transformers + peft + bitsandbytes (prepare_model_for_kbit_training, sdpa, the model's own
@@ -55,7 +56,7 @@ CONTENDERS = {  # the config keys each ft contender adds
     "ft": {},
     "ft-offload": {"activation_offloading": True},
     "ft-offload-tiled": {"activation_offloading": True, "tiled_mlp": True},
-    "ft-long": {"activation_offloading": True, "tiled_mlp": True, "chunked_rms_norm": True},
+    "ft-long": {"activation_offloading": True, "tiled_mlp": True, "chunked_rms_norm": True, "grouped_attention_backward": True},
     "ft-selective": {"selective_checkpointing": True},
     "baseline": None,
 }

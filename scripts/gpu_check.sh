@@ -25,16 +25,17 @@
 #                    ft packed profiled by part (matmul, dequantization, attention, loss, optimizer, ...)
 #   1b           90  the same at Llama 3.2 1B (16 layers, LoRA, bf16)
 #   context     200  scripts/bench_context.py --trials: at 16k tokens, 8B QLoRA's step time with offloading and
-#                    tiled MLP beside ft without them (the target: within 1.15×), and with chunked norms too (ft-long);
-#                    Llama 3.1 8B's full 131,072-token context with all three under a 24 GiB cap (122,880, then
-#                    114,688, only while it does not fit: ft plan says 131,072 needs 25.5 GiB and 120,257 is the
-#                    longest that fits); the plain baseline's fit at 16k; last, at 16k, ft with selective
-#                    checkpointing (attention kept, not recomputed) beside plain checkpointing; 8 of the 8B's layers,
-#                    the cap lowered by what the other 24 would hold (measured per layer in each trial), each trial
-#                    alone on the GPU
+#                    tiled MLP beside ft without them (the target: within 1.15×), and with chunked norms and the
+#                    grouped attention backward too (ft-long); Llama 3.1 8B's full 131,072-token context with all
+#                    four under a 24 GiB cap (122,880, then 114,688, only while it does not fit: ft plan says 131,072
+#                    needs 22.4 GiB, 25.5 without the grouped backward); the plain baseline's fit at 16k; last, at
+#                    16k, ft with selective checkpointing (attention kept, not recomputed) beside plain
+#                    checkpointing; 8 of the 8B's layers, the cap lowered by what the other 24 would hold
+#                    (measured per layer in each trial), each trial alone on the GPU
 #   plan        150  scripts/plan_accuracy.py --sizes 1b 8b-8l --lengths 4096: ft plan beside the measured peak
 #                    (1B: LoRA, QLoRA, full; 8B-wide, 8 layers: LoRA, QLoRA; each with none, checkpointing,
-#                    offloading, selective checkpointing: twenty rows, five processes at once)
+#                    offloading, selective, partial checkpointing and the grouped attention backward: thirty rows,
+#                    six processes at once, as many as the GPU's memory holds)
 #   preference   45  scripts/bench_preference.py: ft's DPO beside TRL's DPOTrainer
 #   eval         30  scripts/bench_eval.py (batched generation) and scripts/bench_mc.py (multiple choice beside
 #                    lm-eval, when lm-eval is there)
@@ -60,7 +61,7 @@ if [ "$mode" = --smoke ]; then
 else
   PY=python3
   SCALE=1
-  TESTS_ARGS=(); SIZES_1B=(1b); SIZES_8B=(8b-8l); ROWS=3000; PLAN_ARGS=(--sizes 1b 8b-8l --lengths 4096 --parallel 5)
+  TESTS_ARGS=(); SIZES_1B=(1b); SIZES_8B=(8b-8l); ROWS=3000; PLAN_ARGS=(--sizes 1b 8b-8l --lengths 4096 --parallel 6)
   CONTEXT_ARGS=(--size 8b-8l --as-layers 32 --trials ft:16384 ft-offload-tiled:16384 ft-long:16384 ft-long:131072,122880,114688 baseline:16384 ft-selective:16384 --cap-gb 24)
   PREFERENCE_ARGS=(--pairs 512 --batch 16 --steps 20 --hidden 1024 --layers 8)
   DISTILL_ARGS=(--rows 256 --batch 16 --steps 16 --hidden 1024 --layers 4)

@@ -46,7 +46,8 @@ SETTINGS = {
 MEMORY = {"none": {}, "checkpointing": {"gradient_checkpointing": True},
           "offloading": {"gradient_checkpointing": True, "activation_offloading": True},
           "selective": {"gradient_checkpointing": True, "selective_checkpointing": True},
-          "partial": {"gradient_checkpointing": True, "gradient_checkpointing_layers": 4}}
+          "partial": {"gradient_checkpointing": True, "gradient_checkpointing_layers": 4},
+          "grouped": {"gradient_checkpointing": True, "grouped_attention_backward": True}}
 
 
 def row_config(model: Path, length: int, method: str, memory: str, work: Path, gpu: bool, **extra: Any) -> Path:

@@ -40,16 +40,18 @@ def _losses(out: Path, key: str = "loss") -> list[float]:
 def test_two_processes_splitting_each_sequence_train_as_one_process(packing: bool, tmp_path: Path, tiny_model_dir):
     """1 process against a context-parallel group of 2, micro batch 2: the group draws the same micro batches as
     the one process and splits each in two, so each process computes half of its tokens; losses and adapter
-    agree."""
+    agree. The packed group runs its attention's backward by groups of heads too (grouped_attention_backward)."""
     keys = dict(sample_packing=packing, val_set_size=4, eval_steps=3, **STEPS, **LORA)
     one, two = tmp_path / "one", tmp_path / "two"
     one.mkdir()
     two.mkdir()
     make_config(one, tiny_model_dir("llama"), micro_batch_size=2, **keys)
-    make_config(two, tiny_model_dir("llama"), micro_batch_size=2, context_parallel_size=2, **keys)
+    make_config(two, tiny_model_dir("llama"), micro_batch_size=2, context_parallel_size=2,
+                **({"grouped_attention_backward": True} if packing else {}), **keys)
     _train(one)
     result = _train(two, "--num-processes", "2")
     assert "context parallelism: groups of 2 processes" in result.stderr, result.stderr[-3000:]
+    assert ("run their backward in 2 calls" in result.stderr) is packing and "runs whole" not in result.stderr
     a, b = _losses(one / "out"), _losses(two / "out")
     assert len(a) == len(b) == 3 and all(abs(x - y) <= 1e-4 * abs(x) for x, y in zip(a, b)), (a, b)
     a, b = _losses(one / "out", "eval_loss"), _losses(two / "out", "eval_loss")  # evaluation splits its batches too

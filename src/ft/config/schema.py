@@ -235,6 +235,9 @@ def contradictions(cfg: FtConfig) -> list[Contradiction]:
     if t.selective_checkpointing_sliding_window and not t.selective_checkpointing:
         add("selective_checkpointing_sliding_window", "it extends `selective_checkpointing` to the sliding-window "
             "layers: turn on `selective_checkpointing` too")
+    if t.grouped_attention_backward and cfg.model.attention_request in ("flash_attention_2", "flash_attention_3"):
+        add("grouped_attention_backward", "it splits the backward of ft's varlen attention (torch's flash kernel), and "
+            "flash-attn's kernel runs its backward whole: remove `flash_attention` / `attn_implementation`")
     if t.chunked_rms_norm and cfg.model.liger_rms_norm:
         add("chunked_rms_norm", "`chunked_rms_norm` and `liger_rms_norm` both replace the model's norms; keep one")
     if t.activation_offloading and not t.gradient_checkpointing:

@@ -16,6 +16,15 @@ from ft.config.sparsity import LlmCompressor
 SLIDING_LAYER_TYPES = ("sliding_attention", "chunked_attention")
 
 
+GROUPED_BACKWARD_MOST_CALLS = 8  # grouped_attention_backward: an eighth of the kernel's workspace; more calls only add launches
+
+
+def grouped_backward_calls(kv_heads: int) -> int:
+    """The kernel calls of an attention layer's backward under grouped_attention_backward (ft.model.attention_backward):
+    the largest divisor of the key/value heads up to GROUPED_BACKWARD_MOST_CALLS, each call one group's heads."""
+    return max(n for n in range(1, GROUPED_BACKWARD_MOST_CALLS + 1) if kv_heads % n == 0)
+
+
 class GradientAccumulationSettings(Section):
     sync_each_batch: bool = Field(
         False, description="Reduce the gradients across processes after every micro batch instead of once a step: the "
@@ -185,6 +194,13 @@ class TrainingConfig(Section):
         description="Every RMSNorm by ft's own function: it keeps its input as it is for the backward pass (the "
         "model's own norm keeps an fp32 copy) and works a chunk of tokens at a time; the same results, less memory "
         "for long sequences (2 GiB per norm at 131,072 tokens of an 8B model), on any device.",
+    )
+    grouped_attention_backward: bool = Field(
+        False,
+        description="Run each attention layer's backward pass a few key/value heads at a time (at most 8 calls): the "
+        "flash kernel's fp32 query-gradient accumulator and per-query-head key/value gradients are a group's, not the "
+        "layer's (3.5 GiB less at 131,072 tokens of an 8B model); the same gradients, for one more attention forward "
+        "per layer. Through ft's varlen attention (not flash-attn's).",
     )
     activation_offloading: bool = Field(
         False,

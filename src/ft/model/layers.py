@@ -1,6 +1,6 @@
 """What the config changes in the loaded model's layers before checkpointing and the adapter: quantization-aware
-training's fake-quantized layers, float8 matmuls, BitNet's ternary layers, the tiled MLPs and the chunked norms.
-Each lives in its own module; this is their order, and what the log says of them."""
+training's fake-quantized layers, float8 matmuls, BitNet's ternary layers, the tiled MLPs, the chunked norms and
+the grouped attention backward. Each lives in its own module; this is their order, and what the log says of them."""
 
 from __future__ import annotations
 
@@ -38,3 +38,7 @@ def change_layers(model: Any, m: ModelConfig, q: QuantizationConfig, t: Training
         from ft.model.rms_norm import chunk_norms
 
         chunk_norms(model)
+    if t.grouped_attention_backward:
+        from ft.model.attention_backward import mark
+
+        mark(model)

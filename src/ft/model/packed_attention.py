@@ -41,6 +41,7 @@ HEAD_DIM_MULTIPLE = 8
 SCORE_MODIFIERS = ("softcap", "s_aux", "sinks")
 # config attributes that make a model pass one of them
 SCORE_MODIFYING_CONFIG = ("attn_logit_softcapping",)
+GROUPED_BACKWARD = "ft_grouped_backward"  # ft.model.attention_backward marks the modules whose backward runs grouped
 
 
 def boundaries(lengths: list[int]) -> dict[str, Any]:
@@ -166,9 +167,23 @@ def per_row(q: Any, k: Any, v: Any, cu: Any, longest: int, scale: float, window:
 
 
 def attend(q: Any, k: Any, v: Any, cu: Any, longest: int, scale: float, window: Optional[int], dropout: float = 0.0,
-           cu_k: Any = None, longest_k: Optional[int] = None) -> Any:
+           cu_k: Any = None, longest_k: Optional[int] = None, grouped: bool = False) -> Any:
     """(tokens, heads, d) queries of rows laid end to end against their keys: torch's varlen kernel on a GPU where it
-    applies (fp16/bf16; fp32 inputs computed in bf16 and returned in fp32), per_row elsewhere."""
+    applies (fp16/bf16; fp32 inputs computed in bf16 and returned in fp32), per_row elsewhere. `grouped`: the backward
+    pass a few key/value heads at a time (ft.model.attention_backward; not with dropout, which a recompute would
+    draw anew)."""
+    import torch
+
+    if grouped and dropout == 0.0 and torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+        from ft.model.attention_backward import grouped as run_grouped
+
+        return run_grouped(q, k, v, functools.partial(_kernel, cu=cu, longest=longest, scale=scale, window=window,
+                                                      cu_k=cu_k, longest_k=longest_k))
+    return _kernel(q, k, v, cu, longest, scale, window, dropout, cu_k, longest_k)
+
+
+def _kernel(q: Any, k: Any, v: Any, cu: Any, longest: int, scale: float, window: Optional[int], dropout: float = 0.0,
+            cu_k: Any = None, longest_k: Optional[int] = None) -> Any:
     import torch
 
     aligned = cu_k is None or "window_size" in _varlen_parameters()  # torch 2.10's causal flag: square rows only
@@ -190,7 +205,8 @@ def varlen_attention(module: Any, query: Any, key: Any, value: Any, attention_ma
     q, k, v = (t.transpose(1, 2).reshape(batch * length, t.shape[1], dim) for t in (query, key, value))
     scale = kwargs.get("scaling") or getattr(module, "scaling", None) or dim**-0.5
     window = _window(module, kwargs)
-    out = attend(q, k, v, cu, longest, scale, window, float(kwargs.get("dropout") or 0.0))
+    out = attend(q, k, v, cu, longest, scale, window, float(kwargs.get("dropout") or 0.0),
+                 grouped=getattr(module, GROUPED_BACKWARD, False))
     return out.reshape(batch, length, heads, dim), None
 
 

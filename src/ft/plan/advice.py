@@ -51,7 +51,10 @@ def candidate_changes(cfg: Any, gpus: int) -> list[tuple[str, Any, int]]:
         out.append(("tiled_mlp: true", _with(cfg, training={"tiled_mlp": True}), gpus))
     if not t.chunked_rms_norm and not cfg.model.liger_rms_norm:
         out.append(("chunked_rms_norm: true", _with(cfg, training={"chunked_rms_norm": True}), gpus))
-    if cfg.model.attention_request not in ("flash_attention_2", "flash_attention_3"):  # lowers the plan where the
+    flash_attn = cfg.model.attention_request in ("flash_attention_2", "flash_attention_3")
+    if not t.grouped_attention_backward and not flash_attn:  # the same plan where attention is the model's eager one
+        out.append(("grouped_attention_backward: true", _with(cfg, training={"grouped_attention_backward": True}), gpus))
+    if not flash_attn:  # lowers the plan where the
         # eager attention keeps its scores (Gemma-2's soft-capping); the same plan elsewhere, so not suggested there
         out.append(("flash_attention: true (pip install ft[flash])",
                     _with(cfg, model={"flash_attention": True, "attn_implementation": None}), gpus))

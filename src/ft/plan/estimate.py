@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from ft.config.adapter import is_regex
-from ft.config.training import SLIDING_LAYER_TYPES
+from ft.config.training import SLIDING_LAYER_TYPES, grouped_backward_calls
 from ft.data.packing import PADDED, batch_layout
 from ft.plan.methods import trainable as method_trainable
 from ft.plan.shapes import DEFAULT_TARGETS, IA3_DEFAULT_TARGETS, Shape
@@ -99,7 +99,7 @@ def estimate(cfg: Any, shape: Shape, gpus: int = 1, longest_batch: Optional[int]
         plan.notes.append(f"context_parallel_size {split}: each GPU holds 1/{split} of each micro batch's tokens, and in "
                           "each attention layer the keys and values its documents reach, gathered from the group (the "
                           "whole sequence's on the GPU holding its end, as planned here)")
-        gathered, gathered_grads = _gathered(shape, tokens, split, compute)
+        gathered, gathered_grads = _gathered(shape, tokens, split, compute, _calls(cfg, shape))
     elif split > 1:
         plan.notes.append(f"context_parallel_size {split} needs a multiple of {split} GPUs (--num-gpus {split}); planned "
                           "without it: a GPU holds whole micro batches")
@@ -265,29 +265,53 @@ def layer_backward(cfg: Any, shape: Shape, tokens: int, compute: int, saved: int
     # ft's chunked norm: three chunk-sized fp32 tensors in its backward (ft.model.rms_norm)
     norm_work = 3 * min(tokens * h * 4, NORM_CHUNK_BYTES) if t.chunked_rms_norm else 0
     at_attention = (saved - mlp_saved + norm_work + tokens * (h * resid + norm_grad + (2 * qd + 2 * kv) * compute
-                                                              + flash_workspace(shape, compute, cfg)) + gathered)
+                                                              + flash_workspace(shape, compute, cfg)
+                                                              + grouped_pieces(shape, compute, cfg)) + gathered)
     return max(at_mlp, at_attention)
 
 
-def _gathered(shape: Shape, tokens: int, split: int, compute: int) -> tuple[int, int]:
+def _calls(cfg: Any, shape: Shape) -> int:
+    """The kernel calls an attention layer's backward makes: one, or with grouped_attention_backward one per group
+    of key/value heads (ft.model.attention_backward)."""
+    t = cfg.training
+    if not t.grouped_attention_backward or _eager_scores(cfg, shape) or batch_layout(cfg.data, t.group_by_length, on_gpu=True) == PADDED:
+        return 1  # padded batches go through sdpa, whose backward runs whole
+    return grouped_backward_calls(shape.kv_heads)
+
+
+def grouped_pieces(shape: Shape, compute: int, cfg: Any) -> int:
+    """Per token, what grouped_attention_backward holds beside the kernel for one group of heads: the group's copies
+    of q, k, v and of the incoming gradient, its recomputed output and fp32 log-sum-exp, and its gradients of q, k
+    and v before they are written into the layer's."""
+    n = _calls(cfg, shape)
+    if n == 1:
+        return 0
+    qd, kv = shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim
+    return (4 * qd + 4 * kv) * compute // n + shape.heads * 4 // n
+
+
+def _gathered(shape: Shape, tokens: int, split: int, compute: int, calls: int) -> tuple[int, int]:
     """Context parallelism (ft.train.context_parallel), on the GPU whose slice of `tokens` ends the sequence: its
     attention layers reach every key and value of the group's `split` slices. (Bytes each attention layer keeps for
     its backward beyond its slice's own keys and values; bytes its backward holds beyond the slice's own key and
     value gradients: theirs over the whole sequence, with grouped keys the flash kernel's per-query-head copies of
-    them (flash_workspace), and the whole sequence's buffer that sums each one back.)"""
+    them (flash_workspace), and the whole sequence's buffer that sums each one back; over `calls` groups of heads
+    (grouped_attention_backward), a group's copies and their keys' and values' copies and gradients.)"""
     per_token = shape.kv_heads * shape.head_dim * compute
     beyond = 2 * (split - 1) * tokens * per_token
-    per_head_copies = 2 * shape.heads * shape.head_dim * compute if shape.kv_heads < shape.heads else 0
-    return beyond, beyond + (split - 1) * tokens * per_head_copies + split * tokens * per_token
+    per_head_copies = 2 * shape.heads * shape.head_dim * compute // calls if shape.kv_heads < shape.heads else 0
+    pieces = 4 * per_token // calls if calls > 1 else 0
+    return beyond, beyond + (split - 1) * tokens * (per_head_copies + pieces) + split * tokens * per_token
 
 
 def flash_workspace(shape: Shape, compute: int, cfg: Any) -> int:
     """Per token, what a GPU's flash attention backward allocates inside itself, which this CPU's kernels do not
-    show: dq accumulated in fp32, and with grouped keys dk and dv per query head before they are summed."""
+    show: dq accumulated in fp32, and with grouped keys dk and dv per query head before they are summed; a group's
+    share of them with grouped_attention_backward."""
     if _eager_scores(cfg, shape):
         return 0
     qd = shape.heads * shape.head_dim
-    return qd * 4 + (2 * qd * compute if shape.kv_heads < shape.heads else 0)
+    return (qd * 4 + (2 * qd * compute if shape.kv_heads < shape.heads else 0)) // _calls(cfg, shape)
 
 
 @dataclass(frozen=True)

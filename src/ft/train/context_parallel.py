@@ -94,7 +94,7 @@ def attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any
               dropout: float = 0.0, sliding_window: Optional[int] = None, **kwargs: Any) -> tuple[Any, None]:
     """(1, heads, slice, dim) queries against their documents' keys in the group's whole sequence (`segments`), as a
     varlen batch: torch's varlen flash kernel on a GPU, sdpa run by run elsewhere (ft.model.packed_attention.attend)."""
-    from ft.model.packed_attention import attend
+    from ft.model.packed_attention import GROUPED_BACKWARD, attend
 
     group, first = STATE["group"], STATE["first"]
     length, dim = query.shape[2], query.shape[3]
@@ -105,7 +105,8 @@ def attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any
     if q.is_cuda:
         cu_q, cu_k = STATE["cu_q_device"], STATE["cu_k_device"]
     scale = scaling or getattr(module, "scaling", None) or dim**-0.5
-    out = attend(q, k, v, cu_q, STATE["longest_q"], scale, sliding_window or None, dropout, cu_k, STATE["longest_k"])
+    out = attend(q, k, v, cu_q, STATE["longest_q"], scale, sliding_window or None, dropout, cu_k, STATE["longest_k"],
+                 grouped=getattr(module, GROUPED_BACKWARD, False))
     return out[None], None
 
 
