@@ -49,6 +49,20 @@ def test_the_gradients_are_the_whole_calls_with_one_backward_per_group(arch, met
         assert _kernel_backwards(calls) == groups * whole_forwards and forwards == (1 + groups) * whole_forwards
 
 
+def test_with_selective_checkpointing_the_kept_forward_is_reused_and_only_the_groups_recompute(tmp_path: Path, tiny_model_dir):
+    """selective_checkpointing keeps the attention kernel's forward outputs of each layer; with the grouped backward
+    too, the layer's recompute reuses them (the kernel's forward runs once a layer, then once a group in the
+    backward pass) and the gradients are plain checkpointing's."""
+    keys = {"adapter": "lora", "lora_target_linear": True, "gradient_checkpointing": True}
+    model_dir = tiny_model_dir("llama")
+    _, grads, calls, _ = _step(tmp_path / "both", model_dir, selective_checkpointing=True, grouped_attention_backward=True, **keys)
+    _, plain_grads, _, _ = _step(tmp_path / "plain", model_dir, **keys)
+    _, _, none_calls, _ = _step(tmp_path / "none", model_dir, adapter="lora", lora_target_linear=True)
+    once = sum(_kernel_forwards(none_calls).values())
+    assert once and sum(_kernel_forwards(calls).values()) == 3 * once and _kernel_backwards(calls) == 2 * once
+    assert relative_difference(grads, plain_grads) < 1e-5
+
+
 @pytest.mark.parametrize("heads, kv_heads, groups", [(8, 2, 2), (12, 3, 3), (16, 16, 8), (6, 1, 1), (24, 12, 6)])
 @pytest.mark.parametrize("keys_before", [False, True])
 @pytest.mark.parametrize("window", [None, 7])
