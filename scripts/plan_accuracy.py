@@ -218,7 +218,9 @@ def main() -> None:
     for size in args.sizes:
         work = Path(tempfile.mkdtemp(prefix=f"ft-plan-accuracy-{size}-"))
         model = build_model(size, work, device)
-        rows = [(method, memory, length) for method in args.methods for memory in args.memory for length in args.lengths
+        # the memory settings in the order given (the none, checkpointing, offloading first): a run stopped at
+        # its time budget has measured every method under them
+        rows = [(method, memory, length) for memory in args.memory for method in args.methods for length in args.lengths
                 if not (method == "full" and size.startswith("8b"))
                 and not (method == "qlora" and device == "cpu")]  # bitsandbytes on CPU keeps other buffers than on CUDA
         # each row is its own process (its own allocator and peak); several at once on the one GPU while their
