@@ -93,6 +93,23 @@ def test_the_attention_function_gives_the_whole_calls_gradients(heads, kv_heads,
         assert relative_difference(got, want) < 1e-6
 
 
+def test_the_recompute_runs_under_the_forwards_autocast():
+    """fp32 q, k and v under bf16 autocast (the Trainer's bf16 on a model whose activations are fp32): the kernel
+    computes in bf16 in the forward, and so in each group's recompute, whose gradients are then the whole call's."""
+    from ft.model.packed_attention import attend
+
+    gen = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(64, h, 16, generator=gen).requires_grad_() for h in (4, 2, 2))
+    cu, upstream = torch.tensor([0, 40, 64], dtype=torch.int32), torch.randn(64, 4, 16, generator=gen)
+    results = []
+    for grouped in (False, True):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = attend(q, k, v, cu, 40, 0.25, None, grouped=grouped)
+        assert out.dtype == torch.bfloat16
+        results.append(torch.autograd.grad(out, (q, k, v), upstream.to(out.dtype)))
+    assert relative_difference(results[1], results[0]) < 1e-6
+
+
 def test_without_gradients_the_attention_runs_as_before():
     """Under no_grad (evaluation, generation) the grouped attention is the plain kernel call."""
     from ft.model.packed_attention import attend

@@ -69,6 +69,8 @@ def _define() -> Any:
         @staticmethod
         def forward(ctx: Any, q: Any, k: Any, v: Any, kernel: Callable[..., Any]) -> Any:
             ctx.kernel = kernel
+            device = q.device.type  # the backward's recompute runs under the forward's autocast, as checkpointing's does
+            ctx.autocast = (device, torch.get_autocast_dtype(device), torch.is_autocast_enabled(device))
             ctx.save_for_backward(q, k, v)
             return kernel(q, k, v)
 
@@ -82,7 +84,8 @@ def _define() -> Any:
                 heads = (slice(i * qh, (i + 1) * qh), slice(i * kh, (i + 1) * kh), slice(i * kh, (i + 1) * kh))
                 # contiguous pieces: the kernels see what they would see from a model with these heads alone
                 pieces = [t[:, s].detach().contiguous().requires_grad_() for t, s in zip((q, k, v), heads)]
-                with torch.enable_grad():
+                device, dtype, enabled = ctx.autocast
+                with torch.enable_grad(), torch.autocast(device, dtype=dtype, enabled=enabled):
                     out = ctx.kernel(*pieces)
                     got = torch.autograd.grad(out, pieces, grad[:, heads[0]].contiguous())
                 for whole, part, s in zip(wanted, got, heads):
