@@ -11,7 +11,8 @@ kernel's backward on it, so it costs one more attention forward per layer, the p
 any kernel ft's varlen attention runs (torch's varlen flash kernel on a GPU, sdpa row by row elsewhere), and the
 gradients are the whole call's.
 
-ft marks each attention module (ft.model.packed_attention.GROUPED_BACKWARD); ft.model.packed_attention and context parallelism read the mark.
+ft marks each attention module (ft.model.packed_attention.GROUPED_BACKWARD); ft's varlen attention and context
+parallelism's read the mark.
 """
 
 from __future__ import annotations
