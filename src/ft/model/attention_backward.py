@@ -17,6 +17,7 @@ parallelism's read the mark.
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any, Callable
 
@@ -53,17 +54,8 @@ def grouped(q: Any, k: Any, v: Any, kernel: Callable[[Any, Any, Any], Any]) -> A
     return _function().apply(q, k, v, kernel)
 
 
+@functools.lru_cache(maxsize=None)
 def _function() -> Any:
-    global _GROUPED
-    if _GROUPED is None:
-        _GROUPED = _define()
-    return _GROUPED
-
-
-_GROUPED: Any = None
-
-
-def _define() -> Any:
     import torch
 
     class GroupedBackward(torch.autograd.Function):
